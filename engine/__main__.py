@@ -1,0 +1,190 @@
+"""Command line: ``python -m engine COMMAND ...`` (command names and flags are a contract other tools use).
+
+Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] | import-dataset PATH --name NAME |
+import-scores --dataset PATH --scores CSV --method NAME --run NAME | report --run NAME [--k K] [--json] |
+ingest | rebuild-store. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
+``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
+Bad input prints ``error: ...`` (no traceback) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from engine.errors import InputError
+
+
+def _store_path(args) -> Path:
+    from store.paths import default_store_path
+
+    return Path(args.store) if args.store else default_store_path()
+
+
+def _runs_dir(args) -> Path:
+    from store.paths import default_runs_dir
+
+    return default_runs_dir(_store_path(args))
+
+
+def _ingest(args, folder: Path) -> None:
+    """Ingest a finished run folder; if another process holds the store, leave it for that process."""
+    import store
+
+    try:
+        with store.Store(_store_path(args)) as s:
+            store.ingest_run(s.con, folder)
+    except store.StoreLockedError as e:
+        print(f"note: {e}; the run folder {folder} is complete and will be ingested by the app "
+              f"(or `python -m engine ingest`) later", file=sys.stderr)
+
+
+def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
+    import store
+
+    with store.Store(_store_path(args), read_only=True) as s:
+        df = store.leaderboard(s.con, run=run, k=k)
+    if df.empty:
+        raise InputError(f"run {run!r} is not in the store {_store_path(args)}")
+    cols = [c for c in ("method", "checkpoint", "k", "acc", "coverage", "auprc", "chance_acc",
+                        "chance_coverage", "best_coverage", "n_distinct_top1") if c in df.columns]
+    df = df[cols]
+    if as_json:
+        print(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
+    else:
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def cmd_run(args) -> None:
+    from engine.pipeline import run_pipeline
+    from engine.spec import load_spec
+
+    spec = load_spec(args.spec)
+    folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
+    print(f"run {spec.run_name} written to {folder}")
+    _ingest(args, folder)
+
+
+def cmd_demo(args) -> None:
+    from dataclasses import replace
+
+    from engine.pipeline import run_pipeline
+    from engine.spec import PRESETS, validate
+
+    base = PRESETS["quick"]
+    spec = validate(replace(base, name=args.name or f"demo-{args.model}",
+                            model=replace(base.model, name=args.model), device=args.device))
+    folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
+    print(f"run {spec.run_name} written to {folder}")
+    _ingest(args, folder)
+    _print_report(args, spec.run_name, None, as_json=False)
+
+
+def cmd_import_dataset(args) -> None:
+    from engine.datasets import save_dataset
+    from engine.tasks import load_dataset
+
+    task = load_dataset(args.path, name=args.name)
+    out = save_dataset(task, _store_path(args).parent / "datasets", args.name)
+    print(f"dataset {args.name}: {len(task.train)} train, {len(task.test)} test, {len(task.labels)} labels "
+          f"→ {out}\nuse it in a spec as  task: {{name: file, path: {out}}}")
+
+
+def cmd_import_scores(args) -> None:
+    from engine.import_scores import import_scores
+
+    folder = import_scores(Path(args.dataset), Path(args.scores), args.method, args.run, _runs_dir(args), args.k)
+    print(f"run {args.run} written to {folder}")
+    _ingest(args, folder)
+
+
+def cmd_report(args) -> None:
+    _print_report(args, args.run, args.k, args.json)
+
+
+def cmd_ingest(args) -> None:
+    import store
+
+    with store.Store(_store_path(args)) as s:
+        names = store.ingest_all(s.con, _runs_dir(args))
+    print(f"ingested {len(names)} new or changed run(s): {', '.join(names) or '-'}")
+
+
+def cmd_rebuild_store(args) -> None:
+    import store
+
+    store.rebuild(_store_path(args), _runs_dir(args))
+    print(f"rebuilt {_store_path(args)} from {_runs_dir(args)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", help="DuckDB file (default $INFLUENCE_STORE or data/influence.duckdb)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", parents=[common], help="run a spec file")
+    s.add_argument("spec")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("demo", parents=[common], help="the 'quick' preset on a built-in model")
+    s.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"])
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--name", help="run name (default demo-<model>)")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("import-dataset", parents=[common], help="validate and keep a dataset")
+    s.add_argument("path")
+    s.add_argument("--name", required=True)
+    s.set_defaults(fn=cmd_import_dataset)
+
+    s = sub.add_parser("import-scores", parents=[common], help="import an external IF matrix (wide CSV)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--scores", required=True)
+    s.add_argument("--method", required=True)
+    s.add_argument("--run", required=True)
+    s.add_argument("--k", type=int)
+    s.set_defaults(fn=cmd_import_scores)
+
+    s = sub.add_parser("report", parents=[common], help="metrics of a run")
+    s.add_argument("--run", required=True)
+    s.add_argument("--k", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("ingest", parents=[common], help="ingest new run folders into the store")
+    s.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("rebuild-store", parents=[common], help="recreate the store from the run folders")
+    s.set_defaults(fn=cmd_rebuild_store)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(level=logging.WARNING)
+    if getattr(args, "k", None) is not None and args.k <= 0:
+        print("error: --k must be positive", file=sys.stderr)
+        return 2
+    try:
+        args.fn(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was committed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Per-sample LoRA gradients (batched, exact) and prompt representations.
+
+For a LoRA linear ``y = W x`` applied at every position t of a sample, dL/dW = Σ_t (dL/dy_t) x_tᵀ. A forward
+hook on every ``lora_A``/``lora_B`` module records its input ``x`` [B, T, in] and output ``y`` [B, T, out];
+one ``torch.autograd.grad`` of the SUM of per-sample losses w.r.t. those outputs gives dL_b/dy for every
+sample b at once (samples do not interact: no batch norm, and padding is masked out of attention and loss),
+and ``einsum("bto,bti->boi")`` turns them into per-sample weight gradients. No parameter ``.grad`` is formed.
+
+The model must be in eval mode (dropout off) so the gradients equal a batch-size-1 loop. Gradients are float32
+whatever the model's dtype. Block l is one LoRA matrix; its gradient is flattened row-major like
+``weight.flatten()``: [n, out*in].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from engine.formatting import Encoded, collate, per_sample_loss
+
+
+def lora_blocks(model) -> list[tuple[str, torch.nn.Module]]:
+    """``(block_name, module)`` for every LoRA A/B linear of the active adapter, in module order."""
+    out = []
+    for name, mod in model.named_modules():
+        for part in ("lora_A", "lora_B"):
+            suffix = f".{part}.default"
+            if name.endswith(suffix) and isinstance(mod, torch.nn.Linear):
+                out.append((name[: -len(".default")].removeprefix("base_model.model."), mod))
+    return out
+
+
+@dataclass
+class SampleFeatures:
+    """grads: per block [n, d_l] float32 (CPU); reps: [n, h] float32; loss: [n] per-sample loss."""
+
+    grads: list[torch.Tensor]
+    reps: torch.Tensor
+    loss: torch.Tensor
+    block_names: tuple[str, ...]
+
+
+class _Recorder:
+    """Forward hooks that keep each LoRA module's input and output for the current batch."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.inputs: list[torch.Tensor | None] = [None] * len(blocks)
+        self.outputs: list[torch.Tensor | None] = [None] * len(blocks)
+        self.handles = []
+
+    def __enter__(self):
+        for i, (_, mod) in enumerate(self.blocks):
+            self.handles.append(mod.register_forward_hook(self._hook(i)))
+        return self
+
+    def _hook(self, i):
+        def hook(_mod, args, output):
+            self.inputs[i] = args[0].detach()
+            self.outputs[i] = output
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.device, batch_size: int = 16,
+                    desc: str = "gradients", progress: bool = True) -> SampleFeatures:
+    """Per-sample LoRA gradients, final-layer hidden state at the last prompt token, and loss.
+
+    Returns CPU float32 tensors; memory on the device is bounded by ``batch_size``.
+    """
+    if model.training:
+        raise RuntimeError("per-sample gradients need model.eval() (dropout off) to be exact")
+    blocks = lora_blocks(model)
+    if not blocks:
+        raise RuntimeError("model has no LoRA blocks")
+    grads: list[list[torch.Tensor]] = [[] for _ in blocks]
+    reps, losses = [], []
+    with _Recorder(blocks) as rec, tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample") as bar:
+        for start in range(0, len(samples), batch_size):
+            batch = collate(samples[start:start + batch_size], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=True)
+            loss = per_sample_loss(out.logits, batch["labels"])
+            dys = torch.autograd.grad(loss.sum(), rec.outputs, allow_unused=True)
+            for i, (x, dy) in enumerate(zip(rec.inputs, dys)):
+                if dy is None:  # a block the loss does not reach (cannot happen for q/v, kept for safety)
+                    dy = torch.zeros(*x.shape[:2], blocks[i][1].out_features, device=x.device)
+                g = torch.einsum("bto,bti->boi", dy.float(), x.float())
+                grads[i].append(g.reshape(g.shape[0], -1).cpu())
+            last = out.hidden_states[-1]
+            idx = (batch["prompt_len"] - 1).clamp(min=0)
+            reps.append(last[torch.arange(last.shape[0], device=last.device), idx].float().detach().cpu())
+            losses.append(loss.detach().float().cpu())
+            bar.update(len(batch["prompt_len"]))
+    return SampleFeatures(
+        grads=[torch.cat(g) for g in grads], reps=torch.cat(reps), loss=torch.cat(losses),
+        block_names=tuple(name for name, _ in blocks),
+    )
+
+
+def loop_gradients(model, samples: list[Encoded], pad_id: int, device: torch.device) -> list[torch.Tensor]:
+    """Reference: one forward/backward per sample via ``.grad`` of the LoRA weights. Slow; for tests/bench."""
+    blocks = lora_blocks(model)
+    rows: list[list[torch.Tensor]] = [[] for _ in blocks]
+    for s in samples:
+        batch = {k: v.to(device) for k, v in collate([s], pad_id).items()}
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        per_sample_loss(out.logits, batch["labels"]).sum().backward()
+        for i, (_, mod) in enumerate(blocks):
+            rows[i].append(mod.weight.grad.detach().float().flatten().cpu().clone())
+    model.zero_grad(set_to_none=True)
+    return [torch.stack(r) for r in rows]

@@ -1,0 +1,62 @@
+"""Attribution methods: the registry, name lookup, and shard-wise scoring.
+
+Importing this package registers every built-in method (one module each) in :data:`REGISTRY`.
+
+Score convention (all methods): ``S[j, i] = s(z_i, z'_j)``, float64 ``[n_test, n_train]``, LARGER when training
+sample ``i`` is MORE responsible for test sample ``j``; the paper's influence value is ``IF = -s``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.errors import InputError
+
+from . import datainf, exact, gradsim, lissa, lissa_paper, repsim  # noqa: F401  (registration side effect)
+from .base import REGISTRY, Features, Method, register
+
+__all__ = ["REGISTRY", "Features", "Method", "register", "get_method", "score_in_shards"]
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; an unknown name is an InputError listing the valid ones."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown method {name!r}; valid methods: {', '.join(sorted(REGISTRY))}") from None
+
+
+def score_in_shards(
+    method_name: str, train: Features, test: Features, shard_size: int, **params
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(start, stop, S[:, start:stop])`` for consecutive training shards of at most ``shard_size`` rows.
+
+    For methods with a two-phase form (all built-in ones) the queries ``Q_l = prepare(train, test)`` are built
+    once (this step may use all training samples), then each shard costs only
+    ``S[:, shard] = sum_l Q_l @ T_l[shard]^T`` with ``T = train_blocks(train, start, stop)`` (the training
+    gradients, or the normalised representations for repsim). Concatenating the blocks along axis 1 gives
+    ``get_method(method_name)(train, test, **params)`` up to floating-point summation order. Methods without
+    the two-phase form are computed in full once and sliced. Blocks are float64 numpy arrays ``[n_test, stop-start]``.
+    """
+    method = get_method(method_name)
+    merged = method.params(**params)
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+        raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
+    n = train.n
+    if method.prepare is None or method.train_blocks is None:
+        S = method.fn(train, test, **merged)
+        for start in range(0, n, shard_size):
+            stop = min(start + shard_size, n)
+            yield start, stop, S[:, start:stop]
+        return
+    Q = method.prepare(train, test, **merged)
+    for start in range(0, n, shard_size):
+        stop = min(start + shard_size, n)
+        T = method.train_blocks(train, start, stop, **merged)
+        block = torch.zeros(Q[0].shape[0], stop - start, dtype=Q[0].dtype, device=Q[0].device)
+        for q, t in zip(Q, T):
+            block.addmm_(q, t.T)
+        yield start, stop, block.cpu().numpy().astype(np.float64, copy=False)

@@ -1,0 +1,40 @@
+"""GradSim (the paper's "gradient match"): raw gradient dot product, no Hessian.
+
+Formula: ``s(z_i, z') = sum_l <g_l(z'), g_l(z_i)>``.
+Shapes: train grads ``G_l`` [n, d_l], test grads ``V_l`` [m, d_l] -> scores [m, n] (float64 numpy).
+Sign: larger s = training sample more responsible (the paper's IF is -s).
+Two-phase form: ``Q_l = V_l`` (no preconditioning), ``S = sum_l Q_l @ G_l^T``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._common import gradient_method, grad_train_blocks
+from .base import Features, register
+
+
+def _precondition(G: torch.Tensor, V: torch.Tensor, **_) -> torch.Tensor:
+    """``Q_l = V_l`` [m, d_l]."""
+    return V
+
+
+_fn, prepare = gradient_method(_precondition)
+
+
+@register(
+    "gradsim",
+    {"grads"},
+    "Gradient similarity (paper: gradient match): s = sum_l <g_l(z'), g_l(z_i)>, no Hessian.",
+    prepare=prepare,
+    train_blocks=grad_train_blocks,
+    dtype="float64",
+    device=None,
+)
+def gradsim(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
+    """``S[j, i] = sum_l <V_l[j], G_l[i]>`` -> float64 [n_test, n_train]; larger = more responsible.
+
+    dtype: "float64" (default) or "float32"; device: None = where the training gradients are.
+    """
+    return _fn(train, test, dtype=dtype, device=device)

@@ -1,0 +1,62 @@
+"""RepSim: cosine similarity of representations (final-layer hidden state at the last prompt token).
+
+Formula: ``s(z_i, z') = <r(z'), r(z_i)> / (||r(z')|| ||r(z_i)||)``; a zero vector has similarity 0 to everything.
+Shapes: train reps [n, h], test reps [m, h] -> S [m, n] float64 in [-1, 1].
+Sign: larger = more similar = more responsible.
+Two-phase form: ``Q = normalize(test reps)``, training side ``normalize(train reps[shard])``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.errors import InputError
+
+from ._common import resolve_device, resolve_dtype
+from .base import Features, register
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _check(train: Features, test: Features) -> None:
+    if train.reps is None or test.reps is None:
+        raise InputError("repsim needs representations of the training and test samples (Features.reps)")
+    if train.reps.ndim != 2 or test.reps.ndim != 2 or train.reps.shape[1] != test.reps.shape[1]:
+        raise InputError(
+            f"repsim: train reps {tuple(train.reps.shape)} and test reps {tuple(test.reps.shape)} "
+            "must both be [n, h] with the same h"
+        )
+
+
+def prepare(train: Features, test: Features, *, dtype="float64", device=None) -> list[torch.Tensor]:
+    """Unit-normalised test representations, one block [m, h]."""
+    _check(train, test)
+    dev = resolve_device(device, train.reps)
+    return [_unit(test.reps.to(device=dev, dtype=resolve_dtype(dtype)))]
+
+
+def train_blocks(train: Features, start: int, stop: int, *, dtype="float64", device=None) -> list[torch.Tensor]:
+    """Unit-normalised training representations of the shard, one block [stop - start, h]."""
+    if train.reps is None:
+        raise InputError("repsim needs representations of the training samples (Features.reps)")
+    dev = resolve_device(device, train.reps)
+    return [_unit(train.reps[start:stop].to(device=dev, dtype=resolve_dtype(dtype)))]
+
+
+@register(
+    "repsim",
+    {"reps"},
+    "Representation similarity: cosine of final-layer hidden states at the last prompt token.",
+    prepare=prepare,
+    train_blocks=train_blocks,
+    dtype="float64",
+    device=None,
+)
+def repsim(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
+    """Cosine similarity matrix -> float64 [n_test, n_train]; larger = more responsible."""
+    (Q,) = prepare(train, test, dtype=dtype, device=device)
+    (T,) = train_blocks(train, 0, train.n, dtype=dtype, device=device)
+    return (Q @ T.T).cpu().numpy().astype(np.float64, copy=False)

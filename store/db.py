@@ -1,0 +1,210 @@
+"""Opening the database: :class:`Store`, lock-aware retries, and open-or-rebuild for app start-up.
+
+DuckDB lets ONE process open a file read-write, and while it does no other process can open the file at all
+(not even read-only). The app is that process; compute jobs never open the database, they write run folders.
+A second process that must write (an admin CLI) uses :func:`open_store`, which retries briefly on the lock
+error and then raises :class:`StoreLockedError` naming the file. Within one process, share one
+:class:`Store` and give each thread its own ``store.cursor()`` (a DuckDB connection is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+
+from store import ingest as _ingest
+from store.errors import SchemaVersionError, StoreError, StoreLockedError
+from store.paths import default_runs_dir, default_store_path
+from store.schema import check_schema, ensure_schema
+
+log = logging.getLogger(__name__)
+
+MEMORY_ENV = "INFLUENCE_STORE_MEMORY"  # e.g. "2GB"; default: 30 % of the RAM this process may use
+THREADS_ENV = "INFLUENCE_STORE_THREADS"
+
+
+class StoreOpenError(StoreError):
+    """The file exists but DuckDB cannot open it (corrupt, other DuckDB version, no permission)."""
+
+
+class Store:
+    """One DuckDB connection to the influence database, with the schema in place.
+
+    ``Store(path, read_only=False)``; ``path`` defaults to :func:`store.paths.default_store_path`,
+    ``":memory:"`` gives a throw-away database. Read-write opens create the parent folder and the tables;
+    read-only opens check the schema version. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        read_only: bool = False,
+        *,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+    ):
+        self.path = Path(path) if path is not None else default_store_path()
+        self.read_only = read_only
+        self._write_lock = threading.Lock()
+        in_memory = str(path) == ":memory:"
+        if not read_only and not in_memory:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        config = {"memory_limit": memory_limit or default_memory_limit(), "threads": threads or default_threads()}
+        self.con = connect(":memory:" if in_memory else self.path, read_only=read_only, config=config)
+        try:
+            (check_schema if read_only else ensure_schema)(self.con, str(self.path))
+        except BaseException:
+            self.con.close()
+            raise
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on the same database, for use by one thread."""
+        return self.con.cursor()
+
+    def ingest_run(self, folder: str | os.PathLike) -> bool:
+        """:func:`store.ingest.ingest_run` (then ``CHECKPOINT``), serialised across threads."""
+        with self._write_lock:
+            return _ingest.ingest_run(self.con, folder)
+
+    def ingest_all(self, runs_dir: str | os.PathLike | None = None, **kw) -> list[str]:
+        """:func:`store.ingest.ingest_all` on ``runs_dir`` (default: :func:`default_runs_dir` of this file)."""
+        runs_dir = runs_dir if runs_dir is not None else default_runs_dir(self.path)
+        with self._write_lock:
+            return _ingest.ingest_all(self.con, runs_dir, **kw)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, read_only={self.read_only})"
+
+
+def connect(path: str | os.PathLike, read_only: bool = False, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """``duckdb.connect`` with DuckDB's open errors turned into :class:`StoreLockedError`/:class:`StoreOpenError`."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only, config=config or {})
+    except duckdb.Error as e:
+        raise _open_error(Path(path), e) from e
+
+
+def probe_lock(path: str | os.PathLike) -> None:
+    """Raise :class:`StoreLockedError` if another connection holds ``path``; ignore any other open error."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        duckdb.connect(str(path), read_only=True).close()
+    except duckdb.Error as e:
+        err = _open_error(path, e)
+        if isinstance(err, StoreLockedError):
+            raise err from e
+
+
+def open_store(
+    path: str | os.PathLike | None = None,
+    read_only: bool = False,
+    *,
+    retries: int = 10,
+    delay_s: float = 0.5,
+    **store_kw,
+) -> Store:
+    """Open a :class:`Store`, retrying up to ``retries`` times (``delay_s`` apart, growing) while another
+    process holds the file; then raise :class:`StoreLockedError` naming the file. For short-lived writers:
+    open, do the work, close."""
+    for attempt in range(retries + 1):
+        try:
+            return Store(path, read_only, **store_kw)
+        except StoreLockedError as e:
+            if attempt == retries:
+                raise StoreLockedError(f"{e} (gave up after {retries + 1} attempts)") from e
+            time.sleep(delay_s * (1 + attempt))
+    raise AssertionError("unreachable")
+
+
+def open_or_rebuild(
+    path: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = None, **store_kw
+) -> Store:
+    """App start-up: open the store read-write, rebuilding it from the run folders when the file is corrupt
+    or from another schema version, then ingest any new run folders (failures logged, not raised)."""
+    path = Path(path) if path is not None else default_store_path()
+    runs_dir = runs_dir if runs_dir is not None else default_runs_dir(path)
+    try:
+        store = Store(path, **store_kw)
+    except (StoreOpenError, SchemaVersionError) as e:
+        log.warning("rebuilding %s from %s: %s", path, runs_dir, e)
+        _ingest.rebuild(path, runs_dir, **store_kw)
+        store = Store(path, **store_kw)
+    try:
+        store.ingest_all(runs_dir, strict=False)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def default_memory_limit() -> str:
+    """``INFLUENCE_STORE_MEMORY``, else 30 % of the memory available to this process (cgroup-aware), >= 256 MB.
+
+    DuckDB's own default (80 % of RAM) leaves too little for torch and Streamlit in the same container.
+    """
+    env = os.environ.get(MEMORY_ENV)
+    if env:
+        return env
+    total = _available_memory()
+    return f"{max(256, int(total * 0.3) // 2**20)}MB" if total else "2GB"
+
+
+def default_threads() -> int:
+    """``INFLUENCE_STORE_THREADS``, else the CPUs this process may use, at most 8."""
+    env = os.environ.get(THREADS_ENV)
+    if env:
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _available_memory() -> int | None:
+    """Physical RAM, lowered by a cgroup (v2 or v1) memory limit if one is set."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(f).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total = int(text)
+    return total
+
+
+def _open_error(path: Path, e: duckdb.Error) -> StoreError:
+    msg = str(e)
+    if "lock" in msg.lower():
+        return StoreLockedError(
+            f"database {path} is in use by another process ({msg}). DuckDB lets one process open a file "
+            "read-write and then no other process can open it; close that process or try again later"
+        )
+    if isinstance(e, duckdb.ConnectionException):
+        return StoreLockedError(
+            f"database {path} is already open in this process with other settings ({msg}); close that Store first"
+        )
+    return StoreOpenError(
+        f"cannot open database {path}: {msg}. If the file is corrupt or from another DuckDB version, recreate it "
+        "from the run folders with store.rebuild(db_path, runs_dir)"
+    )

@@ -1,0 +1,58 @@
+"""Errors raised by :mod:`store`. Each message names the run, method, file or database at fault."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error raised on purpose by :mod:`store`."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """A run, method, checkpoint or sample that the database does not hold."""
+
+
+class UnknownRunError(NotFoundError):
+    def __init__(self, run: str):
+        super().__init__(f"run {run!r} is not in the database (ingest its run folder first)")
+        self.run = run
+
+
+class UnknownMethodError(NotFoundError):
+    def __init__(self, run: str, method: str, known: list[str]):
+        super().__init__(f"method {method!r} has no scores in run {run!r}; known methods: {', '.join(known) or 'none'}")
+        self.run, self.method = run, method
+
+
+class UnknownCheckpointError(NotFoundError):
+    def __init__(self, run: str, method: str, checkpoint: int, known: list[int]):
+        super().__init__(
+            f"checkpoint {checkpoint!r} has no scores for method {method!r} in run {run!r}; "
+            f"known checkpoints: {', '.join(map(str, known)) or 'none'}"
+        )
+        self.run, self.method, self.checkpoint = run, method, checkpoint
+
+
+class UnknownSampleError(NotFoundError):
+    def __init__(self, run: str, split: str, sample_id: int):
+        super().__init__(f"run {run!r} has no {split} sample with id {sample_id!r}")
+
+
+class IngestError(StoreError):
+    """A run folder could not be ingested; nothing of that run was written.
+
+    ``failures`` maps run name -> reason; ``ingested`` lists the runs that did go in (for
+    :func:`store.ingest.ingest_all`, which tries every run before raising).
+    """
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None, ingested: list[str] | None = None):
+        super().__init__(message)
+        self.failures = failures or {}
+        self.ingested = ingested or []
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the database file (DuckDB allows one read-write process per file)."""
+
+
+class SchemaVersionError(StoreError):
+    """The database file was written by a different schema version; rebuild it from the run folders."""

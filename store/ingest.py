@@ -1,0 +1,348 @@
+"""Ingest run folders (see ``engine/runfolder.py``) into the database, and rebuild it from them.
+
+Policy for folders that are not complete runs (hidden temp folder of a killed run, no manifest, ``status`` not
+``complete``, a file whose row count differs from the manifest): :func:`ingest_run` returns ``False`` and
+writes nothing (it logs why at INFO level). It never raises for them, because a run that is still being
+written or was killed is a normal sight in the runs directory, not an error. A complete folder whose data
+cannot be loaded (corrupt Parquet, missing columns, sample counts that disagree with the manifest) raises
+:class:`~store.errors.IngestError` naming the run and file; nothing of that run is visible afterwards.
+
+Each run is loaded in ONE transaction: delete the run's old rows (re-run), bulk ``INSERT ... SELECT FROM
+read_parquet(?)`` for every table, then the ``runs`` row carrying the manifest's sha256, which is what makes a
+second ingest of the same folder a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from engine.runfolder import MANIFEST, list_complete_runs, read_manifest
+from store.errors import IngestError
+from store.paths import default_runs_dir
+from store.schema import PARQUET_TABLES, RUN_TABLES
+
+log = logging.getLogger(__name__)
+
+_ATTEMPTS = 3  # re-tries when the folder is replaced by a re-run while we read it
+
+
+class _FolderChanged(Exception):
+    """The manifest changed while ingesting (a re-run replaced the folder): start again."""
+
+
+class _LoadFailed(Exception):
+    def __init__(self, table: str, paths: list[str], error: Exception):
+        super().__init__(str(error))
+        self.table, self.paths, self.error = table, paths, error
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+
+def ingest_run(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, *, checkpoint: bool = True) -> bool:
+    """Ingest one run folder; return True if rows were written, False if there was nothing to do.
+
+    Nothing to do = the folder is not a complete run (see module docstring), or the run is already ingested
+    with the same manifest sha256. A changed manifest (the run was re-run) replaces all the run's rows.
+    Raises :class:`IngestError` (naming the file) if a complete folder cannot be loaded; then nothing of that
+    run changed. ``checkpoint``: run ``CHECKPOINT`` afterwards so the data is in the main file, not the WAL.
+    """
+    folder = Path(folder).resolve()
+    for _ in range(_ATTEMPTS):
+        manifest = read_manifest(folder)
+        if manifest is None:
+            log.info("not ingesting %s: not a complete run folder", folder)
+            return False
+        sha = _manifest_sha(folder)
+        if sha is None or _stored_sha(con, folder.name) == sha:
+            return False
+        try:
+            _load_run(con, folder, manifest, sha)
+        except _FolderChanged:
+            log.info("run folder %s changed while ingesting; starting again", folder)
+            continue
+        if checkpoint:
+            con.execute("CHECKPOINT")
+        log.info("ingested run %s from %s", folder.name, folder)
+        return True
+    raise IngestError(f"run {folder.name!r}: folder {folder} kept changing while being ingested; try again later")
+
+
+def ingest_all(
+    con: duckdb.DuckDBPyConnection, runs_dir: str | os.PathLike, *, strict: bool = True, prune: bool = False
+) -> list[str]:
+    """Ingest every complete run folder in ``runs_dir``; return the names of the runs that were (re)loaded.
+
+    Every run is tried (each in its own transaction). Failures: with ``strict`` an :class:`IngestError` is
+    raised at the end listing them (``.failures``; ``.ingested`` holds the runs that did go in); without it
+    they are logged as warnings and skipped. ``prune``: also remove runs whose folder was in ``runs_dir`` but is
+    no longer a complete run there.
+    """
+    runs_dir = Path(runs_dir).resolve()
+    folders = list_complete_runs(runs_dir)
+    ingested, failures = [], {}
+    for folder in folders:
+        try:
+            if ingest_run(con, folder, checkpoint=False):
+                ingested.append(folder.name)
+        except IngestError as e:
+            failures[folder.name] = str(e)
+            log.warning("%s", e)
+    removed = _prune(con, runs_dir, {f.name for f in folders}) if prune else []
+    if ingested or removed:
+        con.execute("CHECKPOINT")
+    if failures and strict:
+        lines = "\n".join(f"  {name}: {why}" for name, why in failures.items())
+        raise IngestError(f"{len(failures)} run(s) in {runs_dir} could not be ingested:\n{lines}", failures, ingested)
+    return ingested
+
+
+def remove_run(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    """Delete every row of ``run_id`` (one transaction); return whether the run was there."""
+    present = con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+    _in_transaction(con, lambda: _delete_run(con, run_id))
+    return present
+
+
+def rebuild(
+    db_path: str | os.PathLike, runs_dir: str | os.PathLike | None = None, *, strict: bool = False, **store_kw
+) -> list[str]:
+    """Recreate the database file at ``db_path`` from the run folders; return the runs ingested.
+
+    The new database is written to a hidden temp file next to ``db_path`` and renamed over it only when
+    complete, so a crash mid-rebuild leaves the old file untouched. Works when the old file is missing,
+    corrupt or from another schema/DuckDB version. Refuses (:class:`StoreLockedError`) while another process
+    holds the old file; close your own :class:`~store.db.Store` on it first. Runs that fail to load are
+    skipped with a warning unless ``strict``. ``store_kw`` go to :class:`~store.db.Store` (memory_limit, ...).
+    """
+    from store.db import Store, probe_lock  # local import: db imports this module
+
+    db_path = Path(db_path).resolve()
+    runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(db_path)
+    probe_lock(db_path)
+    _remove_stale_rebuilds(db_path)
+    tmp = db_path.with_name(f".{db_path.name}.rebuild-{os.getpid()}")
+    _remove_db_files(tmp)
+    try:
+        with Store(tmp, **store_kw) as store:
+            ingested = ingest_all(store.con, runs_dir, strict=strict)
+            store.con.execute("CHECKPOINT")
+        _remove_db_files(db_path, keep_main=True)  # a stale WAL must never be replayed onto the new file
+        os.replace(tmp, db_path)
+    finally:
+        _remove_db_files(tmp)
+    log.info("rebuilt %s from %s: %d run(s)", db_path, runs_dir, len(ingested))
+    return ingested
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _load_run(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, sha: str) -> None:
+    """Replace the run's rows in one transaction; on any error roll back and raise IngestError."""
+    run_id = folder.name
+    files = _table_files(folder, manifest)
+    _check_columns(run_id, files)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _delete_run(con, run_id)
+        for table, paths in files.items():
+            _insert_table(con, run_id, table, paths)
+        _insert_score_sets(con, run_id)
+        _check_sample_counts(con, run_id, manifest, folder)
+        if _manifest_sha(folder) != sha:
+            raise _FolderChanged
+        _insert_run_row(con, folder, manifest, sha)
+        con.execute("COMMIT")
+    except BaseException as e:
+        con.execute("ROLLBACK")
+        if isinstance(e, _LoadFailed):
+            if _manifest_sha(folder) != sha:
+                raise _FolderChanged from e
+            raise _load_error(con, run_id, folder, e) from e.error
+        if isinstance(e, duckdb.Error):
+            raise IngestError(f"run {run_id!r} ({folder}): {e}") from e
+        raise
+
+
+def _table_files(folder: Path, manifest: dict) -> dict[str, list[str]]:
+    """Map table -> Parquet paths listed in the manifest (``scores/*.parquet`` may be many files)."""
+    out: dict[str, list[str]] = {}
+    for rel in sorted(manifest.get("files", {})):
+        table = "scores" if rel.startswith("scores/") else rel.removesuffix(".parquet")
+        if rel.endswith(".parquet") and table in PARQUET_TABLES:
+            out.setdefault(table, []).append(str(folder / rel))
+    if "samples" not in out:
+        raise IngestError(f"run {folder.name!r}: manifest of {folder} lists no samples.parquet")
+    return out
+
+
+def _check_columns(run_id: str, files: dict[str, list[str]]) -> None:
+    """Every file has the columns its table needs (reads Parquet footers only)."""
+    for table, paths in files.items():
+        needed = PARQUET_TABLES[table][0]
+        for path in paths:
+            try:
+                names = set(pq.read_schema(path).names)
+            except Exception as e:  # noqa: BLE001 - any reader error means "unreadable file"
+                raise IngestError(f"run {run_id!r}: cannot read {path}: {e}") from e
+            missing = [c for c in needed if c not in names]
+            if missing:
+                raise IngestError(f"run {run_id!r}: {path} lacks column(s) {', '.join(missing)} needed for {table}")
+
+
+def _select_list(table: str) -> str:
+    """``CAST(col AS type) AS col, ...`` for a table's Parquet columns (identifiers are our constants)."""
+    return ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in PARQUET_TABLES[table][0].items())
+
+
+def _insert_table(con: duckdb.DuckDBPyConnection, run_id: str, table: str, paths: list[str]) -> None:
+    """Bulk-load ``paths`` into ``table``, sorted by the table's key (``scores``: method, checkpoint, test)."""
+    columns, order = PARQUET_TABLES[table]
+    sql = (
+        f"INSERT INTO {table} (run_id, {', '.join(columns)}) "
+        f"SELECT CAST(? AS VARCHAR), {_select_list(table)} FROM read_parquet(?) ORDER BY {', '.join(order)}"
+    )
+    try:
+        con.execute(sql, [run_id, paths])
+    except duckdb.Error as e:
+        raise _LoadFailed(table, paths, e) from e
+
+
+def _insert_score_sets(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    con.execute(
+        "INSERT INTO score_sets SELECT run_id, method, checkpoint, count(*), count(DISTINCT test_id), "
+        "count(DISTINCT train_id) FROM scores WHERE run_id = ? GROUP BY run_id, method, checkpoint",
+        [run_id],
+    )
+
+
+def _check_sample_counts(con: duckdb.DuckDBPyConnection, run_id: str, manifest: dict, folder: Path) -> None:
+    """samples.parquet must hold n_train train and n_test test rows, as the manifest says."""
+    rows = dict(con.execute("SELECT split, count(*) FROM samples WHERE run_id = ? GROUP BY split", [run_id]).fetchall())
+    for split in ("train", "test"):
+        want = manifest.get(f"n_{split}")
+        if want is not None and rows.get(split, 0) != int(want):
+            raise IngestError(
+                f"run {run_id!r}: {folder / 'samples.parquet'} has {rows.get(split, 0)} {split} rows, "
+                f"manifest says n_{split} = {want}"
+            )
+
+
+def _insert_run_row(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, sha: str) -> None:
+    labels = list(manifest.get("labels") or [])
+    n_train = manifest.get("n_train")
+    k_default = manifest.get("k_default") or max(1, int(n_train or 0) // max(1, len(labels)))
+    now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+    values = [
+        folder.name, manifest.get("kind"), manifest.get("model"), manifest.get("task"),
+        _json(manifest.get("spec")), manifest.get("spec_hash"), manifest.get("status"),
+        _utc(manifest.get("created")), n_train, manifest.get("n_test"), _json(labels), int(k_default),
+        _json(manifest.get("versions")), str(folder), sha, now,
+    ]
+    con.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(values))})", values)
+
+
+def _load_error(con: duckdb.DuckDBPyConnection, run_id: str, folder: Path, e: _LoadFailed) -> IngestError:
+    """Name the file that failed: probe each file of the failed table on its own (after the rollback)."""
+    culprit = e.paths[0] if len(e.paths) == 1 else None
+    casts = ", ".join(f"count(CAST({c} AS {t}))" for c, t in PARQUET_TABLES[e.table][0].items())
+    for path in e.paths if culprit is None else []:
+        try:
+            con.execute(f"SELECT {casts} FROM read_parquet(?)", [[path]]).fetchall()
+        except duckdb.Error:
+            culprit = path
+            break
+    where = culprit or f"one of {len(e.paths)} {e.table} files in {folder}"
+    return IngestError(f"run {run_id!r}: cannot load {where} into {e.table}: {e.error}")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _delete_run(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    for table in RUN_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
+
+def _in_transaction(con: duckdb.DuckDBPyConnection, fn) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        fn()
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _prune(con: duckdb.DuckDBPyConnection, runs_dir: Path, present: set[str]) -> list[str]:
+    """Remove runs whose folder lived in ``runs_dir`` but is no longer a complete run there."""
+    rows = con.execute("SELECT run_id, folder FROM runs").fetchall()
+    gone = [r for r, f in rows if Path(f).parent == runs_dir and r not in present]
+    for run_id in gone:
+        remove_run(con, run_id)
+        log.info("removed run %s: its folder is gone from %s", run_id, runs_dir)
+    return gone
+
+
+def _stored_sha(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
+    row = con.execute("SELECT manifest_sha256 FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    return None if row is None else row[0]
+
+
+def _manifest_sha(folder: Path) -> str | None:
+    try:
+        return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _json(value) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def _utc(value) -> _dt.datetime | None:
+    """ISO-8601 text -> naive UTC datetime (None if missing or unparsable)."""
+    try:
+        t = _dt.datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return t.astimezone(_dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def _remove_stale_rebuilds(db_path: Path) -> None:
+    """Delete temp files left by rebuilds whose process died (``.<name>.rebuild-<pid>``)."""
+    for p in db_path.parent.glob(f".{db_path.name}.rebuild-*"):
+        pid = p.name.rsplit("-", 1)[-1].removesuffix(".wal")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_db_files(path: Path, keep_main: bool = False) -> None:
+    """Delete a database file's WAL (and the file itself unless ``keep_main``)."""
+    for p in ([] if keep_main else [path]) + [path.with_name(path.name + ".wal")]:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+__all__ = ["ingest_run", "ingest_all", "remove_run", "rebuild"]

@@ -1,0 +1,143 @@
+"""The DuckDB schema: one table per run-folder Parquet file (plus ``run_id``), ``runs``, ``score_sets``.
+
+Every table is keyed by ``run_id`` (the run folder's name). The Parquet-backed tables are described once in
+:data:`PARQUET_TABLES` (column name -> SQL type, as in ``engine/runfolder.py``); :mod:`store.ingest` builds its
+``INSERT ... SELECT ... FROM read_parquet(?)`` statements from the same description. No primary keys or
+indexes on the big tables: ART indexes slow bulk loads, and ``scores`` is loaded sorted by
+(run_id, method, checkpoint, test_id) so that DuckDB's automatic min/max zonemaps make per-test lookups fast.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from store.errors import SchemaVersionError
+
+SCHEMA_VERSION = 1
+
+# table -> ({column: sql type} as in the Parquet file, sort key used when loading)
+PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "samples": (
+        {"split": "VARCHAR", "sample_id": "INTEGER", "prompt": "VARCHAR", "response": "VARCHAR", "label": "VARCHAR"},
+        ("split", "sample_id"),
+    ),
+    "scores": (
+        {"method": "VARCHAR", "checkpoint": "INTEGER", "test_id": "INTEGER", "train_id": "INTEGER", "score": "FLOAT"},
+        ("method", "checkpoint", "test_id", "train_id"),
+    ),
+    "metrics": (
+        {
+            "method": "VARCHAR", "checkpoint": "INTEGER", "k": "INTEGER", "acc": "DOUBLE", "coverage": "DOUBLE",
+            "auprc": "DOUBLE", "chance_acc": "DOUBLE", "chance_coverage": "DOUBLE", "best_coverage": "DOUBLE",
+            "n_distinct_top1": "INTEGER",
+        },
+        ("method", "checkpoint", "k"),
+    ),
+    "label_metrics": (
+        {
+            "method": "VARCHAR", "checkpoint": "INTEGER", "k": "INTEGER", "label": "VARCHAR", "n_test": "INTEGER",
+            "acc": "DOUBLE", "coverage": "DOUBLE",
+        },
+        ("method", "checkpoint", "k", "label"),
+    ),
+    "agreement": (
+        {"checkpoint": "INTEGER", "method_a": "VARCHAR", "method_b": "VARCHAR", "k": "INTEGER",
+         "spearman": "DOUBLE", "overlap": "DOUBLE"},
+        ("checkpoint", "method_a", "method_b", "k"),
+    ),
+    "train_loss": (
+        {"epoch": "INTEGER", "step": "INTEGER", "loss": "DOUBLE"},
+        ("step", "epoch"),
+    ),
+}
+
+RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,      -- the run folder's name
+    kind VARCHAR,                    -- "pipeline" | "imported"
+    model VARCHAR,
+    task VARCHAR,
+    spec_json VARCHAR,
+    spec_hash VARCHAR,
+    status VARCHAR,
+    created TIMESTAMP,               -- UTC
+    n_train INTEGER,
+    n_test INTEGER,
+    labels_json VARCHAR,
+    k_default INTEGER,
+    versions_json VARCHAR,
+    folder VARCHAR,
+    manifest_sha256 VARCHAR NOT NULL,
+    ingested_at TIMESTAMP            -- UTC
+)
+"""
+
+# One row per (run, method, checkpoint) that has scores: makes methods()/checkpoints()/validation cheap.
+SCORE_SETS_DDL = """
+CREATE TABLE IF NOT EXISTS score_sets (
+    run_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    checkpoint INTEGER NOT NULL,
+    n_rows BIGINT,
+    n_test INTEGER,
+    n_train INTEGER
+)
+"""
+
+VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+# Tables holding per-run rows, in the order ingest deletes/inserts them.
+RUN_TABLES = ("runs", "score_sets", *PARQUET_TABLES)
+
+
+def table_ddl(table: str) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for one Parquet-backed table (``run_id`` first)."""
+    columns, _ = PARQUET_TABLES[table]
+    cols = ",\n    ".join(f"{name} {typ}" for name, typ in columns.items())
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n    run_id VARCHAR NOT NULL,\n    {cols}\n)"
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The schema version recorded in the database, or None for an empty database."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_name = 'schema_version' AND table_schema = current_schema() "
+        "AND table_catalog = current_database()"
+    ).fetchone()[0]
+    if not exists:
+        return None
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return None if row is None else row[0]
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, path: str = "") -> None:
+    """Create every table if missing (read-write connections); raise if the file has another version."""
+    version = stored_version(con)
+    if version is not None and version != SCHEMA_VERSION:
+        raise _version_error(path, version)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for ddl in (VERSION_DDL, RUNS_DDL, SCORE_SETS_DDL, *(table_ddl(t) for t in PARQUET_TABLES)):
+            con.execute(ddl)
+        if version is None:
+            con.execute("DELETE FROM schema_version")
+            con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def check_schema(con: duckdb.DuckDBPyConnection, path: str = "") -> None:
+    """For read-only connections: raise unless the file holds this schema version."""
+    version = stored_version(con)
+    if version != SCHEMA_VERSION:
+        raise _version_error(path, version)
+
+
+def _version_error(path: str, version: int | None) -> SchemaVersionError:
+    found = "no influence-explorer schema" if version is None else f"schema version {version}"
+    return SchemaVersionError(
+        f"database {path or '(in memory)'} has {found}, this code expects version {SCHEMA_VERSION}; "
+        "rebuild it from the run folders with store.rebuild(db_path, runs_dir)"
+    )

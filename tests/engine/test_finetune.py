@@ -1,0 +1,51 @@
+"""LoRA fine-tuning: deterministic, a state per epoch, loss goes down, only LoRA weights change."""
+
+import torch
+
+from engine.finetune import add_lora, finetune, lora_state
+from engine.formatting import encode
+from engine.models import load_base
+from engine.spec import LoraSpec, TrainSpec
+from engine.tasks.base import Sample
+
+CPU = torch.device("cpu")
+DATA = [Sample(f"say the colour {c}", c, c) for c in ["red", "green", "blue", "black"] * 4]
+
+
+def _train(seed=0, epochs=3):
+    model, tok = load_base("tiny")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), seed=seed)
+    enc = [encode(s, tok, "[INST] {prompt} [/INST] {response}", 32, "response") for s in DATA]
+    res = finetune(model, enc, tok.pad_token_id, TrainSpec(epochs=epochs, batch_size=4, lr=1e-2, seed=seed), CPU,
+                   progress=False)
+    return model, base, res
+
+
+def test_states_losses_and_determinism():
+    model, base, res = _train()
+    assert len(res.epochs) == 3 and len(res.losses) == 3 * 4
+    assert [e for e, _, _ in res.losses] == [1] * 4 + [2] * 4 + [3] * 4
+    first = sum(v for e, _, v in res.losses if e == 1) / 4
+    last = sum(v for e, _, v in res.losses if e == 3) / 4
+    assert last < first
+    assert any(not torch.equal(res.initial[k], res.epochs[-1][k]) for k in res.initial)
+    assert all(torch.equal(a, b) for a, b in zip(res.epochs[-1].values(), lora_state(model).values()))
+    # the frozen base weights did not move
+    merged = model.get_base_model().state_dict()
+    for k, v in base.items():
+        key = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in merged else k
+        assert torch.equal(merged[key], v)
+    _, _, again = _train()
+    assert all(torch.equal(again.epochs[-1][k], res.epochs[-1][k]) for k in res.initial)
+    assert [v for *_, v in again.losses] == [v for *_, v in res.losses]
+
+
+def test_initial_lora_depends_on_seed_only():
+    a = add_lora(load_base("tiny")[0], LoraSpec(), seed=3)
+    torch.manual_seed(12345)  # global RNG state must not matter
+    b = add_lora(load_base("tiny")[0], LoraSpec(), seed=3)
+    c = add_lora(load_base("tiny")[0], LoraSpec(), seed=4)
+    sa, sb, sc = lora_state(a), lora_state(b), lora_state(c)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
