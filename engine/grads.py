@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from engine.formatting import Encoded, collate, per_sample_loss
+from engine.formatting import IGNORE, Encoded, collate, per_sample_loss
 
 
 def lora_blocks(model) -> list[tuple[str, torch.nn.Module]]:
@@ -68,40 +68,56 @@ class _Recorder:
         self.handles.clear()
 
 
+def _sparse_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean loss [B] and last-layer hidden states [B, T, h], applying the LM head only at
+    positions that carry a loss (with a 49k vocabulary the head dominates the cost on prompt tokens)."""
+    base = model.get_base_model()
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    b_idx, t_idx = (labels != IGNORE).nonzero(as_tuple=True)
+    logits = base.get_output_embeddings()(hidden[b_idx, t_idx]).float()
+    tok = torch.nn.functional.cross_entropy(logits, labels[b_idx, t_idx], reduction="none")
+    B = labels.shape[0]
+    total = torch.zeros(B, device=tok.device).index_add(0, b_idx, tok)
+    count = torch.zeros(B, device=tok.device).index_add(0, b_idx, torch.ones_like(tok))
+    return total / count.clamp(min=1), hidden
+
+
 def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.device, batch_size: int = 16,
                     desc: str = "gradients", progress: bool = True) -> SampleFeatures:
     """Per-sample LoRA gradients, final-layer hidden state at the last prompt token, and loss.
 
-    Returns CPU float32 tensors; memory on the device is bounded by ``batch_size``.
+    Samples are batched in order of length (less padding) and returned in input order. Returns CPU float32
+    tensors; memory on the device is bounded by ``batch_size``.
     """
     if model.training:
         raise RuntimeError("per-sample gradients need model.eval() (dropout off) to be exact")
     blocks = lora_blocks(model)
     if not blocks:
         raise RuntimeError("model has no LoRA blocks")
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
     grads: list[list[torch.Tensor]] = [[] for _ in blocks]
     reps, losses = [], []
     with _Recorder(blocks) as rec, tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample") as bar:
-        for start in range(0, len(samples), batch_size):
-            batch = collate(samples[start:start + batch_size], pad_id)
+        for start in range(0, len(order), batch_size):
+            batch = collate([samples[i] for i in order[start:start + batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        output_hidden_states=True)
-            loss = per_sample_loss(out.logits, batch["labels"])
+            loss, hidden = _sparse_loss(model, batch)
             dys = torch.autograd.grad(loss.sum(), rec.outputs, allow_unused=True)
             for i, (x, dy) in enumerate(zip(rec.inputs, dys)):
                 if dy is None:  # a block the loss does not reach (cannot happen for q/v, kept for safety)
                     dy = torch.zeros(*x.shape[:2], blocks[i][1].out_features, device=x.device)
                 g = torch.einsum("bto,bti->boi", dy.float(), x.float())
                 grads[i].append(g.reshape(g.shape[0], -1).cpu())
-            last = out.hidden_states[-1]
             idx = (batch["prompt_len"] - 1).clamp(min=0)
-            reps.append(last[torch.arange(last.shape[0], device=last.device), idx].float().detach().cpu())
+            reps.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), idx].float().detach().cpu())
             losses.append(loss.detach().float().cpu())
             bar.update(len(batch["prompt_len"]))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return SampleFeatures(
-        grads=[torch.cat(g) for g in grads], reps=torch.cat(reps), loss=torch.cat(losses),
-        block_names=tuple(name for name, _ in blocks),
+        grads=[torch.cat(g)[inverse] for g in grads], reps=torch.cat(reps)[inverse],
+        loss=torch.cat(losses)[inverse], block_names=tuple(name for name, _ in blocks),
     )
 
 

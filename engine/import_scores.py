@@ -1,7 +1,7 @@
 """Import an externally computed influence matrix (e.g. the paper's cached CSVs) as a run.
 
-Input: a wide CSV with one row per test sample and one column per training index ``0..n_train-1`` (an unnamed
-leading index column, as pandas writes it, is allowed). Values are influence values IF where the MOST
+Input: a wide CSV with one row per test sample and one column per training index ``0..n_train-1`` (a leading
+index column, as pandas writes it, is allowed). Values are influence values IF where the MOST
 influential training sample is the MOST NEGATIVE (the paper's convention); we store ``s = -IF`` so that larger
 means more responsible, like every other method. The result is a run folder of kind "imported" with
 checkpoint 0, scored by the same metric code as computed runs, so both give identical numbers.
@@ -39,8 +39,8 @@ def read_influence_csv(path: Path, n_test: int, n_train: int) -> np.ndarray:
         df = pd.read_csv(path, encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise InputError(f"score file {path}: not a readable CSV ({e})") from None
-    if len(df.columns) and (str(df.columns[0]).startswith("Unnamed") or str(df.columns[0]) == ""):
-        df = df.iloc[:, 1:]
+    if len(df.columns) == n_train + 1 and str(df.columns[0]) != "0":
+        df = df.iloc[:, 1:]  # a leading index column (pandas writes "Unnamed: 0" or the index's name)
     expected = [str(i) for i in range(n_train)]
     cols = [str(c) for c in df.columns]
     if cols != expected:

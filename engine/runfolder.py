@@ -150,7 +150,10 @@ def read_manifest(folder: Path) -> dict | None:
         return None
     for rel, rows in m.get("files", {}).items():
         p = folder / rel
-        if not p.is_file() or pq.ParquetFile(p).metadata.num_rows != rows:
+        try:
+            if not p.is_file() or pq.ParquetFile(p).metadata.num_rows != rows:
+                return None
+        except (OSError, pa.ArrowException):  # truncated or corrupt Parquet: not a complete run
             return None
     return m
 

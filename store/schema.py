@@ -78,9 +78,7 @@ CREATE TABLE IF NOT EXISTS score_sets (
     run_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
     checkpoint INTEGER NOT NULL,
-    n_rows BIGINT,
-    n_test INTEGER,
-    n_train INTEGER
+    n_rows BIGINT
 )
 """
 
@@ -91,9 +89,9 @@ RUN_TABLES = ("runs", "score_sets", *PARQUET_TABLES)
 
 
 def table_ddl(table: str) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for one Parquet-backed table (``run_id`` first)."""
-    columns, _ = PARQUET_TABLES[table]
-    cols = ",\n    ".join(f"{name} {typ}" for name, typ in columns.items())
+    """``CREATE TABLE IF NOT EXISTS`` for one Parquet-backed table (``run_id`` first; key columns NOT NULL)."""
+    columns, key = PARQUET_TABLES[table]
+    cols = ",\n    ".join(f"{name} {typ}{' NOT NULL' if name in key else ''}" for name, typ in columns.items())
     return f"CREATE TABLE IF NOT EXISTS {table} (\n    run_id VARCHAR NOT NULL,\n    {cols}\n)"
 
 

@@ -64,14 +64,22 @@ def check_grads(train: Features, test: Features) -> None:
             )
 
 
-def damping(G: torch.Tensor, lambda_c: float) -> torch.Tensor:
+def sq_norms(G: torch.Tensor) -> torch.Tensor:
+    """``||g_i||^2`` per row of G [n, d] -> [n]."""
+    return torch.einsum("nd,nd->n", G, G)
+
+
+def damping(G: torch.Tensor, lambda_c: float, norms: torch.Tensor | None = None) -> torch.Tensor:
     """DataInf's layer-wise damping ``lambda_l = mean_i mean_k G[i, k]^2 / lambda_c`` (0-dim tensor).
 
     Shared by ``datainf``, ``exact``, ``lissa`` and ``lissa_paper`` so they precondition the same ``H_l``.
+    ``norms``: the row norms ``||g_i||^2`` if already computed.
     """
     if not lambda_c > 0:
         raise InputError(f"method parameter 'lambda_c' must be > 0, got {lambda_c!r}")
-    return (G * G).mean() / lambda_c
+    if norms is None:
+        norms = sq_norms(G)
+    return norms.sum() / (G.shape[0] * G.shape[1] * lambda_c)
 
 
 def run_blocks(

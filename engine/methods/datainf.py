@@ -19,17 +19,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import damping, gradient_method, grad_train_blocks
+from ._common import damping, gradient_method, grad_train_blocks, sq_norms
 from .base import Features, register
 
 
 def precondition_datainf(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0, **_) -> torch.Tensor:
     """DataInf query vectors of one block: G [n, d], V [m, d] -> Q [m, d] (``Q[j] = h_l`` for test j)."""
     n = G.shape[0]
-    lam = damping(G, lambda_c)
+    r = sq_norms(G)  # [n]  ||g_i||^2
+    lam = damping(G, lambda_c, r)
     if not bool(lam > 0):
         return torch.zeros_like(V)
-    r = (G * G).sum(dim=1)  # [n]  ||g_i||^2
     C = V @ G.T  # [m, n]  g_i^T v
     W = C / (lam + r)  # [m, n]
     return (V - (W @ G) / n) / lam

@@ -33,7 +33,7 @@ import torch
 
 from engine.errors import InputError
 
-from ._common import damping, gradient_method, grad_train_blocks
+from ._common import damping, gradient_method, grad_train_blocks, sq_norms
 from .base import Features, register
 
 
@@ -60,7 +60,7 @@ def top_eigenvalue_gn(G: torch.Tensor, iters: int = 100, rtol: float = 1e-6, see
 def auto_scale(G: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Per-block LiSSA scale: min(1.25 x power-iteration lambda_max(H), trace bound ||G||_F^2/n + lam)."""
     n = G.shape[0]
-    bound = (G * G).sum() / n + lam
+    bound = sq_norms(G).sum() / n + lam
     return torch.minimum(1.25 * (top_eigenvalue_gn(G) + lam), bound)
 
 
@@ -74,12 +74,19 @@ def precondition_lissa(
     tol: float = 1e-4,
     max_iter: int = 10000,
     block: int | None = None,
+    info: dict | None = None,
     **_,
 ) -> torch.Tensor:
-    """Converging LiSSA iHVPs of one block: G [n, d], V [m, d] -> Q = h_T / scale [m, d]."""
+    """Converging LiSSA iHVPs of one block: G [n, d], V [m, d] -> Q = h_T / scale [m, d].
+
+    ``info`` (a dict, optional; for analyses) receives ``iterations`` run, ``scale``, ``lambda`` and
+    ``error_bound`` (the stopping quantity; NaN when ``iterations`` was fixed).
+    """
     n = G.shape[0]
     lam = damping(G, lambda_c)
     if not bool(lam > 0):
+        if info is not None:
+            info.update(iterations=0, scale=float("nan"), error_bound=0.0, **{"lambda": 0.0})
         return torch.zeros_like(V)
     if scale is None:
         s = auto_scale(G, lam)
@@ -94,8 +101,9 @@ def precondition_lissa(
     tiny = torch.finfo(G.dtype).tiny
     h = V.clone()
     converged = iterations is not None
-    r = float("inf")
-    for _t in range(steps):
+    r = float("inf") if iterations is None else float("nan")
+    done = 0
+    for done in range(1, steps + 1):
         delta = V - ((h @ G.T) @ G / n + lam * h) / s  # = h_{t+1} - h_t
         h += delta
         if iterations is None:
@@ -106,6 +114,8 @@ def precondition_lissa(
             if r < tol:
                 converged = True
                 break
+    if info is not None:
+        info.update(iterations=done, scale=float(s), error_bound=r, **{"lambda": float(lam)})
     if not converged:
         warnings.warn(
             f"lissa: block {block} did not reach tol={tol} in {steps} iterations (error bound {r:.3g})",

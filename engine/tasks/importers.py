@@ -155,7 +155,7 @@ def _split_by_column(table: Table) -> tuple[list[Table], list[Table]]:
 
 
 def _text(value: object, table: Table, where: str, column: str) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or value != value or (isinstance(value, str) and not value.strip()):  # value != value: NaN
         raise InputError(f"{table.path}, {where}: field '{column}' is empty")
     if not isinstance(value, str):
         raise InputError(f"{table.path}, {where}: field '{column}' must be text, got {type(value).__name__}")

@@ -1,0 +1,235 @@
+"""Metrics of a score matrix against class labels (numpy only).
+
+Inputs everywhere: ``S`` float ``[n_test, n_train]`` with ``S[j, i]`` LARGER when training sample ``i`` is MORE
+responsible for test sample ``j`` (the package's sign convention; the paper's IF is ``-S``), and the labels of the
+training and test samples as sequences of str. A training sample is "relevant" to a test sample when their
+labels are equal.
+
+Ranking rule (used by every metric): per test sample, training samples are ordered by score descending; ties
+are broken by the LOWER training index first (a stable sort of ``-S``), and NaN scores rank last. So every
+metric is deterministic, and a constant row ranks training samples in index order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from engine.errors import InputError
+
+__all__ = [
+    "ranking",
+    "acc_at_1",
+    "coverage_at_k",
+    "paper_k",
+    "best_coverage",
+    "chance_acc",
+    "chance_coverage",
+    "auprc_per_test",
+    "auprc",
+    "per_label",
+    "n_distinct_top1",
+    "agreement",
+    "summarize",
+]
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _matrix(S) -> np.ndarray:
+    S = np.asarray(S, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] == 0 or S.shape[1] == 0:
+        raise InputError(f"score matrix must be 2-D [n_test, n_train] and non-empty, got shape {S.shape}")
+    return S
+
+
+def _labels(labels, what: str) -> np.ndarray:
+    arr = np.asarray([str(x) for x in labels], dtype=object)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError(f"{what} labels must be a non-empty sequence of str")
+    return arr
+
+
+def _check(S, train_labels, test_labels):
+    S = _matrix(S)
+    tr, te = _labels(train_labels, "train"), _labels(test_labels, "test")
+    if S.shape != (te.size, tr.size):
+        raise InputError(
+            f"score matrix shape {S.shape} does not match {te.size} test labels x {tr.size} train labels"
+        )
+    return S, tr, te
+
+
+def _k(k, n_train: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_train:
+        raise InputError(f"k must be an integer in 1..{n_train} (the number of training samples), got {k!r}")
+    return int(k)
+
+
+def _same(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+    """[n_test, n_train] bool: train label == test label."""
+    return te[:, None] == tr[None, :]
+
+
+def ranking(S) -> np.ndarray:
+    """Training indices per test sample, best first: ``[n_test, n_train]`` int.
+
+    Score descending; ties -> lower training index first; NaN last.
+    """
+    S = _matrix(S)
+    nan = np.isnan(S)
+    key = np.where(nan, 0.0, -S)
+    # lexsort: last key is primary (NaN flag), then -S; equal keys keep index order (it is a stable sort)
+    return np.lexsort((key, nan), axis=1)
+
+
+def _ranked_same(S, tr, te) -> np.ndarray:
+    """[n_test, n_train] bool: is the r-th ranked training sample relevant to test sample j."""
+    order = ranking(S)
+    return np.take_along_axis(_same(tr, te), order, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def acc_at_1(S, train_labels: Sequence[str], test_labels: Sequence[str]) -> float:
+    """Share of test samples whose top-ranked training sample has the same label (ties: lowest index)."""
+    S, tr, te = _check(S, train_labels, test_labels)
+    return float(_ranked_same(S, tr, te)[:, 0].mean())
+
+
+def coverage_at_k(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int) -> float:
+    """``sum_test #{same-label among the top k} / (n_test * k)`` (ties: lowest index)."""
+    S, tr, te = _check(S, train_labels, test_labels)
+    k = _k(k, tr.size)
+    return float(_ranked_same(S, tr, te)[:, :k].sum() / (te.size * k))
+
+
+def paper_k(train_labels: Sequence[str]) -> int:
+    """The paper's k: ``floor(n_train / n_distinct_train_labels)``."""
+    tr = _labels(train_labels, "train")
+    return int(tr.size // len(set(tr.tolist())))
+
+
+def best_coverage(train_labels: Sequence[str], test_labels: Sequence[str], k: int) -> float:
+    """Largest achievable Coverage@k: mean over test of ``min(k, #same-label train) / k``.
+
+    Below 1 when some test label has fewer than k training samples (imbalanced mixes).
+    """
+    tr, te = _labels(train_labels, "train"), _labels(test_labels, "test")
+    k = _k(k, tr.size)
+    counts = _same(tr, te).sum(axis=1)
+    return float(np.mean(np.minimum(k, counts) / k))
+
+
+def chance_acc(train_labels: Sequence[str], test_labels: Sequence[str]) -> float:
+    """Expected Acc@1 of a uniformly random ranking: mean over test of (#same-label train / n_train)."""
+    tr, te = _labels(train_labels, "train"), _labels(test_labels, "test")
+    return float(_same(tr, te).mean(axis=1).mean())
+
+
+def chance_coverage(train_labels: Sequence[str], test_labels: Sequence[str], k: int | None = None) -> float:
+    """Expected Coverage@k of a uniformly random ranking; equals :func:`chance_acc` for every k
+    (the top k of a random ranking hold k * p relevant samples in expectation). ``k`` is only validated."""
+    if k is not None:
+        _k(k, _labels(train_labels, "train").size)
+    return chance_acc(train_labels, test_labels)
+
+
+def auprc_per_test(S, train_labels: Sequence[str], test_labels: Sequence[str]) -> np.ndarray:
+    """Average precision per test sample, same-label training samples = positives: ``[n_test]`` float.
+
+    AP = mean over the positives of (precision at that positive's rank), with the ranking rule of this module.
+    NaN for a test sample without any positive.
+    """
+    S, tr, te = _check(S, train_labels, test_labels)
+    rel = _ranked_same(S, tr, te)
+    hits = np.cumsum(rel, axis=1)
+    prec = hits / np.arange(1, tr.size + 1)[None, :]
+    n_pos = rel.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(rel, prec, 0.0).sum(axis=1) / n_pos
+    return np.where(n_pos > 0, ap, np.nan)
+
+
+def auprc(S, train_labels: Sequence[str], test_labels: Sequence[str]) -> float:
+    """Mean of :func:`auprc_per_test` over test samples that have at least one positive (NaN if none has)."""
+    ap = auprc_per_test(S, train_labels, test_labels)
+    return float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan")
+
+
+def per_label(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int) -> list[dict]:
+    """Per test label (sorted): ``{label, n_test, acc, coverage}`` over the test samples with that label."""
+    S, tr, te = _check(S, train_labels, test_labels)
+    k = _k(k, tr.size)
+    rel = _ranked_same(S, tr, te)
+    out = []
+    for label in sorted(set(te.tolist())):
+        rows = te == label
+        out.append(
+            {
+                "label": label,
+                "n_test": int(rows.sum()),
+                "acc": float(rel[rows, 0].mean()),
+                "coverage": float(rel[rows, :k].sum() / (rows.sum() * k)),
+            }
+        )
+    return out
+
+
+def n_distinct_top1(S) -> int:
+    """How many different training samples are ranked first for some test sample."""
+    return int(np.unique(ranking(S)[:, 0]).size)
+
+
+def _spearman_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Per-row Spearman correlation: Pearson correlation of average ranks; NaN where a row is constant."""
+    ra = rankdata(A, method="average", axis=1)
+    rb = rankdata(B, method="average", axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    num = (ra * rb).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def agreement(S_a, S_b, k: int) -> dict:
+    """How much two methods agree, per test sample, averaged over test samples.
+
+    spearman: mean Spearman rank correlation of the two score rows (average ranks for ties); a row that is
+      constant, or contains NaN, in either matrix has no defined correlation and is left out (NaN when every
+      row is).
+    overlap: mean ``|top-k of a  intersect  top-k of b| / k`` (ranking rule of this module).
+    """
+    A, B = _matrix(S_a), _matrix(S_b)
+    if A.shape != B.shape:
+        raise InputError(f"score matrices must have the same shape, got {A.shape} and {B.shape}")
+    k = _k(k, A.shape[1])
+    rhos = _spearman_rows(A, B)
+    spearman = float(np.nanmean(rhos)) if np.any(~np.isnan(rhos)) else float("nan")
+    ta, tb = ranking(A)[:, :k], ranking(B)[:, :k]
+    overlap = float(np.mean([np.intersect1d(x, y).size / k for x, y in zip(ta, tb)]))
+    return {"spearman": spearman, "overlap": overlap}
+
+
+def summarize(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int | None = None) -> dict:
+    """All headline metrics of one score matrix; ``k=None`` -> :func:`paper_k`.
+
+    Keys: acc, coverage, auprc, chance_acc, chance_coverage, best_coverage, n_distinct_top1, k.
+    """
+    S, tr, te = _check(S, train_labels, test_labels)
+    k = paper_k(tr) if k is None else _k(k, tr.size)
+    return {
+        "acc": acc_at_1(S, tr, te),
+        "coverage": coverage_at_k(S, tr, te, k),
+        "auprc": auprc(S, tr, te),
+        "chance_acc": chance_acc(tr, te),
+        "chance_coverage": chance_coverage(tr, te),
+        "best_coverage": best_coverage(tr, te, k),
+        "n_distinct_top1": n_distinct_top1(S),
+        "k": k,
+    }

@@ -1,0 +1,59 @@
+"""The score store: the only package with SQL. DuckDB schema, ingest of run folders, query functions.
+
+Public API (imported lazily, so ``import store.paths`` from the engine does not import duckdb)::
+
+    Store, open_store, open_or_rebuild                      (store.db)
+    ingest_run, ingest_all, remove_run, rebuild, complete_runs   (store.ingest)
+    list_runs, run_info, methods, checkpoints, leaderboard, top_k, samples, label_metrics, agreement,
+    train_loss, score_matrix, top1_counts, test_prompts_ranking_train, summary   (store.queries)
+    default_store_path, default_runs_dir                    (store.paths)
+    StoreError, NotFoundError, Unknown*Error, IngestError, StoreLockedError, SchemaVersionError, StoreOpenError
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from store.errors import (  # noqa: F401  (no duckdb import in errors/paths)
+    IngestError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreError,
+    StoreLockedError,
+    UnknownCheckpointError,
+    UnknownMethodError,
+    UnknownRunError,
+    UnknownSampleError,
+)
+from store.paths import default_runs_dir, default_store_path  # noqa: F401
+
+_LAZY = {
+    "store.db": ("Store", "open_store", "open_or_rebuild", "StoreOpenError"),
+    "store.ingest": ("ingest_run", "ingest_all", "remove_run", "rebuild", "complete_runs"),
+    "store.queries": (
+        "list_runs", "run_info", "methods", "checkpoints", "leaderboard", "top_k", "samples", "label_metrics",
+        "agreement", "train_loss", "score_matrix", "top1_counts", "test_prompts_ranking_train", "summary",
+    ),
+    "store.schema": ("SCHEMA_VERSION",),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = [
+    "IngestError", "NotFoundError", "SchemaVersionError", "StoreError", "StoreLockedError",
+    "UnknownCheckpointError", "UnknownMethodError", "UnknownRunError", "UnknownSampleError",
+    "default_runs_dir", "default_store_path", *_WHERE,
+]
+
+
+def __getattr__(name: str):
+    """Import the submodule that defines ``name`` on first use (PEP 562)."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,450 @@
+"""Read-only queries for the app. Each takes a connection (or a :class:`~store.db.Store`) and returns a pandas
+DataFrame or a plain value. Every user value goes in as a query parameter.
+
+Ranking convention (same as ``engine.metrics``): training samples are ranked by score descending, ties broken by
+the lowest ``train_id``; NaN scores rank last. Unknown runs, methods, checkpoints or samples raise a subclass of
+:class:`LookupError` (:class:`~store.errors.NotFoundError`) whose message names what was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from store.errors import (
+    UnknownCheckpointError,
+    UnknownMethodError,
+    UnknownRunError,
+    UnknownSampleError,
+)
+
+
+
+def _rank(alias: str = "") -> str:
+    """SQL ORDER BY fragment (constant text, never user data) ranking one test sample's training scores."""
+    p = f"{alias}." if alias else ""
+    return f"isnan({p}score), {p}score DESC, {p}train_id"
+
+
+def _rank_key(alias: str = "") -> str:
+    """The same order as a ``max_by`` key (largest first): not-NaN, then score, then lowest train_id."""
+    p = f"{alias}." if alias else ""
+    return f"(NOT isnan({p}score), {p}score, -{p}train_id)"
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def list_runs(con) -> pd.DataFrame:
+    """One row per ingested run, newest first: run_id, kind, model, task, status, created, n_train, n_test,
+    k_default, labels (list), methods / checkpoints (comma-separated text), folder, ingested_at."""
+    df = _df(
+        con,
+        """
+        SELECT r.run_id, r.kind, r.model, r.task, r.status, r.created, r.n_train, r.n_test, r.k_default,
+               r.labels_json,
+               (SELECT string_agg(DISTINCT s.method, ', ' ORDER BY s.method) FROM score_sets s
+                 WHERE s.run_id = r.run_id) AS methods,
+               (SELECT string_agg(DISTINCT CAST(s.checkpoint AS VARCHAR), ', ' ORDER BY CAST(s.checkpoint AS VARCHAR))
+                  FROM score_sets s WHERE s.run_id = r.run_id) AS checkpoints,
+               r.folder, r.ingested_at
+        FROM runs r ORDER BY r.created DESC NULLS LAST, r.run_id
+        """,
+    )
+    df.insert(9, "labels", [_loads(v, []) for v in df.pop("labels_json")])
+    return df
+
+
+def run_info(con, run: str) -> dict:
+    """Everything known about one run: the ``runs`` columns with spec/labels/versions parsed from JSON, plus
+    ``methods``, ``checkpoints`` and ``n_scores``. Raises :class:`UnknownRunError`."""
+    _require_run(con, run)
+    df = _df(con, "SELECT * FROM runs WHERE run_id = ?", [run])
+    info = {k: _plain(v) for k, v in df.iloc[0].items()}
+    for key in ("spec", "labels", "versions"):
+        info[key] = _loads(info.pop(f"{key}_json"), None)
+    info["methods"] = methods(con, run)
+    info["checkpoints"] = checkpoints(con, run)
+    info["n_scores"] = int(_one(con, "SELECT coalesce(sum(n_rows), 0) FROM score_sets WHERE run_id = ?", [run]))
+    return info
+
+
+def methods(con, run: str) -> list[str]:
+    """Methods that have scores in ``run``, sorted."""
+    _require_run(con, run)
+    rows = _c(con).execute("SELECT DISTINCT method FROM score_sets WHERE run_id = ? ORDER BY method", [run]).fetchall()
+    return [r[0] for r in rows]
+
+
+def checkpoints(con, run: str, method: str | None = None) -> list[int]:
+    """Checkpoints (epochs; 0 = imported) that have scores in ``run`` (for ``method`` if given), sorted."""
+    _require_run(con, run)
+    if method is not None:
+        _require_method(con, run, method)
+    rows = _c(con).execute(
+        "SELECT DISTINCT checkpoint FROM score_sets WHERE run_id = $run AND ($method IS NULL OR method = $method) "
+        "ORDER BY checkpoint",
+        {"run": run, "method": method},
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def summary(con) -> dict:
+    """Counts for the home page: runs, samples, scores, methods, score_sets, last_ingested."""
+    c = _c(con)
+    runs, last = c.execute("SELECT count(*), max(ingested_at) FROM runs").fetchone()
+    n_scores, n_methods, n_sets = c.execute(
+        "SELECT coalesce(sum(n_rows), 0), count(DISTINCT method), count(*) FROM score_sets"
+    ).fetchone()
+    n_samples = c.execute("SELECT count(*) FROM samples").fetchone()[0]
+    return {
+        "runs": int(runs), "samples": int(n_samples), "scores": int(n_scores), "methods": int(n_methods),
+        "score_sets": int(n_sets), "last_ingested": last,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFrame:
+    """One row per (run, method, checkpoint): k, acc, coverage, auprc, chance_acc, chance_coverage,
+    best_coverage, n_distinct_top1, source.
+
+    ``k`` None: each run's ``k_default``. The stored metrics row for that k is used when there is one
+    (``source = 'stored'``); otherwise (a custom k) everything but AUPRC is computed in SQL from the scores
+    (``source = 'computed'``): coverage@k = sum over test samples of same-label training samples among its top
+    k / (n_test * k); best_coverage = mean of min(k, #same-label train) / k; chance = mean share of same-label
+    training samples. k is clipped to [1, n_train].
+    """
+    if run is not None:
+        _require_run(con, run)
+    if k is not None:
+        k = _positive(k, "k")
+    kmax = k if k is not None else _one(
+        con, "SELECT coalesce(max(k_default), 1) FROM runs WHERE $run IS NULL OR run_id = $run", {"run": run}
+    )
+    return _df(con, _LEADERBOARD_SQL, {"run": run, "k": k, "kmax": max(1, int(kmax))})
+
+
+_LEADERBOARD_SQL = f"""
+WITH req AS (
+    SELECT c.run_id, c.method, c.checkpoint,
+           CAST(least(greatest(coalesce($k, r.k_default), 1), greatest(r.n_train, 1)) AS INTEGER) AS k
+    FROM (SELECT run_id, method, checkpoint FROM score_sets
+          UNION SELECT run_id, method, checkpoint FROM metrics) c
+    JOIN runs r USING (run_id)
+    WHERE $run IS NULL OR c.run_id = $run
+),
+stored AS (
+    SELECT q.run_id, q.method, q.checkpoint, q.k, m.acc, m.coverage, m.auprc, m.chance_acc, m.chance_coverage,
+           m.best_coverage, CAST(m.n_distinct_top1 AS BIGINT) AS n_distinct_top1, 'stored' AS source
+    FROM req q JOIN metrics m USING (run_id, method, checkpoint, k)
+    QUALIFY row_number() OVER (PARTITION BY q.run_id, q.method, q.checkpoint) = 1
+),
+todo AS (
+    SELECT q.* FROM req q SEMI JOIN score_sets s USING (run_id, method, checkpoint)
+    WHERE NOT EXISTS (SELECT 1 FROM stored s
+                      WHERE s.run_id = q.run_id AND s.method = q.method AND s.checkpoint = q.checkpoint)
+),
+tops AS (  -- top $kmax training ids per test sample, best first (max_by with n is a per-group top-N)
+    SELECT sc.run_id, sc.method, sc.checkpoint, sc.test_id, any_value(t.k) AS k,
+           max_by(sc.train_id, {_rank_key("sc")}, $kmax) AS top
+    FROM scores sc JOIN todo t USING (run_id, method, checkpoint)
+    GROUP BY sc.run_id, sc.method, sc.checkpoint, sc.test_id
+),
+ranked AS (
+    SELECT run_id, method, checkpoint, test_id, k,
+           unnest(top[1:k]) AS train_id, generate_subscripts(top[1:k], 1) AS rnk
+    FROM tops
+),
+per_test AS (
+    SELECT r.run_id, r.method, r.checkpoint, r.test_id, any_value(r.k) AS k, any_value(te.label) AS test_label,
+           count(*) FILTER (WHERE tr.label = te.label) AS n_same,
+           coalesce(bool_or(r.rnk = 1 AND tr.label = te.label), false) AS top1_same,
+           any_value(r.train_id) FILTER (WHERE r.rnk = 1) AS top1
+    FROM ranked r
+    LEFT JOIN samples te ON te.run_id = r.run_id AND te.split = 'test' AND te.sample_id = r.test_id
+    LEFT JOIN samples tr ON tr.run_id = r.run_id AND tr.split = 'train' AND tr.sample_id = r.train_id
+    GROUP BY r.run_id, r.method, r.checkpoint, r.test_id
+),
+label_n AS (
+    SELECT run_id, label, count(*) AS n FROM samples
+    WHERE split = 'train' AND run_id IN (SELECT run_id FROM todo) GROUP BY run_id, label
+),
+computed AS (
+    -- integer sums divided once: exact, so the result does not depend on the order of parallel aggregation
+    SELECT p.run_id, p.method, p.checkpoint, any_value(p.k) AS k,
+           count_if(p.top1_same) / count(*) AS acc,
+           sum(p.n_same) / (count(*) * any_value(p.k)) AS coverage,
+           sum(coalesce(l.n, 0)) / (count(*) * greatest(any_value(rn.n_train), 1)) AS chance_acc,
+           count(DISTINCT p.top1) AS n_distinct_top1,
+           sum(least(coalesce(l.n, 0), p.k)) / (count(*) * any_value(p.k)) AS best_coverage
+    FROM per_test p
+    JOIN runs rn ON rn.run_id = p.run_id
+    LEFT JOIN label_n l ON l.run_id = p.run_id AND l.label = p.test_label
+    GROUP BY p.run_id, p.method, p.checkpoint
+),
+auprc AS (
+    SELECT run_id, method, checkpoint, any_value(auprc) AS auprc FROM metrics
+    WHERE run_id IN (SELECT run_id FROM todo) GROUP BY run_id, method, checkpoint
+)
+SELECT * FROM stored
+UNION ALL
+SELECT c.run_id, c.method, c.checkpoint, c.k, c.acc, c.coverage, a.auprc, c.chance_acc,
+       c.chance_acc AS chance_coverage, c.best_coverage, c.n_distinct_top1, 'computed' AS source
+FROM computed c LEFT JOIN auprc a USING (run_id, method, checkpoint)
+ORDER BY run_id, method, checkpoint
+"""
+
+
+def label_metrics(con, run: str, method: str | None = None, checkpoint: int | None = None) -> pd.DataFrame:
+    """Per-label acc/coverage rows of ``run`` (optionally one method and/or checkpoint)."""
+    _require_run(con, run)
+    return _df(
+        con,
+        "SELECT method, checkpoint, k, label, n_test, acc, coverage FROM label_metrics "
+        "WHERE run_id = $run AND ($method IS NULL OR method = $method) AND ($ckpt IS NULL OR checkpoint = $ckpt) "
+        "ORDER BY method, checkpoint, k, label",
+        {"run": run, "method": method, "ckpt": _opt_int(checkpoint)},
+    )
+
+
+def agreement(con, run: str, checkpoint: int | None = None) -> pd.DataFrame:
+    """Method-pair agreement rows (mean Spearman per test sample, top-k overlap) of ``run``."""
+    _require_run(con, run)
+    return _df(
+        con,
+        "SELECT checkpoint, method_a, method_b, k, spearman, overlap FROM agreement "
+        "WHERE run_id = $run AND ($ckpt IS NULL OR checkpoint = $ckpt) ORDER BY checkpoint, method_a, method_b, k",
+        {"run": run, "ckpt": _opt_int(checkpoint)},
+    )
+
+
+def train_loss(con, run: str) -> pd.DataFrame:
+    """Training loss curve of ``run``: epoch, step, loss (empty for imported runs)."""
+    _require_run(con, run)
+    return _df(con, "SELECT epoch, step, loss FROM train_loss WHERE run_id = ? ORDER BY step, epoch", [run])
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+def samples(
+    con, run: str, split: str | None = None, label: str | None = None, search: str | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """Samples of ``run``: split, sample_id, prompt, response, label (train first, then test, by id).
+
+    ``search``: case-insensitive substring of prompt or response; ``%``, ``_`` and ``\\`` match literally.
+    """
+    _require_run(con, run)
+    pattern = None if not search else f"%{escape_like(search)}%"
+    return _df(
+        con,
+        r"""
+        SELECT split, sample_id, prompt, response, label FROM samples
+        WHERE run_id = $run AND ($split IS NULL OR split = $split) AND ($label IS NULL OR label = $label)
+          AND ($pat IS NULL OR prompt ILIKE $pat ESCAPE '\' OR response ILIKE $pat ESCAPE '\')
+        ORDER BY split DESC, sample_id LIMIT $limit
+        """,
+        {"run": run, "split": split, "label": label, "pat": pattern,
+         "limit": None if limit is None else _positive(limit, "limit")},
+    )
+
+
+def escape_like(text: str) -> str:
+    """Escape ``\\``, ``%`` and ``_`` so ``text`` matches literally inside ``LIKE ... ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+
+def top_k(con, run: str, method: str, checkpoint: int, test_id: int, k: int) -> pd.DataFrame:
+    """The ``k`` training samples ranked highest for one test sample: rank (1-based), train_id, score, prompt,
+    response, label, same_label (train label == test label). Ties: lowest train_id first."""
+    _require_scores(con, run, method, checkpoint)
+    _require_sample(con, run, "test", test_id)
+    return _df(
+        con,
+        f"""
+        SELECT row_number() OVER (ORDER BY {_rank("s")})
+                 AS rank,
+               s.train_id, s.score, tr.prompt, tr.response, tr.label,
+               coalesce(tr.label = te.label, false) AS same_label
+        FROM (SELECT train_id, score FROM scores
+              WHERE run_id = $run AND method = $method AND checkpoint = $ckpt AND test_id = $test
+              ORDER BY {_rank()} LIMIT $k) s
+        LEFT JOIN samples tr ON tr.run_id = $run AND tr.split = 'train' AND tr.sample_id = s.train_id
+        LEFT JOIN samples te ON te.run_id = $run AND te.split = 'test' AND te.sample_id = $test
+        ORDER BY rank
+        """,
+        {"run": run, "method": method, "ckpt": int(checkpoint), "test": int(test_id), "k": _positive(k, "k")},
+    )
+
+
+def score_matrix(con, run: str, method: str, checkpoint: int) -> np.ndarray:
+    """The dense float32 score matrix ``[n_test, n_train]`` (rows/columns in sample-id order; NaN where a
+    score is missing). Loads every score of that method and checkpoint into memory."""
+    _require_scores(con, run, method, checkpoint)
+    test_ids = _ids(con, run, "test")
+    train_ids = _ids(con, run, "train")
+    df = _df(
+        con,
+        "SELECT test_id, train_id, score FROM scores WHERE run_id = ? AND method = ? AND checkpoint = ?",
+        [run, method, int(checkpoint)],
+    )
+    out = np.full((len(test_ids), len(train_ids)), np.nan, dtype=np.float32)
+    rows, row_ok = _positions(test_ids, df["test_id"].to_numpy())
+    cols, col_ok = _positions(train_ids, df["train_id"].to_numpy())
+    ok = row_ok & col_ok  # scores of ids missing from samples are dropped
+    out[rows[ok], cols[ok]] = df["score"].to_numpy(dtype=np.float32)[ok]
+    return out
+
+
+def _positions(sorted_ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each value in ``sorted_ids`` and whether it is there at all."""
+    pos = np.searchsorted(sorted_ids, values)
+    clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+    ok = (pos < len(sorted_ids)) & (sorted_ids[clipped] == values) if len(sorted_ids) else np.zeros(len(values), bool)
+    return clipped, ok
+
+
+def top1_counts(con, run: str, method: str, checkpoint: int) -> pd.DataFrame:
+    """For every training sample, how many test samples rank it first (n_top1, share of test samples), with its
+    prompt/response/label; most frequent first. One dominant row = the "one sample explains everything" failure."""
+    _require_scores(con, run, method, checkpoint)
+    return _df(
+        con,
+        f"""
+        WITH top1 AS (
+            SELECT test_id, max_by(train_id, {_rank_key()}) AS train_id FROM scores
+            WHERE run_id = $run AND method = $method AND checkpoint = $ckpt
+            GROUP BY test_id
+        )
+        SELECT tr.sample_id AS train_id, count(t.test_id) AS n_top1,
+               count(t.test_id) / greatest((SELECT count(*) FROM top1), 1) AS share,
+               tr.prompt, tr.response, tr.label
+        FROM samples tr LEFT JOIN top1 t ON t.train_id = tr.sample_id
+        WHERE tr.run_id = $run AND tr.split = 'train'
+        GROUP BY tr.sample_id, tr.prompt, tr.response, tr.label
+        ORDER BY n_top1 DESC, train_id
+        """,
+        {"run": run, "method": method, "ckpt": int(checkpoint)},
+    )
+
+
+def test_prompts_ranking_train(con, run: str, method: str, checkpoint: int, train_id: int, k: int) -> pd.DataFrame:
+    """Test samples that have training sample ``train_id`` in their top ``k``: test_id, rank (of the training
+    sample for that test sample), score, prompt, response, label, same_label; best rank first."""
+    _require_scores(con, run, method, checkpoint)
+    _require_sample(con, run, "train", train_id)
+    return _df(
+        con,
+        """
+        WITH blk AS (
+            SELECT test_id, train_id, score FROM scores
+            WHERE run_id = $run AND method = $method AND checkpoint = $ckpt
+        ),
+        t AS (SELECT test_id, score AS s FROM blk WHERE train_id = $train),
+        ranks AS (
+            SELECT t.test_id, any_value(t.s) AS score,
+                   1 + count(*) FILTER (WHERE (isnan(t.s) AND NOT isnan(b.score))
+                                           OR (isnan(t.s) = isnan(b.score)
+                                               AND (b.score > t.s OR (b.score = t.s AND b.train_id < $train))))
+                     AS rank
+            FROM t JOIN blk b USING (test_id) GROUP BY t.test_id
+        )
+        SELECT r.test_id, r.rank, r.score, te.prompt, te.response, te.label,
+               coalesce(te.label = tr.label, false) AS same_label
+        FROM ranks r
+        LEFT JOIN samples te ON te.run_id = $run AND te.split = 'test' AND te.sample_id = r.test_id
+        LEFT JOIN samples tr ON tr.run_id = $run AND tr.split = 'train' AND tr.sample_id = $train
+        WHERE r.rank <= $k
+        ORDER BY r.rank, r.test_id
+        """,
+        {"run": run, "method": method, "ckpt": int(checkpoint), "train": int(train_id), "k": _positive(k, "k")},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _c(con) -> duckdb.DuckDBPyConnection:
+    """Accept a connection, a cursor or a Store."""
+    return getattr(con, "con", con)
+
+
+def _df(con, sql: str, params=None) -> pd.DataFrame:
+    return _c(con).execute(sql, params if params is not None else []).df()
+
+
+def _one(con, sql: str, params):
+    return _c(con).execute(sql, params).fetchone()[0]
+
+
+def _require_run(con, run: str) -> None:
+    if not isinstance(run, str) or _one(con, "SELECT count(*) FROM runs WHERE run_id = ?", [run]) == 0:
+        raise UnknownRunError(run)
+
+
+def _require_method(con, run: str, method: str) -> None:
+    if _one(con, "SELECT count(*) FROM score_sets WHERE run_id = ? AND method = ?", [run, method]) == 0:
+        raise UnknownMethodError(run, method, methods(con, run))
+
+
+def _require_scores(con, run: str, method: str, checkpoint: int) -> None:
+    """Raise unless ``run`` has scores for ``method`` at ``checkpoint``."""
+    _require_run(con, run)
+    _require_method(con, run, method)
+    try:
+        ckpt = int(checkpoint)
+    except (TypeError, ValueError):
+        ckpt = None
+    if ckpt is None or _one(
+        con, "SELECT count(*) FROM score_sets WHERE run_id = ? AND method = ? AND checkpoint = ?", [run, method, ckpt]
+    ) == 0:
+        raise UnknownCheckpointError(run, method, checkpoint, checkpoints(con, run, method))
+
+
+def _require_sample(con, run: str, split: str, sample_id: int) -> None:
+    sql = "SELECT count(*) FROM samples WHERE run_id = ? AND split = ? AND sample_id = ?"
+    if _one(con, sql, [run, split, int(sample_id)]) == 0:
+        raise UnknownSampleError(run, split, sample_id)
+
+
+def _ids(con, run: str, split: str) -> np.ndarray:
+    rows = _c(con).execute(
+        "SELECT sample_id FROM samples WHERE run_id = ? AND split = ? ORDER BY sample_id", [run, split]
+    ).fetchall()
+    return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+
+def _positive(value, name: str) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        v = 0
+    if v < 1 or v != value:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return v
+
+
+def _opt_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _loads(text, default):
+    return default if text is None or (isinstance(text, float) and np.isnan(text)) else json.loads(text)
+
+
+def _plain(value):
+    """numpy/pandas scalars -> Python values (None for NaN/NaT)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,108 @@
+"""The pipeline end to end on the tiny model: a complete, consistent run folder, or nothing at all."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from engine import metrics
+from engine.errors import InputError
+from engine.pipeline import run_pipeline
+from engine.runfolder import list_complete_runs, read_manifest
+from engine.spec import spec_from_dict
+
+
+def _scores(folder, method, ckpt):
+    t = pq.read_table(folder / "scores", filters=[("method", "=", method), ("checkpoint", "=", ckpt)]).to_pandas()
+    n_test, n_train = t.test_id.max() + 1, t.train_id.max() + 1
+    S = np.full((n_test, n_train), np.nan)
+    S[t.test_id, t.train_id] = t.score
+    return S
+
+
+def test_run_folder_is_complete_and_consistent(tiny_run, tiny_spec):
+    m = read_manifest(tiny_run)
+    assert m is not None and m["kind"] == "pipeline" and m["status"] == "complete"
+    assert (m["n_train"], m["n_test"]) == (30, 10) and m["checkpoints"] == [1, 2]
+    assert set(m["methods"]) == set(spec_from_dict(tiny_spec).scoring.methods)
+    assert m["k_default"] == 3  # floor(30 train / 10 labels)
+    samples = pq.read_table(tiny_run / "samples.parquet").to_pandas()
+    assert (samples.split == "train").sum() == 30 and (samples.split == "test").sum() == 10
+    scores = pq.read_table(tiny_run / "scores")
+    assert scores.num_rows == len(m["methods"]) * 2 * 30 * 10
+    # shard_size 16 splits 30 training samples into 2 files per method and checkpoint
+    assert len(list((tiny_run / "scores").glob("datainf-ckpt2-shard*.parquet"))) == 2
+    for e in range(3):
+        assert (tiny_run / f"checkpoints/epoch-{e}/adapter_model.safetensors").is_file()
+    loss = pq.read_table(tiny_run / "train_loss.parquet").to_pandas()
+    assert list(loss.epoch.unique()) == [1, 2] and np.isfinite(loss.loss).all()
+
+
+def test_metrics_match_scores(tiny_run):
+    samples = pq.read_table(tiny_run / "samples.parquet").to_pandas()
+    tr = samples[samples.split == "train"].sort_values("sample_id").label.tolist()
+    te = samples[samples.split == "test"].sort_values("sample_id").label.tolist()
+    mt = pq.read_table(tiny_run / "metrics.parquet").to_pandas()
+    for row in mt.itertuples():
+        S = _scores(tiny_run, row.method, row.checkpoint)
+        assert not np.isnan(S).any()
+        assert row.acc == pytest.approx(metrics.acc_at_1(S, tr, te))
+        assert row.coverage == pytest.approx(metrics.coverage_at_k(S, tr, te, row.k))
+    ag = pq.read_table(tiny_run / "agreement.parquet").to_pandas()
+    n = len(mt.method.unique())
+    assert len(ag) == 2 * n * (n - 1) // 2
+
+
+def test_scores_equal_a_direct_method_call(tiny_run, tiny_spec):
+    """Recompute features from the saved last checkpoint and compare one method's matrix."""
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.finetune import add_lora, set_lora_state
+    from engine.formatting import encode
+    from engine.grads import sample_features
+    from engine.methods import get_method
+    from engine.methods.base import Features
+    from engine.models import load_base
+    from engine.pipeline import load_task
+
+    spec = spec_from_dict(tiny_spec)
+    model, tok = load_base("tiny")
+    model = add_lora(model, spec.lora, seed=spec.train.seed)
+    set_lora_state(model, load_file(str(tiny_run / "checkpoints/epoch-2/adapter_model.safetensors")))
+    model.eval()
+    task = load_task(spec.task)
+    enc = lambda ss: [encode(s, tok, spec.train.template, spec.train.max_length, spec.train.loss_on) for s in ss]
+    cpu = torch.device("cpu")
+    tr = sample_features(model, enc(task.train), tok.pad_token_id, cpu, progress=False)
+    te = sample_features(model, enc(task.test), tok.pad_token_id, cpu, progress=False)
+    for name in ("datainf", "repsim"):
+        want = get_method(name)(Features(tr.grads, tr.reps), Features(te.grads, te.reps))
+        got = _scores(tiny_run, name, 2)
+        np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_failure_mid_run_leaves_nothing(tmp_path, monkeypatch, tiny_spec):
+    import engine.pipeline as pipeline
+
+    def boom(*a, **k):
+        raise RuntimeError("killed during scoring")
+
+    monkeypatch.setattr(pipeline, "score_in_shards", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_pipeline(spec_from_dict(tiny_spec), tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    assert list_complete_runs(tmp_path) == []
+
+
+def test_labels_only_in_test_write_nothing(tmp_path, tiny_spec):
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"p{i}", "response": "r", "label": "a" if i % 2 else "b", "split": "train"} for i in range(6)]
+    rows += [{"prompt": "q", "response": "r", "label": "zzz", "split": "test"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    runs = tmp_path / "runs"
+    spec = spec_from_dict({**tiny_spec, "task": {"name": "file", "path": str(data)}})
+    with pytest.raises(InputError, match="zzz"):
+        run_pipeline(spec, runs, progress=False)
+    assert not runs.exists() or list(runs.iterdir()) == []

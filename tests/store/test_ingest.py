@@ -1,0 +1,287 @@
+"""store.ingest: idempotence, re-runs, incomplete folders, atomic failure, rebuild."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from store import ingest, queries
+from store.db import Store
+from store.errors import IngestError
+from store.schema import RUN_TABLES
+
+N_TABLES = RUN_TABLES  # runs, score_sets, samples, scores, metrics, label_metrics, agreement, train_loss
+
+
+def counts(con, run: str | None = None) -> dict[str, int]:
+    """Row count of every per-run table (for one run, or all)."""
+    return {
+        t: con.execute(f"SELECT count(*) FROM {t} WHERE ? IS NULL OR run_id = ?", [run, run]).fetchone()[0]
+        for t in N_TABLES
+    }
+
+
+def dump(con) -> dict[str, list]:
+    """Every row of every per-run table, sorted, without the columns that legitimately differ (time, path)."""
+    out = {}
+    for t in N_TABLES:
+        cols = [r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [t]
+        ).fetchall() if r[0] not in ("ingested_at",)]
+        out[t] = sorted(con.execute(f"SELECT {', '.join(cols)} FROM {t}").fetchall(), key=repr)
+    return out
+
+
+def test_ingest_is_idempotent(store, runs_dir, make_run):
+    d = make_run(runs_dir, "r1")
+    assert ingest.ingest_run(store.con, d.folder) is True
+    first = counts(store.con)
+    assert ingest.ingest_run(store.con, d.folder) is False
+    assert ingest.ingest_all(store.con, runs_dir) == []
+    assert counts(store.con) == first
+    assert first["scores"] == 2 * 2 * d.n_train * d.n_test
+    assert first["samples"] == d.n_train + d.n_test
+    assert first["runs"] == 1 and first["score_sets"] == 4 and first["metrics"] == 4
+    assert all(n > 0 for n in first.values())
+
+
+def test_scores_loaded_sorted(store, runs_dir, make_run):
+    make_run(runs_dir, "r1", shards=3)
+    store.ingest_all(runs_dir)
+    rows = store.con.execute("SELECT method, checkpoint, test_id, train_id FROM scores").fetchall()
+    assert rows == sorted(rows)
+
+
+def test_reingest_after_rerun_replaces_rows(store, runs_dir, make_run):
+    make_run(runs_dir, "r1", n_train=12, methods=("gradsim", "datainf"), seed=1)
+    store.ingest_all(runs_dir)
+    sha1 = store.con.execute("SELECT manifest_sha256 FROM runs").fetchone()[0]
+    d2 = make_run(runs_dir, "r1", n_train=9, methods=("repsim",), checkpoints=(3,), seed=2)
+    assert store.ingest_all(runs_dir) == ["r1"]
+    c = counts(store.con, "r1")
+    assert c["runs"] == 1 and c["scores"] == 9 * d2.n_test and c["samples"] == 9 + d2.n_test
+    assert queries.methods(store.con, "r1") == ["repsim"]
+    assert store.con.execute("SELECT manifest_sha256 FROM runs").fetchone()[0] != sha1
+    np.testing.assert_array_equal(queries.score_matrix(store.con, "r1", "repsim", 3), d2.scores[("repsim", 3)])
+
+
+def test_other_runs_untouched(store, runs_dir, make_run):
+    make_run(runs_dir, "a", seed=1)
+    make_run(runs_dir, "b", seed=2)
+    store.ingest_all(runs_dir)
+    before = counts(store.con, "a")
+    make_run(runs_dir, "b", seed=3, n_train=6)
+    store.ingest_all(runs_dir)
+    assert counts(store.con, "a") == before
+
+
+def _rewrite_manifest(folder, **changes):
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    m.update(changes)
+    path.write_text(json.dumps(m))
+
+
+def test_incomplete_folders_are_not_ingested(store, runs_dir, tmp_path, make_run):
+    make_run(runs_dir, "good")
+    # a killed run: only the hidden temp folder is left
+    killed = make_run(tmp_path / "scratch", "killed").folder
+    shutil.copytree(killed, runs_dir / ".killed.tmp-123")
+    # no manifest
+    shutil.copytree(killed, runs_dir / "nomanifest")
+    (runs_dir / "nomanifest" / "manifest.json").unlink()
+    # status not complete
+    shutil.copytree(killed, runs_dir / "running")
+    _rewrite_manifest(runs_dir / "running", status="running")
+    # a file's row count differs from the manifest
+    shutil.copytree(killed, runs_dir / "mismatch")
+    pq.write_table(pq.read_table(runs_dir / "mismatch" / "samples.parquet").slice(0, 3),
+                   runs_dir / "mismatch" / "samples.parquet")
+    # a truncated (unreadable) Parquet file
+    shutil.copytree(killed, runs_dir / "truncated")
+    f = runs_dir / "truncated" / "metrics.parquet"
+    f.write_bytes(f.read_bytes()[:50])
+
+    assert store.ingest_all(runs_dir) == ["good"]
+    for name in (".killed.tmp-123", "nomanifest", "running", "mismatch", "truncated"):
+        assert ingest.ingest_run(store.con, runs_dir / name) is False
+        assert counts(store.con, name) == dict.fromkeys(N_TABLES, 0)
+    assert ingest.ingest_run(store.con, runs_dir / "does-not-exist") is False
+
+
+def _bad_scores_table(n=4):
+    return pa.table({
+        "method": pa.array(["gradsim"] * n), "checkpoint": pa.array([1] * n, pa.int32()),
+        "test_id": pa.array([0] * n, pa.int32()), "train_id": pa.array(range(n), pa.int32()),
+        "score": pa.array(["not-a-number"] * n),
+    })
+
+
+def test_corrupt_scores_file_leaves_nothing(store, runs_dir, make_run):
+    d = make_run(runs_dir, "bad", shards=3, extra_files={"scores/zz-corrupt.parquet": _bad_scores_table()})
+    with pytest.raises(IngestError, match=r"'bad'.*zz-corrupt\.parquet") as e:
+        ingest.ingest_run(store.con, d.folder)
+    assert "scores" in str(e.value)
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
+
+
+def test_failed_reingest_keeps_previous_version(store, runs_dir, make_run):
+    make_run(runs_dir, "r1", seed=1)
+    store.ingest_all(runs_dir)
+    before = dump(store.con)
+    make_run(runs_dir, "r1", seed=2, extra_files={"scores/zz-corrupt.parquet": _bad_scores_table()})
+    with pytest.raises(IngestError, match="zz-corrupt.parquet") as e:
+        store.ingest_all(runs_dir)
+    assert e.value.failures.keys() == {"r1"} and e.value.ingested == []
+    assert dump(store.con) == before
+
+
+def test_missing_column_is_named(store, runs_dir, make_run):
+    bad = pa.table({"method": ["m"], "checkpoint": pa.array([1], pa.int32()), "test_id": pa.array([0], pa.int32()),
+                    "train_id": pa.array([0], pa.int32())})
+    d = make_run(runs_dir, "r", extra_files={"scores/nocol.parquet": bad})
+    with pytest.raises(IngestError, match=r"nocol\.parquet lacks column\(s\) score"):
+        ingest.ingest_run(store.con, d.folder)
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
+
+
+@pytest.mark.parametrize("column", ["method", "checkpoint", "train_id"])
+def test_null_keys_are_rejected(store, runs_dir, make_run, column):
+    good = {"method": pa.array(["gradsim", "gradsim"]), "checkpoint": pa.array([1, 1], pa.int32()),
+            "test_id": pa.array([0, 0], pa.int32()), "train_id": pa.array([0, 1], pa.int32()),
+            "score": pa.array([0.5, 0.25], pa.float32())}
+    good[column] = pa.array([None, None], good[column].type)
+    d = make_run(runs_dir, "r", extra_files={"scores/nulls.parquet": pa.table(good)})
+    with pytest.raises(IngestError, match=r"nulls\.parquet"):
+        ingest.ingest_run(store.con, d.folder)
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
+
+
+def test_sample_count_mismatch(store, runs_dir, make_run):
+    d = make_run(runs_dir, "r", manifest_extra={"n_train": 99})
+    with pytest.raises(IngestError, match="n_train = 99"):
+        ingest.ingest_run(store.con, d.folder)
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
+
+
+def test_ingest_all_non_strict_skips_failures(store, runs_dir, caplog, make_run):
+    make_run(runs_dir, "good")
+    make_run(runs_dir, "bad", extra_files={"scores/zz.parquet": _bad_scores_table()})
+    assert ingest.ingest_all(store.con, runs_dir, strict=False) == ["good"]
+    assert "bad" in caplog.text
+    assert queries.list_runs(store.con)["run_id"].tolist() == ["good"]
+
+
+def test_prune_and_remove(store, runs_dir, make_run):
+    make_run(runs_dir, "a")
+    make_run(runs_dir, "b")
+    store.ingest_all(runs_dir)
+    shutil.rmtree(runs_dir / "b")
+    assert store.ingest_all(runs_dir) == []
+    assert len(queries.list_runs(store.con)) == 2  # no prune by default
+    store.ingest_all(runs_dir, prune=True)
+    assert queries.list_runs(store.con)["run_id"].tolist() == ["a"]
+    assert counts(store.con, "b") == dict.fromkeys(N_TABLES, 0)
+    assert ingest.remove_run(store.con, "a") is True and ingest.remove_run(store.con, "a") is False
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
+
+
+def test_odd_run_names_are_data_not_sql(store, runs_dir, make_run):
+    d = make_run(runs_dir, "plain")
+    evil = "x'); DROP TABLE scores; --"
+    shutil.copytree(d.folder, runs_dir / evil)
+    assert sorted(store.ingest_all(runs_dir)) == sorted(["plain", evil])
+    assert counts(store.con, evil) == counts(store.con, "plain")
+    top = [queries.top_k(store.con, name, "gradsim", 1, 0, 3) for name in (evil, "plain")]
+    assert top[0].equals(top[1])
+    ingest.remove_run(store.con, evil)
+    assert counts(store.con, "plain")["scores"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- rebuild
+
+
+def test_rebuild_gives_identical_results(runs_dir, tmp_path, make_run):
+    for i, name in enumerate(("a", "b", "c")):
+        make_run(runs_dir, name, seed=i, n_train=10 + i)
+    first, second = tmp_path / "one.duckdb", tmp_path / "two.duckdb"
+    with Store(first) as s:
+        s.ingest_all(runs_dir)
+    assert ingest.rebuild(second, runs_dir) == ["a", "b", "c"]
+    ingest.rebuild(first, runs_dir)  # over an existing, valid database
+    assert not list(tmp_path.glob(".*rebuild*"))
+    with Store(first, read_only=True) as s1, Store(second, read_only=True) as s2:
+        assert dump(s1.con) == dump(s2.con)
+        for q in (lambda c: queries.leaderboard(c), lambda c: queries.leaderboard(c, k=2),
+                  lambda c: queries.top_k(c, "b", "datainf", 2, 3, 5), lambda c: queries.samples(c, "c")):
+            assert q(s1.con).equals(q(s2.con))
+
+
+def test_rebuild_over_corrupt_or_missing_db(runs_dir, db_path, make_run):
+    make_run(runs_dir, "a")
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(np.random.default_rng(0).bytes(100_000))
+    db_path.with_name(db_path.name + ".wal").write_bytes(b"garbage wal")
+    with pytest.raises(Exception):
+        Store(db_path)
+    assert ingest.rebuild(db_path, runs_dir) == ["a"]
+    assert not db_path.with_name(db_path.name + ".wal").exists()
+    with Store(db_path) as s:
+        assert counts(s.con, "a")["scores"] > 0
+    missing = db_path.with_name("fresh.duckdb")
+    assert ingest.rebuild(missing, runs_dir) == ["a"] and missing.exists()
+
+
+def test_rebuild_default_runs_dir(db_path, make_run):
+    make_run(db_path.parent / "runs", "a")
+    assert ingest.rebuild(db_path) == ["a"]
+
+
+def test_crash_mid_rebuild_keeps_old_db(runs_dir, db_path, monkeypatch, make_run):
+    make_run(runs_dir, "a")
+    ingest.rebuild(db_path, runs_dir)
+    digest = hashlib.sha256(db_path.read_bytes()).hexdigest()
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(ingest, "ingest_all", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ingest.rebuild(db_path, runs_dir)
+    assert hashlib.sha256(db_path.read_bytes()).hexdigest() == digest
+    assert [p.name for p in db_path.parent.iterdir() if "rebuild" in p.name] == []
+
+
+def test_rebuild_strict_failure_keeps_old_db(runs_dir, db_path, make_run):
+    make_run(runs_dir, "a")
+    ingest.rebuild(db_path, runs_dir)
+    make_run(runs_dir, "b", extra_files={"scores/zz.parquet": _bad_scores_table()})
+    with pytest.raises(IngestError):
+        ingest.rebuild(db_path, runs_dir, strict=True)
+    with Store(db_path, read_only=True) as s:
+        assert queries.list_runs(s.con)["run_id"].tolist() == ["a"]
+    assert ingest.rebuild(db_path, runs_dir) == ["a"]  # non-strict: bad run skipped
+
+
+def test_stale_rebuild_temp_files_removed(runs_dir, db_path, make_run):
+    db_path.parent.mkdir(parents=True)
+    stale = db_path.with_name(f".{db_path.name}.rebuild-999999999")
+    stale.write_bytes(b"left by a killed rebuild")
+    make_run(runs_dir, "a")
+    ingest.rebuild(db_path, runs_dir)
+    assert not stale.exists()
+
+
+def test_ingest_uses_parameters_for_paths(store, tmp_path, make_run):
+    """A runs dir whose path contains a quote still loads (paths are parameters, not SQL text)."""
+    runs = tmp_path / "it's runs"
+    make_run(runs, "a")
+    assert store.ingest_all(runs) == ["a"]
+    assert isinstance(store.con, duckdb.DuckDBPyConnection)

@@ -1,0 +1,47 @@
+"""store.schema: tables, version table, version checks."""
+
+import duckdb
+import pytest
+
+from store.db import Store
+from store.errors import SchemaVersionError
+from store.schema import PARQUET_TABLES, SCHEMA_VERSION, ensure_schema, stored_version
+
+
+def _columns(con, table):
+    return [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table]
+    ).fetchall()]
+
+
+def test_tables_and_columns():
+    con = duckdb.connect()
+    ensure_schema(con)
+    ensure_schema(con)  # idempotent
+    assert stored_version(con) == SCHEMA_VERSION
+    assert con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+    for table, (cols, _) in PARQUET_TABLES.items():
+        assert _columns(con, table) == ["run_id", *cols]
+    assert _columns(con, "scores") == ["run_id", "method", "checkpoint", "test_id", "train_id", "score"]
+    assert "manifest_sha256" in _columns(con, "runs") and "spec_hash" in _columns(con, "runs")
+    types = dict(con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'scores'").fetchall())
+    assert types["score"] == "FLOAT" and types["test_id"] == "INTEGER"
+
+
+def test_version_mismatch(db_path):
+    with Store(db_path) as s:
+        s.con.execute("UPDATE schema_version SET version = 999")
+    with pytest.raises(SchemaVersionError, match="999.*rebuild"):
+        Store(db_path)
+    with pytest.raises(SchemaVersionError, match=str(db_path)):
+        Store(db_path, read_only=True)
+
+
+def test_read_only_open(db_path):
+    with Store(db_path):
+        pass
+    with Store(db_path, read_only=True) as s:
+        assert s.con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+        with pytest.raises(duckdb.Error):
+            s.con.execute("DELETE FROM runs")
