@@ -194,6 +194,11 @@ def _coerce(tp, value, path: str):
             raise InputError(f"spec field '{path}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-3" without a dot as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"spec field '{path}' must be a number, got {value!r}")
         return float(value)

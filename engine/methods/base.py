@@ -96,7 +96,8 @@ def register(
 ):
     """Decorator: add ``fn`` to the registry under ``name``.
 
-    ``prepare``/``train_blocks`` (keyword-only, optional) give the two-phase form that lets
+    ``defaults`` must name every keyword parameter of ``fn``: calling a method with any other parameter is an
+    InputError (see :meth:`Method.params`). ``prepare``/``train_blocks`` (keyword-only, optional) give the two-phase form that lets
     ``score_in_shards`` compute the score matrix one training shard at a time; see :class:`Method`.
     """
 
