@@ -175,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "k", None) is not None and args.k <= 0:
         print("error: --k must be positive", file=sys.stderr)
         return 2
+    from store.errors import StoreError
+
     try:
         args.fn(args)
-    except InputError as e:
+    except (InputError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

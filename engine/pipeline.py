@@ -95,47 +95,35 @@ class Evaluation:
                                    "spearman": float(ag["spearman"]), "overlap": float(ag["overlap"])})
 
     def write(self, writer) -> None:
-        writer.write_table("metrics.parquet", _metrics_table(self.metrics))
-        writer.write_table("label_metrics.parquet", pa.table({
-            "method": pa.array([r["method"] for r in self.per_label], pa.string()),
-            "checkpoint": pa.array([r["checkpoint"] for r in self.per_label], pa.int32()),
-            "k": pa.array([r["k"] for r in self.per_label], pa.int32()),
-            "label": pa.array([r["label"] for r in self.per_label], pa.string()),
-            "n_test": pa.array([r["n_test"] for r in self.per_label], pa.int32()),
-            "acc": pa.array([r["acc"] for r in self.per_label], pa.float64()),
-            "coverage": pa.array([r["coverage"] for r in self.per_label], pa.float64()),
-        }))
-        writer.write_table("agreement.parquet", pa.table({
-            "checkpoint": pa.array([r["checkpoint"] for r in self.agreement], pa.int32()),
-            "method_a": pa.array([r["method_a"] for r in self.agreement], pa.string()),
-            "method_b": pa.array([r["method_b"] for r in self.agreement], pa.string()),
-            "k": pa.array([r["k"] for r in self.agreement], pa.int32()),
-            "spearman": pa.array([r["spearman"] for r in self.agreement], pa.float64()),
-            "overlap": pa.array([r["overlap"] for r in self.agreement], pa.float64()),
-        }))
+        writer.write_table("metrics.parquet", rows_table(self.metrics, METRICS_COLUMNS))
+        writer.write_table("label_metrics.parquet", rows_table(self.per_label, LABEL_METRICS_COLUMNS))
+        writer.write_table("agreement.parquet", rows_table(self.agreement, AGREEMENT_COLUMNS))
 
 
-_FLOAT_METRICS = ("acc", "coverage", "auprc", "chance_acc", "chance_coverage", "best_coverage")
+METRICS_COLUMNS = {
+    "method": pa.string(), "checkpoint": pa.int32(), "k": pa.int32(), "acc": pa.float64(),
+    "coverage": pa.float64(), "auprc": pa.float64(), "chance_acc": pa.float64(), "chance_coverage": pa.float64(),
+    "best_coverage": pa.float64(), "n_distinct_top1": pa.int32(),
+}
+LABEL_METRICS_COLUMNS = {
+    "method": pa.string(), "checkpoint": pa.int32(), "k": pa.int32(), "label": pa.string(),
+    "n_test": pa.int32(), "acc": pa.float64(), "coverage": pa.float64(),
+}
+AGREEMENT_COLUMNS = {
+    "checkpoint": pa.int32(), "method_a": pa.string(), "method_b": pa.string(), "k": pa.int32(),
+    "spearman": pa.float64(), "overlap": pa.float64(),
+}
 
 
-def _metrics_table(rows: list[dict]) -> pa.Table:
-    cols = {
-        "method": pa.array([r["method"] for r in rows], pa.string()),
-        "checkpoint": pa.array([r["checkpoint"] for r in rows], pa.int32()),
-        "k": pa.array([r["k"] for r in rows], pa.int32()),
-    }
-    for c in _FLOAT_METRICS:
-        cols[c] = pa.array([float(r[c]) for r in rows], pa.float64())
-    cols["n_distinct_top1"] = pa.array([int(r["n_distinct_top1"]) for r in rows], pa.int32())
-    return pa.table(cols)
+def rows_table(rows: list[dict], columns: dict[str, pa.DataType]) -> pa.Table:
+    """A table with exactly ``columns`` (name → Arrow type) from a list of row dicts (extra keys ignored)."""
+    return pa.table({name: pa.array([r[name] for r in rows], type=tp) for name, tp in columns.items()})
 
 
 def loss_table(losses: list[tuple[int, int, float]]) -> pa.Table:
-    return pa.table({
-        "epoch": pa.array([e for e, _, _ in losses], pa.int32()),
-        "step": pa.array([s for _, s, _ in losses], pa.int32()),
-        "loss": pa.array([v for _, _, v in losses], pa.float64()),
-    })
+    """train_loss.parquet from (epoch, step, loss) tuples."""
+    rows = [{"epoch": e, "step": st, "loss": v} for e, st, v in losses]
+    return rows_table(rows, {"epoch": pa.int32(), "step": pa.int32(), "loss": pa.float64()})
 
 
 def check_task(task: TaskData) -> None:
