@@ -131,7 +131,7 @@ PRESETS: dict[str, RunSpec] = {
     "quick": RunSpec(
         task=TaskSpec(name="grammars", n_train_per_label=10, n_test_per_label=3),
         lora=LoraSpec(r=4, alpha=32, dropout=0.0, target_modules=("q_proj", "v_proj")),
-        train=TrainSpec(epochs=2, batch_size=8, lr=1e-3, max_length=64, loss_on="response"),
+        train=TrainSpec(epochs=2, batch_size=8, lr=1e-3, max_length=64, loss_on="sequence"),
         scoring=ScoringSpec(checkpoints="all", grad_batch_size=16),
     ),
 }
