@@ -238,6 +238,8 @@ def main(argv=None) -> None:
             t32 = min(timed(method, train, test, dtype="float32", **params)[0] for _ in range(3))
             S32 = method(train, test, dtype="float32", **params)
             rows.append((label + " float32", t_loop, t32, rel_diff(S32, ref)))
+            if name == "datainf" and args.original_style:
+                rows.append(("datainf f32 vs original-style", t_orig, t32, rel_diff(S32, ref_orig)))
 
     print(f"\n{'method':<26}{'loop s':>10}{'vectorised s':>14}{'ratio':>9}{'max rel diff':>15}")
     for label, tl, tv, rd in rows:

@@ -134,3 +134,27 @@ def loop_gradients(model, samples: list[Encoded], pad_id: int, device: torch.dev
             rows[i].append(mod.weight.grad.detach().float().flatten().cpu().clone())
     model.zero_grad(set_to_none=True)
     return [torch.stack(r) for r in rows]
+
+
+def merge_features(parts: list[SampleFeatures]) -> SampleFeatures:
+    """Concatenate features of consecutive shards (same blocks, in shard order)."""
+    names = parts[0].block_names
+    if any(p.block_names != names for p in parts):
+        raise ValueError("shards have different LoRA blocks")
+    return SampleFeatures(
+        grads=[torch.cat([p.grads[l] for p in parts]) for l in range(len(names))],
+        reps=torch.cat([p.reps for p in parts]), loss=torch.cat([p.loss for p in parts]), block_names=names,
+    )
+
+
+def features_in_shards(model, samples: list[Encoded], pad_id: int, device: torch.device, shard_size: int,
+                       batch_size: int = 16, desc: str = "gradients", progress: bool = True) -> SampleFeatures:
+    """:func:`sample_features` shard by shard (``shard_size`` samples each), merged in order.
+
+    Every shard depends only on the model and its own samples, so shards can be computed by different
+    processes or machines and merged with :func:`merge_features`; the result equals one call on all samples.
+    """
+    parts = [sample_features(model, samples[i:i + shard_size], pad_id, device, batch_size,
+                             f"{desc} [{i}:{min(i + shard_size, len(samples))}]", progress)
+             for i in range(0, len(samples), shard_size)]
+    return merge_features(parts)

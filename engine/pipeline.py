@@ -23,7 +23,7 @@ from engine import metrics
 from engine.errors import InputError
 from engine.finetune import add_lora, finetune, set_lora_state
 from engine.formatting import encode
-from engine.grads import SampleFeatures, sample_features
+from engine.grads import SampleFeatures, features_in_shards, sample_features
 from engine.methods import get_method, score_in_shards
 from engine.methods.base import Features
 from engine.models import load_base, resolve_device
@@ -185,7 +185,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             model.eval()
             t = time.perf_counter()
             bs = spec.scoring.grad_batch_size
-            train_f = sample_features(model, train_enc, tok.pad_token_id, device, bs, f"train grads @{c}", progress)
+            train_f = features_in_shards(model, train_enc, tok.pad_token_id, device, spec.scoring.shard_size, bs,
+                                         f"train grads @{c}", progress)
             test_f = sample_features(model, test_enc, tok.pad_token_id, device, bs, f"test grads @{c}", progress)
             timings["features_s"] += time.perf_counter() - t
             t = time.perf_counter()

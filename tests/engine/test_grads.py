@@ -79,3 +79,16 @@ def test_refuses_training_mode(lora_model):
             sample_features(model, _samples(tok, 1), tok.pad_token_id, CPU, progress=False)
     finally:
         model.eval()
+
+
+def test_shards_merge_to_the_whole(lora_model):
+    from engine.grads import features_in_shards
+
+    model, tok = lora_model
+    enc = _samples(tok, 7)
+    whole = sample_features(model, enc, tok.pad_token_id, CPU, batch_size=4, progress=False)
+    sharded = features_in_shards(model, enc, tok.pad_token_id, CPU, shard_size=3, batch_size=2, progress=False)
+    for a, b in zip(whole.grads, sharded.grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(whole.reps, sharded.reps, atol=1e-6)
+    assert torch.allclose(whole.loss, sharded.loss, atol=1e-6)
