@@ -13,19 +13,9 @@ import plotly.express as px
 import streamlit as st
 
 import store
+from ui.common import get_store
 
 st.set_page_config(page_title="Influence Explorer", layout="wide")
-
-
-@st.cache_resource
-def get_store() -> store.Store:
-    """The app owns the database: one read-write connection for the process (rebuilt if corrupt)."""
-    return store.open_or_rebuild(store.default_store_path())
-
-
-def refresh(s: store.Store) -> list[str]:
-    """Ingest run folders that finished since the last look (idempotent; cheap when nothing changed)."""
-    return s.ingest_all(strict=False)
 
 
 def show_empty() -> None:
@@ -68,7 +58,7 @@ st.caption("Which training samples are behind a fine-tuned LLM's behaviour — a
            "be trusted?")
 try:
     s = get_store()
-    new = refresh(s)
+    new = s.ingest_all(strict=False)  # runs that finished since the last look
     if new:
         st.toast(f"Ingested {len(new)} new run(s)")
     summ = store.summary(s.cursor())
