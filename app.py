@@ -13,7 +13,8 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui.common import get_store
+from ui import demo_job
+from ui.common import esc, get_store
 
 st.set_page_config(page_title="Influence Explorer", layout="wide")
 
@@ -24,14 +25,62 @@ def show_empty() -> None:
         "sample for every test sample with several attribution methods (GradSim, DataInf, LiSSA, exact iHVP, "
         "RepSim), and shows which methods find the training samples that share the test sample's class."
     )
-    st.markdown("Fill it with the demo run (SmolLM2-135M on a small grammars task, a few minutes on a CPU):")
+    st.markdown("Fill it with the demo run (SmolLM2-135M on a small grammars task, a few minutes on a CPU), "
+                "from here or from a shell:")
     st.code("python -m engine demo --model smollm2-135m", language="bash")
-    st.caption("Then reload this page: finished runs are picked up automatically.")
+    demo_launcher()
+
+
+def demo_launcher() -> None:
+    path = store.default_store_path()
+    if demo_job.running_pid(path) is None:
+        model = st.radio("Demo model", ["smollm2-135m", "tiny"], horizontal=True, key="demo_model",
+                         help="tiny: a random 0.1M-parameter Llama, seconds; smollm2-135m: a real model, minutes")
+        if st.button("Run the demo", type="primary", key="run_demo"):
+            demo_job.launch(path, model)
+            st.rerun()
+        return
+    demo_progress()
+
+
+@st.fragment(run_every=2)
+def demo_progress() -> None:
+    """Polls the demo's log; when the process ends, reruns the page so the new run is ingested."""
+    path = store.default_store_path()
+    if demo_job.running_pid(path) is None:
+        st.rerun()
+    st.info(f"Demo running: {esc(demo_job.last_status(path)) or 'starting…'}")
+
+
+def show_heatmaps(con) -> None:
+    """Methods × runs heatmaps of Acc@1 and Coverage@k at each run's last checkpoint, with chance and best."""
+    board = store.leaderboard(con)
+    if board.empty:
+        return
+    last = board[board.checkpoint == board.groupby("run_id").checkpoint.transform("max")]
+    cols = st.columns(2)
+    for col, metric, title in [(cols[0], "acc", "Acc@1"), (cols[1], "coverage", "Coverage@k")]:
+        grid = last.pivot_table(index="method", columns="run_id", values=metric)
+        ref = last.groupby("run_id")[["chance_acc" if metric == "acc" else "chance_coverage"]].first().T
+        ref.index = ["(chance)"]
+        extra = [ref]
+        if metric == "coverage":
+            best = last.groupby("run_id")[["best_coverage"]].first().T
+            best.index = ["(best possible)"]
+            extra.append(best)
+        grid = pd.concat([grid, *extra])
+        fig = px.imshow(grid, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="Blues", aspect="auto",
+                        title=f"{title} (last checkpoint of each run)")
+        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), height=80 + 36 * len(grid))
+        col.plotly_chart(fig, width="stretch")
 
 
 def show_runs(s: store.Store) -> None:
     con = s.cursor()
     runs = store.list_runs(con)
+    show_heatmaps(con)
+    st.markdown("Open in the explorer: " + " · ".join(
+        f"[{esc(r)}](Explore?run={esc(r)})" for r in runs.run_id))
     st.subheader(f"Runs ({len(runs)})")
     st.dataframe(
         runs[["run_id", "kind", "model", "task", "n_train", "n_test", "k_default", "methods", "checkpoints",

@@ -60,6 +60,14 @@ def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+def _print_folder_report(folder: Path) -> None:
+    """The leaderboard straight from a run folder's metrics.parquet (needs no database)."""
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(folder / "metrics.parquet").to_pandas().sort_values(["method", "checkpoint"])
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
 def cmd_run(args) -> None:
     from engine.pipeline import run_pipeline
     from engine.spec import load_spec
@@ -67,7 +75,8 @@ def cmd_run(args) -> None:
     spec = load_spec(args.spec)
     folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
     print(f"run {spec.run_name} written to {folder}")
-    _ingest(args, folder)
+    if not args.no_ingest:
+        _ingest(args, folder)
 
 
 def cmd_demo(args) -> None:
@@ -81,8 +90,9 @@ def cmd_demo(args) -> None:
                             model=replace(base.model, name=args.model), device=args.device))
     folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
     print(f"run {spec.run_name} written to {folder}")
-    _ingest(args, folder)
-    _print_report(args, spec.run_name, None, as_json=False)
+    if not args.no_ingest:
+        _ingest(args, folder)
+    _print_folder_report(folder)
 
 
 def cmd_import_dataset(args) -> None:
@@ -126,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", help="DuckDB file (default $INFLUENCE_STORE or data/influence.duckdb)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--no-ingest", action="store_true",
+                        help="only write the run folder (the app, which owns the store, ingests it)")
     p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -44,3 +44,23 @@ def test_corrupt_store_is_rebuilt_from_run_folders(monkeypatch, tmp_path, tiny_r
     db.write_bytes(b"this is not a duckdb file" * 100)
     at = _app(monkeypatch, db)
     assert at.metric[0].value == "1"
+
+
+@pytest.mark.slow
+def test_demo_button_runs_the_demo_in_a_separate_process(monkeypatch, tmp_path):
+    import time
+
+    from ui import demo_job
+
+    db = tmp_path / "s.duckdb"
+    at = _app(monkeypatch, db)
+    at.radio(key="demo_model").set_value("tiny").run()
+    at.button(key="run_demo").click().run()
+    assert demo_job.running_pid(db) is not None or (tmp_path / "runs" / "demo-tiny").is_dir()
+    deadline = time.time() + 240
+    while demo_job.running_pid(db) is not None and time.time() < deadline:
+        time.sleep(1)
+    assert (tmp_path / "runs" / "demo-tiny" / "manifest.json").is_file(), (tmp_path / "demo.log").read_text()
+    at.run()
+    assert at.metric[0].value == "1"
+    assert at.selectbox(key="run").value == "demo-tiny"

@@ -1,0 +1,62 @@
+"""Launch ``python -m engine demo`` from the app as a separate process and follow its log.
+
+The process writes only a run folder (``--no-ingest``); the app, which owns the database, ingests it on the
+next refresh. ``<store dir>/demo.pid`` and ``demo.log`` survive page reloads and app restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _files(store_path: Path) -> tuple[Path, Path]:
+    return store_path.parent / "demo.pid", store_path.parent / "demo.log"
+
+
+def running_pid(store_path: Path) -> int | None:
+    """The pid of a demo still running, else None."""
+    pid_file, _ = _files(store_path)
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:  # a finished child stays a zombie until reaped; reap it so it counts as done
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return None
+    except ChildProcessError:
+        pass
+    return pid
+
+
+def launch(store_path: Path, model: str) -> int:
+    """Start the demo in the background; returns its pid."""
+    pid_file, log_file = _files(store_path)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "demo", "--model", model, "--no-ingest", "--store", str(store_path)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def last_status(store_path: Path, max_bytes: int = 20000) -> str:
+    """The latest progress line of the demo log (tqdm redraws with carriage returns)."""
+    _, log_file = _files(store_path)
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    parts = [p.strip() for p in re.split(r"[\r\n]+", text) if p.strip()]
+    return parts[-1] if parts else ""
