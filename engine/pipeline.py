@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
     dtype = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
     model, tok = load_base(spec.model.name, trust_remote_code=spec.model.trust_remote_code, dtype=dtype)
     model = add_lora(model, spec.lora, seed=spec.train.seed).to(device)
+
     def enc(s):
         return encode(s, tok, spec.train.template, spec.train.max_length, spec.train.loss_on)
 
@@ -180,6 +182,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
         ckpts = list(range(1, n_epochs + 1)) if spec.scoring.checkpoints == "all" else [n_epochs]
         ev = Evaluation(train_labels, test_labels, k)
         timings["features_s"] = timings["scoring_s"] = 0.0
+        notes: list[str] = []
         for c in ckpts:
             set_lora_state(model, result.epochs[c - 1])
             model.eval()
@@ -194,11 +197,17 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             for method in methods:
                 params = {"lambda_c": spec.scoring.lambda_c} if "lambda_c" in method.defaults else {}
                 blocks = []
-                for shard, (start, stop, S_block) in enumerate(score_in_shards(
-                        method.name, _features(train_f), _features(test_f), spec.scoring.shard_size, **params)):
-                    writer.write_table(f"scores/{method.name}-ckpt{c}-shard{shard:04d}.parquet",
-                                       scores_table(method.name, c, np.asarray(S_block), start))
-                    blocks.append(np.asarray(S_block))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", RuntimeWarning)
+                    for shard, (start, stop, S_block) in enumerate(score_in_shards(
+                            method.name, _features(train_f), _features(test_f), spec.scoring.shard_size, **params)):
+                        writer.write_table(f"scores/{method.name}-ckpt{c}-shard{shard:04d}.parquet",
+                                           scores_table(method.name, c, np.asarray(S_block), start))
+                        blocks.append(np.asarray(S_block))
+                if caught:  # e.g. LiSSA blocks that hit max_iter: one line per method, kept in the manifest
+                    notes.append(f"{method.name} @ checkpoint {c}: {len(caught)} warning(s), first: "
+                                 f"{caught[0].message}")
+                    log.warning(notes[-1])
                 S = np.concatenate(blocks, axis=1)
                 matrices[method.name] = S
                 ev.add(method.name, c, S)
@@ -211,4 +220,5 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             "model": spec.model.name, "task": task.name, "methods": [m.name for m in methods],
             "checkpoints": ckpts, "n_train": len(task.train), "n_test": len(task.test),
             "labels": task.labels, "k_default": k, "device": str(device), "timings": timings,
+            "warnings": notes,
         })

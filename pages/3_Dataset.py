@@ -1,0 +1,153 @@
+"""Dataset: browse a run's training and test samples, its class composition, and which training samples the
+attribution methods rank in the top k again and again.
+
+No torch and no SQL here: everything comes from ``store`` through ``ui.common.cursor()``. State lives in the
+URL: ``run``, ``ckpt`` (shared with the other pages), ``split``, ``label``, ``q`` (sample browser) and
+``method``, ``k`` (top-k counts). Heavy modules are imported before any ``st.*`` call.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import pyarrow as pa
+import pyarrow.parquet as pq
+import streamlit as st
+
+import store
+from ui.common import cursor, pick_checkpoint, pick_run, qp_get, qp_set
+
+st.set_page_config(page_title="Dataset · Influence Explorer", layout="wide")
+
+SPLITS = ["all", "train", "test"]
+ALL_LABELS = "(all labels)"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+    return buf.getvalue()
+
+
+def downloads(df: pd.DataFrame, stem: str, key: str) -> None:
+    c1, c2, _ = st.columns([1, 1, 4])
+    c1.download_button("Download CSV", df.to_csv(index=False).encode("utf-8"), file_name=f"{stem}.csv",
+                       mime="text/csv", key=f"{key}_csv")
+    c2.download_button("Download Parquet", parquet_bytes(df), file_name=f"{stem}.parquet",
+                       mime="application/vnd.apache.parquet", key=f"{key}_parquet")
+
+
+def topk_counts(S: np.ndarray, k: int) -> np.ndarray:
+    """For every training sample (column of ``S``), in how many test rows it is among the ``k`` highest scores.
+    Ranking as in the store: score descending, ties by lowest train position, NaN last."""
+    n_test, n_train = S.shape
+    k = max(1, min(k, n_train))
+    counts = np.zeros(n_train, dtype=np.int64)
+    pos = np.arange(n_train)
+    for row in S:
+        order = np.lexsort((pos, -np.nan_to_num(row, nan=0.0), np.isnan(row)))
+        counts[order[:k]] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def show_browser(con, run: str, labels: list[str]) -> None:
+    st.subheader("Samples")
+    c1, c2, c3 = st.columns([1, 2, 3])
+    wanted_split = qp_get("split", "all")
+    split = c1.selectbox("Split", SPLITS, index=SPLITS.index(wanted_split) if wanted_split in SPLITS else 0,
+                         key="split")
+    options = [ALL_LABELS, *labels]
+    wanted_label = qp_get("label", ALL_LABELS)
+    label = c2.selectbox("Label", options, index=options.index(wanted_label) if wanted_label in options else 0,
+                         key="label")
+    q = c3.text_input("Search prompt and response (plain text, case-insensitive)", value=qp_get("q", ""), key="q")
+    qp_set(split=None if split == "all" else split, label=None if label == ALL_LABELS else label, q=q or None)
+
+    df = store.samples(con, run, split=None if split == "all" else split,
+                       label=None if label == ALL_LABELS else label, search=q or None)
+    st.caption(f"{len(df)} sample(s)")
+    st.dataframe(df, hide_index=True, width="stretch", key="samples_table")
+    downloads(df, f"{run}_samples", "samples")
+
+
+def show_composition(all_samples: pd.DataFrame) -> None:
+    st.subheader("Class composition")
+    if all_samples.empty:
+        st.info("This run has no samples.")
+        return
+    comp = all_samples.groupby(["split", "label"]).size().rename("n").reset_index()
+    fig = px.bar(comp, x="label", y="n", color="split", barmode="group",
+                 category_orders={"split": ["train", "test"]}, labels={"n": "samples"})
+    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10), height=380, xaxis_title="", legend_title_text="split")
+    st.plotly_chart(fig, width="stretch", key="composition")
+
+
+def show_topk(con, run: str, ck: int, info: dict, train: pd.DataFrame) -> None:
+    st.subheader("Training samples most often in someone's top k")
+    names = [m for m in store.methods(con, run) if ck in store.checkpoints(con, run, m)]
+    if not names or train.empty:
+        st.info("No method has scores at this checkpoint.")
+        return
+    n_train = len(train)
+    c1, c2, _ = st.columns([2, 1, 3])
+    wanted = qp_get("method", names[0])
+    method = c1.selectbox("Method", names, index=names.index(wanted) if wanted in names else 0, key="method")
+    k_default = max(1, min(int(info.get("k_default") or 1), n_train))
+    k_wanted = qp_get("k", k_default, int)
+    k_wanted = k_wanted if 1 <= k_wanted <= n_train else k_default
+    k = int(c2.number_input("k", min_value=1, max_value=n_train, value=k_wanted, step=1, key="k"))
+    qp_set(method=method, k=k)
+
+    S = store.score_matrix(con, run, method, ck)  # columns in train sample-id order, like samples()
+    n_test = S.shape[0]
+    counts = topk_counts(S, k)
+    top1 = store.top1_counts(con, run, method, ck)[["train_id", "n_top1"]]
+    table = pd.DataFrame({
+        "train_id": train.sample_id.astype(int).to_numpy(),
+        f"n_top{k}": counts,
+        "share": counts / max(n_test, 1),
+        "label": train.label.to_numpy(),
+        "prompt": train.prompt.to_numpy(),
+        "response": train.response.to_numpy(),
+    }).merge(top1, on="train_id", how="left")
+    table["n_top1"] = table["n_top1"].fillna(0).astype(int)
+    table = table[["train_id", f"n_top{k}", "share", "n_top1", "label", "prompt", "response"]]
+    table = table.sort_values([f"n_top{k}", "n_top1", "train_id"], ascending=[False, False, True],
+                              kind="stable").reset_index(drop=True)
+    even = n_test * k / n_train
+    never = int((counts == 0).sum())
+    st.caption(f"{method} at checkpoint {ck}: in how many of the {n_test} test prompts' top {k} each training "
+               f"sample appears (an even spread would be {even:.1f} each); {never} of {n_train} training samples "
+               "are never in a top k. n_top1: how many test prompts rank it first.")
+    st.dataframe(table, hide_index=True, width="stretch", key="topk_table",
+                 column_config={"share": st.column_config.NumberColumn(format="%.2f")})
+    downloads(table, f"{run}_ckpt{ck}_{method}_top{k}_counts", "topk")
+
+
+# ---------------------------------------------------------------------------------------------- page
+
+
+st.title("Dataset")
+st.caption("The samples behind a run, and the training samples the attribution methods keep pointing at.")
+try:
+    con = cursor()
+    run = pick_run(con)
+    if run is not None:
+        ck = pick_checkpoint(con, run)
+        info = store.run_info(con, run)
+        all_samples = store.samples(con, run)
+        labels = list(info.get("labels") or sorted(all_samples.label.dropna().unique().tolist()))
+        show_browser(con, run, labels)
+        show_composition(all_samples)
+        show_topk(con, run, ck, info, all_samples[all_samples.split == "train"].reset_index(drop=True))
+except store.StoreError as e:
+    st.error(f"The store could not be read: {e}")

@@ -1,0 +1,158 @@
+"""AppTest: the Compare methods and Dataset pages over a store holding the tiny run (URL state, fallbacks,
+literal search, exports)."""
+
+import shutil
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from store.paths import REPO_ROOT
+
+COMPARE = REPO_ROOT / "pages" / "2_Compare_methods.py"
+DATASET = REPO_ROOT / "pages" / "3_Dataset.py"
+
+
+@pytest.fixture
+def runs_env(monkeypatch, tmp_path, tiny_run):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / tiny_run.name)
+    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
+    monkeypatch.setenv("INFLUENCE_RUNS", str(runs))
+    st.cache_resource.clear()
+    return tiny_run.name
+
+
+def _page(script, **params) -> AppTest:
+    at = AppTest.from_file(str(script), default_timeout=60)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+
+def test_compare_page_renders_heatmaps_scatter_and_disagreement(runs_env):
+    at = _page(COMPARE)
+    assert at.selectbox(key="run").value == runs_env
+    assert at.selectbox(key="ckpt").value == 2  # the last checkpoint by default
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # two heatmaps and the scatter
+    a, b = at.selectbox(key="method_a").value, at.selectbox(key="method_b").value
+    assert a != b
+    assert at.query_params["a"] == a and at.query_params["b"] == b
+    table = at.dataframe[0].value
+    assert len(table) == 10 and {"test_id", "spearman", "prompt", "label"} <= set(table.columns)
+    sp = table.spearman.dropna()
+    assert sp.is_monotonic_increasing  # lowest agreement first
+    assert ((sp >= -1 - 1e-9) & (sp <= 1 + 1e-9)).all()
+    assert len(at.get("download_button")) == 1
+
+
+def test_compare_page_honours_url_state(runs_env):
+    at = _page(COMPARE, run=runs_env, ckpt="1", a="exact", b="lissa", test="3")
+    assert at.selectbox(key="ckpt").value == 1
+    assert at.selectbox(key="method_a").value == "exact"
+    assert at.selectbox(key="method_b").value == "lissa"
+    assert at.selectbox(key="test").value == 3
+    shown = next(m.value for m in at.markdown if "Test prompt #3" in m.value)
+    # dataset text is escaped for markdown too: the '*' of "Replace Vowels with *" stays literal
+    assert "th\\* c\\*lm" in shown
+    # exact and lissa both approximate the same iHVP: their rows agree closely
+    table = at.dataframe[0].value
+    assert table.spearman.dropna().min() > 0.5
+
+
+def test_compare_page_changing_a_method_updates_the_url(runs_env):
+    at = _page(COMPARE, a="gradsim", b="repsim")
+    at.selectbox(key="method_b").set_value("datainf").run()
+    assert not at.exception
+    assert at.query_params["b"] == "datainf"
+    assert "datainf" in at.subheader[-1].value
+
+
+def test_compare_page_unknown_values_in_url_fall_back(runs_env):
+    at = _page(COMPARE, run="no-such-run", ckpt="99", a="nope", b="nope2", test="12345")
+    assert at.selectbox(key="run").value == runs_env
+    assert at.selectbox(key="ckpt").value == 2
+    assert at.selectbox(key="method_a").value != at.selectbox(key="method_b").value
+    assert at.selectbox(key="test").value == 0  # the first test prompt
+    assert at.query_params["run"] == runs_env
+
+
+def test_compare_page_over_an_empty_store_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
+    monkeypatch.setenv("INFLUENCE_RUNS", str(tmp_path / "runs"))
+    st.cache_resource.clear()
+    at = _page(COMPARE)
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+
+def test_dataset_page_renders_samples_composition_and_topk(runs_env):
+    at = _page(DATASET)
+    samples = at.dataframe[0].value
+    assert len(samples) == 40 and set(samples.split) == {"train", "test"}
+    assert len(at.get("plotly_chart")) == 1
+    assert at.number_input(key="k").value == 3  # the run's k_default
+    top = at.dataframe[1].value
+    assert len(top) == 30
+    assert top["n_top3"].sum() == 10 * 3  # every test prompt has exactly k training samples in its top k
+    assert top["n_top1"].sum() == 10
+    assert top["n_top3"].is_monotonic_decreasing
+    assert len(at.get("download_button")) == 4  # CSV + Parquet for both tables
+
+
+def test_dataset_page_honours_url_state(runs_env):
+    label = "Remove All Vowels"
+    at = _page(DATASET, split="train", label=label, method="repsim", k="5", ckpt="1")
+    samples = at.dataframe[0].value
+    assert len(samples) == 3 and set(samples.split) == {"train"} and set(samples.label) == {label}
+    assert at.selectbox(key="method").value == "repsim"
+    assert at.number_input(key="k").value == 5
+    assert at.dataframe[1].value["n_top5"].sum() == 10 * 5
+
+
+def test_dataset_page_filter_changes_update_the_url(runs_env):
+    at = _page(DATASET)
+    at.selectbox(key="split").set_value("test").run()
+    assert at.query_params["split"] == "test"
+    assert set(at.dataframe[0].value.split) == {"test"}
+    at.selectbox(key="method").set_value("gradsim").run()
+    at.number_input(key="k").set_value(2).run()
+    assert not at.exception
+    assert at.query_params["method"] == "gradsim" and at.query_params["k"] == "2"
+    assert "n_top2" in at.dataframe[1].value.columns
+
+
+def test_dataset_search_with_percent_is_literal(runs_env):
+    at = _page(DATASET, q="%")
+    assert at.text_input(key="q").value == "%"
+    assert len(at.dataframe[0].value) == 0  # no sample contains a literal '%'
+    at = _page(DATASET, q="_")
+    assert len(at.dataframe[0].value) == 0
+
+
+def test_dataset_search_finds_a_substring(runs_env):
+    at = _page(DATASET, split="train")
+    first = at.dataframe[0].value.prompt.iloc[0]
+    word = str(first).split()[0]
+    at.text_input(key="q").input(word).run()
+    assert at.query_params["q"] == word
+    found = at.dataframe[0].value
+    assert len(found) >= 1
+    assert found.apply(lambda r: word.lower() in (str(r.prompt) + str(r.response)).lower(), axis=1).all()
+
+
+def test_dataset_page_unknown_values_in_url_fall_back(runs_env):
+    at = _page(DATASET, run="no-such-run", split="bogus", label="nope", method="nope", k="100000")
+    assert at.selectbox(key="run").value == runs_env
+    assert at.selectbox(key="split").value == "all"
+    assert at.number_input(key="k").value == 3
+    assert len(at.dataframe[0].value) == 40
