@@ -1,0 +1,363 @@
+"""Explore: for one test prompt, the training samples each attribution method ranks highest, side by side.
+
+No torch and no SQL here: everything comes from ``store`` through ``ui.common.cursor()``. State lives in the
+URL: ``run`` and ``ckpt`` (shared with the other pages), ``methods`` (comma-separated, up to three), ``k``,
+``test`` (the test sample id) and ``train`` (the training sample drilled into). Heavy modules are imported
+before any ``st.*`` call. Dataset text only reaches the screen escaped: through dataframes, ``st.code`` /
+``st.text`` or :func:`md` (HTML- and markdown-escaped).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+import store
+from ui.common import cursor, esc, pick_checkpoint, pick_run, qp_get, qp_set
+
+st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
+
+PREFERRED = ("datainf", "repsim", "gradsim")  # default methods, in this order, when the URL names none
+MAX_METHODS = 3
+MAX_K = 200  # slider ceiling: longer rankings are unreadable side by side
+TEXT_CUT = 200  # characters of prompt/response shown in table cells (the full text is in the expanders)
+ALL_LABELS = "All labels"
+RUN_WIDGETS = ("methods", "k", "test", "train", "test_label", "test_search")  # widget keys tied to one run
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}()#+\-.!|~$])")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def md(text) -> str:
+    """Dataset text made safe for ``st.markdown``: markdown punctuation backslash-escaped, then HTML-escaped."""
+    return esc(_MD_SPECIAL.sub(r"\\\1", str(text)))
+
+
+def cut(text, limit: int = TEXT_CUT) -> str:
+    """Plain text cut at ``limit`` characters (for widgets and dataframes, which escape on their own)."""
+    t = " ".join(str(text).split())
+    return t if len(t) <= limit else t[: limit - 1] + "…"
+
+
+def default_methods(available: list[str]) -> list[str]:
+    """The first three of datainf/repsim/gradsim that exist, topped up with the others in sorted order."""
+    picked = [m for m in PREFERRED if m in available]
+    picked += [m for m in available if m not in picked]
+    return picked[:MAX_METHODS]
+
+
+def methods_from_url(available: list[str]) -> list[str]:
+    """The ``methods`` query parameter, unknown names and duplicates dropped; the default when none is left."""
+    raw = qp_get("methods", "") or ""
+    wanted: list[str] = []
+    for name in raw.split(","):
+        name = name.strip()
+        if name in available and name not in wanted:
+            wanted.append(name)
+    return wanted[:MAX_METHODS] or default_methods(available)
+
+
+def summarise(table: pd.DataFrame, k: int, n_same_train: int) -> dict:
+    """Per-prompt numbers of one method's ranking: top-1 correct, coverage at k, best possible coverage."""
+    hits = int(table.same_label.sum()) if len(table) else 0
+    return {
+        "top1": bool(len(table)) and bool(table.same_label.iloc[0]),
+        "hits": hits,
+        "coverage": hits / k if k else float("nan"),
+        "best": min(k, n_same_train) / k if k else float("nan"),
+    }
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The ranked table as shown: label marked ✓ (same as the test label) or ✗ (different), long text cut."""
+    out = table[["rank", "score", "label", "prompt", "response", "train_id"]].copy()
+    mark = np.where(table.same_label.astype(bool), "✓ ", "✗ ")
+    out["label"] = [m + str(lab) for m, lab in zip(mark, table.label)]
+    out["prompt"] = out.prompt.map(cut)
+    out["response"] = out.response.map(cut)
+    return out
+
+
+def score_column(values: pd.Series, label: str = "score") -> st.column_config.ProgressColumn:
+    """A bar per score, scaled to the scores in view (they are on very different scales across methods)."""
+    finite = values[np.isfinite(values.astype(float))] if len(values) else values
+    lo = float(min(0.0, finite.min())) if len(finite) else 0.0
+    hi = float(finite.max()) if len(finite) else 1.0
+    if hi <= lo:
+        hi = lo + 1.0
+    return st.column_config.ProgressColumn(label, format="%.4g", min_value=lo, max_value=hi, width=110)
+
+
+TABLE_COLUMNS = {
+    "rank": st.column_config.NumberColumn("#", width=40),
+    "label": st.column_config.TextColumn("label (✓ = test label)", width="medium"),
+    "prompt": st.column_config.TextColumn("prompt", width="large"),
+    "response": st.column_config.TextColumn("response"),
+    "train_id": st.column_config.NumberColumn("train id", width="small"),
+}
+
+
+@st.cache_resource(max_entries=6, show_spinner=False)
+def _matrix(db: str, run: str, stamp: str, method: str, checkpoint: int) -> np.ndarray:
+    """The score matrix of one method and checkpoint, kept across reruns (keyed by store file and ingest time,
+    so a re-ingested run is reloaded). Shared between sessions: never modified."""
+    return store.score_matrix(cursor(), run, method, checkpoint)
+
+
+def to_parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, engine="pyarrow", index=False)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def sidebar(con, run: str, info: dict) -> tuple[int, list[str], int]:
+    ck = pick_checkpoint(con, run)
+    available = info["methods"]
+    methods = st.sidebar.multiselect(
+        "Methods (up to 3)", available, default=methods_from_url(available), max_selections=MAX_METHODS,
+        key="methods", help="Each method gets a column with its own ranking.")
+    qp_set(methods=",".join(methods) if methods else None)
+    n_train = int(info["n_train"] or 0)
+    top = max(1, min(n_train, MAX_K))
+    k_default = int(info.get("k_default") or 10)
+    k = qp_get("k", k_default, int)
+    k = min(max(k, 1), top)
+    if top > 1:
+        k = st.sidebar.slider("k (training samples per method)", 1, top, k, key="k")
+    qp_set(k=k)
+    st.sidebar.caption(f"{info['n_train']} training and {info['n_test']} test samples; run default k = "
+                       f"{k_default}.")
+    return ck, methods, k
+
+
+def choose_test(con, run: str, tests: pd.DataFrame) -> pd.Series | None:
+    """The test-prompt chooser (text filter, label filter, selectbox bound to ``test``); the chosen row."""
+    st.subheader("Test prompt")
+    c1, c2 = st.columns([2, 1])
+    search = c1.text_input("Search test prompts", key="test_search", placeholder="words in the prompt or response")
+    labels = [ALL_LABELS] + sorted(tests.label.dropna().unique().tolist())
+    label = c2.selectbox("Label", labels, key="test_label")
+    shown = tests
+    if search or label != ALL_LABELS:
+        shown = store.samples(con, run, split="test", label=None if label == ALL_LABELS else label,
+                              search=search or None)
+    if shown.empty:
+        st.warning("No test prompt matches this filter.")
+        return None
+    ids = shown.sample_id.astype(int).tolist()
+    by_id = shown.set_index("sample_id")
+    wanted = qp_get("test", ids[0], int)
+    tid = st.selectbox(
+        f"Test sample ({len(ids)} of {len(tests)})", ids, index=ids.index(wanted) if wanted in ids else 0,
+        key="test", format_func=lambda i: f"#{i} · {cut(by_id.loc[i, 'label'], 40)} · {cut(by_id.loc[i, 'prompt'], 90)}")
+    qp_set(test=tid)
+    row = by_id.loc[tid]
+    p, r = st.columns([3, 2])
+    with p:
+        st.caption("Prompt")
+        st.code(str(row.prompt), language=None, wrap_lines=True)
+    with r:
+        st.caption("Response")
+        st.code(str(row.response), language=None, wrap_lines=True)
+    st.markdown(f"**Label:** {md(row.label)}")
+    return row
+
+
+def rankings(con, run: str, ck: int, methods: list[str], tid: int, k: int, test_label, train: pd.DataFrame
+             ) -> dict[str, pd.DataFrame]:
+    """One column per method: per-prompt summary and ranked top-k table; returns the tables shown."""
+    st.subheader(f"Top {k} training samples per method")
+    n_same = int((train.label == test_label).sum())
+    tables: dict[str, pd.DataFrame] = {}
+    for method, col in zip(methods, st.columns(len(methods))):
+        with col:
+            st.markdown(f"#### {md(method)}")
+            try:
+                table = store.top_k(con, run, method, ck, tid, k)
+            except store.StoreError as e:
+                st.warning(f"No ranking for {method} at checkpoint {ck}: {e}")
+                continue
+            tables[method] = table
+            s = summarise(table, k, n_same)
+            m1, m2 = st.columns(2)
+            m1.metric("Top-1 correct", "✓" if s["top1"] else "✗",
+                      help="Does the highest-ranked training sample share the test sample's label?")
+            m2.metric(f"Coverage@{k}", f"{s['coverage']:.2f}",
+                      help=f"{s['hits']} of the top {k} share the test label; best possible {s['best']:.2f}.")
+            st.dataframe(display_table(table), hide_index=True, width="stretch", key=f"table_{method}",
+                         column_config={**TABLE_COLUMNS, "score": score_column(table.score)})
+            with st.expander("Full text of the top samples"):
+                for r in table.head(20).itertuples(index=False):
+                    st.markdown(f"**#{int(r.rank)}** · train {int(r.train_id)} · {md(r.label)} "
+                                f"{'✓' if r.same_label else '✗'}")
+                    st.text(f"{r.prompt}\n→ {r.response}")
+    return tables
+
+
+def distribution(con, run: str, ck: int, methods: list[str], tid: int, info: dict,
+                 tests: pd.DataFrame, train: pd.DataFrame, test_label) -> None:
+    st.subheader("Score distribution by training label")
+    st.caption("Every training sample's score for this test prompt, one box per label; the test prompt's own "
+               "label should stand out on the right. Each method has its own scale.")
+    test_ids = np.sort(tests.sample_id.astype(int).to_numpy())
+    row = int(np.searchsorted(test_ids, tid))
+    train_sorted = train.sort_values("sample_id")
+    parts = []
+    for method in methods:
+        try:
+            mat = _matrix(str(store.default_store_path()), run, str(info.get("ingested_at")), method, ck)
+        except store.StoreError:
+            continue
+        if row >= mat.shape[0] or mat.shape[1] != len(train_sorted):
+            continue
+        parts.append(pd.DataFrame({
+            "method": method, "train_id": train_sorted.sample_id.to_numpy(), "label": train_sorted.label.to_numpy(),
+            "score": mat[row], "same label": np.where(train_sorted.label.to_numpy() == test_label, "same", "different"),
+        }))
+    if not parts:
+        st.info("No scores to plot.")
+        return
+    long = pd.concat(parts, ignore_index=True).dropna(subset=["score"])
+    n_labels = long.label.nunique()
+    fig = px.box(long, x="score", y="label", color="same label", facet_col="method", orientation="h",
+                 points="all" if len(train_sorted) <= 2000 else "outliers", hover_data=["train_id"],
+                 color_discrete_map={"same": "#d62728", "different": "#7f7f7f"},
+                 category_orders={"method": methods, "same label": ["same", "different"]})
+    fig.update_xaxes(matches=None, showticklabels=True)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_layout(height=max(320, 28 * n_labels + 120), margin=dict(l=10, r=10, t=40, b=10),
+                      legend_title_text="vs test label")
+    st.plotly_chart(fig, width="stretch", key="distribution")
+
+
+def drill(con, run: str, ck: int, methods: list[str], k: int, train: pd.DataFrame, default_train: int | None
+          ) -> None:
+    st.subheader("Drill into a training sample")
+    ids = train.sample_id.astype(int).tolist()
+    by_id = train.set_index("sample_id")
+    fallback = default_train if default_train in ids else ids[0]
+    wanted = qp_get("train", fallback, int)
+    trid = st.selectbox(
+        "Training sample", ids, index=ids.index(wanted) if wanted in ids else ids.index(fallback), key="train",
+        format_func=lambda i: f"#{i} · {cut(by_id.loc[i, 'label'], 40)} · {cut(by_id.loc[i, 'prompt'], 90)}",
+        help="Defaults to the first method's top-ranked sample for the chosen test prompt.")
+    qp_set(train=trid)
+    row = by_id.loc[trid]
+    st.code(f"{row.prompt}\n→ {row.response}", language=None, wrap_lines=True)
+    st.markdown(f"**Label:** {md(row.label)}")
+    st.markdown(f"**Test prompts that rank training sample {trid} in their top {k}**")
+    for method, col in zip(methods, st.columns(len(methods))):
+        with col:
+            st.markdown(f"##### {md(method)}")
+            try:
+                hits = store.test_prompts_ranking_train(con, run, method, ck, trid, k)
+            except store.StoreError as e:
+                st.warning(str(e))
+                continue
+            st.caption(f"{len(hits)} test prompt(s); {int(hits.same_label.sum())} share its label.")
+            view = hits[["test_id", "rank", "score", "label", "same_label", "prompt"]].copy()
+            view["same_label"] = np.where(hits.same_label.astype(bool), "✓ same", "✗ different")
+            view["prompt"] = view.prompt.map(cut)
+            st.dataframe(view, hide_index=True, width="stretch", key=f"drill_{method}",
+                         column_config={"test_id": st.column_config.NumberColumn("test id", width="small"),
+                                        "same_label": st.column_config.TextColumn("vs train label"),
+                                        "score": st.column_config.NumberColumn(format="%.4g")})
+
+    st.markdown("**Dominant samples**: how many test prompts rank each training sample first")
+    st.caption("A single training sample ranked first for most test prompts is a failure sign: the method "
+               "explains everything with one sample instead of the test prompt's own class.")
+    for method, col in zip(methods, st.columns(len(methods))):
+        with col:
+            st.markdown(f"##### {md(method)}")
+            try:
+                counts = store.top1_counts(con, run, method, ck)
+            except store.StoreError as e:
+                st.warning(str(e))
+                continue
+            top = counts[counts.n_top1 > 0]
+            if not top.empty:
+                lead = top.iloc[0]
+                st.metric("Most often ranked first", f"#{int(lead.train_id)}",
+                          f"{int(lead.n_top1)} test prompt(s), {lead.share:.0%}", delta_color="off",
+                          delta_arrow="off")
+            view = top[["train_id", "n_top1", "share", "label", "prompt"]].head(15).copy()
+            view["prompt"] = view.prompt.map(cut)
+            st.dataframe(view, hide_index=True, width="stretch", key=f"dominant_{method}",
+                         column_config={"train_id": st.column_config.NumberColumn("train id", width="small"),
+                                        "n_top1": st.column_config.NumberColumn("# top-1", width="small"),
+                                        "share": st.column_config.ProgressColumn("share", format="%.2f",
+                                                                                 min_value=0.0, max_value=1.0)})
+
+
+def export(tables: dict[str, pd.DataFrame], run: str, ck: int, tid: int, k: int) -> None:
+    if not tables:
+        return
+    full = pd.concat([t.assign(method=m) for m, t in tables.items()], ignore_index=True)
+    full.insert(0, "method", full.pop("method"))
+    full.insert(0, "test_id", tid)
+    full.insert(0, "checkpoint", ck)
+    full.insert(0, "run", run)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run}_ck{ck}_test{tid}_top{k}")
+    st.subheader("Export")
+    c1, c2 = st.columns(2)
+    c1.download_button("Ranked tables as CSV", full.to_csv(index=False).encode(), f"{stem}.csv", "text/csv",
+                       key="dl_csv")
+    c2.download_button("Ranked tables as Parquet", to_parquet(full), f"{stem}.parquet",
+                       "application/vnd.apache.parquet", key="dl_parquet")
+
+
+# ---------------------------------------------------------------------------------------------- page
+
+
+def main() -> None:
+    st.title("Explore")
+    st.caption("Pick a test prompt: each method's highest-ranked training samples, side by side. A trustworthy "
+               "method ranks training samples of the test prompt's own label first.")
+    con = cursor()
+    run = pick_run(con)
+    if run is None:
+        return
+    if st.session_state.get("_explore_run") not in (None, run):
+        # Another run: its methods, k range and sample ids differ, so the widgets start again from the URL
+        # (whose values are checked against the new run) instead of keeping stale selections.
+        for key in RUN_WIDGETS:
+            st.session_state.pop(key, None)
+    st.session_state["_explore_run"] = run
+    info = store.run_info(con, run)
+    if not info["methods"]:
+        st.info(f"Run {run} has no scores yet.")
+        return
+    ck, methods, k = sidebar(con, run, info)
+    tests = store.samples(con, run, split="test")
+    train = store.samples(con, run, split="train")
+    if tests.empty or train.empty:
+        st.info("This run has no test or no training samples.")
+        return
+    row = choose_test(con, run, tests)
+    if row is None:
+        return
+    tid = int(row.name)
+    if not methods:
+        st.info("Pick at least one method in the sidebar.")
+        return
+    tables = rankings(con, run, ck, methods, tid, k, row.label, train)
+    distribution(con, run, ck, methods, tid, info, tests, train, row.label)
+    first = next(iter(tables.values()), None)
+    default_train = int(first.train_id.iloc[0]) if first is not None and len(first) else None
+    drill(con, run, ck, methods, k, train, default_train)
+    export(tables, run, ck, tid, k)
+
+
+try:
+    main()
+except store.StoreError as e:
+    st.error(f"The store could not be read: {e}")
