@@ -1,8 +1,6 @@
 """AppTest: the Compare methods and Dataset pages over a store holding the tiny run (URL state, fallbacks,
 literal search, exports)."""
 
-import shutil
-
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -11,16 +9,6 @@ from store.paths import REPO_ROOT
 
 COMPARE = REPO_ROOT / "pages" / "2_Compare_methods.py"
 DATASET = REPO_ROOT / "pages" / "3_Dataset.py"
-
-
-@pytest.fixture
-def runs_env(monkeypatch, tmp_path, tiny_run):
-    runs = tmp_path / "runs"
-    shutil.copytree(tiny_run, runs / tiny_run.name)
-    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
-    monkeypatch.setenv("INFLUENCE_RUNS", str(runs))
-    st.cache_resource.clear()
-    return tiny_run.name
 
 
 def _page(script, **params) -> AppTest:
@@ -36,9 +24,9 @@ def _page(script, **params) -> AppTest:
 # ---------------------------------------------------------------------------------------------- compare
 
 
-def test_compare_page_renders_heatmaps_scatter_and_disagreement(runs_env):
+def test_compare_page_renders_heatmaps_scatter_and_disagreement(store_env):
     at = _page(COMPARE)
-    assert at.selectbox(key="run").value == runs_env
+    assert at.selectbox(key="run").value == store_env
     assert at.selectbox(key="ckpt").value == 2  # the last checkpoint by default
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # two heatmaps and the scatter
@@ -53,8 +41,8 @@ def test_compare_page_renders_heatmaps_scatter_and_disagreement(runs_env):
     assert len(at.get("download_button")) == 1
 
 
-def test_compare_page_honours_url_state(runs_env):
-    at = _page(COMPARE, run=runs_env, ckpt="1", a="exact", b="lissa", test="3")
+def test_compare_page_honours_url_state(store_env):
+    at = _page(COMPARE, run=store_env, ckpt="1", a="exact", b="lissa", test="3")
     assert at.selectbox(key="ckpt").value == 1
     assert at.selectbox(key="method_a").value == "exact"
     assert at.selectbox(key="method_b").value == "lissa"
@@ -67,7 +55,7 @@ def test_compare_page_honours_url_state(runs_env):
     assert table.spearman.dropna().min() > 0.5
 
 
-def test_compare_page_changing_a_method_updates_the_url(runs_env):
+def test_compare_page_changing_a_method_updates_the_url(store_env):
     at = _page(COMPARE, a="gradsim", b="repsim")
     at.selectbox(key="method_b").set_value("datainf").run()
     assert not at.exception
@@ -75,13 +63,13 @@ def test_compare_page_changing_a_method_updates_the_url(runs_env):
     assert "datainf" in at.subheader[-1].value
 
 
-def test_compare_page_unknown_values_in_url_fall_back(runs_env):
+def test_compare_page_unknown_values_in_url_fall_back(store_env):
     at = _page(COMPARE, run="no-such-run", ckpt="99", a="nope", b="nope2", test="12345")
-    assert at.selectbox(key="run").value == runs_env
+    assert at.selectbox(key="run").value == store_env
     assert at.selectbox(key="ckpt").value == 2
     assert at.selectbox(key="method_a").value != at.selectbox(key="method_b").value
     assert at.selectbox(key="test").value == 0  # the first test prompt
-    assert at.query_params["run"] == runs_env
+    assert at.query_params["run"] == store_env
 
 
 def test_compare_page_over_an_empty_store_says_so(monkeypatch, tmp_path):
@@ -95,7 +83,7 @@ def test_compare_page_over_an_empty_store_says_so(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------------------------- dataset
 
 
-def test_dataset_page_renders_samples_composition_and_topk(runs_env):
+def test_dataset_page_renders_samples_composition_and_topk(store_env):
     at = _page(DATASET)
     samples = at.dataframe[0].value
     assert len(samples) == 40 and set(samples.split) == {"train", "test"}
@@ -109,7 +97,7 @@ def test_dataset_page_renders_samples_composition_and_topk(runs_env):
     assert len(at.get("download_button")) == 4  # CSV + Parquet for both tables
 
 
-def test_dataset_page_honours_url_state(runs_env):
+def test_dataset_page_honours_url_state(store_env):
     label = "Remove All Vowels"
     at = _page(DATASET, split="train", label=label, method="repsim", k="5", ckpt="1")
     samples = at.dataframe[0].value
@@ -119,7 +107,7 @@ def test_dataset_page_honours_url_state(runs_env):
     assert at.dataframe[1].value["n_top5"].sum() == 10 * 5
 
 
-def test_dataset_page_filter_changes_update_the_url(runs_env):
+def test_dataset_page_filter_changes_update_the_url(store_env):
     at = _page(DATASET)
     at.selectbox(key="split").set_value("test").run()
     assert at.query_params["split"] == "test"
@@ -131,7 +119,7 @@ def test_dataset_page_filter_changes_update_the_url(runs_env):
     assert "n_top2" in at.dataframe[1].value.columns
 
 
-def test_dataset_search_with_percent_is_literal(runs_env):
+def test_dataset_search_with_percent_is_literal(store_env):
     at = _page(DATASET, q="%")
     assert at.text_input(key="q").value == "%"
     assert len(at.dataframe[0].value) == 0  # no sample contains a literal '%'
@@ -139,7 +127,7 @@ def test_dataset_search_with_percent_is_literal(runs_env):
     assert len(at.dataframe[0].value) == 0
 
 
-def test_dataset_search_finds_a_substring(runs_env):
+def test_dataset_search_finds_a_substring(store_env):
     at = _page(DATASET, split="train")
     first = at.dataframe[0].value.prompt.iloc[0]
     word = str(first).split()[0]
@@ -150,9 +138,9 @@ def test_dataset_search_finds_a_substring(runs_env):
     assert found.apply(lambda r: word.lower() in (str(r.prompt) + str(r.response)).lower(), axis=1).all()
 
 
-def test_dataset_page_unknown_values_in_url_fall_back(runs_env):
+def test_dataset_page_unknown_values_in_url_fall_back(store_env):
     at = _page(DATASET, run="no-such-run", split="bogus", label="nope", method="nope", k="100000")
-    assert at.selectbox(key="run").value == runs_env
+    assert at.selectbox(key="run").value == store_env
     assert at.selectbox(key="split").value == "all"
     assert at.number_input(key="k").value == 3
     assert len(at.dataframe[0].value) == 40

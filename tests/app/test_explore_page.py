@@ -13,17 +13,6 @@ PAGE = str(REPO_ROOT / "pages" / "1_Explore.py")
 TEST_3_PROMPT = "th* c*lm f*rm*r c*lls th* n**ghb*r"  # test sample 3 of the tiny grammars run
 
 
-@pytest.fixture
-def store_env(monkeypatch, tmp_path, tiny_run):
-    """A fresh store path whose runs folder holds the tiny run (the page ingests it on first look)."""
-    runs = tmp_path / "runs"
-    shutil.copytree(tiny_run, runs / tiny_run.name)
-    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
-    monkeypatch.setenv("INFLUENCE_RUNS", str(runs))
-    st.cache_resource.clear()
-    return tiny_run.name
-
-
 def _page(**params) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=60)
     for key, value in params.items():
