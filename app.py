@@ -83,11 +83,15 @@ def show_runs(s: store.Store) -> None:
         f"[{esc(r)}](Explore?run={esc(r)})" for r in runs.run_id))
     st.subheader(f"Runs ({len(runs)})")
     st.dataframe(
-        runs[["run_id", "kind", "model", "task", "n_train", "n_test", "k_default", "methods", "checkpoints",
-              "created"]],
+        runs[["run_id", "kind", "model", "task", "status", "n_train", "n_test", "k_default", "methods",
+              "checkpoints", "created"]],
         hide_index=True, width="stretch",
     )
     run = st.selectbox("Run", runs.run_id.tolist(), key="run")
+    info = store.run_info(con, run)
+    with st.expander(f"Spec and versions of {run}"):
+        st.caption(f"spec hash {info.get('spec_hash', '')}")
+        st.json({"spec": info.get("spec"), "versions": info.get("versions")}, expanded=1)
     board = store.leaderboard(con, run=run)
     last = board[board.checkpoint == board.checkpoint.max()]
     chance = float(last.chance_acc.iloc[0])

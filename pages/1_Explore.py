@@ -84,6 +84,15 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+SAME_BG, OTHER_BG = "background-color: #d9f2e3", "background-color: #fbe0e0"
+
+
+def coloured(shown: pd.DataFrame, same: pd.Series):
+    """The label column coloured green (same label as the test sample) or red (different)."""
+    colours = [SAME_BG if bool(v) else OTHER_BG for v in same]
+    return shown.style.apply(lambda _: colours, subset=["label"])
+
+
 def score_column(values: pd.Series, label: str = "score") -> st.column_config.ProgressColumn:
     """A bar per score, scaled to the scores in view (they are on very different scales across methods)."""
     finite = values[np.isfinite(values.astype(float))] if len(values) else values
@@ -193,8 +202,8 @@ def rankings(con, run: str, ck: int, methods: list[str], tid: int, k: int, test_
                       help="Does the highest-ranked training sample share the test sample's label?")
             m2.metric(f"Coverage@{k}", f"{s['coverage']:.2f}",
                       help=f"{s['hits']} of the top {k} share the test label; best possible {s['best']:.2f}.")
-            st.dataframe(display_table(table), hide_index=True, width="stretch", key=f"table_{method}",
-                         column_config={**TABLE_COLUMNS, "score": score_column(table.score)})
+            st.dataframe(coloured(display_table(table), table.same_label), hide_index=True, width="stretch",
+                         key=f"table_{method}", column_config={**TABLE_COLUMNS, "score": score_column(table.score)})
             with st.expander("Full text of the top samples"):
                 for r in table.head(20).itertuples(index=False):
                     st.markdown(f"**#{int(r.rank)}** · train {int(r.train_id)} · {md(r.label)} "

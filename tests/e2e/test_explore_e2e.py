@@ -35,3 +35,38 @@ def test_explore_reads_url_and_reacts_to_k(page, app_url):
     wait_for_app(page)
     assert "k=5" in page.url and "test=3" in page.url
     screenshot(page, "explore_k5")
+
+
+def _choose(page, key: str, option_text: str) -> None:
+    """Open the selectbox with widget key ``key`` and click the first option starting with ``option_text``."""
+    box = page.locator(f".st-key-{key}").get_by_role("combobox")
+    box.click()
+    page.keyboard.type(option_text)  # the list is long and virtualised: filter it as a user would
+    page.get_by_role("option").filter(has_text=option_text).first.click()
+    wait_for_app(page)
+
+
+def test_explore_pick_prompt_drill_and_export(page, app_url, tmp_path):
+    page.goto(app_url + "/Explore?k=3")
+    wait_for_app(page)
+    expect(page.get_by_text("Coverage@3", exact=True)).to_have_count(3, timeout=60_000)
+    # pick test prompt #3 through the chooser, as a user would
+    _choose(page, "test", "#3 ·")
+    expect(page.get_by_text(TEST_3_PROMPT).first).to_be_visible(timeout=60_000)
+    assert "test=3" in page.url
+    # drill into training sample 7: the URL records it and the drill-down names it
+    _choose(page, "train", "#7 ·")
+    expect(page.get_by_text("Test prompts that rank training sample 7 in their top 3")).to_be_visible(timeout=30_000)
+    assert "train=7" in page.url
+    # export the ranked tables as CSV: the file holds one row per method and rank
+    with page.expect_download(timeout=30_000) as dl:
+        page.locator(".st-key-dl_csv button").click()
+    path = tmp_path / "ranked.csv"
+    dl.value.save_as(path)
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    assert set(df.method) == {"datainf", "repsim", "gradsim"} and len(df) == 9
+    assert set(df.test_id) == {3}
+    assert "Traceback" not in page.inner_text("body")
+    screenshot(page, "explore_drill")
