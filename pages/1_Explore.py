@@ -9,7 +9,6 @@ before any ``st.*`` call. Dataset text only reaches the screen escaped: through 
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
@@ -18,7 +17,7 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui.common import cursor, esc, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import cursor, esc, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
 
 st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
 
@@ -117,12 +116,6 @@ def _matrix(db: str, run: str, stamp: str, method: str, checkpoint: int) -> np.n
     """The score matrix of one method and checkpoint, kept across reruns (keyed by store file and ingest time,
     so a re-ingested run is reloaded). Shared between sessions: never modified."""
     return store.score_matrix(cursor(), run, method, checkpoint)
-
-
-def to_parquet(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, engine="pyarrow", index=False)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -317,11 +310,7 @@ def export(tables: dict[str, pd.DataFrame], run: str, ck: int, tid: int, k: int)
     full.insert(0, "run", run)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run}_ck{ck}_test{tid}_top{k}")
     st.subheader("Export")
-    c1, c2 = st.columns(2)
-    c1.download_button("Ranked tables as CSV", full.to_csv(index=False).encode(), f"{stem}.csv", "text/csv",
-                       key="dl_csv")
-    c2.download_button("Ranked tables as Parquet", to_parquet(full), f"{stem}.parquet",
-                       "application/vnd.apache.parquet", key="dl_parquet")
+    export_buttons(full, stem, "dl", "Ranked tables")
 
 
 # ---------------------------------------------------------------------------------------------- page

@@ -14,7 +14,7 @@ import streamlit as st
 from scipy.stats import spearmanr
 
 import store
-from ui.common import cursor, folded, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import cursor, export_buttons, folded, pick_checkpoint, pick_run, qp_get, qp_set
 
 st.set_page_config(page_title="Compare methods · Influence Explorer", layout="wide")
 
@@ -169,9 +169,7 @@ def show_disagreement(run: str, ck: int, a: str, b: str, k: int, test: pd.DataFr
     st.dataframe(table, hide_index=True, width="stretch", key="disagreement",
                  column_config={"spearman": st.column_config.NumberColumn(format="%.3f"),
                                 f"overlap@{k}": st.column_config.NumberColumn(format="%.2f")})
-    st.download_button("Download as CSV", table.to_csv(index=False).encode("utf-8"),
-                       file_name=f"{run}_ckpt{ck}_{a}_vs_{b}_disagreement.csv", mime="text/csv",
-                       key="download_disagreement")
+    export_buttons(table, f"{run}_ckpt{ck}_{a}_vs_{b}_disagreement", "download_disagreement")
 
 
 # ---------------------------------------------------------------------------------------------- page

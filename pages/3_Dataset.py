@@ -8,17 +8,14 @@ URL: ``run``, ``ckpt`` (shared with the other pages), ``split``, ``label``, ``q`
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
-import pyarrow as pa
-import pyarrow.parquet as pq
 import streamlit as st
 
 import store
-from ui.common import cursor, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
 
 st.set_page_config(page_title="Dataset · Influence Explorer", layout="wide")
 
@@ -29,18 +26,8 @@ ALL_LABELS = "(all labels)"
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def parquet_bytes(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
-    return buf.getvalue()
-
-
 def downloads(df: pd.DataFrame, stem: str, key: str) -> None:
-    c1, c2, _ = st.columns([1, 1, 4])
-    c1.download_button("Download CSV", df.to_csv(index=False).encode("utf-8"), file_name=f"{stem}.csv",
-                       mime="text/csv", key=f"{key}_csv")
-    c2.download_button("Download Parquet", parquet_bytes(df), file_name=f"{stem}.parquet",
-                       mime="application/vnd.apache.parquet", key=f"{key}_parquet")
+    export_buttons(df, stem, key)
 
 
 def topk_counts(S: np.ndarray, k: int) -> np.ndarray:

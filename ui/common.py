@@ -80,3 +80,25 @@ def folded(text: str, limit: int = 160) -> str:
     """Escaped text, cut at ``limit`` characters with an ellipsis (the full text goes in an expander)."""
     t = str(text)
     return esc(t if len(t) <= limit else t[: limit - 1] + "…")
+
+
+def parquet_bytes(df) -> bytes:
+    """A DataFrame as Parquet bytes (no index), for download buttons."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+    return buf.getvalue()
+
+
+def export_buttons(df, stem: str, key: str, what: str = "") -> None:
+    """CSV and Parquet download buttons for ``df`` (widget keys ``<key>_csv`` and ``<key>_parquet``)."""
+    label = f"{what} as " if what else "Download "
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.download_button(f"{label}CSV", df.to_csv(index=False).encode("utf-8"), file_name=f"{stem}.csv",
+                       mime="text/csv", key=f"{key}_csv")
+    c2.download_button(f"{label}Parquet", parquet_bytes(df), file_name=f"{stem}.parquet",
+                       mime="application/vnd.apache.parquet", key=f"{key}_parquet")

@@ -38,7 +38,7 @@ def test_compare_page_renders_heatmaps_scatter_and_disagreement(store_env):
     sp = table.spearman.dropna()
     assert sp.is_monotonic_increasing  # lowest agreement first
     assert ((sp >= -1 - 1e-9) & (sp <= 1 + 1e-9)).all()
-    assert len(at.get("download_button")) == 1
+    assert len(at.get("download_button")) == 2  # CSV + Parquet
 
 
 def test_compare_page_honours_url_state(store_env):

@@ -29,12 +29,12 @@ def test_compare_page_by_url_shows_agreement_and_disagreement(page, app_url):
     wait_for_app(page)
     page.get_by_text("Agreement between methods").first.wait_for(timeout=60_000)
     page.wait_for_selector(PLOT, timeout=60_000)
-    page.get_by_text("Download as CSV").wait_for(timeout=60_000)  # the last element of the page
+    page.get_by_text("Download CSV").wait_for(timeout=60_000)  # the last element of the page
     assert page.locator("[data-testid='stPlotlyChart']").count() == 3
     text = page.inner_text("body")
     assert "Compare methods" in text and "Where gradsim and exact disagree most" in text
     assert "Test prompt #2" in text and "Traceback" not in text
-    assert "Download as CSV" in text
+    assert "Download CSV" in text and "Download Parquet" in text
 
     _choose(page, "Method B", "repsim")
     page.wait_for_url(re.compile(r"[?&]b=repsim"), timeout=30_000)
