@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PORT    ?= 8501
 
-.PHONY: setup run test test-fast demo clean-data
+.PHONY: setup browser run test test-fast demo screenshots
 
 setup: $(STAMP)
 
@@ -23,8 +23,15 @@ run: setup
 demo: setup
 	$(VPY) -m engine demo --model smollm2-135m
 
-test: setup
+# Browser tests drive Debian's chromium (Playwright cannot download its own browser here); needs root for apt.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: setup browser
 	$(VPY) -m pytest
+
+screenshots: setup browser
+	$(VPY) scripts/screenshots.py
 
 test-fast: setup
 	$(VPY) -m pytest -m "not slow and not browser"
