@@ -241,9 +241,9 @@ def main(argv=None) -> None:
             if name == "datainf" and args.original_style:
                 rows.append(("datainf f32 vs original-style", t_orig, t32, rel_diff(S32, ref_orig)))
 
-    print(f"\n{'method':<26}{'loop s':>10}{'vectorised s':>14}{'ratio':>9}{'max rel diff':>15}")
+    print(f"\n{'method':<30}{'loop s':>10}{'vectorised s':>14}{'ratio':>9}{'max rel diff':>15}")
     for label, tl, tv, rd in rows:
-        print(f"{label:<26}{tl:>10.2f}{tv:>14.4f}{tl / tv:>8.0f}x{rd:>15.2e}")
+        print(f"{label:<30}{tl:>10.2f}{tv:>14.4f}{tl / tv:>8.0f}x{rd:>15.2e}")
     for label, tl, tv, _ in rows:
         if label == "datainf":
             mnd = args.n_test * args.n_train * sum(dims)
