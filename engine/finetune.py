@@ -18,11 +18,18 @@ from engine.spec import LoraSpec, TrainSpec
 
 @dataclass
 class TrainResult:
-    """``initial`` and ``epochs[e-1]`` are LoRA state dicts (CPU tensors); ``losses`` is (epoch, step, loss)."""
+    """``initial`` and ``epochs[e-1]`` are LoRA state dicts (CPU tensors); ``losses`` is (epoch, step, loss);
+    ``lrs[s]`` is the learning rate used at step s (0-based)."""
 
     initial: dict[str, torch.Tensor]
     epochs: list[dict[str, torch.Tensor]] = field(default_factory=list)
     losses: list[tuple[int, int, float]] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+
+    def epoch_lr(self, epoch: int) -> float:
+        """Mean learning rate over the steps of ``epoch`` (1-based): TracIn's weight for that checkpoint."""
+        values = [lr for (e, _, _), lr in zip(self.losses, self.lrs) if e == epoch]
+        return sum(values) / len(values)
 
 
 def add_lora(model, lora: LoraSpec, seed: int):
@@ -78,6 +85,7 @@ def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, devic
             loss = per_sample_loss(out.logits, batch["labels"]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            result.lrs.append(sched.get_last_lr()[0])
             opt.step()
             sched.step()
             step += 1

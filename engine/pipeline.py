@@ -136,8 +136,8 @@ def check_task(task: TaskData) -> None:
         raise InputError(f"dataset {task.name!r}: labels only in test: {', '.join(unseen)}")
 
 
-def _features(f: SampleFeatures) -> Features:
-    return Features(grads=f.grads, reps=f.reps, block_names=f.block_names)
+def _features(f: SampleFeatures, history: list) -> Features:
+    return Features(grads=f.grads, reps=f.reps, block_names=f.block_names, history=tuple(history))
 
 
 def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
@@ -183,6 +183,10 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
         ev = Evaluation(train_labels, test_labels, k)
         timings["features_s"] = timings["scoring_s"] = 0.0
         notes: list[str] = []
+        # TracIn needs every scored checkpoint's gradients; keep them only when it is asked for (memory).
+        keep_history = "tracin" in spec.scoring.methods
+        train_hist: list = []
+        test_hist: list = []
         for c in ckpts:
             set_lora_state(model, result.epochs[c - 1])
             model.eval()
@@ -192,6 +196,10 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                                          f"train grads @{c}", progress)
             test_f = sample_features(model, test_enc, tok.pad_token_id, device, bs, f"test grads @{c}", progress)
             timings["features_s"] += time.perf_counter() - t
+            if keep_history:
+                train_hist.append((result.epoch_lr(c), train_f.grads))
+                test_hist.append((result.epoch_lr(c), test_f.grads))
+            train_x, test_x = _features(train_f, train_hist), _features(test_f, test_hist)
             t = time.perf_counter()
             matrices = {}
             for method in methods:
@@ -200,7 +208,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", RuntimeWarning)
                     for shard, (start, stop, S_block) in enumerate(score_in_shards(
-                            method.name, _features(train_f), _features(test_f), spec.scoring.shard_size, **params)):
+                            method.name, train_x, test_x, spec.scoring.shard_size, **params)):
                         writer.write_table(f"scores/{method.name}-ckpt{c}-shard{shard:04d}.parquet",
                                            scores_table(method.name, c, np.asarray(S_block), start))
                         blocks.append(np.asarray(S_block))

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.errors import InputError
 
-DEFAULT_METHODS = ("gradsim", "gradcos", "datainf", "lissa", "lissa_paper", "exact", "repsim")
+DEFAULT_METHODS = ("gradsim", "gradcos", "tracin", "datainf", "lissa", "lissa_paper", "exact", "repsim")
 
 
 @dataclass(frozen=True)

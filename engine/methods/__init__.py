@@ -15,7 +15,7 @@ import torch
 
 from engine.errors import InputError
 
-from . import datainf, exact, gradcos, gradsim, lissa, lissa_paper, repsim  # noqa: F401  (registration side effect)
+from . import datainf, exact, gradcos, gradsim, lissa, lissa_paper, repsim, tracin  # noqa: F401  (registration side effect)
 from .base import REGISTRY, Features, Method, register
 
 __all__ = ["REGISTRY", "Features", "Method", "register", "get_method", "score_in_shards"]

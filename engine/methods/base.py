@@ -32,11 +32,14 @@ class Features:
     grads: list of ``[n, d_l]`` float32 tensors, one per LoRA block, same order for train and test.
     reps: ``[n, h]`` float32 tensor, or None.
     block_names: names of the LoRA blocks (e.g. ``model.layers.0.self_attn.q_proj.lora_A``).
+    history: gradients at the epoch checkpoints so far, ``((weight_c, grads_c), ...)`` in epoch order, with
+        ``weight_c`` the mean learning rate of epoch c; used by TracIn. Empty when not computed.
     """
 
     grads: list[torch.Tensor] | None = None
     reps: torch.Tensor | None = None
     block_names: tuple[str, ...] = ()
+    history: tuple[tuple[float, list[torch.Tensor]], ...] = ()
 
     @property
     def n(self) -> int:

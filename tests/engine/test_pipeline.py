@@ -106,3 +106,17 @@ def test_labels_only_in_test_write_nothing(tmp_path, tiny_spec):
     with pytest.raises(InputError, match="zzz"):
         run_pipeline(spec, runs, progress=False)
     assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_tracin_is_the_lr_weighted_sum_of_gradsim_over_checkpoints(tiny_run):
+    """TracIn at epoch 2 = eta_1 GradSim@1 + eta_2 GradSim@2, eta_e = mean learning rate of epoch e.
+
+    The tiny spec: 30 samples, batch 8 -> 4 steps per epoch, 8 in all, lr 0.01 decaying linearly to 0, so the
+    step learning rates are 0.01 * (1 - s/8) for s = 0..7.
+    """
+    lrs = [0.01 * (1 - s / 8) for s in range(8)]
+    eta1, eta2 = sum(lrs[:4]) / 4, sum(lrs[4:]) / 4
+    want = eta1 * _scores(tiny_run, "gradsim", 1) + eta2 * _scores(tiny_run, "gradsim", 2)
+    np.testing.assert_allclose(_scores(tiny_run, "tracin", 2), want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(_scores(tiny_run, "tracin", 1), eta1 * _scores(tiny_run, "gradsim", 1), rtol=1e-4,
+                               atol=1e-6 * np.abs(want).max())

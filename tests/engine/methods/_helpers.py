@@ -19,8 +19,13 @@ def make_features(seed: int = 0, n: int = N_TRAIN, m: int = N_TEST, dims=DIMS, s
         return [scale * (0.5 + b) * torch.randn(k, d, generator=gen) for b, d in enumerate(dims)]
 
     names = tuple(f"block{b}" for b in range(len(dims)))
-    train = Features(grads=grads(n), reps=torch.randn(n, h, generator=gen), block_names=names)
-    test = Features(grads=grads(m), reps=torch.randn(m, h, generator=gen), block_names=names)
+    g_train, g_test = grads(n), grads(m)
+    # one earlier checkpoint plus the current one, for TracIn (weights = learning rates of the two epochs)
+    h_train, h_test = grads(n), grads(m)
+    train = Features(grads=g_train, reps=torch.randn(n, h, generator=gen), block_names=names,
+                     history=((2e-3, h_train), (1e-3, g_train)))
+    test = Features(grads=g_test, reps=torch.randn(m, h, generator=gen), block_names=names,
+                    history=((2e-3, h_test), (1e-3, g_test)))
     return train, test
 
 

@@ -5,7 +5,7 @@ import torch
 from engine.errors import InputError
 from engine.methods import REGISTRY, Features, get_method, score_in_shards
 
-BUILTIN = {"gradsim", "gradcos", "datainf", "exact", "lissa", "lissa_paper", "repsim"}
+BUILTIN = {"gradsim", "gradcos", "tracin", "datainf", "exact", "lissa", "lissa_paper", "repsim"}
 
 
 def test_registry_contents():
