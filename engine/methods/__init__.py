@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from engine.errors import InputError
 
 from . import datainf, exact, gradcos, gradsim, lissa, lissa_paper, repsim, tracin  # noqa: F401  (registration side effect)
+from ._common import dot_queries
 from .base import REGISTRY, Features, Method, register
 
 __all__ = ["REGISTRY", "Features", "Method", "register", "get_method", "score_in_shards"]
@@ -55,8 +55,4 @@ def score_in_shards(
     Q = method.prepare(train, test, **merged)
     for start in range(0, n, shard_size):
         stop = min(start + shard_size, n)
-        T = method.train_blocks(train, start, stop, **merged)
-        block = torch.zeros(Q[0].shape[0], stop - start, dtype=Q[0].dtype, device=Q[0].device)
-        for q, t in zip(Q, T):
-            block.addmm_(q, t.T)
-        yield start, stop, block.cpu().numpy().astype(np.float64, copy=False)
+        yield start, stop, dot_queries(Q, method.train_blocks(train, start, stop, **merged))

@@ -154,3 +154,14 @@ def gradient_method(precondition: Preconditioner):
         return prepare_blocks(train, test, precondition, **params)
 
     return fn, prepare
+
+
+def dot_queries(Q: list[torch.Tensor], T: list[torch.Tensor]) -> np.ndarray:
+    """``S = sum_l Q_l @ T_l^T`` for query blocks [m, d_l] and training blocks [n, d_l] -> float64 numpy [m, n].
+
+    The second phase of every two-phase method, for a whole training set or one shard of it.
+    """
+    S = torch.zeros(Q[0].shape[0], T[0].shape[0], dtype=Q[0].dtype, device=Q[0].device)
+    for q, t in zip(Q, T):
+        S.addmm_(q, t.T)
+    return S.cpu().numpy().astype(np.float64, copy=False)

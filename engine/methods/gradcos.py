@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import check_grads, grad_train_blocks, resolve_device, resolve_dtype
+from ._common import check_grads, dot_queries, grad_train_blocks, resolve_device, resolve_dtype
 from .base import Features, register
 
 
@@ -49,6 +49,4 @@ def train_blocks(train: Features, start: int, stop: int, **params) -> list[torch
 def gradcos(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
     """Cosine of the full LoRA gradients -> float64 [n_test, n_train] in [-1, 1]; larger = more responsible."""
     Q = prepare(train, test, dtype=dtype, device=device)
-    T = train_blocks(train, 0, train.n, dtype=dtype, device=device)
-    S = sum(q @ t.T for q, t in zip(Q, T))
-    return S.cpu().numpy().astype(np.float64, copy=False)
+    return dot_queries(Q, train_blocks(train, 0, train.n, dtype=dtype, device=device))

@@ -16,7 +16,7 @@ import torch
 
 from engine.errors import InputError
 
-from ._common import resolve_device, resolve_dtype
+from ._common import dot_queries, resolve_device, resolve_dtype
 from .base import Features, register
 
 
@@ -54,7 +54,5 @@ def train_blocks(train: Features, start: int, stop: int, *, dtype="float64", dev
 def tracin(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
     """TracIn scores -> float64 [n_test, n_train]; larger = more responsible."""
     Q = prepare(train, test, dtype=dtype, device=device)
-    T = train_blocks(train, 0, int(train.history[0][1][0].shape[0]) if train.history else 0,
-                     dtype=dtype, device=device)
-    S = sum(q @ t.T for q, t in zip(Q, T))
-    return S.cpu().numpy().astype(np.float64, copy=False)
+    n = int(train.history[0][1][0].shape[0])  # prepare has checked that the history is there
+    return dot_queries(Q, train_blocks(train, 0, n, dtype=dtype, device=device))
