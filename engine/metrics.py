@@ -185,7 +185,7 @@ def n_distinct_top1(S) -> int:
     return int(np.unique(ranking(S)[:, 0]).size)
 
 
-def _spearman_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def spearman_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Per-row Spearman correlation: Pearson correlation of average ranks; NaN where a row is constant."""
     ra = rankdata(A, method="average", axis=1)
     rb = rankdata(B, method="average", axis=1)
@@ -209,7 +209,7 @@ def agreement(S_a, S_b, k: int) -> dict:
     if A.shape != B.shape:
         raise InputError(f"score matrices must have the same shape, got {A.shape} and {B.shape}")
     k = _k(k, A.shape[1])
-    rhos = _spearman_rows(A, B)
+    rhos = spearman_rows(A, B)
     spearman = float(np.nanmean(rhos)) if np.any(~np.isnan(rhos)) else float("nan")
     ta, tb = ranking(A)[:, :k], ranking(B)[:, :k]
     overlap = float(np.mean([np.intersect1d(x, y).size / k for x, y in zip(ta, tb)]))

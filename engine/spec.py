@@ -80,6 +80,39 @@ class ScoringSpec:
     grad_batch_size: int = 16
     shard_size: int = 512
     k: int | None = None
+    # the *_proj methods: k dimensions per LoRA block and the seed of the projection (engine.projection)
+    proj_dim: int = 128
+    proj_seed: int = 0
+
+
+ANALYSES = ("ihvp", "convergence", "retrain")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """The paper's three analyses (engine/analysis), run as stages after scoring when named in ``stages``.
+
+    ihvp: iHVP approximation error on parameter subsets of growing size, at the last scored checkpoint, for
+        every damping in ``ihvp_lambda_c`` and every LiSSA step count in ``ihvp_iterations``; ``ihvp_entries``
+        is the size of the smallest subset (the first entries of one LoRA matrix).
+    convergence: loss, generation accuracy and score stability at every epoch checkpoint (needs
+        ``scoring.checkpoints: all``); ``generate_tokens`` caps greedy generation (also used by retrain).
+    retrain: retrain from the same initial LoRA weights and seed with groups removed: ``retrain_single``
+        single samples, ``retrain_labels`` whole labels (0 = every label), ``retrain_seeds`` random subsets of
+        ``retrain_fraction`` of the training set; plus one control retraining with nothing removed.
+        ``retrain_workers``: parallel processes on CPU (0 = automatic; always 1 on CUDA).
+    """
+
+    stages: tuple[str, ...] = ()
+    ihvp_lambda_c: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+    ihvp_iterations: tuple[int, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000)
+    ihvp_entries: int = 16
+    generate_tokens: int = 24
+    retrain_single: int = 3
+    retrain_labels: int = 0
+    retrain_fraction: float = 0.1
+    retrain_seeds: int = 3
+    retrain_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +125,7 @@ class RunSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     device: str = "auto"
     dtype: str = "float32"
 
@@ -146,8 +180,11 @@ _CHOICES = {
     "scoring.checkpoints": ("last", "all"),
 }
 _POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.max_length",
-             "scoring.grad_batch_size", "scoring.shard_size", "scoring.k",
-             "task.n_train_per_label", "task.n_test_per_label"}
+             "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim",
+             "task.n_train_per_label", "task.n_test_per_label", "analysis.ihvp_entries",
+             "analysis.generate_tokens"}
+_NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis.retrain_seeds",
+                 "analysis.retrain_workers"}
 
 
 def _build(cls, data: Any, where: str):
@@ -218,12 +255,18 @@ def validate(spec: RunSpec) -> RunSpec:
     for key in _POSITIVE:
         if flat[key] is not None and flat[key] <= 0:
             raise InputError(f"spec field '{key}' must be positive, got {flat[key]!r}")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise InputError(f"spec field '{key}' must be >= 0, got {flat[key]!r}")
+    _validate_analysis(spec)
     if not 0.0 <= spec.lora.dropout < 1.0:
         raise InputError(f"spec field 'lora.dropout' must be in [0, 1), got {spec.lora.dropout!r}")
     if spec.train.lr <= 0:
         raise InputError(f"spec field 'train.lr' must be positive, got {spec.train.lr!r}")
     if spec.scoring.lambda_c <= 0:
         raise InputError(f"spec field 'scoring.lambda_c' must be positive, got {spec.scoring.lambda_c!r}")
+    if spec.scoring.proj_seed < 0:
+        raise InputError(f"spec field 'scoring.proj_seed' must be >= 0, got {spec.scoring.proj_seed!r}")
     if not spec.lora.target_modules:
         raise InputError("spec field 'lora.target_modules' must name at least one module")
     if "{prompt}" not in spec.train.template or "{response}" not in spec.train.template:
@@ -251,6 +294,27 @@ def validate(spec: RunSpec) -> RunSpec:
 
         check_run_name(spec.name)
     return spec
+
+
+def _validate_analysis(spec: RunSpec) -> None:
+    a = spec.analysis
+    for i, stage in enumerate(a.stages):
+        if stage not in ANALYSES:
+            raise InputError(f"spec field 'analysis.stages[{i}]' names unknown analysis {stage!r}; "
+                             f"valid: {', '.join(ANALYSES)}")
+    if len(set(a.stages)) != len(a.stages):
+        raise InputError(f"spec field 'analysis.stages' lists an analysis twice: {list(a.stages)}")
+    if "convergence" in a.stages and spec.scoring.checkpoints != "all":
+        raise InputError("spec field 'analysis.stages' includes convergence, which compares every epoch "
+                         "checkpoint: set scoring.checkpoints to all")
+    for i, lc in enumerate(a.ihvp_lambda_c):
+        if not lc > 0:
+            raise InputError(f"spec field 'analysis.ihvp_lambda_c[{i}]' must be positive, got {lc!r}")
+    for i, t in enumerate(a.ihvp_iterations):
+        if t < 0:
+            raise InputError(f"spec field 'analysis.ihvp_iterations[{i}]' must be >= 0, got {t!r}")
+    if not 0.0 < a.retrain_fraction < 1.0:
+        raise InputError(f"spec field 'analysis.retrain_fraction' must be in (0, 1), got {a.retrain_fraction!r}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -5,7 +5,8 @@ Public API (imported lazily, so ``import store.paths`` from the engine does not 
     Store, open_store, open_or_rebuild                      (store.db)
     ingest_run, ingest_all, remove_run, rebuild, complete_runs   (store.ingest)
     list_runs, run_info, methods, checkpoints, leaderboard, top_k, samples, label_metrics, agreement,
-    train_loss, score_matrix, top1_counts, test_prompts_ranking_train, summary   (store.queries)
+    train_loss, score_matrix, top1_counts, test_prompts_ranking_train, summary,
+    analyses, analysis_table, retrain_points   (store.queries)
     default_store_path, default_runs_dir                    (store.paths)
     StoreError, NotFoundError, Unknown*Error, IngestError, StoreLockedError, SchemaVersionError, StoreOpenError
 """
@@ -33,6 +34,7 @@ _LAZY = {
     "store.queries": (
         "list_runs", "run_info", "methods", "checkpoints", "leaderboard", "top_k", "samples", "label_metrics",
         "agreement", "train_loss", "score_matrix", "top1_counts", "test_prompts_ranking_train", "summary",
+        "analyses", "analysis_table", "retrain_points",
     ),
     "store.schema": ("SCHEMA_VERSION",),
 }

@@ -229,6 +229,67 @@ def train_loss(con, run: str) -> pd.DataFrame:
     return _df(con, "SELECT epoch, step, loss FROM train_loss WHERE run_id = ? ORDER BY step, epoch", [run])
 
 
+# ---------------------------------------------------------------------------------------------- analyses
+
+# analysis stage -> the tables it fills (engine/analysis); the app asks which stages a run has
+ANALYSIS_STAGES = {
+    "ihvp": ("ihvp_error",),
+    "convergence": ("checkpoint_eval", "score_drift"),
+    "retrain": ("retrain_groups", "retrain_modules", "retrain_tests", "retrain_predictions", "retrain_methods"),
+}
+_ANALYSIS_ORDER = {
+    "ihvp_error": "level, method, lambda_c, iterations",
+    "checkpoint_eval": "checkpoint",
+    "score_drift": "method, checkpoint",
+    "retrain_groups": "kind, group_id",
+    "retrain_modules": "group_id, module",
+    "retrain_tests": "group_id, test_id",
+    "retrain_predictions": "method, group_id, test_id",
+    "retrain_methods": "method",
+}
+
+
+def analyses(con, run: str) -> list[str]:
+    """The analysis stages (``ihvp``, ``convergence``, ``retrain``) that have rows in ``run``."""
+    _require_run(con, run)
+    out = []
+    for stage, tables in ANALYSIS_STAGES.items():
+        # table names are our constants (ANALYSIS_STAGES), never user input
+        if _one(con, f"SELECT count(*) FROM (SELECT 1 FROM {tables[0]} WHERE run_id = ? LIMIT 1)", [run]):
+            out.append(stage)
+    return out
+
+
+def analysis_table(con, run: str, table: str) -> pd.DataFrame:
+    """All rows of one analysis table for ``run`` (without run_id), in a stable order.
+
+    ``table``: one of the tables in :data:`ANALYSIS_STAGES` (a ValueError otherwise)."""
+    if table not in _ANALYSIS_ORDER:
+        raise ValueError(f"unknown analysis table {table!r}; valid: {', '.join(_ANALYSIS_ORDER)}")
+    _require_run(con, run)
+    df = _df(con, f"SELECT * EXCLUDE (run_id) FROM {table} WHERE run_id = ? ORDER BY {_ANALYSIS_ORDER[table]}",
+             [run])
+    return df
+
+
+def retrain_points(con, run: str) -> pd.DataFrame:
+    """Predicted vs actual output change per (method, group, test sample): method, group_id, kind, test_id,
+    test label, predicted (sum of the removed samples' scores), dloss (actual change of the test loss), kl."""
+    _require_run(con, run)
+    return _df(
+        con,
+        """
+        SELECT p.method, p.group_id, g.kind, p.test_id, s.label, p.predicted, t.dloss, t.kl
+        FROM retrain_predictions p
+        JOIN retrain_tests t ON t.run_id = p.run_id AND t.group_id = p.group_id AND t.test_id = p.test_id
+        JOIN retrain_groups g ON g.run_id = p.run_id AND g.group_id = p.group_id
+        LEFT JOIN samples s ON s.run_id = p.run_id AND s.split = 'test' AND s.sample_id = p.test_id
+        WHERE p.run_id = ? ORDER BY p.method, p.group_id, p.test_id
+        """,
+        [run],
+    )
+
+
 # ---------------------------------------------------------------------------------------------- samples
 
 

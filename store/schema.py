@@ -13,7 +13,7 @@ import duckdb
 
 from store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the analysis tables
 
 # table -> ({column: sql type} as in the Parquet file, sort key used when loading)
 PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
@@ -50,6 +50,31 @@ PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         ("step", "epoch"),
     ),
 }
+
+# The analysis tables (engine/analysis): declared once, as Arrow types, in engine.analysis.TABLES.
+_SQL_TYPES = {"string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN"}
+_ANALYSIS_KEYS = {
+    "ihvp_error": ("level", "method", "lambda_c", "iterations"),
+    "checkpoint_eval": ("checkpoint",),
+    "score_drift": ("method", "checkpoint"),
+    "retrain_groups": ("group_id",),
+    "retrain_modules": ("group_id", "module"),
+    "retrain_tests": ("group_id", "test_id"),
+    "retrain_predictions": ("method", "group_id", "test_id"),
+    "retrain_methods": ("method",),
+}
+
+
+def _analysis_tables() -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
+    from engine.analysis import TABLES
+
+    return {name: ({c: _SQL_TYPES[str(t)] for c, t in cols.items()}, _ANALYSIS_KEYS[name])
+            for name, cols in TABLES.items()}
+
+
+PARQUET_TABLES.update(_analysis_tables())
+# Key columns that may hold NULL (ihvp_error.iterations is NULL for methods run with their own defaults).
+NULLABLE_KEYS = {("ihvp_error", "iterations")}
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -91,7 +116,8 @@ RUN_TABLES = ("runs", "score_sets", *PARQUET_TABLES)
 def table_ddl(table: str) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for one Parquet-backed table (``run_id`` first; key columns NOT NULL)."""
     columns, key = PARQUET_TABLES[table]
-    cols = ",\n    ".join(f"{name} {typ}{' NOT NULL' if name in key else ''}" for name, typ in columns.items())
+    cols = ",\n    ".join(f"{name} {typ}{' NOT NULL' if name in key and (table, name) not in NULLABLE_KEYS else ''}"
+                           for name, typ in columns.items())
     return f"CREATE TABLE IF NOT EXISTS {table} (\n    run_id VARCHAR NOT NULL,\n    {cols}\n)"
 
 
