@@ -68,11 +68,28 @@ def _print_folder_report(folder: Path) -> None:
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+def _with_analyses(spec, value: str | None):
+    """Override ``spec.analysis.stages`` with ``--analyses`` ("all", "none" or a comma-separated list)."""
+    from dataclasses import replace
+
+    from engine.spec import ANALYSES, validate
+
+    if value is None:
+        return spec
+    value = value.strip()
+    stages = ANALYSES if value == "all" else () if value in ("none", "") else \
+        tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in stages if v not in ANALYSES]
+    if unknown:
+        raise InputError(f"--analyses: unknown analysis {unknown[0]!r}; valid: all, none, {', '.join(ANALYSES)}")
+    return validate(replace(spec, analysis=replace(spec.analysis, stages=stages)))
+
+
 def cmd_run(args) -> None:
     from engine.pipeline import run_pipeline
     from engine.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = _with_analyses(load_spec(args.spec), args.analyses)
     folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
     print(f"run {spec.run_name} written to {folder}")
     if not args.no_ingest:
@@ -88,6 +105,7 @@ def cmd_demo(args) -> None:
     base = PRESETS["quick"]
     spec = validate(replace(base, name=args.name or f"demo-{args.model}",
                             model=replace(base.model, name=args.model), device=args.device))
+    spec = _with_analyses(spec, args.analyses)
     folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
     print(f"run {spec.run_name} written to {folder}")
     if not args.no_ingest:
@@ -138,14 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     common.add_argument("--no-ingest", action="store_true",
                         help="only write the run folder (the app, which owns the store, ingests it)")
+    stages = argparse.ArgumentParser(add_help=False)
+    stages.add_argument("--analyses", metavar="LIST",
+                        help="analysis stages to run, overriding the spec: all, none, or a comma-separated list "
+                             "of ihvp, convergence, retrain (demo default: all three)")
     p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("run", parents=[common], help="run a spec file")
+    s = sub.add_parser("run", parents=[common, stages], help="run a spec file")
     s.add_argument("spec")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("demo", parents=[common], help="the 'quick' preset on a built-in model")
+    s = sub.add_parser("demo", parents=[common, stages], help="the 'quick' preset on a built-in model")
     s.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"])
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--name", help="run name (default demo-<model>)")

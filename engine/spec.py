@@ -167,6 +167,8 @@ PRESETS: dict[str, RunSpec] = {
         lora=LoraSpec(r=4, alpha=32, dropout=0.0, target_modules=("q_proj", "v_proj")),
         train=TrainSpec(epochs=2, batch_size=8, lr=1e-3, max_length=64, loss_on="sequence"),
         scoring=ScoringSpec(checkpoints="all", grad_batch_size=16),
+        # 8 retrainings (control, 2 single samples, 2 labels, 3 random 10% subsets): the costly stage
+        analysis=AnalysisSpec(stages=ANALYSES, retrain_single=2, retrain_labels=2, retrain_seeds=3),
     ),
 }
 

@@ -50,3 +50,18 @@ def tiny_store(tiny_run, tmp_path_factory):
     with store.Store(path) as s:
         s.ingest_run(tiny_run)
     return path
+
+
+ANALYSIS_STAGES = {"stages": ["ihvp", "convergence", "retrain"], "retrain_single": 1, "retrain_labels": 1,
+                   "retrain_seeds": 3, "generate_tokens": 4, "ihvp_iterations": [1, 10, 100]}
+
+
+@pytest.fixture(scope="session")
+def tiny_analysis_run(tmp_path_factory):
+    """The tiny run with the three analysis stages (6 retrainings) and three methods."""
+    from engine.pipeline import run_pipeline
+    from engine.spec import spec_from_dict
+
+    spec = {**TINY_SPEC, "name": "tiny-analyses", "analysis": ANALYSIS_STAGES,
+            "scoring": {**TINY_SPEC["scoring"], "methods": ["gradsim", "datainf", "tracin"]}}
+    return run_pipeline(spec_from_dict(spec), tmp_path_factory.mktemp("analysis-runs"), progress=False)

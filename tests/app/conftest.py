@@ -15,3 +15,14 @@ def store_env(monkeypatch, tmp_path, tiny_run):
     monkeypatch.setenv("INFLUENCE_RUNS", str(runs))
     st.cache_resource.clear()
     return tiny_run.name
+
+
+@pytest.fixture
+def analysis_store_env(monkeypatch, tmp_path, tiny_analysis_run):
+    """Like ``store_env`` with the tiny run that has all three analyses; returns its run name."""
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_analysis_run, runs / tiny_analysis_run.name)
+    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
+    monkeypatch.setenv("INFLUENCE_RUNS", str(runs))
+    st.cache_resource.clear()
+    return tiny_analysis_run.name

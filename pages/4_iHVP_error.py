@@ -1,0 +1,98 @@
+"""iHVP error: how far DataInf and LiSSA are from the exact inverse-Hessian-vector product, as the parameter
+subset grows, as the damping changes and as LiSSA takes more steps (analysis stage ``ihvp``).
+
+State in the URL: ``run``, ``lc`` (damping λ_c), ``metric``, ``level``. No torch, no SQL: data from ``store``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+import store
+from ui.analysis_pages import needs_stage, pick_choice
+from ui.common import cursor, export_buttons, pick_run
+from ui.readings import METHOD_NAMES, ihvp_reading
+
+st.set_page_config(page_title="iHVP error · Influence Explorer", layout="wide")
+
+METRICS = {"rel_error": "relative error ‖q − q*‖ / ‖q*‖", "cosine": "cosine(q, q*)",
+           "spearman": "Spearman of the scores vs exact", "acc": "Acc@1 of the scores", "time_s": "time (s)"}
+LOG_METRICS = {"rel_error", "time_s"}
+
+
+def line(df: pd.DataFrame, x: str, y: str, color: str, title: str, log_x: bool, log_y: bool, key: str,
+         x_title: str) -> None:
+    fig = px.line(df.sort_values(x), x=x, y=y, color=color, markers=True, log_x=log_x, log_y=log_y, title=title,
+                  hover_data=[c for c in ("level", "dim", "lambda_c", "iterations", "note") if c in df])
+    fig.update_layout(margin=dict(l=10, r=10, t=50, b=10), height=400, xaxis_title=x_title,
+                      yaxis_title=METRICS.get(y, y), legend_title_text="")
+    st.plotly_chart(fig, width="stretch", key=key)
+
+
+def show(con, run: str) -> None:
+    rows = store.analysis_table(con, run, "ihvp_error")
+    rows["method name"] = rows.method.map(lambda m: METHOD_NAMES.get(m, m))
+    lcs = sorted(rows.lambda_c.unique().tolist())
+    sweep_lc = float(rows[rows.method == "lissa_steps"].lambda_c.iloc[0]) if (rows.method == "lissa_steps").any() \
+        else lcs[0]
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        lc = pick_choice("Damping λ_c (λ = mean(g²) / λ_c)", "lc", lcs, sweep_lc, cast=float)
+    with c2:
+        metric = pick_choice("Measure", "metric", list(METRICS), "rel_error", fmt=METRICS.get)
+    levels = rows.sort_values("dim").level.unique().tolist()
+    with c3:
+        level = pick_choice("Parameter subset (for the damping and steps charts)", "level", levels, levels[-1],
+                            fmt=lambda l: f"{l} (d = {int(rows[rows.level == l].dim.iloc[0])})")
+
+    for sentence in ihvp_reading(rows, lc):
+        st.markdown(f"- {sentence}")
+    desc = rows.groupby("level").first().sort_values("dim")
+    st.caption("Subsets: " + "; ".join(f"**{l}** = {r.description} (d = {int(r.dim)})" for l, r in desc.iterrows())
+               + f". Measured at checkpoint {int(rows.checkpoint.iloc[0])} on every test sample; each subset is "
+                 "treated as one block with H = GᵀG/n + λI (the damped empirical Fisher), q* = H⁻¹v exact.")
+
+    at = rows[(rows.lambda_c == lc) & (rows.method != "lissa_steps")]
+    line(at, "dim", metric, "method name", f"{METRICS[metric]} vs number of parameters (λ_c = {lc:g})",
+         True, metric in LOG_METRICS, "by_dim", "parameters in the subset (log)")
+
+    left, right = st.columns(2)
+    with left:
+        steps = rows[(rows.method == "lissa_steps") & (rows.level == level)].copy()
+        if steps.empty:
+            st.info("This run has no LiSSA step sweep.")
+        else:
+            steps = steps[steps.iterations > 0] if metric in LOG_METRICS else steps
+            base = rows[(rows.lambda_c == sweep_lc) & (rows.level == level) & rows.method.isin(["datainf"])]
+            fig = px.line(steps.sort_values("iterations"), x="iterations", y=metric, markers=True,
+                          log_x=True, log_y=metric in LOG_METRICS,
+                          title=f"LiSSA: {METRICS[metric]} vs steps ({level}, λ_c = {sweep_lc:g})")
+            for r in base.itertuples():
+                fig.add_hline(y=getattr(r, metric), line_dash="dash", annotation_text="DataInf",
+                              annotation_position="top left")
+            fig.update_layout(margin=dict(l=10, r=10, t=50, b=10), height=380, xaxis_title="LiSSA steps T (log)",
+                              yaxis_title=METRICS[metric])
+            st.plotly_chart(fig, width="stretch", key="by_steps")
+    with right:
+        damp = rows[(rows.level == level) & (rows.method != "lissa_steps")]
+        line(damp, "lambda_c", metric, "method name", f"{METRICS[metric]} vs damping ({level})", True,
+             metric in LOG_METRICS, "by_damping", "λ_c (log; larger = weaker damping)")
+
+    st.subheader("All measurements")
+    table = rows.drop(columns=["method name"])
+    st.dataframe(table, hide_index=True, width="stretch", key="ihvp_table")
+    export_buttons(table, f"{run}_ihvp_error", "download_ihvp")
+
+
+st.title("iHVP approximation error")
+st.caption("Influence functions need H⁻¹v, the inverse Hessian times a test gradient. How close do DataInf and "
+           "LiSSA get to the exact value, and does the ranking of training samples survive their error?")
+try:
+    con = cursor()
+    run = pick_run(con)
+    if run is not None and needs_stage(con, run, "ihvp"):
+        show(con, run)
+except store.StoreError as e:
+    st.error(f"The store could not be read: {e}")

@@ -1,0 +1,36 @@
+"""Widgets shared by the three analysis pages (iHVP error, Convergence, Retraining)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import streamlit as st
+
+import store
+from ui.common import esc, qp_get, qp_set
+
+HOW_TO = {
+    "ihvp": "the iHVP-error study",
+    "convergence": "the convergence analysis (it needs `scoring.checkpoints: all`)",
+    "retrain": "the retraining analysis (it re-fine-tunes the model once per removed group: the slow one)",
+}
+
+
+def needs_stage(con, run: str, stage: str) -> bool:
+    """True when ``run`` has the analysis ``stage``; otherwise say how to get it and return False."""
+    have = store.analyses(con, run)
+    if stage in have:
+        return True
+    st.info(f"Run {esc(run)} has no results of {HOW_TO[stage]}. Runs made with the `quick` preset (the demo) "
+            f"include it; for another spec add `analysis: {{stages: [{stage}]}}` or run it with "
+            f"`python -m engine run SPEC.yaml --analyses {stage}`.")
+    return False
+
+
+def pick_choice(label: str, key: str, options: list, default, cast=str, fmt: Callable | None = None):
+    """A selectbox bound to the query parameter ``key`` (unknown or malformed values fall back to ``default``)."""
+    wanted = qp_get(key, default, cast)
+    index = options.index(wanted) if wanted in options else (options.index(default) if default in options else 0)
+    value = st.selectbox(label, options, index=index, key=f"pick_{key}", format_func=fmt or str)
+    qp_set(**{key: value})
+    return value
