@@ -2,7 +2,7 @@
 
 Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] | import-dataset PATH --name NAME |
 import-scores --dataset PATH --scores CSV --method NAME --run NAME | report --run NAME [--k K] [--json] |
-ingest | rebuild-store. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
+ingest | rebuild-store | worker [--once]. run and demo take ``--analyses LIST``. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
 ``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
 Bad input prints ``error: ...`` (no traceback) and exits with status 2.
 """
@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -150,6 +151,15 @@ def cmd_rebuild_store(args) -> None:
     print(f"rebuilt {_store_path(args)} from {_runs_dir(args)}")
 
 
+def cmd_worker(args) -> None:
+    from engine.jobs import default_jobs_dir, worker_loop
+
+    store_path = _store_path(args)
+    jobs_dir = Path(args.jobs) if args.jobs else default_jobs_dir(store_path)
+    worker_loop(jobs_dir, store_path, _runs_dir(args), once=args.once, poll_s=args.poll,
+                log=lambda msg: print(msg, flush=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", help="DuckDB file (default $INFLUENCE_STORE or data/influence.duckdb)")
@@ -197,7 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("rebuild-store", parents=[common], help="recreate the store from the run folders")
     s.set_defaults(fn=cmd_rebuild_store)
+
+    s = sub.add_parser("worker", parents=[common],
+                       help="claim queued jobs (submitted from the app's Jobs page) and run them, oldest first")
+    s.add_argument("--jobs", help="jobs folder (default $INFLUENCE_JOBS or jobs/ next to the store)")
+    s.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    s.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
+    s.set_defaults(fn=cmd_worker)
     return p
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from store.errors import StoreError
 
+    if args.fn is not cmd_worker:  # SIGTERM (a cancelled job) unwinds like Ctrl-C: temp run folders are removed
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         args.fn(args)
     except (InputError, StoreError) as e:

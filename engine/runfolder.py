@@ -125,6 +125,7 @@ def open_run(runs_dir: Path, name: str) -> Iterator[RunWriter]:
     check_run_name(name)
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(runs_dir, name)
     tmp = runs_dir / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -135,6 +136,24 @@ def open_run(runs_dir: Path, name: str) -> Iterator[RunWriter]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_dead_temps(runs_dir: Path, name: str) -> None:
+    """Delete ``.<name>.tmp-<pid>`` folders left by runs whose process was killed (SIGKILL skips clean-up)."""
+    for p in runs_dir.glob(f".{name}.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_manifest(folder: Path) -> dict | None:

@@ -183,8 +183,31 @@ def _samples(tables: list[Table]) -> list[Sample]:
     return samples
 
 
+ID_COLUMNS = ("id", "sample_id", "uid")
+
+
+def _check_ids(tables: list[Table]) -> None:
+    """An optional id column (``id``/``sample_id``/``uid``) must be unique over the whole dataset: a repeated id
+    usually means a sample was pasted twice or the splits overlap, which would let a test sample find itself."""
+    seen: dict[str, str] = {}
+    for table in tables:
+        column = next((c for c in ID_COLUMNS if c in table.columns), None)
+        if column is None:
+            continue
+        for where, row in table.rows:
+            value = row.get(column)
+            if value is None or value != value:
+                continue
+            key = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
+            here = f"{table.path}, {where}"
+            if key in seen:
+                raise InputError(f"{here}: field '{column}' repeats id {key!r}, first used at {seen[key]}")
+            seen[key] = here
+
+
 def _task(name: str, source: Path, train_tables: list[Table], test_tables: list[Table]) -> TaskData:
     """Validate the rows and the label sets, then assemble the TaskData."""
+    _check_ids([*train_tables, *test_tables])
     splits = {}
     for split, tables in zip(SPLITS, (train_tables, test_tables)):
         splits[split] = _samples(tables)
