@@ -15,8 +15,10 @@ import streamlit as st
 import store
 from ui import demo_job
 from ui.common import esc, get_store
+from ui.auth import read_only, require_login
 
 st.set_page_config(page_title="Influence Explorer", layout="wide")
+require_login()
 
 
 def show_empty() -> None:
@@ -32,6 +34,9 @@ def show_empty() -> None:
 
 
 def demo_launcher() -> None:
+    if read_only():
+        st.caption("This deployment is read-only: ask whoever runs it to add runs.")
+        return
     path = store.default_store_path()
     if demo_job.running_pid(path) is None:
         model = st.radio("Demo model", ["smollm2-135m", "tiny"], horizontal=True, key="demo_model",

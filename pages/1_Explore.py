@@ -18,8 +18,10 @@ import streamlit as st
 
 import store
 from ui.common import cursor, esc, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.auth import require_login
 
 st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
+require_login()
 
 PREFERRED = ("datainf", "repsim", "gradsim")  # default methods, in this order, when the URL names none
 MAX_METHODS = 3

@@ -15,8 +15,10 @@ from scipy.stats import spearmanr
 
 import store
 from ui.common import cursor, export_buttons, folded, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.auth import require_login
 
 st.set_page_config(page_title="Compare methods · Influence Explorer", layout="wide")
+require_login()
 
 MD_SPECIAL = set("\\`*_{}[]()#+-.!|~$:")
 

@@ -16,8 +16,10 @@ import streamlit as st
 
 import store
 from ui.common import cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.auth import require_login
 
 st.set_page_config(page_title="Dataset · Influence Explorer", layout="wide")
+require_login()
 
 SPLITS = ["all", "train", "test"]
 ALL_LABELS = "(all labels)"

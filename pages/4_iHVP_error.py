@@ -14,8 +14,10 @@ import store
 from ui.analysis_pages import needs_stage, pick_choice
 from ui.common import cursor, export_buttons, pick_run
 from ui.readings import METHOD_NAMES, ihvp_reading
+from ui.auth import require_login
 
 st.set_page_config(page_title="iHVP error · Influence Explorer", layout="wide")
+require_login()
 
 METRICS = {"rel_error": "relative error ‖q − q*‖ / ‖q*‖", "cosine": "cosine(q, q*)",
            "spearman": "Spearman of the scores vs exact", "acc": "Acc@1 of the scores", "time_s": "time (s)"}

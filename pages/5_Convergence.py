@@ -14,8 +14,10 @@ import store
 from ui.analysis_pages import needs_stage
 from ui.common import cursor, export_buttons, pick_run
 from ui.readings import convergence_reading
+from ui.auth import require_login
 
 st.set_page_config(page_title="Convergence · Influence Explorer", layout="wide")
+require_login()
 
 
 def chart(df: pd.DataFrame, y, title: str, key: str, color: str | None = None, y_title: str = "",

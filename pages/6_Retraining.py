@@ -14,8 +14,10 @@ import store
 from ui.analysis_pages import needs_stage, pick_choice
 from ui.common import cursor, export_buttons, folded, pick_run
 from ui.readings import correlation, fmt, retrain_reading
+from ui.auth import require_login
 
 st.set_page_config(page_title="Retraining · Influence Explorer", layout="wide")
+require_login()
 
 OUTPUTS = {"mean_abs_dloss": "mean |Δ test loss|", "mean_dloss": "mean Δ test loss",
            "kl_mean": "mean KL(original ‖ retrained), response tokens", "behaviour_change": "Δ behaviour rate"}

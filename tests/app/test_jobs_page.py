@@ -1,0 +1,135 @@
+"""AppTest: the Jobs page queues only valid specs, lists jobs, and honours read-only mode and sign-in."""
+
+import json
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from engine import jobs
+from store.paths import REPO_ROOT
+
+JOBS = REPO_ROOT / "pages" / "7_Jobs.py"
+HOME = REPO_ROOT / "app.py"
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
+    monkeypatch.delenv("INFLUENCE_JOBS", raising=False)
+    monkeypatch.delenv("INFLUENCE_READ_ONLY", raising=False)
+    st.cache_resource.clear()
+    return tmp_path
+
+
+def _run(script=JOBS, secrets=None, user=None) -> AppTest:
+    at = AppTest.from_file(str(script), default_timeout=120)
+    for k, v in (secrets or {}).items():
+        at.secrets[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _submit(at, **fields):
+    for key, value in fields.items():
+        at.text_input(key=key).input(value)
+    at.get("form_submit_button")[0].click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_valid_spec_is_queued_as_a_job(env):
+    at = _submit(_run(), f_name="from-the-form")
+    assert any("Queued job" in s.value for s in at.success), [e.value for e in at.error]
+    (job,) = jobs.list_jobs(env / "jobs")
+    assert job["status"] == "queued" and job["run"] == "from-the-form"
+    spec = json.loads((env / "jobs" / job["id"] / "spec.json").read_text())
+    assert spec["model"]["name"] == "tiny" and spec["task"]["name"] == "grammars"
+    assert spec["analysis"]["stages"] == ["ihvp", "convergence"]
+    assert "from-the-form" in " ".join(m.value for m in at.markdown)  # the queue lists it
+
+
+def test_an_invalid_spec_is_refused_and_nothing_is_queued(env):
+    at = _run()
+    at.multiselect(key="f_methods").set_value([])
+    at = _submit(at, f_name="ok-name")
+    assert any("scoring.methods" in e.value for e in at.error)
+    assert jobs.job_ids(env / "jobs") == []
+    at = _submit(_run(), f_name="../escape")
+    assert any("run name" in e.value for e in at.error)
+    assert jobs.job_ids(env / "jobs") == []
+
+
+def test_uploaded_dataset_without_a_dataset_is_refused(env):
+    at = _run()
+    at.radio(key="data_source").set_value("uploaded dataset").run()
+    at = _submit(at)
+    assert any("no dataset chosen" in e.value for e in at.error)
+    assert jobs.job_ids(env / "jobs") == []
+
+
+def test_cancel_and_requeue_buttons(env, tiny_spec):
+    from engine.spec import spec_from_dict
+
+    job = jobs.submit(env / "jobs", spec_from_dict({**tiny_spec, "name": "queued-one"}))
+    at = _run()
+    at.button(key=f"cancel_{job}").click().run()
+    assert jobs.state(env / "jobs", job)["status"] == "cancelled"
+    at.button(key=f"requeue_{job}").click().run()
+    assert jobs.state(env / "jobs", job)["status"] == "queued"
+
+
+def test_read_only_mode_turns_submission_off(env, monkeypatch, tiny_spec):
+    from engine.spec import spec_from_dict
+
+    monkeypatch.setenv("INFLUENCE_READ_ONLY", "1")
+    job = jobs.submit(env / "jobs", spec_from_dict({**tiny_spec, "name": "listed"}))
+    at = _run()
+    assert any("read-only" in i.value for i in at.info)
+    assert not at.get("form_submit_button") and not at.button  # no form, no cancel buttons
+    assert "listed" in " ".join(m.value for m in at.markdown)  # browsing the queue still works
+    home = _run(HOME)
+    assert not home.get("button") and "read-only" in " ".join(c.value for c in home.caption)
+    assert jobs.state(env / "jobs", job)["status"] == "queued"
+
+
+AUTH = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                 "client_id": "id", "client_secret": "secret",
+                 "server_metadata_url": "http://localhost:9/.well-known/openid-configuration"}}
+
+
+@pytest.mark.parametrize("script", [HOME, JOBS, REPO_ROOT / "pages" / "1_Explore.py"])
+def test_sign_in_gates_every_page_when_configured(env, script):
+    at = _run(script, secrets=AUTH)
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.get("form_submit_button") and not at.get("plotly_chart")
+
+
+def _upload(at, filename, content: bytes, name: str) -> AppTest:
+    at.file_uploader(key="upload_file").upload(filename, content).run()
+    at.text_input(key="upload_name").input(name)
+    at.button(key="upload_keep").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_upload_valid_then_queue_a_job_on_it(env):
+    rows = [{"prompt": f"p{i}", "response": f"r{i % 2}", "label": f"L{i % 2}", "split": "train" if i < 8 else "test"}
+            for i in range(10)]
+    at = _upload(_run(), "mine.jsonl", "\n".join(json.dumps(r) for r in rows).encode(), "mine")
+    assert any("Kept dataset mine" in s.value for s in at.success), [e.value for e in at.error]
+    assert (env / "datasets" / "mine" / "train.parquet").is_file()
+    at.radio(key="data_source").set_value("uploaded dataset").run()
+    assert at.selectbox(key="f_dataset").value == "mine"
+    at = _submit(at, f_name="on-mine")
+    (job,) = jobs.list_jobs(env / "jobs")
+    spec = json.loads((env / "jobs" / job["id"] / "spec.json").read_text())
+    assert spec["task"] == {**spec["task"], "name": "file", "path": str(env / "datasets" / "mine")}
+
+
+def test_a_bad_upload_is_reported_and_not_kept(env):
+    at = _upload(_run(), "bad.csv", b"prompt,response\nhello,world\n", "bad")
+    assert any("Not kept: bad.csv: missing column(s)" in e.value for e in at.error), [e.value for e in at.error]
+    assert not (env / "datasets").exists() or list((env / "datasets").iterdir()) == []
