@@ -26,12 +26,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url(tiny_run, tmp_path_factory):
-    data = tmp_path_factory.mktemp("appdata")
-    shutil.copytree(tiny_run, data / "runs" / tiny_run.name)
+def start_app(data: Path, **env_extra) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app.py`` on a free port over the store ``data/influence.duckdb`` (runs in ``data/runs``);
+    returns the process and its URL once the health endpoint answers."""
     port = _free_port()
-    env = {**os.environ, "INFLUENCE_STORE": str(data / "influence.duckdb"), "INFLUENCE_RUNS": str(data / "runs")}
+    env = {**os.environ, "INFLUENCE_STORE": str(data / "influence.duckdb"), "INFLUENCE_RUNS": str(data / "runs"),
+           **env_extra}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
          str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -42,15 +42,34 @@ def app_url(tiny_run, tmp_path_factory):
     while time.time() < deadline:
         try:
             if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                break
+                return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy in 60 s")
-    yield url
+    proc.kill()
+    pytest.fail("streamlit did not become healthy in 60 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_data(tiny_run, tmp_path_factory) -> Path:
+    """The data folder of the shared app: its runs folder holds the tiny run."""
+    data = tmp_path_factory.mktemp("appdata")
+    shutil.copytree(tiny_run, data / "runs" / tiny_run.name)
+    return data
+
+
+@pytest.fixture(scope="session")
+def app_url(app_data):
+    proc, url = start_app(app_data)
+    yield url
+    stop(proc)
 
 
 @pytest.fixture(scope="session")
