@@ -1,0 +1,56 @@
+"""The analysis tables: ingested from a run folder, read back by the queries, and kept by a rebuild."""
+
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+import store
+from engine.analysis import TABLES
+
+
+@pytest.fixture
+def analysis_db(tiny_analysis_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_analysis_run, runs / tiny_analysis_run.name)
+    path = tmp_path / "s.duckdb"
+    with store.Store(path) as s:
+        s.ingest_all(runs)
+    return path, runs, tiny_analysis_run.name
+
+
+def test_every_analysis_table_round_trips(analysis_db):
+    path, runs, run = analysis_db
+    with store.Store(path, read_only=True) as s:
+        assert store.analyses(s.con, run) == ["ihvp", "convergence", "retrain"]
+        for table in TABLES:
+            got = store.analysis_table(s.con, run, table)
+            want = pq.read_table(runs / run / f"{table}.parquet").to_pandas()
+            assert len(got) == len(want) > 0, table
+            assert list(got.columns) == list(TABLES[table]), table
+        points = store.retrain_points(s.con, run)
+        groups = store.analysis_table(s.con, run, "retrain_groups")
+        assert len(points) == 3 * len(groups) * 10  # 3 methods x groups x 10 test samples
+        assert set(points.columns) >= {"method", "group_id", "kind", "test_id", "label", "predicted", "dloss"}
+        with pytest.raises(ValueError, match="unknown analysis table"):
+            store.analysis_table(s.con, run, "runs; DROP TABLE runs")
+        with pytest.raises(store.UnknownRunError):
+            store.analyses(s.con, "no-such-run")
+
+
+def test_rebuild_after_deleting_the_database_keeps_the_analyses(analysis_db):
+    path, runs, run = analysis_db
+    with store.Store(path, read_only=True) as s:
+        before = {t: store.analysis_table(s.con, run, t) for t in TABLES}
+    path.unlink()
+    store.rebuild(path, runs)
+    with store.Store(path, read_only=True) as s:
+        for t, df in before.items():
+            after = store.analysis_table(s.con, run, t)
+            assert after.equals(df), t
+
+
+def test_runs_without_analyses_have_none(tiny_store, tiny_run):
+    with store.Store(tiny_store, read_only=True) as s:
+        assert store.analyses(s.con, tiny_run.name) == []
+        assert store.analysis_table(s.con, tiny_run.name, "ihvp_error").empty
