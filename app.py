@@ -33,6 +33,14 @@ def show_empty() -> None:
     demo_launcher()
 
 
+# --analyses value -> label with the SmolLM2 demo's time on 2 CPU cores (README, "Quick start")
+DEMO_ANALYSES = {
+    "all": "all three (SmolLM2: ~13 min)",
+    "ihvp,convergence": "iHVP error + convergence (~4 min)",
+    "none": "none (~2.5 min)",
+}
+
+
 def demo_launcher() -> None:
     if read_only():
         st.caption("This deployment is read-only: ask whoever runs it to add runs.")
@@ -41,8 +49,12 @@ def demo_launcher() -> None:
     if demo_job.running_pid(path) is None:
         model = st.radio("Demo model", ["smollm2-135m", "tiny"], horizontal=True, key="demo_model",
                          help="tiny: a random 0.1M-parameter Llama, seconds; smollm2-135m: a real model, minutes")
+        analyses = st.radio(
+            "Analyses", list(DEMO_ANALYSES), horizontal=True, key="demo_analyses", format_func=DEMO_ANALYSES.get,
+            help="The retraining analysis re-fine-tunes the model 8 times (once per removed group of training "
+                 "samples): on 2 CPU cores that is most of the SmolLM2 demo's time.")
         if st.button("Run the demo", type="primary", key="run_demo"):
-            demo_job.launch(path, model)
+            demo_job.launch(path, model, analyses)
             st.rerun()
         return
     demo_progress()

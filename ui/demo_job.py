@@ -36,13 +36,14 @@ def running_pid(store_path: Path) -> int | None:
     return pid
 
 
-def launch(store_path: Path, model: str) -> int:
-    """Start the demo in the background; returns its pid."""
+def launch(store_path: Path, model: str, analyses: str = "all") -> int:
+    """Start the demo in the background (``analyses``: "all", "none" or a comma list); returns its pid."""
     pid_file, log_file = _files(store_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "demo", "--model", model, "--no-ingest", "--store", str(store_path)],
+            [sys.executable, "-m", "engine", "demo", "--model", model, "--no-ingest", "--store", str(store_path),
+             "--analyses", analyses],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(str(proc.pid))
     return proc.pid

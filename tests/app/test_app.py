@@ -55,6 +55,7 @@ def test_demo_button_runs_the_demo_in_a_separate_process(monkeypatch, tmp_path):
     db = tmp_path / "s.duckdb"
     at = _app(monkeypatch, db)
     at.radio(key="demo_model").set_value("tiny").run()
+    at.radio(key="demo_analyses").set_value("ihvp,convergence").run()
     at.button(key="run_demo").click().run()
     assert demo_job.running_pid(db) is not None or (tmp_path / "runs" / "demo-tiny").is_dir()
     deadline = time.time() + 240
@@ -64,3 +65,7 @@ def test_demo_button_runs_the_demo_in_a_separate_process(monkeypatch, tmp_path):
     at.run()
     assert at.metric[0].value == "1"
     assert at.selectbox(key="run").value == "demo-tiny"
+    import json
+
+    manifest = json.loads((tmp_path / "runs" / "demo-tiny" / "manifest.json").read_text())
+    assert manifest["analyses"] == ["ihvp", "convergence"]

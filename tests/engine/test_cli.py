@@ -35,13 +35,15 @@ def _write_dataset(folder: Path, tiny_run: Path) -> Path:
 @pytest.mark.slow
 def test_demo_tiny_then_report_json(tmp_path):
     db = tmp_path / "s.duckdb"
-    r = _cli("demo", "--model", "tiny", "--store", str(db), "--quiet")
+    r = _cli("demo", "--model", "tiny", "--store", str(db), "--quiet", "--analyses", "ihvp")
     assert r.returncode == 0, r.stderr
     for m in ("gradsim", "datainf", "lissa", "exact", "repsim"):
         assert m in r.stdout
     r = _cli("report", "--run", "demo-tiny", "--json", "--k", "5", "--store", str(db))
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
+    manifest = json.loads((tmp_path / "runs" / "demo-tiny" / "manifest.json").read_text())
+    assert manifest["analyses"] == ["ihvp"] and (tmp_path / "runs" / "demo-tiny" / "ihvp_error.parquet").is_file()
     assert {row["method"] for row in rows} >= {"gradsim", "datainf", "lissa", "lissa_paper", "exact", "repsim"}
     assert all(row["k"] == 5 and 0 <= row["acc"] <= 1 and 0 <= row["coverage"] <= 1 for row in rows)
 
@@ -142,3 +144,17 @@ def test_killed_run_is_not_ingested(tmp_path, tiny_spec):
     assert r.returncode == 0 and "ingested 0" in r.stdout
     r = _cli("report", "--run", "killed", "--store", str(db))
     assert r.returncode == 2 and "killed" in r.stderr
+
+
+def test_bad_analyses_flag_fails_clearly(tmp_path, capsys):
+    assert main(["demo", "--model", "tiny", "--store", str(tmp_path / "s.duckdb"), "--analyses", "ihvp,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "--analyses: unknown analysis 'bogus'" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_convergence_needs_every_checkpoint(tmp_path, tiny_spec, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**tiny_spec, "scoring": {**tiny_spec["scoring"], "checkpoints": "last"}}))
+    assert main(["run", str(spec), "--store", str(tmp_path / "s.duckdb"), "--analyses", "convergence"]) == 2
+    assert "set scoring.checkpoints to all" in capsys.readouterr().err
