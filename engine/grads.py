@@ -9,6 +9,10 @@ and ``einsum("bto,bti->boi")`` turns them into per-sample weight gradients. No p
 The model must be in eval mode (dropout off) so the gradients equal a batch-size-1 loop. Gradients are float32
 whatever the model's dtype. Block l is one LoRA matrix; its gradient is flattened row-major like
 ``weight.flatten()``: [n, out*in].
+
+With ``kfac=True`` the same pass also sums the K-FAC factors of every block over the real (non-padded) tokens:
+``act = Σ x xᵀ`` [in, in] and ``grad = Σ dy dyᵀ`` [out, out] (see :class:`KroneckerFactors`), used by the
+``kfac``/``ekfac`` methods. It costs two small matmuls per block and batch; callers that do not ask pay nothing.
 """
 
 from __future__ import annotations
@@ -32,14 +36,41 @@ def lora_blocks(model) -> list[tuple[str, torch.nn.Module]]:
     return out
 
 
+@dataclass(eq=False)
+class KroneckerFactors:
+    """K-FAC factor sums of every LoRA block over a set of samples (float64, CPU).
+
+    act[l] = Σ x xᵀ [in_l, in_l] and grad[l] = Σ dy dyᵀ [out_l, out_l], summed over every real token of every
+    sample (attention mask 1), where x is the block's input and dy = dL_b/dy its output gradient for the
+    sample's own (mean-over-tokens) loss; tokens and samples count what was summed. The K-FAC curvature of
+    block l is ``grad[l]/samples ⊗ act[l]/tokens`` ≈ (1/n) Σ_i g_i g_iᵀ (row-major ``weight.flatten()`` order).
+    Sums, so shards add up (:meth:`merged`). ``eq=False``: compared and hashed by identity (methods cache their
+    eigendecompositions per object).
+    """
+
+    act: list[torch.Tensor]
+    grad: list[torch.Tensor]
+    tokens: int
+    samples: int
+
+    @staticmethod
+    def merged(parts: list[KroneckerFactors]) -> KroneckerFactors:
+        """The factors of the union of the parts' samples."""
+        return KroneckerFactors(act=[sum(a) for a in zip(*(p.act for p in parts))],
+                                grad=[sum(g) for g in zip(*(p.grad for p in parts))],
+                                tokens=sum(p.tokens for p in parts), samples=sum(p.samples for p in parts))
+
+
 @dataclass
 class SampleFeatures:
-    """grads: per block [n, d_l] float32 (CPU); reps: [n, h] float32; loss: [n] per-sample loss."""
+    """grads: per block [n, d_l] float32 (CPU); reps: [n, h] float32; loss: [n] per-sample loss;
+    kfac: the K-FAC factor sums when asked for (``sample_features(..., kfac=True)``), else None."""
 
     grads: list[torch.Tensor]
     reps: torch.Tensor
     loss: torch.Tensor
     block_names: tuple[str, ...]
+    kfac: KroneckerFactors | None = None
 
 
 class _Recorder:
@@ -83,12 +114,30 @@ def _sparse_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return total / count.clamp(min=1), hidden
 
 
+def _add_factors(act, grad, rec, dys, mask) -> None:
+    """Add this batch's ``Σ x xᵀ`` and ``Σ dy dyᵀ`` over the real tokens (``mask`` [B, T] bool) to the sums.
+
+    Blocks fed the very same input tensor (the q and v ``lora_A`` of a layer) share one ``Σ x xᵀ``.
+    """
+    seen: dict[tuple, torch.Tensor] = {}
+    for i, (x, dy) in enumerate(zip(rec.inputs, dys)):
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)  # all inputs stay alive: same key, same data
+        if key not in seen:
+            xm = x[mask].float()
+            seen[key] = (xm.T @ xm).double()
+        act[i] += seen[key]
+        if dy is not None:
+            dym = dy[mask].float()
+            grad[i] += (dym.T @ dym).double()
+
+
 def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.device, batch_size: int = 16,
-                    desc: str = "gradients", progress: bool = True) -> SampleFeatures:
+                    desc: str = "gradients", progress: bool = True, kfac: bool = False) -> SampleFeatures:
     """Per-sample LoRA gradients, final-layer hidden state at the last prompt token, and loss.
 
     Samples are batched in order of length (less padding) and returned in input order. Returns CPU float32
-    tensors; memory on the device is bounded by ``batch_size``.
+    tensors; memory on the device is bounded by ``batch_size``. ``kfac``: also sum the K-FAC factors
+    (:class:`KroneckerFactors`) over these samples.
     """
     if model.training:
         raise RuntimeError("per-sample gradients need model.eval() (dropout off) to be exact")
@@ -98,6 +147,10 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
     grads: list[list[torch.Tensor]] = [[] for _ in blocks]
     reps, losses = [], []
+    f64 = {"dtype": torch.float64, "device": device}
+    act = [torch.zeros(m.in_features, m.in_features, **f64) for _, m in blocks] if kfac else []
+    gcov = [torch.zeros(m.out_features, m.out_features, **f64) for _, m in blocks] if kfac else []
+    tokens = 0
     with _Recorder(blocks) as rec, tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample") as bar:
         for start in range(0, len(order), batch_size):
             batch = collate([samples[i] for i in order[start:start + batch_size]], pad_id)
@@ -109,6 +162,10 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
                     dy = torch.zeros(*x.shape[:2], blocks[i][1].out_features, device=x.device)
                 g = torch.einsum("bto,bti->boi", dy.float(), x.float())
                 grads[i].append(g.reshape(g.shape[0], -1).cpu())
+            if kfac:
+                mask = batch["attention_mask"].bool()
+                _add_factors(act, gcov, rec, dys, mask)
+                tokens += int(mask.sum())
             idx = (batch["prompt_len"] - 1).clamp(min=0)
             reps.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), idx].float().detach().cpu())
             losses.append(loss.detach().float().cpu())
@@ -118,6 +175,7 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
     return SampleFeatures(
         grads=[torch.cat(g)[inverse] for g in grads], reps=torch.cat(reps)[inverse],
         loss=torch.cat(losses)[inverse], block_names=tuple(name for name, _ in blocks),
+        kfac=KroneckerFactors([a.cpu() for a in act], [g.cpu() for g in gcov], tokens, len(samples)) if kfac else None,
     )
 
 
@@ -144,17 +202,19 @@ def merge_features(parts: list[SampleFeatures]) -> SampleFeatures:
     return SampleFeatures(
         grads=[torch.cat([p.grads[l] for p in parts]) for l in range(len(names))],
         reps=torch.cat([p.reps for p in parts]), loss=torch.cat([p.loss for p in parts]), block_names=names,
+        kfac=KroneckerFactors.merged([p.kfac for p in parts]) if all(p.kfac is not None for p in parts) else None,
     )
 
 
 def features_in_shards(model, samples: list[Encoded], pad_id: int, device: torch.device, shard_size: int,
-                       batch_size: int = 16, desc: str = "gradients", progress: bool = True) -> SampleFeatures:
+                       batch_size: int = 16, desc: str = "gradients", progress: bool = True,
+                       kfac: bool = False) -> SampleFeatures:
     """:func:`sample_features` shard by shard (``shard_size`` samples each), merged in order.
 
     Every shard depends only on the model and its own samples, so shards can be computed by different
     processes or machines and merged with :func:`merge_features`; the result equals one call on all samples.
     """
     parts = [sample_features(model, samples[i:i + shard_size], pad_id, device, batch_size,
-                             f"{desc} [{i}:{min(i + shard_size, len(samples))}]", progress)
+                             f"{desc} [{i}:{min(i + shard_size, len(samples))}]", progress, kfac)
              for i in range(0, len(samples), shard_size)]
     return merge_features(parts)

@@ -2,7 +2,8 @@
 
 Stages: data → base model + LoRA → fine-tune (a LoRA state per epoch) → for each scored checkpoint:
 per-sample gradients and representations of train and test samples → every method's score matrix, written
-per shard of the training set → metrics, per-label metrics and method agreement → manifest (atomic commit).
+per shard of the training set → metrics, per-label metrics and method agreement → the analysis stages the
+spec asks for (``engine.analysis``: iHVP error, convergence, retraining) → manifest (atomic commit).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ import torch
 from safetensors.torch import save_file
 
 from engine import metrics
+from engine.analysis import StageInputs, run_stages
+from engine.analysis.convergence import score_drift
 from engine.errors import InputError
 from engine.finetune import add_lora, finetune, set_lora_state
 from engine.formatting import encode
@@ -28,6 +32,8 @@ from engine.grads import SampleFeatures, features_in_shards, sample_features
 from engine.methods import get_method, score_in_shards
 from engine.methods.base import Features
 from engine.models import load_base, resolve_device
+from engine.projection import DEFAULT_KIND, Projector, features_in_shards_projected
+from engine.rep_grads import rept_features
 from engine.runfolder import open_run
 from engine.spec import RunSpec, TaskSpec
 from engine.tasks.base import TaskData
@@ -136,8 +142,22 @@ def check_task(task: TaskData) -> None:
         raise InputError(f"dataset {task.name!r}: labels only in test: {', '.join(unseen)}")
 
 
-def _features(f: SampleFeatures, history: list) -> Features:
-    return Features(grads=f.grads, reps=f.reps, block_names=f.block_names, history=tuple(history))
+def _features(f: SampleFeatures, history: list, **extra) -> Features:
+    return Features(grads=f.grads, reps=f.reps, block_names=f.block_names, history=tuple(history), kfac=f.kfac,
+                    **extra)
+
+
+def _lora_scaling(model) -> float:
+    """peft's LoRA scaling alpha / r of the active adapter (the merged update is scaling * B @ A)."""
+    cfg = model.peft_config["default"]
+    return float(cfg.lora_alpha) / float(cfg.r)
+
+
+def _say(progress: bool):
+    """Stage messages: to stderr when showing progress, else to the log."""
+    if progress:
+        return lambda msg: print(msg, file=sys.stderr, flush=True)
+    return log.info
 
 
 def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
@@ -185,6 +205,17 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
         notes: list[str] = []
         # TracIn needs every scored checkpoint's gradients; keep them only when it is asked for (memory).
         keep_history = "tracin" in spec.scoring.methods
+        # K-FAC factors of the training samples are summed during their gradient pass, only when a method reads them.
+        want_kfac = any("kfac" in m.needs for m in methods)
+        # The *_proj methods read a seeded projection of the gradients, made for every training shard right after
+        # its gradients; when nothing else reads the full training gradients they are dropped shard by shard, so
+        # only the projections of all training samples are ever held (what lets 100k samples fit in memory).
+        proj_args = ((spec.scoring.proj_dim, spec.scoring.proj_seed, DEFAULT_KIND)
+                     if any("proj" in m.needs for m in methods) else None)
+        keep_full = keep_history or "ihvp" in spec.analysis.stages or any(m.needs & {"grads", "kfac"} for m in methods)
+        want_rept = any("rept" in m.needs for m in methods)
+        drift: list[dict] = []  # score_drift rows (convergence analysis)
+        prev_matrices: dict[str, np.ndarray] = {}
         train_hist: list = []
         test_hist: list = []
         for c in ckpts:
@@ -192,18 +223,33 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             model.eval()
             t = time.perf_counter()
             bs = spec.scoring.grad_batch_size
-            train_f = features_in_shards(model, train_enc, tok.pad_token_id, device, spec.scoring.shard_size, bs,
-                                         f"train grads @{c}", progress)
+            extra_train, extra_test = {}, {}
+            if proj_args:
+                train_f, extra_train["proj"] = features_in_shards_projected(
+                    model, train_enc, tok.pad_token_id, device, spec.scoring.shard_size, bs, proj_args, keep_full,
+                    f"train grads @{c}", progress, kfac=want_kfac)
+            else:
+                train_f = features_in_shards(model, train_enc, tok.pad_token_id, device, spec.scoring.shard_size, bs,
+                                             f"train grads @{c}", progress, kfac=want_kfac)
             test_f = sample_features(model, test_enc, tok.pad_token_id, device, bs, f"test grads @{c}", progress)
+            if proj_args:
+                extra_test["proj"] = Projector([g.shape[1] for g in test_f.grads], *proj_args).project(test_f.grads)
+            if want_rept:
+                extra_train["rept"] = rept_features(model, train_enc, tok.pad_token_id, device, bs,
+                                                    desc=f"train RepT @{c}", progress=progress)
+                extra_test["rept"] = rept_features(model, test_enc, tok.pad_token_id, device, bs,
+                                                   desc=f"test RepT @{c}", progress=progress)
             timings["features_s"] += time.perf_counter() - t
             if keep_history:
                 train_hist.append((result.epoch_lr(c), train_f.grads))
                 test_hist.append((result.epoch_lr(c), test_f.grads))
-            train_x, test_x = _features(train_f, train_hist), _features(test_f, test_hist)
+            train_x, test_x = _features(train_f, train_hist, **extra_train), _features(test_f, test_hist, **extra_test)
             t = time.perf_counter()
             matrices = {}
+            spec_params = {"lambda_c": spec.scoring.lambda_c, "proj_dim": spec.scoring.proj_dim,
+                           "proj_seed": spec.scoring.proj_seed}
             for method in methods:
-                params = {"lambda_c": spec.scoring.lambda_c} if "lambda_c" in method.defaults else {}
+                params = {name: v for name, v in spec_params.items() if name in method.defaults}
                 blocks = []
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", RuntimeWarning)
@@ -220,13 +266,22 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                 matrices[method.name] = S
                 ev.add(method.name, c, S)
             ev.add_agreement(c, matrices)
+            if "convergence" in spec.analysis.stages and prev_matrices:
+                drift += [score_drift(name, c, prev_matrices[name], S) for name, S in matrices.items()]
+            prev_matrices = matrices
             timings["scoring_s"] += time.perf_counter() - t
         ev.write(writer)
+        if spec.analysis.stages:
+            timings.update(run_stages(StageInputs(
+                spec=spec, model=model, tok=tok, task=task, train_enc=train_enc, test_enc=test_enc,
+                states=[result.initial, *result.epochs], scaling=_lora_scaling(model), checkpoint=ckpts[-1],
+                train_grads=train_x.grads, test_grads=test_x.grads, block_names=train_x.block_names,
+                matrices=prev_matrices, drift=drift, device=device), writer.write_table, _say(progress)))
         timings["total_s"] = time.perf_counter() - t0
         return writer.commit({
             "run": spec.run_name, "kind": "pipeline", "spec": spec.to_dict(), "spec_hash": spec.spec_hash,
             "model": spec.model.name, "task": task.name, "methods": [m.name for m in methods],
             "checkpoints": ckpts, "n_train": len(task.train), "n_test": len(task.test),
             "labels": task.labels, "k_default": k, "device": str(device), "timings": timings,
-            "warnings": notes,
+            "warnings": notes, "analyses": list(spec.analysis.stages),
         })

@@ -14,7 +14,9 @@ import numpy as np
 
 from engine.errors import InputError
 
-from . import datainf, exact, gradcos, gradsim, lissa, lissa_paper, repsim, tracin  # noqa: F401  (registration side effect)
+# imported for the registration side effect
+from . import datainf, ekfac, exact, gradcos, gradsim, kfac, lissa, lissa_paper, repsim, tracin  # noqa: F401
+from . import datainf_proj, gradcos_proj, gradsim_proj, rept  # noqa: F401  (registration side effect)
 from ._common import dot_queries
 from .base import REGISTRY, Features, Method, register
 

@@ -17,12 +17,16 @@ set; :func:`score_in_shards` uses that so a pipeline can spread the dot products
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import torch
 
 from engine.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.grads import KroneckerFactors
+    from engine.projection import ProjectedGrads
 
 
 @dataclass(frozen=True)
@@ -34,12 +38,21 @@ class Features:
     block_names: names of the LoRA blocks (e.g. ``model.layers.0.self_attn.q_proj.lora_A``).
     history: gradients at the epoch checkpoints so far, ``((weight_c, grads_c), ...)`` in epoch order, with
         ``weight_c`` the mean learning rate of epoch c; used by TracIn. Empty when not computed.
+    kfac: the K-FAC factor sums of every block over these samples (``engine.grads.KroneckerFactors``), read
+        from the training side by ``kfac``/``ekfac``; None when not computed.
+    proj: seeded random projections of ``grads`` (``engine.projection.ProjectedGrads``), read by the ``*_proj``
+        methods; None when not computed (those methods then project ``grads`` themselves).
+    rept: ``[n, 2h]`` float32 RepT parts (``engine.rep_grads``): hidden state at the last prompt token, then
+        d loss / d that hidden state; None when not computed.
     """
 
     grads: list[torch.Tensor] | None = None
     reps: torch.Tensor | None = None
     block_names: tuple[str, ...] = ()
     history: tuple[tuple[float, list[torch.Tensor]], ...] = ()
+    kfac: KroneckerFactors | None = None
+    proj: ProjectedGrads | None = None
+    rept: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -47,6 +60,10 @@ class Features:
             return int(self.grads[0].shape[0])
         if self.reps is not None:
             return int(self.reps.shape[0])
+        if self.proj is not None:
+            return self.proj.n
+        if self.rept is not None:
+            return int(self.rept.shape[0])
         return 0
 
 
@@ -55,7 +72,7 @@ class Method:
     """A registered method.
 
     fn(train, test, **params) -> np.ndarray float64 [n_test, n_train]
-    needs: which Features fields it reads ("grads" and/or "reps").
+    needs: which Features fields it reads ("grads", "reps", "kfac").
     defaults: default keyword parameters (the spec may override them).
     """
 

@@ -92,3 +92,64 @@ def test_shards_merge_to_the_whole(lora_model):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
     assert torch.allclose(whole.reps, sharded.reps, atol=1e-6)
     assert torch.allclose(whole.loss, sharded.loss, atol=1e-6)
+
+
+def _loop_factors(model, enc, pad_id):
+    """Reference K-FAC factor sums: one unpadded sample at a time, hooks keep each LoRA block's input and
+    output, ``.grad`` of the output gives dy, and a Python loop over tokens adds the outer products."""
+    from engine.formatting import collate, per_sample_loss
+
+    blocks = lora_blocks(model)
+    act = [torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for _, m in blocks]
+    grad = [torch.zeros(m.out_features, m.out_features, dtype=torch.float64) for _, m in blocks]
+    tokens = 0
+    for e in enc:
+        seen = {}
+
+        def hook(i):
+            def f(_mod, args, out):
+                out.retain_grad()
+                seen[i] = (args[0].detach(), out)
+            return f
+
+        handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(blocks)]
+        try:
+            batch = collate([e], pad_id)
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            per_sample_loss(out.logits, batch["labels"]).sum().backward()
+        finally:
+            for h in handles:
+                h.remove()
+        for i in range(len(blocks)):
+            x, y = seen[i]
+            for t in range(x.shape[1]):
+                act[i] += torch.outer(x[0, t], x[0, t]).double()
+                grad[i] += torch.outer(y.grad[0, t], y.grad[0, t]).double()
+        tokens += len(e.input_ids)
+    model.zero_grad(set_to_none=True)
+    return act, grad, tokens
+
+
+def test_kfac_factors_equal_a_loop_over_samples_and_tokens(lora_model):
+    model, tok = lora_model
+    enc = _samples(tok, 5)  # different lengths: the batched pass pads, padding must not count
+    f = sample_features(model, enc, tok.pad_token_id, CPU, batch_size=3, progress=False, kfac=True)
+    act, grad, tokens = _loop_factors(model, enc, tok.pad_token_id)
+    assert f.kfac.samples == 5 and f.kfac.tokens == tokens
+    for got, want in zip(f.kfac.act + f.kfac.grad, act + grad):
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+    assert sample_features(model, enc, tok.pad_token_id, CPU, progress=False).kfac is None
+
+
+def test_kfac_factors_of_shards_add_up(lora_model):
+    from engine.grads import features_in_shards
+
+    model, tok = lora_model
+    enc = _samples(tok, 7)
+    whole = sample_features(model, enc, tok.pad_token_id, CPU, batch_size=4, progress=False, kfac=True)
+    sharded = features_in_shards(model, enc, tok.pad_token_id, CPU, shard_size=3, batch_size=2, progress=False,
+                                 kfac=True)
+    assert (sharded.kfac.samples, sharded.kfac.tokens) == (whole.kfac.samples, whole.kfac.tokens)
+    for a, b in zip(whole.kfac.act + whole.kfac.grad, sharded.kfac.act + sharded.kfac.grad):
+        assert float((a - b).abs().max() / a.abs().max()) <= 1e-5

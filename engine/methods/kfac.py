@@ -1,0 +1,39 @@
+"""K-FAC (Martens & Grosse 2015): Kronecker-factored iHVP per LoRA block.
+
+Formula, per LoRA block l with weight [out, in] and K-FAC factors over the training samples' real tokens,
+S_l = (1/n) Σ_i Σ_t dy dyᵀ = Q_S diag(s) Q_Sᵀ  and  A_l = (1/N_tok) Σ_i Σ_t x xᵀ = Q_A diag(a) Q_Aᵀ:
+
+    lambda_l = mean_i mean_k g_il[k]^2 / lambda_c                              (exact's and DataInf's damping)
+    h_l      = (S_l ⊗ A_l + lambda_l I)^{-1} v_l = Q_S [ (Q_Sᵀ V_l Q_A) / (s aᵀ + lambda_l) ] Q_Aᵀ
+    s(z_i, z') = Σ_l <h_l, g_il>
+
+S_l ⊗ A_l approximates the empirical Fisher G_lᵀ G_l / n that ``exact`` uses (see ``_kronecker.py``); ``ekfac``
+refits its eigenvalues. Needs the training side's K-FAC factors (``Features.kfac``). Shapes: G_l [n, d_l],
+V_l [m, d_l] -> S [m, n] float64. Sign: larger = more responsible (paper IF = -s). A block whose training
+gradients are all zero contributes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import grad_train_blocks
+from ._kronecker import kronecker_method
+from .base import Features, register
+
+_fn, prepare = kronecker_method(corrected=False, name="kfac")
+
+
+@register(
+    "kfac",
+    {"grads", "kfac"},
+    "K-FAC: Kronecker-factored per-block iHVP (S ⊗ A + lambda_l I)^-1, damping lambda_l as exact.",
+    prepare=prepare,
+    train_blocks=grad_train_blocks,
+    lambda_c=10.0,
+    dtype="float64",
+    device=None,
+)
+def kfac(train: Features, test: Features, *, lambda_c=10.0, dtype="float64", device=None) -> np.ndarray:
+    """K-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible."""
+    return _fn(train, test, lambda_c=lambda_c, dtype=dtype, device=device)

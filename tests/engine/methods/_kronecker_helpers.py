@@ -1,0 +1,94 @@
+"""Token-level random inputs for the K-FAC / EK-FAC tests, and the slow explicit-matrix references.
+
+Every sample i has T_i tokens with inputs x_it [in] and output gradients dy_it [out] per block; its gradient is
+g_i = Σ_t dy_it ⊗ x_it (row-major [out, in] flattening, as engine.grads) and the factors are the plain sums
+Σ x xᵀ and Σ dy dyᵀ, exactly what engine.grads collects.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from engine.grads import KroneckerFactors
+from engine.methods import Features
+
+from ._helpers import np_damping
+
+SHAPES = ((4, 5), (3, 8), (1, 6), (6, 2))  # (out, in) per block: d = 20, 24, 6, 12 around n = 12
+
+
+def token_features(seed: int = 0, n: int = 12, m: int = 4, shapes=SHAPES, max_tokens: int = 5):
+    """(train, test) Features built from random tokens; train carries its KroneckerFactors."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def side(k, with_factors):
+        grads, act, grad = [], [], []
+        lengths = torch.randint(1, max_tokens + 1, (k,), generator=gen).tolist()
+        for b, (o, i) in enumerate(shapes):
+            scale = 0.5 + b  # blocks on different scales, as real LoRA A and B blocks
+            xs = [scale * torch.randn(t, i, generator=gen, dtype=torch.float64) for t in lengths]
+            dys = [torch.randn(t, o, generator=gen, dtype=torch.float64) / t for t in lengths]
+            grads.append(torch.stack([(dy.T @ x).reshape(-1) for x, dy in zip(xs, dys)]).float())
+            act.append(sum(x.T @ x for x in xs))
+            grad.append(sum(dy.T @ dy for dy in dys))
+        factors = KroneckerFactors(act, grad, sum(lengths), k) if with_factors else None
+        return Features(grads=grads, block_names=tuple(f"block{b}" for b in range(len(shapes))), kfac=factors)
+
+    return side(n, True), side(m, False)
+
+
+def explicit_scores(train: Features, test: Features, corrected: bool, lambda_c: float = 10.0) -> np.ndarray:
+    """S[j, i] = Σ_l v_jlᵀ H_l⁻¹ g_il with the d x d matrix H_l built explicitly with torch.kron and solved.
+
+    K-FAC: H = kron(S, A) + λ I.  EK-FAC: H = Q diag(Λ) Qᵀ + λ I, Q = kron(Q_S, Q_A), Λ_k = mean_i (Qᵀ g_i)_k²
+    (a loop over samples).
+    """
+    f = train.kfac
+    S_out = np.zeros((test.n, train.n))
+    for l, (g, v) in enumerate(zip(train.grads, test.grads)):
+        G, V = g.double(), v.double()
+        S = f.grad[l] / f.samples
+        A = f.act[l] / f.tokens
+        lam = np_damping(G.numpy(), lambda_c)
+        if corrected:
+            Q = torch.kron(torch.linalg.eigh(S).eigenvectors, torch.linalg.eigh(A).eigenvectors)
+            eig = torch.zeros(G.shape[1], dtype=torch.float64)
+            for i in range(train.n):
+                eig += (Q.T @ G[i]) ** 2 / train.n
+            H = Q @ torch.diag(eig) @ Q.T
+        else:
+            H = torch.kron(S, A)
+        H = H + lam * torch.eye(G.shape[1], dtype=torch.float64)
+        S_out += (torch.linalg.solve(H, V.T).T @ G.T).numpy()
+    return S_out
+
+
+@pytest.fixture(scope="module")
+def real_features():
+    """(train, test) Features of a tiny Llama with a seeded LoRA adapter (non-zero B) on a small grammars task:
+    40 train samples with their K-FAC factors, 10 test samples."""
+    from engine.finetune import add_lora
+    from engine.formatting import encode
+    from engine.grads import sample_features
+    from engine.models import load_base
+    from engine.spec import LoraSpec
+    from engine.tasks import build_task
+
+    model, tok = load_base("tiny")
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), seed=0)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    model.eval()
+    task = build_task("grammars", seed=0, n_train_per_label=4, n_test_per_label=1)
+
+    def enc(rows):
+        return [encode(s, tok, "[INST] {prompt} [/INST] {response}", 64, "response") for s in rows]
+
+    cpu = torch.device("cpu")
+    tr = sample_features(model, enc(task.train), tok.pad_token_id, cpu, 8, progress=False, kfac=True)
+    te = sample_features(model, enc(task.test), tok.pad_token_id, cpu, 8, progress=False)
+    return (Features(grads=tr.grads, block_names=tr.block_names, kfac=tr.kfac),
+            Features(grads=te.grads, block_names=te.block_names))

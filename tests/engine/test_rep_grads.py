@@ -1,0 +1,70 @@
+"""RepT features (engine.rep_grads) equal a per-sample loop on the full model output; layer -1 is RepSim's vector."""
+
+import pytest
+import torch
+from test_grads import CPU, lora_model  # noqa: F401  (lora_model: the tiny LoRA model fixture of test_grads)
+
+from engine.formatting import collate, encode, per_sample_loss
+from engine.grads import sample_features
+from engine.rep_grads import rept_features, response_labels
+from engine.tasks.base import Sample
+
+TPL = "[INST] {prompt} [/INST] {response}"
+
+
+def _samples(tok, n=6, loss_on="sequence"):
+    rows = [Sample(f"what is {i} plus {3 * i} please" + " now" * (i % 3),
+                   " ".join(["answer", str(4 * i)] * (1 + i % 2)), "x") for i in range(n)]
+    return [encode(s, tok, TPL, 64, loss_on) for s in rows]
+
+
+def loop_reference(model, samples, pad_id, layer):
+    """One sample at a time, full model forward: h from the prompt-only pass, dh via .retain_grad()."""
+    rows = []
+    for s in samples:
+        prompt = collate([type(s)(s.input_ids[:s.prompt_len], s.labels[:s.prompt_len], s.prompt_len)], pad_id)
+        with torch.no_grad():
+            h = model(input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"],
+                      output_hidden_states=True).hidden_states[layer][0, -1]
+        batch = collate([s], pad_id)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        hs = out.hidden_states[layer]
+        hs.retain_grad()
+        model.zero_grad(set_to_none=True)
+        per_sample_loss(out.logits, response_labels(batch)).sum().backward()
+        rows.append(torch.cat([h, hs.grad[0, s.prompt_len - 1]]).float())
+    model.zero_grad(set_to_none=True)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_batched_equals_loop(lora_model, layer):
+    model, tok = lora_model
+    enc = _samples(tok)  # encoded with the loss on the whole sequence: RepT still uses the response loss only
+    got = rept_features(model, enc, tok.pad_token_id, CPU, batch_size=4, layer=layer, progress=False)
+    want = loop_reference(model, enc, tok.pad_token_id, layer)
+    h = got.shape[1] // 2
+    assert got.shape == want.shape and h == model.config.hidden_size
+    for part in (slice(0, h), slice(h, None)):
+        assert float(want[:, part].abs().max()) > 0
+        assert float((got[:, part] - want[:, part]).abs().max() / want[:, part].abs().max()) <= 1e-5
+
+
+def test_last_layer_state_is_the_repsim_vector(lora_model):
+    model, tok = lora_model
+    enc = _samples(tok, 4)
+    got = rept_features(model, enc, tok.pad_token_id, CPU, batch_size=3, progress=False)
+    reps = sample_features(model, enc, tok.pad_token_id, CPU, batch_size=3, progress=False).reps
+    torch.testing.assert_close(got[:, :reps.shape[1]], reps, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_layer_and_train_mode(lora_model):
+    model, tok = lora_model
+    with pytest.raises(ValueError, match="layer"):
+        rept_features(model, _samples(tok, 1), tok.pad_token_id, CPU, layer=0, progress=False)
+    model.train()
+    try:
+        with pytest.raises(RuntimeError, match="eval"):
+            rept_features(model, _samples(tok, 1), tok.pad_token_id, CPU, progress=False)
+    finally:
+        model.eval()
