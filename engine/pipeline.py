@@ -276,7 +276,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                 spec=spec, model=model, tok=tok, task=task, train_enc=train_enc, test_enc=test_enc,
                 states=[result.initial, *result.epochs], scaling=_lora_scaling(model), checkpoint=ckpts[-1],
                 train_grads=train_x.grads, test_grads=test_x.grads, block_names=train_x.block_names,
-                matrices=prev_matrices, drift=drift, device=device), writer.write_table, _say(progress)))
+                matrices=prev_matrices, drift=drift, device=device, kfac=train_x.kfac), writer.write_table,
+                _say(progress)))
         timings["total_s"] = time.perf_counter() - t0
         return writer.commit({
             "run": spec.run_name, "kind": "pipeline", "spec": spec.to_dict(), "spec_hash": spec.spec_hash,

@@ -21,7 +21,8 @@ from typing import Any
 
 from engine.errors import InputError
 
-DEFAULT_METHODS = ("gradsim", "gradcos", "tracin", "datainf", "lissa", "lissa_paper", "exact", "repsim")
+DEFAULT_METHODS = ("gradsim", "gradcos", "tracin", "datainf", "lissa", "lissa_paper", "exact", "ekfac", "kfac",
+                   "repsim", "rept", "gradsim_proj", "gradcos_proj", "datainf_proj")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from ui.common import esc
 METHOD_NAMES = {
     "datainf": "DataInf", "lissa": "LiSSA (run to convergence)", "lissa_paper": "LiSSA as in the paper's code",
     "lissa_steps": "LiSSA after T steps", "exact_blockdiag": "exact iHVP per LoRA matrix (block-diagonal)",
-    "datainf_blockdiag": "DataInf per LoRA matrix (block-diagonal)",
+    "datainf_blockdiag": "DataInf per LoRA matrix (block-diagonal)", "ekfac": "EK-FAC (per LoRA matrix)",
+    "kfac": "K-FAC (per LoRA matrix)",
 }
 
 
@@ -74,6 +75,13 @@ def ihvp_reading(rows: pd.DataFrame, lambda_c: float) -> list[str]:
         out.append(f"**LiSSA as in the paper's code** (3 steps) is at relative error {fmt(float(r.rel_error))} and "
                    f"cosine {fmt(float(r.cosine))}: it is about 4 × the test gradient, not an iHVP, so its ranking "
                    "is GradSim's.")
+    ek = at[(at.method == "ekfac") & (at.level == big)]
+    if len(ek):
+        bd_err = at[(at.method == "exact_blockdiag") & (at.level == big)].rel_error
+        ref = f" (the exact per-matrix inverse: {fmt(float(bd_err.iloc[0]))})" if len(bd_err) else ""
+        out.append(f"**EK-FAC** (per LoRA matrix, Kronecker eigenbasis with refitted eigenvalues) is at relative "
+                   f"error {fmt(float(ek.rel_error.iloc[0]))}{ref} and ranks training samples with Spearman "
+                   f"{fmt(float(ek.spearman.iloc[0]))} against the exact iHVP.")
     bd = at[(at.method == "exact_blockdiag") & (at.level == big)]
     if len(bd):
         out.append(f"Treating every LoRA matrix as its own block with its own damping (what the engine's "

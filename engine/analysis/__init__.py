@@ -69,6 +69,7 @@ class StageInputs:
     matrices: dict[str, np.ndarray]
     drift: list[dict]
     device: object
+    kfac: object = None  # K-FAC factors of the training samples at ``checkpoint`` (when a method needed them)
 
 
 def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
@@ -87,7 +88,7 @@ def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
         rows = ihvp_error(inp.train_grads, inp.test_grads, inp.block_names, train_labels, test_labels,
                           lambda_cs=a.ihvp_lambda_c, iterations=a.ihvp_iterations,
                           sweep_lambda_c=inp.spec.scoring.lambda_c, entries=a.ihvp_entries,
-                          checkpoint=inp.checkpoint, progress=progress)
+                          checkpoint=inp.checkpoint, kfac=inp.kfac, progress=progress)
         write("ihvp_error.parquet", table("ihvp_error", rows))
         timings["ihvp_s"] = time.perf_counter() - t
     if "convergence" in a.stages:

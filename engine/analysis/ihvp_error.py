@@ -18,7 +18,8 @@ Methods: ``datainf``, ``lissa`` (run to convergence), ``lissa_paper`` (the paper
 LiSSA iterate after exactly T steps (``lissa`` with ``iterations`` = T, the "error vs iterations" curve) and,
 on subsets made of several whole LoRA matrices, the block-diagonal forms the engine actually scores with
 (``exact_blockdiag``, ``datainf_blockdiag``: one H per LoRA matrix), which shows what ignoring the curvature
-between matrices costs. lissa_paper is not an iHVP approximation (~4 v); its rel_error says how far it is.
+between matrices costs; and, when the run computed K-FAC factors, ``ekfac`` and ``kfac`` (per LoRA matrix) on
+the subsets made of whole matrices. lissa_paper is not an iHVP approximation (~4 v); its rel_error says how far it is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 
 from engine import metrics
 from engine.methods.datainf import precondition_datainf
+from engine.methods._kronecker import kronecker_precondition
 from engine.methods.exact import precondition_exact
 from engine.methods.lissa import precondition_lissa
 from engine.methods.lissa_paper import precondition_lissa_paper
@@ -55,7 +57,12 @@ class Subset:
 
     @property
     def whole_blocks(self) -> bool:
+        """Several whole LoRA matrices (where a block-diagonal form differs from the full inverse)."""
         return len(self.parts) > 1
+
+    def whole_matrices(self, block_dims: Sequence[int]) -> bool:
+        """Every part is a whole LoRA matrix (what K-FAC's Kronecker factors describe)."""
+        return all(a == 0 and z == block_dims[b] for b, a, z in self.parts)
 
     def take(self, grads: Sequence[torch.Tensor], dtype=torch.float64) -> torch.Tensor:
         """The subset's gradient columns [n, dim] (float64) from per-block gradients [n, d_l]."""
@@ -125,12 +132,14 @@ def ihvp_error(train_grads: Sequence[torch.Tensor], test_grads: Sequence[torch.T
                block_names: Sequence[str], train_labels: Sequence[str], test_labels: Sequence[str], *,
                lambda_cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
                iterations: Sequence[int] = (1, 3, 10, 30, 100, 300, 1000, 3000),
-               sweep_lambda_c: float = 10.0, entries: int = 16, checkpoint: int = 0,
+               sweep_lambda_c: float = 10.0, entries: int = 16, checkpoint: int = 0, kfac=None,
                progress: Callable[[str], None] | None = None) -> list[dict]:
     """One row per (subset, method, lambda_c, iterations); see the module docstring for the columns.
 
     train_grads / test_grads: per-block gradients [n, d_l] / [m, d_l]. The LiSSA step sweep runs at
     ``sweep_lambda_c`` only (the spec's damping). Rows with ``iterations`` None are the methods' own defaults.
+    kfac: the training samples' K-FAC factors (``engine.grads.KroneckerFactors``); when given, EK-FAC and K-FAC
+    (per LoRA matrix) are compared too, on the subsets made of whole matrices.
     """
     dims = [int(g.shape[1]) for g in train_grads]
     rows: list[dict] = []
@@ -166,6 +175,10 @@ def ihvp_error(train_grads: Sequence[torch.Tensor], test_grads: Sequence[torch.T
             if subset.whole_blocks:
                 add("exact_blockdiag", lambda: _blockdiag(precondition_exact, subset, G, V, lambda_c=lc))
                 add("datainf_blockdiag", lambda: _blockdiag(precondition_datainf, subset, G, V, lambda_c=lc))
+            if kfac is not None and subset.whole_matrices(dims):  # per LoRA matrix, like the methods
+                for name, corrected in (("ekfac", True), ("kfac", False)):
+                    add(name, lambda c=corrected: _blockdiag(kronecker_precondition(c), subset, G, V, lambda_c=lc,
+                                                             factors=kfac))
             if lc == sweep_lambda_c:
                 for T in iterations:
                     add("lissa_steps", lambda T=T: precondition_lissa(G, V, lambda_c=lc, iterations=int(T)),

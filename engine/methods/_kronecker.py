@@ -81,8 +81,8 @@ def rotate(X: torch.Tensor, QS: torch.Tensor, QA: torch.Tensor) -> torch.Tensor:
     return QS.T @ (X.reshape(X.shape[0], QS.shape[0], QA.shape[0]) @ QA)
 
 
-def kronecker_method(corrected: bool, name: str):
-    """The ``(fn, prepare)`` pair of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``)."""
+def kronecker_precondition(corrected: bool):
+    """The per-block preconditioner of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``)."""
 
     def precondition(G: torch.Tensor, V: torch.Tensor, *, block: int, factors, lambda_c: float = 10.0,
                      **_) -> torch.Tensor:
@@ -94,6 +94,13 @@ def kronecker_method(corrected: bool, name: str):
         eig = rotate(G, QS, QA).square().mean(0) if corrected else torch.outer(s, a)
         C = rotate(V, QS, QA) / (eig + lam)
         return (QS @ C @ QA.T).reshape(V.shape)
+
+    return precondition
+
+
+def kronecker_method(corrected: bool, name: str):
+    """The ``(fn, prepare)`` pair of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``)."""
+    precondition = kronecker_precondition(corrected)
 
     def fn(train: Features, test: Features, **params) -> np.ndarray:
         return run_blocks(train, test, precondition, factors=check_factors(train, name), **params)

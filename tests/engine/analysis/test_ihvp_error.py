@@ -127,3 +127,29 @@ def test_datainf_error_grows_with_weaker_damping(rows):
 def test_blockdiag_rows_only_on_multi_matrix_subsets(rows):
     levels = {r["level"] for r in rows if r["method"] == "exact_blockdiag"}
     assert levels == {"layer", "all"}
+
+
+def test_ekfac_rows_use_the_kronecker_preconditioner():
+    """With K-FAC factors, EK-FAC/K-FAC rows appear on whole-matrix subsets and equal the method's per-block
+    preconditioner (itself checked against an explicit Kronecker inverse in tests/engine/methods)."""
+    from engine.grads import KroneckerFactors
+    from engine.methods._kronecker import kronecker_precondition
+
+    dims = {"A": (4, 6), "B": (6, 4)}  # LoRA A [r=4, in=6] and B [out=6, r=4]: d = 24 each
+    names = ("model.layers.0.q_proj.lora_A", "model.layers.0.q_proj.lora_B")
+    gen = torch.Generator().manual_seed(5)
+    train = [torch.randn(N, 24, generator=gen, dtype=torch.float64) for _ in names]
+    test = [torch.randn(M, 24, generator=gen, dtype=torch.float64) for _ in names]
+    acts = [torch.randn(50, dims[k][1], generator=gen, dtype=torch.float64) for k in "AB"]
+    outs = [torch.randn(50, dims[k][0], generator=gen, dtype=torch.float64) for k in "AB"]
+    factors = KroneckerFactors(act=[a.T @ a for a in acts], grad=[o.T @ o for o in outs], tokens=50, samples=N)
+    rows = ihvp_error(train, test, names, LABELS_TRAIN, LABELS_TEST, lambda_cs=(10.0,), iterations=(1,),
+                      entries=5, kfac=factors)
+    levels = {r["level"] for r in rows if r["method"] == "ekfac"}
+    assert levels == {"matrix", "layer"}  # not the first-5-entries subset
+    r = _row(rows, level="matrix", method="ekfac", lambda_c=10.0)
+    Q = kronecker_precondition(True)(train[0], test[0], block=0, factors=factors, lambda_c=10.0)
+    Q_star = precondition_exact(train[0], test[0], lambda_c=10.0)
+    want = np.mean([float((q - qs).norm() / qs.norm()) for q, qs in zip(Q, Q_star)])
+    assert r["rel_error"] == pytest.approx(want, rel=1e-10)
+    assert _row(rows, level="matrix", method="kfac", lambda_c=10.0)["rel_error"] > 0
