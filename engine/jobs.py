@@ -131,15 +131,19 @@ def list_jobs(jobs_dir: str | os.PathLike) -> list[dict]:
 
 def log_tail(jobs_dir: str | os.PathLike, job_id: str, max_bytes: int = 20000) -> str:
     """The end of the job's log, with tqdm's carriage-return redraws collapsed to their last state."""
-    path = Path(jobs_dir) / _check_id(job_id) / "log.txt"
+    text = tail_text(Path(jobs_dir) / _check_id(job_id) / "log.txt", max_bytes)
+    return "\n".join(line.split("\r")[-1] for line in text.splitlines())
+
+
+def tail_text(path: str | os.PathLike, max_bytes: int = 20000) -> str:
+    """The last ``max_bytes`` of a text file, decoded leniently; "" when it cannot be read."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - max_bytes))
-            text = f.read().decode("utf-8", "replace")
+            return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return "\n".join(line.split("\r")[-1] for line in text.splitlines())
 
 
 def _update(folder: Path, **changes) -> dict:

@@ -142,11 +142,12 @@ def _remove_dead_temps(runs_dir: Path, name: str) -> None:
     """Delete ``.<name>.tmp-<pid>`` folders left by runs whose process was killed (SIGKILL skips clean-up)."""
     for p in runs_dir.glob(f".{name}.tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -11,8 +11,8 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui.analysis_pages import needs_stage, pick_choice
-from ui.common import cursor, export_buttons, pick_run
+from ui.analysis_pages import analysis_page, pick_choice
+from ui.common import export_buttons
 from ui.readings import METHOD_NAMES, ihvp_reading
 from ui.auth import require_login
 
@@ -91,10 +91,4 @@ def show(con, run: str) -> None:
 st.title("iHVP approximation error")
 st.caption("Influence functions need H⁻¹v, the inverse Hessian times a test gradient. How close do DataInf and "
            "LiSSA get to the exact value, and does the ranking of training samples survive their error?")
-try:
-    con = cursor()
-    run = pick_run(con)
-    if run is not None and needs_stage(con, run, "ihvp"):
-        show(con, run)
-except store.StoreError as e:
-    st.error(f"The store could not be read: {e}")
+analysis_page("ihvp", show)

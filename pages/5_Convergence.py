@@ -11,8 +11,8 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui.analysis_pages import needs_stage
-from ui.common import cursor, export_buttons, pick_run
+from ui.analysis_pages import analysis_page
+from ui.common import export_buttons
 from ui.readings import convergence_reading
 from ui.auth import require_login
 
@@ -76,10 +76,4 @@ def show(con, run: str) -> None:
 st.title("Convergence over epochs")
 st.caption("Does the model converge, and do the attributions settle down with it? Every epoch checkpoint, "
            "from the LoRA initialisation to the end of fine-tuning.")
-try:
-    con = cursor()
-    run = pick_run(con)
-    if run is not None and needs_stage(con, run, "convergence"):
-        show(con, run)
-except store.StoreError as e:
-    st.error(f"The store could not be read: {e}")
+analysis_page("convergence", show)

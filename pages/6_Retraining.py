@@ -11,8 +11,8 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui.analysis_pages import needs_stage, pick_choice
-from ui.common import cursor, export_buttons, folded, pick_run
+from ui.analysis_pages import analysis_page, pick_choice
+from ui.common import export_buttons, folded
 from ui.readings import correlation, fmt, retrain_reading
 from ui.auth import require_login
 
@@ -92,10 +92,4 @@ st.title("Parameter change vs output change")
 st.caption("Retrain from the same initial LoRA weights and seed with a group of training samples removed. "
            "Does a bigger change of the weights mean a bigger change of what the model says — and which "
            "attribution method predicts the change?")
-try:
-    con = cursor()
-    run = pick_run(con)
-    if run is not None and needs_stage(con, run, "retrain"):
-        show(con, run)
-except store.StoreError as e:
-    st.error(f"The store could not be read: {e}")
+analysis_page("retrain", show)

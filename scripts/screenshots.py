@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
-PAGES = {"home": "", "explore": "Explore", "compare": "Compare_methods", "dataset": "Dataset"}
+PAGES = {"home": "", "explore": "Explore", "compare": "Compare_methods", "dataset": "Dataset",
+         "ihvp_error": "iHVP_error", "convergence": "Convergence", "retraining": "Retraining", "jobs": "Jobs"}
 
 
 def free_port() -> int:

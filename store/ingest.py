@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from engine.runfolder import MANIFEST, read_manifest
+from engine.runfolder import MANIFEST, pid_alive, read_manifest
 from store.errors import IngestError
 from store.paths import default_runs_dir
 from store.schema import PARQUET_TABLES, RUN_TABLES
@@ -358,18 +358,8 @@ def _remove_stale_rebuilds(db_path: Path) -> None:
     """Delete temp files left by rebuilds whose process died (``.<name>.rebuild-<pid>``)."""
     for p in db_path.parent.glob(f".{db_path.name}.rebuild-*"):
         pid = p.name.rsplit("-", 1)[-1].removesuffix(".wal")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_db_files(path: Path, keep_main: bool = False) -> None:

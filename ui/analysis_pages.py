@@ -7,7 +7,7 @@ from typing import Callable
 import streamlit as st
 
 import store
-from ui.common import esc, qp_get, qp_set
+from ui.common import cursor, esc, pick_run, qp_get, qp_set
 
 HOW_TO = {
     "ihvp": "the iHVP-error study",
@@ -34,3 +34,14 @@ def pick_choice(label: str, key: str, options: list, default, cast=str, fmt: Cal
     value = st.selectbox(label, options, index=index, key=f"pick_{key}", format_func=fmt or str)
     qp_set(**{key: value})
     return value
+
+
+def analysis_page(stage: str, show: Callable) -> None:
+    """The body every analysis page shares: pick a run, check it has ``stage``, call ``show(con, run)``."""
+    try:
+        con = cursor()
+        run = pick_run(con)
+        if run is not None and needs_stage(con, run, stage):
+            show(con, run)
+    except store.StoreError as e:
+        st.error(f"The store could not be read: {e}")

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engine.jobs import tail_text
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,12 +54,6 @@ def launch(store_path: Path, model: str, analyses: str = "all") -> int:
 def last_status(store_path: Path, max_bytes: int = 20000) -> str:
     """The latest progress line of the demo log (tqdm redraws with carriage returns)."""
     _, log_file = _files(store_path)
-    try:
-        with open(log_file, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    text = tail_text(log_file, max_bytes)
     parts = [p.strip() for p in re.split(r"[\r\n]+", text) if p.strip()]
     return parts[-1] if parts else ""

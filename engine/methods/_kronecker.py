@@ -64,16 +64,26 @@ def check_factors(train: Features, name: str):
     return f
 
 
+def _eigh(cache: dict, M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (clamped at 0) and eigenvectors of the symmetric M, reusing an equal matrix's from ``cache``
+    (the q and v ``lora_A`` blocks of a layer share their input, hence their activation factor)."""
+    key = (tuple(M.shape), float(M.sum()))
+    for other, eig in cache.get(key, []):
+        if torch.equal(other, M):
+            return eig
+    w, Q = torch.linalg.eigh(M)
+    cache.setdefault(key, []).append((M, (w.clamp(min=0), Q)))
+    return cache[key][-1][1]
+
+
 def eigenbasis(factors, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(s, Q_S, a, Q_A)`` of block ``block``: eigenvalues (clamped at 0) and eigenvectors (columns), float64."""
-    cache = _EIGEN.setdefault(factors, {})
-    if block not in cache:
-        S = factors.grad[block].double() / max(factors.samples, 1)
-        A = factors.act[block].double() / max(factors.tokens, 1)
-        s, QS = torch.linalg.eigh(S)
-        a, QA = torch.linalg.eigh(A)
-        cache[block] = (s.clamp(min=0), QS, a.clamp(min=0), QA)
-    return cache[block]
+    cache = _EIGEN.setdefault(factors, {"blocks": {}, "matrices": {}})
+    if block not in cache["blocks"]:
+        s, QS = _eigh(cache["matrices"], factors.grad[block].double() / max(factors.samples, 1))
+        a, QA = _eigh(cache["matrices"], factors.act[block].double() / max(factors.tokens, 1))
+        cache["blocks"][block] = (s, QS, a, QA)
+    return cache["blocks"][block]
 
 
 def rotate(X: torch.Tensor, QS: torch.Tensor, QA: torch.Tensor) -> torch.Tensor:

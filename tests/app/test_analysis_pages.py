@@ -1,8 +1,6 @@
 """AppTest: the three analysis pages over a tiny run that has them, and over one that does not."""
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from store.paths import REPO_ROOT
 
 IHVP = REPO_ROOT / "pages" / "4_iHVP_error.py"
@@ -10,22 +8,12 @@ CONVERGENCE = REPO_ROOT / "pages" / "5_Convergence.py"
 RETRAINING = REPO_ROOT / "pages" / "6_Retraining.py"
 
 
-def _page(script, **params) -> AppTest:
-    at = AppTest.from_file(str(script), default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
 def _readings(at) -> list[str]:
     return [m.value for m in at.markdown if m.value.startswith("- ")]
 
 
-def test_ihvp_page_charts_reading_and_url_state(analysis_store_env):
-    at = _page(IHVP)
+def test_ihvp_page_charts_reading_and_url_state(analysis_store_env, open_page):
+    at = open_page(IHVP)
     assert len(at.get("plotly_chart")) == 3  # vs dimension, vs steps, vs damping
     text = " ".join(_readings(at))
     assert "DataInf" in text and "LiSSA run to convergence" in text
@@ -38,22 +26,22 @@ def test_ihvp_page_charts_reading_and_url_state(analysis_store_env):
     assert not at.exception and at.query_params["metric"] == "spearman"
 
 
-def test_ihvp_page_falls_back_on_a_bad_url(analysis_store_env):
-    at = _page(IHVP, lc="nonsense", metric="nope", level="nowhere")
+def test_ihvp_page_falls_back_on_a_bad_url(analysis_store_env, open_page):
+    at = open_page(IHVP, lc="nonsense", metric="nope", level="nowhere")
     assert at.selectbox(key="pick_metric").value == "rel_error"
     assert at.selectbox(key="pick_level").value == "all"
 
 
-def test_convergence_page(analysis_store_env):
-    at = _page(CONVERGENCE)
+def test_convergence_page(analysis_store_env, open_page):
+    at = open_page(CONVERGENCE)
     assert len(at.get("plotly_chart")) == 5  # losses, generation, acc, coverage, stability
     text = " ".join(_readings(at))
     assert "Test loss goes from" in text and "most stable" in text
     assert list(at.dataframe[0].value.checkpoint) == [0, 1, 2]
 
 
-def test_retraining_page(analysis_store_env):
-    at = _page(RETRAINING)
+def test_retraining_page(analysis_store_env, open_page):
+    at = open_page(RETRAINING)
     assert len(at.get("plotly_chart")) == 4
     text = " ".join(_readings(at))
     assert "bit for bit" in text  # the control reproduces the original adapter
@@ -67,7 +55,7 @@ def test_retraining_page(analysis_store_env):
 
 
 @pytest.mark.parametrize("script", [IHVP, CONVERGENCE, RETRAINING])
-def test_pages_explain_a_run_without_analyses(store_env, script):
-    at = _page(script)
+def test_pages_explain_a_run_without_analyses(store_env, script, open_page):
+    at = open_page(script)
     assert any("--analyses" in i.value for i in at.info)
     assert not at.get("plotly_chart")
