@@ -1,7 +1,7 @@
 """The race: our DataInf / EK-FAC / GradSim against the libraries a user would pick instead, timed in one run.
 
-    /work/peers-venv/bin/python -m bench.peers.race [--model tiny|smollm2-135m] [--train-per-label 10]
-        [--test-per-label 1] [--repeat 3] [--only datainf,ekfac,gradsim]
+    /work/peers-venv/bin/python -m bench.peers.race [--model tiny|smollm2-135m] [--train-per-label 5]
+        [--test-per-label 1] [--repeat 3] [--only datainf,ekfac,gradsim] [--batch 8] [--dattri-batch B]
 
 Needs the peers venv (bench/peers/requirements.txt has the recipe); the app's own venv lacks the libraries and
 the script then says which import failed. Every pair runs on the same model, data and LoRA adapter:
@@ -18,13 +18,15 @@ the peers compute their own):
 - ``datainf``: ours (``engine.grads.sample_features`` + our DataInf kernel) vs dattri 0.3.0
   ``IFAttributorDataInf``. dattri takes ONE regularisation for all layers, so both sides use the same absolute
   damping lambda = mean over all LoRA gradient entries g^2 / 10 (our registered ``datainf`` uses a per-block
-  lambda_l; here the kernel gets lambda_c chosen per block so that lambda_l = lambda).
+  lambda_l; here the kernel gets lambda_c chosen per block so that lambda_l = lambda). dattri runs under
+  ``torch.no_grad()`` (its ``torch.func.grad`` still differentiates), else it keeps every gradient's graph.
 - ``ekfac``: ours (``sample_features(kfac=True)`` + the registered ``ekfac``) vs Kronfluence 1.0.1
   ``strategy="ekfac"``, ``use_empirical_fisher=True`` and ``damping_factor=None`` (0.1 × the mean corrected
   eigenvalue per module = our lambda_l at lambda_c = 10), attention mask for the token statistics.
-- ``gradsim``: ours (``sample_features`` + ``gradsim``) vs Bergson 2.5.1 (``bergson build`` on the training
-  set, then ``bergson score`` with the test set as queries; no projection, no preconditioner, float32), run as
-  the CLI because that is Bergson's interface; its time includes its start-up in a fresh process.
+- ``gradsim``: ours (``sample_features`` + ``gradsim``) vs Bergson 2.5.1 (``bergson build`` of a query index on
+  the test set, then ``bergson score`` of the training set against it; pre-tokenised JSONL with our labels,
+  ``--loss_reduction mean``, no projection, no preconditioner, float32), run as the CLI because that is
+  Bergson's interface; its time includes two process start-ups, measured and printed separately.
 
 Each side runs ``--repeat`` times, alternating; the table shows median seconds, the ratio peer/ours, and the
 Spearman correlation of the two score matrices per test sample (mean and min). A pair that cannot run prints
@@ -166,8 +168,12 @@ def dattri_datainf(st: Setting, lam: float, batch: int):
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
     att = IFAttributorDataInf(task=task, device="cpu", regularization=lam)
-    att.cache(DataLoader(ds(st.train_t), batch_size=batch))
-    S = att.attribute(DataLoader(ds(st.train_t), batch_size=batch), DataLoader(ds(st.test_t), batch_size=batch))
+    # torch.func.grad still differentiates under an outer no_grad, but its results then carry no autograd graph:
+    # without it dattri 0.3.0 keeps every cached gradient's graph (its scores come back with requires_grad), so
+    # memory grows with each sample (past 24 GB on SmolLM2 at 30 samples, killed).
+    with torch.no_grad():
+        att.cache(DataLoader(ds(st.train_t), batch_size=batch))
+        S = att.attribute(DataLoader(ds(st.train_t), batch_size=batch), DataLoader(ds(st.test_t), batch_size=batch))
     return S.detach().T.double().numpy()  # dattri: [n_train, n_test]
 
 
@@ -315,7 +321,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dattri-batch", type=int, default=0,
-                    help="dattri's batch size (default --batch); its vmap needs ~20 GB at 8 on SmolLM2")
+                    help="dattri's batch size (default: --batch)")
     ap.add_argument("--only", default="datainf,ekfac,gradsim")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
