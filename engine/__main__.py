@@ -33,12 +33,26 @@ def _runs_dir(args) -> Path:
     return default_runs_dir(_store_path(args))
 
 
+def _open_for_writing(args):
+    """The store, read-write; a file that is corrupt or from another schema version is first rebuilt from the
+    run folders (the database is a cache of them), as the app does at start-up."""
+    import store
+    from store.db import StoreOpenError
+
+    try:
+        return store.Store(_store_path(args))
+    except (store.SchemaVersionError, StoreOpenError) as e:
+        print(f"note: {e}\nrebuilding it from {_runs_dir(args)}", file=sys.stderr)
+        store.rebuild(_store_path(args), _runs_dir(args))
+        return store.Store(_store_path(args))
+
+
 def _ingest(args, folder: Path) -> None:
     """Ingest a finished run folder; if another process holds the store, leave it for that process."""
     import store
 
     try:
-        with store.Store(_store_path(args)) as s:
+        with _open_for_writing(args) as s:
             store.ingest_run(s.con, folder)
     except store.StoreLockedError as e:
         print(f"note: {e}; the run folder {folder} is complete and will be ingested by the app "
@@ -139,7 +153,7 @@ def cmd_report(args) -> None:
 def cmd_ingest(args) -> None:
     import store
 
-    with store.Store(_store_path(args)) as s:
+    with _open_for_writing(args) as s:
         names = store.ingest_all(s.con, _runs_dir(args))
     print(f"ingested {len(names)} new or changed run(s): {', '.join(names) or '-'}")
 

@@ -158,3 +158,22 @@ def test_convergence_needs_every_checkpoint(tmp_path, tiny_spec, capsys):
     spec.write_text(yaml.safe_dump({**tiny_spec, "scoring": {**tiny_spec["scoring"], "checkpoints": "last"}}))
     assert main(["run", str(spec), "--store", str(tmp_path / "s.duckdb"), "--analyses", "convergence"]) == 2
     assert "set scoring.checkpoints to all" in capsys.readouterr().err
+
+
+def test_ingest_rebuilds_a_store_of_another_schema_version(tmp_path, tiny_run, capsys):
+    import shutil
+
+    import duckdb
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / tiny_run.name)
+    db = tmp_path / "s.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_version (version INTEGER); INSERT INTO schema_version VALUES (1)")
+    con.close()
+    assert main(["ingest", "--store", str(db)]) == 0
+    assert "rebuilding it" in capsys.readouterr().err
+    import store
+
+    with store.Store(db, read_only=True) as s:
+        assert store.list_runs(s.con).run_id.tolist() == [tiny_run.name]

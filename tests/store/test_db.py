@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from store.schema import SCHEMA_VERSION
+
 from store import queries
 from store.db import Store, StoreOpenError, default_memory_limit, default_threads, open_or_rebuild, open_store
 from store.errors import StoreLockedError
@@ -110,5 +112,5 @@ def test_open_or_rebuild(db_path, make_run):
         assert sorted(queries.list_runs(s)["run_id"]) == ["a", "b"]
         s.con.execute("UPDATE schema_version SET version = 0")
     with open_or_rebuild(db_path, runs_dir) as s:  # other schema version: rebuilt
-        assert s.con.execute("SELECT version FROM schema_version").fetchone()[0] == 1
+        assert s.con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         assert len(queries.list_runs(s)) == 2
