@@ -14,7 +14,7 @@ import streamlit as st
 from scipy.stats import spearmanr
 
 import store
-from ui.common import cursor, export_buttons, folded, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import chart_text, cursor, export_buttons, folded, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
 
 st.set_page_config(page_title="Compare methods · Influence Explorer", layout="wide")
@@ -133,8 +133,8 @@ def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:
         "train_id": train.sample_id.astype(int).to_numpy(),
         a if a != b else f"{a} (A)": S_a[row],
         b if a != b else f"{b} (B)": S_b[row],
-        "label": [folded(v, 60) for v in train.label],
-        "prompt": [folded(v, 100) for v in train.prompt],
+        "label": [chart_text(v, 60) for v in train.label],
+        "prompt": [chart_text(v, 100) for v in train.prompt],
         "same label": np.where(same, "same label as test", "other label"),
     })
     xa, yb = pts.columns[1], pts.columns[2]

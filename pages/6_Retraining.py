@@ -12,7 +12,7 @@ import streamlit as st
 
 import store
 from ui.analysis_pages import analysis_page, pick_choice
-from ui.common import export_buttons, folded
+from ui.common import chart_text, export_buttons
 from ui.readings import correlation, fmt, retrain_reading
 from ui.auth import require_login
 
@@ -27,7 +27,7 @@ KIND_COLORS = {"none": "#7f7f7f", "single": "#1f77b4", "label": "#d62728", "rand
 def show(con, run: str) -> None:
     groups = store.analysis_table(con, run, "retrain_groups")
     methods = store.analysis_table(con, run, "retrain_methods")
-    groups["group"] = [folded(d, 60) for d in groups.description]
+    groups["group"] = [chart_text(d, 60) for d in groups.description]
     output = pick_choice("Output change", "output", list(OUTPUTS), "mean_abs_dloss", fmt=OUTPUTS.get)
     for sentence in retrain_reading(groups, methods, output):
         st.markdown(f"- {sentence}")
@@ -72,7 +72,7 @@ def show(con, run: str) -> None:
         if names:
             method = pick_choice("Method", "method", names, names[0])
             pts = points[points.method == method].copy()
-            pts["test label"] = [folded(v, 40) for v in pts.label]
+            pts["test label"] = [chart_text(v, 40) for v in pts.label]
             fig = px.scatter(pts, x="predicted", y="dloss", color="kind", color_discrete_map=KIND_COLORS,
                              hover_data=["group_id", "test_id", "test label"],
                              title=f"{method}: predicted vs actual change of each test loss")

@@ -82,6 +82,15 @@ def folded(text: str, limit: int = 160) -> str:
     return esc(t if len(t) <= limit else t[: limit - 1] + "…")
 
 
+def chart_text(text, limit: int = 160) -> str:
+    """Dataset text for plotly labels and hovers: cut at ``limit`` characters, and ``<``/``>`` replaced by look-alike
+    angle quotes so that plotly, which renders a few HTML tags in text, shows tags as text. Not HTML-escaped
+    (plotly would show ``&quot;`` literally)."""
+    t = str(text)
+    t = t if len(t) <= limit else t[: limit - 1] + "…"
+    return t.replace("<", "‹").replace(">", "›")
+
+
 def parquet_bytes(df) -> bytes:
     """A DataFrame as Parquet bytes (no index), for download buttons."""
     import io

@@ -54,3 +54,10 @@ def test_retrain_reading_escapes_and_correlates():
     assert "bit for bit" in text and "Spearman 1 (Pearson" in text
     assert "&lt;b&gt;x&lt;/b&gt;" in text and "<b>" not in text
     assert "datamodeling" not in text  # no LDS with fewer than 3 random subsets
+
+
+def test_chart_text_is_cut_and_defanged_not_escaped():
+    from ui.common import chart_text
+
+    assert chart_text('all "x" <b>bold</b>', 100) == 'all "x" ‹b›bold‹/b›'
+    assert chart_text("a" * 10, 5) == "aaaa…"
