@@ -35,9 +35,9 @@ def show_empty() -> None:
 
 # --analyses value -> label with the SmolLM2 demo's time on 2 CPU cores (README, "Quick start")
 DEMO_ANALYSES = {
-    "all": "all three (SmolLM2: ~13 min)",
-    "ihvp,convergence": "iHVP error + convergence (~4 min)",
-    "none": "none (~2.5 min)",
+    "all": "all three (SmolLM2: ~16 min)",
+    "ihvp,convergence": "iHVP error + convergence (~5 min)",
+    "none": "none (~3 min)",
 }
 
 
