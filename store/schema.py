@@ -72,6 +72,7 @@ def _analysis_tables() -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
             for name, cols in TABLES.items()}
 
 
+ANALYSIS_TABLES = tuple(_analysis_tables())  # empty for runs without analysis stages
 PARQUET_TABLES.update(_analysis_tables())
 # Key columns that may hold NULL (ihvp_error.iterations is NULL for methods run with their own defaults).
 NULLABLE_KEYS = {("ihvp_error", "iterations")}
