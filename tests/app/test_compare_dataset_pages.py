@@ -3,7 +3,6 @@ literal search, exports)."""
 
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from store.paths import REPO_ROOT
 
@@ -11,21 +10,11 @@ COMPARE = REPO_ROOT / "pages" / "2_Compare_methods.py"
 DATASET = REPO_ROOT / "pages" / "3_Dataset.py"
 
 
-def _page(script, **params) -> AppTest:
-    at = AppTest.from_file(str(script), default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
 # ---------------------------------------------------------------------------------------------- compare
 
 
-def test_compare_page_renders_heatmaps_scatter_and_disagreement(store_env):
-    at = _page(COMPARE)
+def test_compare_page_renders_heatmaps_scatter_and_disagreement(store_env, open_page):
+    at = open_page(COMPARE)
     assert at.selectbox(key="run").value == store_env
     assert at.selectbox(key="ckpt").value == 2  # the last checkpoint by default
     charts = at.get("plotly_chart")
@@ -41,8 +30,8 @@ def test_compare_page_renders_heatmaps_scatter_and_disagreement(store_env):
     assert len(at.get("download_button")) == 2  # CSV + Parquet
 
 
-def test_compare_page_honours_url_state(store_env):
-    at = _page(COMPARE, run=store_env, ckpt="1", a="exact", b="lissa", test="3")
+def test_compare_page_honours_url_state(store_env, open_page):
+    at = open_page(COMPARE, run=store_env, ckpt="1", a="exact", b="lissa", test="3")
     assert at.selectbox(key="ckpt").value == 1
     assert at.selectbox(key="method_a").value == "exact"
     assert at.selectbox(key="method_b").value == "lissa"
@@ -55,16 +44,16 @@ def test_compare_page_honours_url_state(store_env):
     assert table.spearman.dropna().min() > 0.5
 
 
-def test_compare_page_changing_a_method_updates_the_url(store_env):
-    at = _page(COMPARE, a="gradsim", b="repsim")
+def test_compare_page_changing_a_method_updates_the_url(store_env, open_page):
+    at = open_page(COMPARE, a="gradsim", b="repsim")
     at.selectbox(key="method_b").set_value("datainf").run()
     assert not at.exception
     assert at.query_params["b"] == "datainf"
     assert "datainf" in at.subheader[-1].value
 
 
-def test_compare_page_unknown_values_in_url_fall_back(store_env):
-    at = _page(COMPARE, run="no-such-run", ckpt="99", a="nope", b="nope2", test="12345")
+def test_compare_page_unknown_values_in_url_fall_back(store_env, open_page):
+    at = open_page(COMPARE, run="no-such-run", ckpt="99", a="nope", b="nope2", test="12345")
     assert at.selectbox(key="run").value == store_env
     assert at.selectbox(key="ckpt").value == 2
     assert at.selectbox(key="method_a").value != at.selectbox(key="method_b").value
@@ -72,19 +61,19 @@ def test_compare_page_unknown_values_in_url_fall_back(store_env):
     assert at.query_params["run"] == store_env
 
 
-def test_compare_page_over_an_empty_store_says_so(monkeypatch, tmp_path):
+def test_compare_page_over_an_empty_store_says_so(monkeypatch, tmp_path, open_page):
     monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
     monkeypatch.setenv("INFLUENCE_RUNS", str(tmp_path / "runs"))
     st.cache_resource.clear()
-    at = _page(COMPARE)
+    at = open_page(COMPARE)
     assert any("No runs yet" in i.value for i in at.info)
 
 
 # ---------------------------------------------------------------------------------------------- dataset
 
 
-def test_dataset_page_renders_samples_composition_and_topk(store_env):
-    at = _page(DATASET)
+def test_dataset_page_renders_samples_composition_and_topk(store_env, open_page):
+    at = open_page(DATASET)
     samples = at.dataframe[0].value
     assert len(samples) == 40 and set(samples.split) == {"train", "test"}
     assert len(at.get("plotly_chart")) == 1
@@ -97,9 +86,9 @@ def test_dataset_page_renders_samples_composition_and_topk(store_env):
     assert len(at.get("download_button")) == 4  # CSV + Parquet for both tables
 
 
-def test_dataset_page_honours_url_state(store_env):
+def test_dataset_page_honours_url_state(store_env, open_page):
     label = "Remove All Vowels"
-    at = _page(DATASET, split="train", label=label, method="repsim", k="5", ckpt="1")
+    at = open_page(DATASET, split="train", label=label, method="repsim", k="5", ckpt="1")
     samples = at.dataframe[0].value
     assert len(samples) == 3 and set(samples.split) == {"train"} and set(samples.label) == {label}
     assert at.selectbox(key="method").value == "repsim"
@@ -107,8 +96,8 @@ def test_dataset_page_honours_url_state(store_env):
     assert at.dataframe[1].value["n_top5"].sum() == 10 * 5
 
 
-def test_dataset_page_filter_changes_update_the_url(store_env):
-    at = _page(DATASET)
+def test_dataset_page_filter_changes_update_the_url(store_env, open_page):
+    at = open_page(DATASET)
     at.selectbox(key="split").set_value("test").run()
     assert at.query_params["split"] == "test"
     assert set(at.dataframe[0].value.split) == {"test"}
@@ -119,16 +108,16 @@ def test_dataset_page_filter_changes_update_the_url(store_env):
     assert "n_top2" in at.dataframe[1].value.columns
 
 
-def test_dataset_search_with_percent_is_literal(store_env):
-    at = _page(DATASET, q="%")
+def test_dataset_search_with_percent_is_literal(store_env, open_page):
+    at = open_page(DATASET, q="%")
     assert at.text_input(key="q").value == "%"
     assert len(at.dataframe[0].value) == 0  # no sample contains a literal '%'
-    at = _page(DATASET, q="_")
+    at = open_page(DATASET, q="_")
     assert len(at.dataframe[0].value) == 0
 
 
-def test_dataset_search_finds_a_substring(store_env):
-    at = _page(DATASET, split="train")
+def test_dataset_search_finds_a_substring(store_env, open_page):
+    at = open_page(DATASET, split="train")
     first = at.dataframe[0].value.prompt.iloc[0]
     word = str(first).split()[0]
     at.text_input(key="q").input(word).run()
@@ -138,8 +127,8 @@ def test_dataset_search_finds_a_substring(store_env):
     assert found.apply(lambda r: word.lower() in (str(r.prompt) + str(r.response)).lower(), axis=1).all()
 
 
-def test_dataset_page_unknown_values_in_url_fall_back(store_env):
-    at = _page(DATASET, run="no-such-run", split="bogus", label="nope", method="nope", k="100000")
+def test_dataset_page_unknown_values_in_url_fall_back(store_env, open_page):
+    at = open_page(DATASET, run="no-such-run", split="bogus", label="nope", method="nope", k="100000")
     assert at.selectbox(key="run").value == store_env
     assert at.selectbox(key="split").value == "all"
     assert at.number_input(key="k").value == 3
