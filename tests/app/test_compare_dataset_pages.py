@@ -1,7 +1,6 @@
 """AppTest: the Compare methods and Dataset pages over a store holding the tiny run (URL state, fallbacks,
 literal search, exports)."""
 
-import pytest
 import streamlit as st
 
 from store.paths import REPO_ROOT
