@@ -1,6 +1,8 @@
 """Command line: ``python -m engine COMMAND ...`` (command names and flags are a contract other tools use).
 
-Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] | import-dataset PATH --name NAME |
+Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] |
+attribute --model BASE --adapter DIR [--checkpoints DIR ...] --dataset PATH [--methods a,b] [--name RUN] |
+import-dataset PATH --name NAME |
 import-scores --dataset PATH --scores CSV --method NAME --run NAME | report --run NAME [--k K] [--json] |
 ingest | rebuild-store | worker [--once]. run and demo take ``--analyses LIST``. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
 ``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
@@ -128,6 +130,38 @@ def cmd_demo(args) -> None:
     _print_folder_report(folder)
 
 
+def attribute_spec(args):
+    """The spec ``attribute`` runs: the user's adapter on their dataset, scored by the chosen methods."""
+    from engine.spec import spec_from_dict
+
+    data: dict = {
+        "model": {"name": args.model, "adapter": args.adapter, "checkpoints": list(args.checkpoints or []),
+                  "trust_remote_code": args.trust_remote_code},
+        "task": {"name": "file", "path": args.dataset},
+        "scoring": {"checkpoints": args.score_checkpoints},
+        "train": {"loss_on": args.loss_on, "max_length": args.max_length},
+        "device": args.device, "dtype": args.dtype,
+    }
+    if args.template:
+        data["train"]["template"] = args.template
+    if args.methods:
+        data["scoring"]["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.name:
+        data["name"] = args.name
+    return spec_from_dict(data)
+
+
+def cmd_attribute(args) -> None:
+    from engine.pipeline import run_pipeline
+
+    spec = _with_analyses(attribute_spec(args), args.analyses)
+    folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
+    print(f"run {spec.run_name} written to {folder}")
+    if not args.no_ingest:
+        _ingest(args, folder)
+    _print_folder_report(folder)
+
+
 def cmd_import_dataset(args) -> None:
     from engine.datasets import save_dataset
     from engine.tasks import load_dataset
@@ -196,6 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--name", help="run name (default demo-<model>)")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("attribute", parents=[common, stages],
+                       help="attribute your own LoRA adapter (no fine-tuning): which training samples drive it")
+    s.add_argument("--model", required=True,
+                   help="base model: built-in name, id in the local HF cache, or a local folder")
+    s.add_argument("--adapter", required=True, help="peft adapter folder (adapter_config.json + safetensors)")
+    s.add_argument("--checkpoints", nargs="*", metavar="DIR",
+                   help="intermediate checkpoints in training order, or a folder of checkpoint-<step> folders")
+    s.add_argument("--dataset", required=True,
+                   help="the training (and test) data: JSONL/CSV/Parquet/HF folder with a split column or train/test")
+    s.add_argument("--methods", help="comma-separated methods (default: all)")
+    s.add_argument("--name", help="run name (default <task>-<model>-<hash>)")
+    s.add_argument("--template", help="prompt template the adapter was trained with ({prompt} ... {response})")
+    s.add_argument("--loss-on", default="response", choices=["response", "sequence"],
+                   help="the loss the adapter was trained on (default response)")
+    s.add_argument("--max-length", type=int, default=128, help="tokens per sample (default 128)")
+    s.add_argument("--score-checkpoints", default="last", choices=["last", "all"],
+                   help="score the final adapter only, or every checkpoint")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the base model")
+    s.set_defaults(fn=cmd_attribute)
 
     s = sub.add_parser("import-dataset", parents=[common], help="validate and keep a dataset")
     s.add_argument("path")

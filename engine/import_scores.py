@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import InputError
-from engine.pipeline import Evaluation, check_task, loss_table, samples_table, scores_table
+from engine.pipeline import check_task
+from engine.tables import Evaluation, loss_table, samples_table, scores_table
 from engine.runfolder import open_run
 from engine import metrics
 

@@ -31,7 +31,14 @@ __all__ = [
     "auprc",
     "per_label",
     "n_distinct_top1",
+    "spearman",
+    "spearman_rows",
+    "top_k_rows",
+    "topk_counts",
     "agreement",
+    "per_test_hits",
+    "bootstrap_ci",
+    "paired_bootstrap_ci",
     "summarize",
 ]
 
@@ -185,8 +192,30 @@ def n_distinct_top1(S) -> int:
     return int(np.unique(ranking(S)[:, 0]).size)
 
 
+def spearman(x, y) -> float:
+    """Spearman rank correlation of two 1-D arrays: the Pearson correlation of their average ranks (ties share
+    the mean rank). NaN when either array holds a NaN (a missing score leaves the ranking undefined), has fewer
+    than two values, or is constant. The one Spearman of the package (see :func:`spearman_rows`)."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise InputError(f"spearman needs two arrays of the same length, got {x.size} and {y.size}")
+    return float(spearman_rows(x[None, :], y[None, :])[0])
+
+
 def spearman_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Per-row Spearman correlation: Pearson correlation of average ranks; NaN where a row is constant."""
+    """Per-row Spearman correlation of two ``[m, n]`` arrays -> ``[m]``, with :func:`spearman`'s rules (a row
+    with a NaN in either array, fewer than two columns or a constant side is NaN)."""
+    A, B = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
+    if A.shape != B.shape or A.ndim != 2:
+        raise InputError(f"spearman_rows needs two 2-D arrays of the same shape, got {A.shape} and {B.shape}")
+    out = np.full(A.shape[0], np.nan)
+    clean = ~(np.isnan(A) | np.isnan(B)).any(axis=1)
+    if clean.any() and A.shape[1] >= 2:
+        out[clean] = _pearson_of_ranks(A[clean], B[clean])
+    return out
+
+
+def _pearson_of_ranks(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     ra = rankdata(A, method="average", axis=1)
     rb = rankdata(B, method="average", axis=1)
     ra -= ra.mean(axis=1, keepdims=True)
@@ -197,12 +226,23 @@ def spearman_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / den, np.nan)
 
 
+def top_k_rows(S, k: int) -> np.ndarray:
+    """The ``k`` best training indices per test row (``[n_test, k]``), by :func:`ranking`'s rule."""
+    return ranking(S)[:, : max(1, min(int(k), np.asarray(S).shape[1]))]
+
+
+def topk_counts(S, k: int) -> np.ndarray:
+    """For every training sample (column of ``S``), in how many test rows it is among the ``k`` best
+    (:func:`ranking`'s rule) -> int64 ``[n_train]``."""
+    S = _matrix(S)
+    return np.bincount(top_k_rows(S, k).ravel(), minlength=S.shape[1]).astype(np.int64)
+
+
 def agreement(S_a, S_b, k: int) -> dict:
     """How much two methods agree, per test sample, averaged over test samples.
 
-    spearman: mean Spearman rank correlation of the two score rows (average ranks for ties); a row that is
-      constant, or contains NaN, in either matrix has no defined correlation and is left out (NaN when every
-      row is).
+    spearman: mean over test samples of :func:`spearman_rows`; a row without a defined correlation (a NaN
+      score, a constant row) is left out of the mean (NaN when every row is).
     overlap: mean ``|top-k of a  intersect  top-k of b| / k`` (ranking rule of this module).
     """
     A, B = _matrix(S_a), _matrix(S_b)
@@ -211,21 +251,72 @@ def agreement(S_a, S_b, k: int) -> dict:
     k = _k(k, A.shape[1])
     rhos = spearman_rows(A, B)
     spearman = float(np.nanmean(rhos)) if np.any(~np.isnan(rhos)) else float("nan")
-    ta, tb = ranking(A)[:, :k], ranking(B)[:, :k]
+    ta, tb = top_k_rows(A, k), top_k_rows(B, k)
     overlap = float(np.mean([np.intersect1d(x, y).size / k for x, y in zip(ta, tb)]))
     return {"spearman": spearman, "overlap": overlap}
+
+
+def per_test_hits(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per test sample: whether its top-1 training sample has its label (``[n_test]`` bool) and how many of its
+    top ``k`` do (``[n_test]`` int). Acc@1 and Coverage@k are their means (the latter divided by k)."""
+    S, tr, te = _check(S, train_labels, test_labels)
+    k = _k(k, tr.size)
+    rel = _ranked_same(S, tr, te)
+    return rel[:, 0].copy(), rel[:, :k].sum(axis=1)
+
+
+BOOTSTRAP_RESAMPLES = 2000
+CI_LEVEL = 0.95
+
+
+def bootstrap_ci(values, *, resamples: int = BOOTSTRAP_RESAMPLES, level: float = CI_LEVEL,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one per test sample): ``resamples`` means of
+    samples drawn with replacement (seeded, so the same values give the same interval), and their
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. (NaN, NaN) for no values. The interval says how much
+    the metric would move on another draw of test prompts of the same kind."""
+    return paired_bootstrap_ci(values, None, resamples=resamples, level=level, seed=seed)
+
+
+def paired_bootstrap_ci(a, b=None, *, resamples: int = BOOTSTRAP_RESAMPLES, level: float = CI_LEVEL,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(a - b)`` over the same test samples, resampled together (so
+    two methods judged on the same prompts are compared prompt by prompt); ``b=None`` is :func:`bootstrap_ci`.
+    A difference whose interval contains 0 is within the noise of the test set."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    if b is not None:
+        y = np.asarray(b, dtype=np.float64).ravel()
+        if y.shape != x.shape:
+            raise InputError(f"paired bootstrap needs values for the same test samples, got {x.size} and {y.size}")
+        x = x - y
+    if x.size == 0:
+        return float("nan"), float("nan")
+    if not 0 < level < 1 or resamples < 1:
+        raise InputError(f"bootstrap needs 0 < level < 1 and resamples >= 1, got {level!r}, {resamples!r}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    step = max(1, (1 << 22) // x.size)  # resamples per chunk: bounded memory for large test sets
+    for start in range(0, resamples, step):
+        stop = min(start + step, resamples)
+        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def summarize(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int | None = None) -> dict:
     """All headline metrics of one score matrix; ``k=None`` -> :func:`paper_k`.
 
-    Keys: acc, coverage, auprc, chance_acc, chance_coverage, best_coverage, n_distinct_top1, k.
+    Keys: acc, coverage, acc_lo/acc_hi and coverage_lo/coverage_hi (95 % bootstrap intervals over test samples,
+    :func:`bootstrap_ci`), auprc, chance_acc, chance_coverage, best_coverage, n_distinct_top1, k.
     """
     S, tr, te = _check(S, train_labels, test_labels)
     k = paper_k(tr) if k is None else _k(k, tr.size)
+    top1, hits = per_test_hits(S, tr, te, k)
+    acc_ci, cov_ci = bootstrap_ci(top1), bootstrap_ci(hits / k)
     return {
         "acc": acc_at_1(S, tr, te),
         "coverage": coverage_at_k(S, tr, te, k),
+        "acc_lo": acc_ci[0], "acc_hi": acc_ci[1], "coverage_lo": cov_ci[0], "coverage_hi": cov_ci[1],
         "auprc": auprc(S, tr, te),
         "chance_acc": chance_acc(tr, te),
         "chance_coverage": chance_coverage(tr, te),

@@ -108,6 +108,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _config_file(where: str, local: bool) -> Path | None:
+    """The model's config.json: in the folder, or in the local Hugging Face cache for an id (never downloads)."""
+    if local:
+        p = Path(where) / "config.json"
+        return p if p.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(where, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub library rejects: the loader below reports it
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def _refuse_remote_code(name: str, where: str, local: bool) -> None:
+    """A model whose config.json maps its classes to code shipped with it (``auto_map``) needs
+    ``trust_remote_code``; say so instead of letting transformers fail obscurely."""
+    import json
+
+    cfg = _config_file(where, local)
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8")) if cfg else {}
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("auto_map"):
+        raise InputError(f"model {name!r} runs code shipped with it ({cfg}: auto_map); it is loaded only with "
+                         "spec field 'model.trust_remote_code: true', which runs that code: set it only if you "
+                         "trust its source")
+
+
 def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
     """Return ``(model, tokenizer)`` for a model name; the model is in eval mode on the CPU.
 
@@ -125,6 +155,8 @@ def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype 
             where, local = name, True
         else:
             where, local = name, False
+        if not trust_remote_code:
+            _refuse_remote_code(name, where, local)
         try:
             tok = AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(

@@ -31,9 +31,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from engine.catalog import PROJECTION_KINDS as KINDS  # declared with the method parameters (torch-free)
 from engine.errors import InputError
 
-KINDS = ("rademacher", "gaussian", "orthogonal")
 DEFAULT_KIND = "rademacher"
 
 
@@ -150,30 +150,6 @@ def merge_projected(parts: list[ProjectedGrads]) -> ProjectedGrads:
     if any((p.key, p.widths) != (first.key, first.widths) for p in parts):
         raise ValueError("shards were projected differently")
     return replace(first, blocks=[torch.cat([p.blocks[l] for p in parts]) for l in range(len(first.blocks))])
-
-
-def features_in_shards_projected(model, samples, pad_id: int, device, shard_size: int, batch_size: int,
-                                 projector_args: tuple[int, int, str], keep_full: bool, desc: str = "gradients",
-                                 progress: bool = True, **kwargs):
-    """Per-sample features shard by shard, each shard's gradients projected right after they are computed.
-
-    ``projector_args`` = (dim, seed, kind); ``kwargs`` go to ``engine.grads.sample_features``. Returns
-    ``(SampleFeatures, ProjectedGrads)``; when ``keep_full`` is False the SampleFeatures carry no gradients
-    (``grads == []``), so at most one shard of full gradients is in memory at any time.
-    """
-    from engine.grads import merge_features, sample_features
-
-    parts, projected, projector = [], [], None
-    for i in range(0, len(samples), shard_size):
-        f = sample_features(model, samples[i:i + shard_size], pad_id, device, batch_size,
-                            f"{desc} [{i}:{min(i + shard_size, len(samples))}]", progress, **kwargs)
-        if projector is None:
-            projector = Projector([g.shape[1] for g in f.grads], *projector_args)
-        projected.append(projector.project(f.grads))
-        # zero-width stand-ins free the shard's full gradients but keep merge_features' block structure
-        parts.append(f if keep_full else replace(f, grads=[torch.empty(g.shape[0], 0) for g in f.grads]))
-    merged = merge_features(parts)
-    return (merged if keep_full else replace(merged, grads=[])), merge_projected(projected)
 
 
 # ---- the error a projection adds -----------------------------------------------------------------------

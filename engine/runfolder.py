@@ -1,31 +1,10 @@
-"""Run folders: the immutable on-disk result of one run, and the only thing `store/` ingests.
+"""Writing run folders: the immutable on-disk result of one run, and the only thing `store/` ingests.
 
-Layout of ``<runs_dir>/<run_name>/`` (every table is a Parquet file; column types in brackets)::
-
-    manifest.json        written last; see below
-    samples.parquet      split [str: "train"|"test"], sample_id [int32], prompt, response, label [str]
-    scores/*.parquet     method [str], checkpoint [int32], test_id [int32], train_id [int32], score [float32]
-                         (any number of files; typically one per method, checkpoint and train shard)
-    metrics.parquet      method, checkpoint, k [int32], acc, coverage, auprc, chance_acc, chance_coverage,
-                         best_coverage [float64], n_distinct_top1 [int32]
-    label_metrics.parquet  method, checkpoint, k, label, n_test [int32], acc, coverage [float64]
-    agreement.parquet    checkpoint, method_a, method_b, k, spearman, overlap [float64]
-    train_loss.parquet   epoch [int32], step [int32], loss [float64]      (empty for imported scores)
-    checkpoints/epoch-<e>/   peft adapter (safetensors) per epoch; not ingested
-
-``checkpoint`` is the epoch number (1-based) whose adapter produced the scores; 0 means "not from our
-fine-tuning" (imported scores). Score sign: larger = more responsible (see ``engine.methods.base``).
-
-``manifest.json``::
-
-    {"format": 1, "run": NAME, "status": "complete", "created": ISO-8601, "spec": {...}, "spec_hash": HEX,
-     "kind": "pipeline"|"imported", "model": STR, "task": STR, "methods": [...], "checkpoints": [...],
-     "n_train": INT, "n_test": INT, "labels": [...], "k_default": INT,
-     "versions": {"python":..., "torch":..., ...}, "files": {"samples.parquet": ROWS, "scores/x.parquet": ROWS, ...}}
-
-Atomicity: everything is written into a hidden sibling folder ``.<run_name>.tmp-<pid>`` and renamed into
-place only after ``manifest.json`` is written with ``status: complete``. A killed run leaves only the hidden
-temp folder, which readers ignore (`is_complete` is False for it) and a later run may delete.
+The format (tables, columns, types, manifest fields, what "complete" means) is declared in
+:mod:`engine.runformat`; this module writes it. Atomicity: everything is written into a hidden sibling folder
+``.<run_name>.tmp-<pid>`` and renamed into place only after ``manifest.json`` is written with
+``status: complete``. A killed run leaves only the hidden temp folder, which readers ignore and a later run
+deletes.
 """
 
 from __future__ import annotations
@@ -34,7 +13,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import shutil
 from contextlib import contextmanager
 from importlib import metadata
@@ -44,21 +22,9 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def check_run_name(name: str) -> str:
-    """Return ``name`` if it is a safe folder name, else raise ValueError naming the field."""
-    from engine.errors import InputError
-
-    if not _NAME_RE.match(name or ""):
-        raise InputError(
-            f"run name {name!r} is invalid: use 1-128 letters, digits, '_', '-' or '.', not starting with a dot"
-        )
-    return name
-
+from engine.runformat import (  # noqa: F401  (the readers, re-exported for callers of this module)
+    FORMAT_VERSION, MANIFEST, check_run_name, is_complete, list_complete_runs, pid_alive, read_manifest,
+)
 
 def package_versions() -> dict[str, str]:
     """Versions recorded in every manifest, so a run can be reproduced."""
@@ -146,45 +112,3 @@ def _remove_dead_temps(runs_dir: Path, name: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_manifest(folder: Path) -> dict | None:
-    """The manifest of a complete run folder, or None if ``folder`` is not one (temp, killed, foreign)."""
-    folder = Path(folder)
-    if folder.name.startswith("."):
-        return None
-    try:
-        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if m.get("status") != "complete" or m.get("format") != FORMAT_VERSION:
-        return None
-    for rel, rows in m.get("files", {}).items():
-        p = folder / rel
-        try:
-            if not p.is_file() or pq.ParquetFile(p).metadata.num_rows != rows:
-                return None
-        except (OSError, pa.ArrowException):  # truncated or corrupt Parquet: not a complete run
-            return None
-    return m
-
-
-def is_complete(folder: Path) -> bool:
-    return read_manifest(folder) is not None
-
-
-def list_complete_runs(runs_dir: Path) -> list[Path]:
-    """Complete run folders under ``runs_dir``, sorted by name."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return []
-    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and is_complete(p))

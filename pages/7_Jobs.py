@@ -3,8 +3,11 @@ every job's progress and log; cancel or re-queue. Jobs are files under the jobs 
 they survive page reloads, browser closes and app restarts. Uploaded datasets are validated before anything is
 kept (``engine.uploads``).
 
-The page builds the spec as a dict and validates it with ``engine.spec.spec_from_dict`` — the same check as
-``python -m engine run`` — so what is queued is what a worker can run. Heavy imports first (app convention).
+The page builds the spec as a dict — the chosen preset plus only what the user changed (``ui.spec_form``) — and
+validates it with ``engine.spec.spec_from_dict``, the same check as ``python -m engine run``, so what is queued is
+what a worker can run. Two kinds of run: fine-tune a fresh adapter, or attribute the user's existing adapter
+(folders on the worker's machine; no weights go through the browser). No torch is imported (method names and
+parameters come from ``engine.catalog``). Heavy imports first (app convention).
 """
 
 from __future__ import annotations
@@ -15,18 +18,18 @@ import streamlit as st
 import store
 from engine import jobs
 from engine.errors import InputError
-from engine.methods import REGISTRY
-from engine.spec import ANALYSES, DEFAULT_METHODS, PRESETS, spec_from_dict
+from engine.catalog import DEFAULT_METHODS, METHOD_NAMES
+from engine.spec import ANALYSES, PRESETS, spec_from_dict
 from engine.tasks import TASK_NAMES
 from engine.uploads import keep_upload, list_datasets, max_upload_bytes, validate_upload
 from ui.auth import can_submit, current_user, read_only, require_login
 from ui.common import esc, get_store
+from ui.spec_form import (ENCODING_FIELDS, MODELS, RETRAIN_FIELDS, SCORING_FIELDS, TASK_FIELDS, TRAIN_FIELDS, changes,
+                          param_changes, param_fields, preset_values)
 
 st.set_page_config(page_title="Jobs · Influence Explorer", layout="wide")
 require_login()
 
-MODELS = ["tiny", "smollm2-135m"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 STATUS_ICON = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
 
 
@@ -61,59 +64,140 @@ def upload_section(datasets_dir) -> None:
 
 # ---------------------------------------------------------------------------------------------- the form
 
+FINETUNE, ATTRIBUTE = "fine-tune a LoRA adapter, then attribute", "attribute an existing adapter"
+SOURCES = ("built-in task", "uploaded dataset", "dataset path on the worker")
+
+
+def _load_preset(only_missing: bool = False) -> None:
+    """Put the chosen preset's values into the form's widgets (all of them, or only those not set yet)."""
+    values = preset_values(st.session_state.get("f_preset", "quick"))
+    for f in (*TASK_FIELDS, *TRAIN_FIELDS, *ENCODING_FIELDS, *SCORING_FIELDS, *RETRAIN_FIELDS):
+        if not only_missing or f.key not in st.session_state:
+            v = values[f.path]
+            st.session_state[f.key] = list(v) if isinstance(v, (list, tuple)) else v
+    if not only_missing or "f_template" not in st.session_state:
+        st.session_state["f_template"] = values["train.template"]
+
+
+def _widget(f, container=st):
+    """A widget for form field ``f``; its value comes from session state (set from the preset)."""
+    if f.kind == "int":
+        return container.number_input(f.label, min_value=int(f.minimum), max_value=int(f.maximum), step=1,
+                                      key=f.key, help=f.help or None)
+    if f.kind == "float":
+        return container.number_input(f.label, min_value=float(f.minimum), max_value=float(f.maximum),
+                                      format="%.1e" if f.minimum < 1e-3 else "%g", key=f.key, help=f.help or None)
+    if f.kind == "choice":
+        return container.selectbox(f.label, list(f.options), key=f.key, help=f.help or None)
+    return container.multiselect(f.label, list(f.options), key=f.key, help=f.help or None)
+
+
+def _param_widget(p, container):
+    """A widget for one method parameter (``ui.spec_form.ParamField``), starting at the method's default."""
+    label = f"{p.name}" + (" (empty = automatic)" if p.optional else "")
+    if p.kind == "bool":
+        return container.checkbox(label, value=bool(p.default), key=p.key, help=p.help or None)
+    if p.kind == "choice":
+        opts = list(p.options)
+        return container.selectbox(label, opts, index=opts.index(p.default), key=p.key, help=p.help or None)
+    if p.kind == "int":
+        return container.number_input(label, value=p.default, step=1, key=p.key, help=p.help or None)
+    if p.kind == "float":
+        return container.number_input(label, value=p.default, format="%g", key=p.key, help=p.help or None)
+    return container.text_input(label, value=p.default or "", key=p.key, help=p.help or None)
+
+
+def _data_inputs(source: str, kept: list[str], datasets_dir, values: dict) -> dict:
+    """The task part of the spec for the chosen data source."""
+    if source == "built-in task":
+        task_name = st.selectbox("Task", TASK_NAMES, index=TASK_NAMES.index("grammars"), key="f_task")
+        values["task.name"] = task_name
+        for f in TASK_FIELDS:
+            values[f.path] = _widget(f)
+        st.caption("Empty sample counts = the task's full (paper) size.")
+        return {}
+    if source == "uploaded dataset":
+        ds = st.selectbox("Dataset", kept, key="f_dataset", placeholder="upload one first" if not kept else None)
+        return {"name": "file", "path": str(datasets_dir / ds) if ds else ""}
+    path = st.text_input("Dataset path on the worker's machine (folder or JSONL/CSV/Parquet file)", key="f_dspath")
+    return {"name": "file", "path": path.strip()}
+
 
 def spec_form(datasets_dir) -> dict | None:
-    """The run-spec form; returns the spec dict when submitted."""
+    """The run-spec form; returns the spec dict when submitted: the preset plus what the user changed."""
     kept = list_datasets(datasets_dir)
-    source = st.radio("Data", ["built-in task", "uploaded dataset"], horizontal=True, key="data_source")
+    mode = st.radio("What to run", [FINETUNE, ATTRIBUTE], horizontal=True, key="f_mode")
+    c0, c00 = st.columns(2)
+    c0.selectbox("Start from preset", list(PRESETS), index=list(PRESETS).index("quick"), key="f_preset",
+                 on_change=_load_preset, help="quick: CPU demo sizes; paper: the paper's settings. The form shows "
+                 "the preset's values; only what you change is sent on top of it.")
+    source = c00.radio("Data", SOURCES, horizontal=True, key="data_source")
+    _load_preset(only_missing=True)
+    values: dict = {}
     with st.form("spec_form"):
         c1, c2, c3 = st.columns(3)
         with c1:
             st.markdown("**Run**")
             name = st.text_input("Run name (optional)", key="f_name")
-            preset = st.selectbox("Start from preset", list(PRESETS), index=list(PRESETS).index("quick"),
-                                  key="f_preset", help="quick: CPU demo sizes; paper: the paper's settings")
-            model = st.selectbox("Base model", MODELS, key="f_model")
-            device = st.selectbox("Device", ["auto", "cpu", "cuda"], key="f_device")
-            if source == "built-in task":
-                task_name = st.selectbox("Task", TASK_NAMES, index=TASK_NAMES.index("grammars"), key="f_task")
-                n_train = st.number_input("Training samples per label", 1, 10000, 10, key="f_ntrain")
-                n_test = st.number_input("Test samples per label", 1, 1000, 3, key="f_ntest")
-                task = {"name": task_name, "n_train_per_label": int(n_train), "n_test_per_label": int(n_test)}
+            model_spec: dict = {}
+            if mode == FINETUNE:
+                values["model.name"] = st.selectbox("Base model", MODELS, key="f_model")
             else:
-                ds = st.selectbox("Dataset", kept, key="f_dataset",
-                                  placeholder="upload one first" if not kept else None)
-                task = {"name": "file", "path": str(datasets_dir / ds) if ds else ""}
+                model_spec["name"] = st.text_input("Base model: a built-in name, an id in the worker's HF cache, "
+                                                   "or a folder on the worker's machine", key="f_base").strip()
+                model_spec["adapter"] = st.text_input("Adapter folder on the worker's machine (adapter_config.json "
+                                                      "+ adapter_model.safetensors)", key="f_adapter").strip()
+                ckpts = st.text_area("Checkpoint folders (optional): one per line, or the folder holding "
+                                     "checkpoint-* folders", key="f_ckdirs")
+                model_spec["checkpoints"] = [c.strip() for c in ckpts.splitlines() if c.strip()]
+            values["device"] = st.selectbox("Device", ["auto", "cpu", "cuda"], key="f_device")
+            task = _data_inputs(source, kept, datasets_dir, values)
         with c2:
-            st.markdown("**LoRA and training**")
-            r = st.number_input("LoRA rank r", 1, 256, 4, key="f_r")
-            alpha = st.number_input("LoRA alpha", 1, 1024, 32, key="f_alpha")
-            targets = st.multiselect("Target modules", TARGETS, default=["q_proj", "v_proj"], key="f_targets")
-            epochs = st.number_input("Epochs", 1, 100, 2, key="f_epochs")
-            batch = st.number_input("Batch size", 1, 512, 8, key="f_batch")
-            lr = st.number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", key="f_lr")
-            max_len = st.number_input("Max tokens per sample", 8, 4096, 64, key="f_maxlen")
-            loss_on = st.selectbox("Loss on", ["sequence", "response"], key="f_losson")
+            if mode == FINETUNE:
+                st.markdown("**LoRA and training**")
+                for f in TRAIN_FIELDS:
+                    values[f.path] = _widget(f)
+            else:
+                st.markdown("**How the adapter was trained**")
+                st.caption("The gradients are those of the adapter's training loss: give the prompt format and "
+                           "the loss the adapter was trained with. Its LoRA settings come from adapter_config.json.")
+                values["train.template"] = st.text_input("Prompt template ({prompt} and {response})",
+                                                         key="f_template")
+            for f in ENCODING_FIELDS:
+                values[f.path] = _widget(f)
         with c3:
             st.markdown("**Attribution and analyses**")
-            methods = st.multiselect("Methods", sorted(REGISTRY), default=list(DEFAULT_METHODS), key="f_methods")
-            checkpoints = st.selectbox("Score checkpoints", ["all", "last"], key="f_ckpts")
-            lambda_c = st.number_input("Damping λ_c", 1e-6, 1e6, 10.0, key="f_lambda")
-            stages = st.multiselect("Analyses", list(ANALYSES), default=["ihvp", "convergence"], key="f_stages",
-                                    help="retrain re-fine-tunes the model once per removed group: the slow one")
-            n_single = st.number_input("Retrain: single samples removed", 0, 100, 2, key="f_single")
-            n_labels = st.number_input("Retrain: labels removed (0 = all)", 0, 1000, 2, key="f_labels")
-            n_random = st.number_input("Retrain: random 10 % subsets", 0, 100, 3, key="f_random")
+            methods = st.multiselect("Methods", list(METHOD_NAMES), default=list(DEFAULT_METHODS), key="f_methods")
+            values["scoring.methods"] = methods
+            for f in SCORING_FIELDS:
+                values[f.path] = _widget(f)
+            allowed = list(ANALYSES) if mode == FINETUNE else [a for a in ANALYSES if a != "retrain"]
+            values["analysis.stages"] = st.multiselect(
+                "Analyses", allowed, default=["ihvp", "convergence"], key=f"f_stages_{mode == FINETUNE}",
+                help="retrain re-fine-tunes the model once per removed group: the slow one" if mode == FINETUNE
+                else "retrain needs the adapter's full training recipe: use a spec file (README)")
+            if mode == FINETUNE:
+                for f in RETRAIN_FIELDS:
+                    values[f.path] = _widget(f)
+            with st.expander("Method parameters"):
+                entered = {}
+                for m in methods:
+                    fields_ = param_fields(m)
+                    if fields_:
+                        st.markdown(f"**{m}**")
+                        entered[m] = {p.name: _param_widget(p, st) for p in fields_}
         submitted = st.form_submit_button("Validate and queue", type="primary", disabled=not can_submit())
     if not submitted:
         return None
-    spec = {"preset": preset, "task": task, "model": {"name": model}, "device": device,
-            "lora": {"r": int(r), "alpha": int(alpha), "target_modules": targets},
-            "train": {"epochs": int(epochs), "batch_size": int(batch), "lr": float(lr), "max_length": int(max_len),
-                      "loss_on": loss_on},
-            "scoring": {"methods": methods, "checkpoints": checkpoints, "lambda_c": float(lambda_c)},
-            "analysis": {"stages": stages, "retrain_single": int(n_single), "retrain_labels": int(n_labels),
-                         "retrain_seeds": int(n_random)}}
+    preset = st.session_state.get("f_preset", "quick")
+    spec = {"preset": preset, **changes(values, preset)}
+    params = param_changes({m: {k: (None if v == "" else v) for k, v in vals.items()} for m, vals in entered.items()})
+    if params:
+        spec.setdefault("scoring", {})["params"] = params
+    if task:
+        spec["task"] = task
+    if mode == ATTRIBUTE:
+        spec["model"] = {k: v for k, v in model_spec.items() if v or k == "adapter"}
     if name.strip():
         spec["name"] = name.strip()
     return spec
@@ -121,8 +205,13 @@ def spec_form(datasets_dir) -> dict | None:
 
 def queue(spec: dict, jobs_dir) -> None:
     try:
-        if spec["task"].get("name") == "file" and not spec["task"].get("path"):
-            raise InputError("spec field 'task.path': no dataset chosen; upload one first")
+        if spec.get("task", {}).get("name") == "file" and not spec["task"].get("path"):
+            raise InputError("spec field 'task.path': no dataset chosen; upload one first or give a path")
+        if "adapter" in spec.get("model", {}):
+            if not spec["model"]["adapter"]:
+                raise InputError("spec field 'model.adapter': give the adapter folder (a path on the worker's machine)")
+            if not spec["model"].get("name"):
+                raise InputError("spec field 'model.name': give the base model the adapter was trained on")
         run_spec = spec_from_dict(spec)
         job_id = jobs.submit(jobs_dir, run_spec, submitted_by=current_user())
     except InputError as e:

@@ -1,4 +1,4 @@
-"""Ingest run folders (see ``engine/runfolder.py``) into the database, and rebuild it from them.
+"""Ingest run folders (format: ``engine.runformat``) into the database, and rebuild it from them.
 
 Policy for folders that are not complete runs (hidden temp folder of a killed run, no manifest, ``status`` not
 ``complete``, a file whose row count differs from the manifest): :func:`ingest_run` returns ``False`` and
@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from engine.runfolder import MANIFEST, pid_alive, read_manifest
+from engine.runformat import MANIFEST, pid_alive, read_manifest, table_of_file
 from store.errors import IngestError
 from store.paths import default_runs_dir
 from store.schema import PARQUET_TABLES, RUN_TABLES
@@ -144,7 +144,7 @@ def rebuild(
 
 
 def complete_runs(runs_dir: str | os.PathLike) -> list[Path]:
-    """Complete run folders in ``runs_dir``, sorted by name (like ``engine.runfolder.list_complete_runs``,
+    """Complete run folders in ``runs_dir``, sorted by name (like ``engine.runformat.list_complete_runs``,
     but a folder whose check itself fails, e.g. on a truncated Parquet footer, counts as incomplete)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -195,8 +195,8 @@ def _table_files(folder: Path, manifest: dict) -> dict[str, list[str]]:
     """Map table -> Parquet paths listed in the manifest (``scores/*.parquet`` may be many files)."""
     out: dict[str, list[str]] = {}
     for rel in sorted(manifest.get("files", {})):
-        table = "scores" if rel.startswith("scores/") else rel.removesuffix(".parquet")
-        if rel.endswith(".parquet") and table in PARQUET_TABLES:
+        table = table_of_file(rel)
+        if table is not None:
             out.setdefault(table, []).append(str(folder / rel))
     if "samples" not in out:
         raise IngestError(f"run {folder.name!r}: manifest of {folder} lists no samples.parquet")

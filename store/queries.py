@@ -23,14 +23,10 @@ from store.errors import (
 
 
 
-def _rank(alias: str = "") -> str:
-    """SQL ORDER BY fragment (constant text, never user data) ranking one test sample's training scores."""
-    p = f"{alias}." if alias else ""
-    return f"isnan({p}score), {p}score DESC, {p}train_id"
-
-
 def _rank_key(alias: str = "") -> str:
-    """The same order as a ``max_by`` key (largest first): not-NaN, then score, then lowest train_id."""
+    """The ranking rule of ``engine.metrics.ranking`` as ONE SQL sort key (constant text, never user data):
+    larger key = ranked higher. ``(NOT isnan(score), score, -train_id)``: a real score above NaN, then the score,
+    then the lower train_id. Used as ``ORDER BY key DESC``, as the ``max_by`` key, and compared with ``>``."""
     p = f"{alias}." if alias else ""
     return f"(NOT isnan({p}score), {p}score, -{p}train_id)"
 
@@ -332,13 +328,13 @@ def top_k(con, run: str, method: str, checkpoint: int, test_id: int, k: int) -> 
     return _df(
         con,
         f"""
-        SELECT row_number() OVER (ORDER BY {_rank("s")})
+        SELECT row_number() OVER (ORDER BY {_rank_key("s")} DESC)
                  AS rank,
                s.train_id, s.score, tr.prompt, tr.response, tr.label,
                coalesce(tr.label = te.label, false) AS same_label
         FROM (SELECT train_id, score FROM scores
               WHERE run_id = $run AND method = $method AND checkpoint = $ckpt AND test_id = $test
-              ORDER BY {_rank()} LIMIT $k) s
+              ORDER BY {_rank_key()} DESC LIMIT $k) s
         LEFT JOIN samples tr ON tr.run_id = $run AND tr.split = 'train' AND tr.sample_id = s.train_id
         LEFT JOIN samples te ON te.run_id = $run AND te.split = 'test' AND te.sample_id = $test
         ORDER BY rank
@@ -405,18 +401,15 @@ def test_prompts_ranking_train(con, run: str, method: str, checkpoint: int, trai
     _require_sample(con, run, "train", train_id)
     return _df(
         con,
-        """
+        f"""
         WITH blk AS (
             SELECT test_id, train_id, score FROM scores
             WHERE run_id = $run AND method = $method AND checkpoint = $ckpt
         ),
-        t AS (SELECT test_id, score AS s FROM blk WHERE train_id = $train),
-        ranks AS (
-            SELECT t.test_id, any_value(t.s) AS score,
-                   1 + count(*) FILTER (WHERE (isnan(t.s) AND NOT isnan(b.score))
-                                           OR (isnan(t.s) = isnan(b.score)
-                                               AND (b.score > t.s OR (b.score = t.s AND b.train_id < $train))))
-                     AS rank
+        t AS (SELECT test_id, train_id, score FROM blk WHERE train_id = $train),
+        ranks AS (  -- 1 + how many training samples rank above it, by the one ranking key
+            SELECT t.test_id, any_value(t.score) AS score,
+                   1 + count(*) FILTER (WHERE {_rank_key("b")} > {_rank_key("t")}) AS rank
             FROM t JOIN blk b USING (test_id) GROUP BY t.test_id
         )
         SELECT r.test_id, r.rank, r.score, te.prompt, te.response, te.label,

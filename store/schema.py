@@ -1,7 +1,7 @@
 """The DuckDB schema: one table per run-folder Parquet file (plus ``run_id``), ``runs``, ``score_sets``.
 
 Every table is keyed by ``run_id`` (the run folder's name). The Parquet-backed tables are described once in
-:data:`PARQUET_TABLES` (column name -> SQL type, as in ``engine/runfolder.py``); :mod:`store.ingest` builds its
+:data:`PARQUET_TABLES` (column name -> SQL type, from ``engine.runformat``); :mod:`store.ingest` builds its
 ``INSERT ... SELECT ... FROM read_parquet(?)`` statements from the same description. No primary keys or
 indexes on the big tables: ART indexes slow bulk loads, and ``scores`` is loaded sorted by
 (run_id, method, checkpoint, test_id) so that DuckDB's automatic min/max zonemaps make per-test lookups fast.
@@ -11,71 +11,18 @@ from __future__ import annotations
 
 import duckdb
 
+from engine import runformat
 from store.errors import SchemaVersionError
 
 SCHEMA_VERSION = 2  # 2: the analysis tables
 
-# table -> ({column: sql type} as in the Parquet file, sort key used when loading)
+# table -> ({column: sql type} as in the Parquet file, sort key used when loading): from the one declaration of
+# the run-folder format (engine.runformat), which imports neither torch nor DuckDB.
 PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
-    "samples": (
-        {"split": "VARCHAR", "sample_id": "INTEGER", "prompt": "VARCHAR", "response": "VARCHAR", "label": "VARCHAR"},
-        ("split", "sample_id"),
-    ),
-    "scores": (
-        {"method": "VARCHAR", "checkpoint": "INTEGER", "test_id": "INTEGER", "train_id": "INTEGER", "score": "FLOAT"},
-        ("method", "checkpoint", "test_id", "train_id"),
-    ),
-    "metrics": (
-        {
-            "method": "VARCHAR", "checkpoint": "INTEGER", "k": "INTEGER", "acc": "DOUBLE", "coverage": "DOUBLE",
-            "auprc": "DOUBLE", "chance_acc": "DOUBLE", "chance_coverage": "DOUBLE", "best_coverage": "DOUBLE",
-            "n_distinct_top1": "INTEGER",
-        },
-        ("method", "checkpoint", "k"),
-    ),
-    "label_metrics": (
-        {
-            "method": "VARCHAR", "checkpoint": "INTEGER", "k": "INTEGER", "label": "VARCHAR", "n_test": "INTEGER",
-            "acc": "DOUBLE", "coverage": "DOUBLE",
-        },
-        ("method", "checkpoint", "k", "label"),
-    ),
-    "agreement": (
-        {"checkpoint": "INTEGER", "method_a": "VARCHAR", "method_b": "VARCHAR", "k": "INTEGER",
-         "spearman": "DOUBLE", "overlap": "DOUBLE"},
-        ("checkpoint", "method_a", "method_b", "k"),
-    ),
-    "train_loss": (
-        {"epoch": "INTEGER", "step": "INTEGER", "loss": "DOUBLE"},
-        ("step", "epoch"),
-    ),
-}
-
-# The analysis tables (engine/analysis): declared once, as Arrow types, in engine.analysis.TABLES.
-_SQL_TYPES = {"string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN"}
-_ANALYSIS_KEYS = {
-    "ihvp_error": ("level", "method", "lambda_c", "iterations"),
-    "checkpoint_eval": ("checkpoint",),
-    "score_drift": ("method", "checkpoint"),
-    "retrain_groups": ("group_id",),
-    "retrain_modules": ("group_id", "module"),
-    "retrain_tests": ("group_id", "test_id"),
-    "retrain_predictions": ("method", "group_id", "test_id"),
-    "retrain_methods": ("method",),
-}
-
-
-def _analysis_tables() -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
-    from engine.analysis import TABLES
-
-    return {name: ({c: _SQL_TYPES[str(t)] for c, t in cols.items()}, _ANALYSIS_KEYS[name])
-            for name, cols in TABLES.items()}
-
-
-ANALYSIS_TABLES = tuple(_analysis_tables())  # empty for runs without analysis stages
-PARQUET_TABLES.update(_analysis_tables())
+    name: (t.sql_columns(), t.key) for name, t in runformat.TABLES.items()}
+ANALYSIS_TABLES = runformat.ANALYSIS_TABLES  # empty for runs without analysis stages
 # Key columns that may hold NULL (ihvp_error.iterations is NULL for methods run with their own defaults).
-NULLABLE_KEYS = {("ihvp_error", "iterations")}
+NULLABLE_KEYS = {(name, c) for name, t in runformat.TABLES.items() for c in t.nullable_keys}
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (

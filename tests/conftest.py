@@ -65,3 +65,67 @@ def tiny_analysis_run(tmp_path_factory):
     spec = {**TINY_SPEC, "name": "tiny-analyses", "analysis": ANALYSIS_STAGES,
             "scoring": {**TINY_SPEC["scoring"], "methods": ["gradsim", "datainf", "tracin"]}}
     return run_pipeline(spec_from_dict(spec), tmp_path_factory.mktemp("analysis-runs"), progress=False)
+
+
+# ---- a "foreign" adapter: fine-tuned with transformers.Trainer + peft in the test, not with engine.finetune ----
+
+FOREIGN_TARGETS = ["k_proj", "o_proj", "up_proj"]  # not the paper's q/v, on purpose
+FOREIGN_TEMPLATE = "[INST] {prompt} [/INST] {response}"
+
+
+def _trainer_adapter(root, targets=FOREIGN_TARGETS, r=4, alpha=16, rslora=True, epochs=3):
+    """Fine-tune the tiny model with HF Trainer on a small grammars set; returns (base, out, dataset) paths.
+
+    The training text is tokenised here, jointly, as a typical SFT script does (loss on every token), so nothing
+    of the engine's formatting is involved; Trainer writes ``out/checkpoint-<step>/`` every epoch (with its
+    trainer_state.json) and ``trainer.save_model(out)`` the final adapter.
+    """
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
+
+    from engine.models import build_tiny_model, build_tiny_tokenizer
+    from engine.tasks import build_task
+
+    tok = build_tiny_tokenizer()
+    base = root / "base"
+    build_tiny_model(len(tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    task = build_task("grammars", seed=0, n_train_per_label=2, n_test_per_label=1)
+    dataset = root / "data.jsonl"
+    rows = [{"prompt": s.prompt, "response": s.response, "label": s.label, "split": split}
+            for split, ss in (("train", task.train), ("test", task.test)) for s in ss]
+    dataset.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+
+    texts = [tok(FOREIGN_TEMPLATE.format(prompt=s.prompt, response=s.response))["input_ids"][:47]
+             + [tok.eos_token_id] for s in task.train]
+
+    def collate(batch):
+        T = max(len(b) for b in batch)
+        ids = torch.full((len(batch), T), tok.pad_token_id)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        for i, b in enumerate(batch):
+            ids[i, :len(b)] = torch.tensor(b)
+            mask[i, :len(b)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, -100)}
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), task_type="CAUSAL_LM",
+        use_rslora=rslora))
+    out = root / "out"
+    args = TrainingArguments(output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=4,
+                             learning_rate=5e-3, save_strategy="epoch", logging_steps=1, report_to="none",
+                             use_cpu=True, seed=0, save_only_model=True, disable_tqdm=True, log_level="error")
+    trainer = Trainer(model=model, args=args, train_dataset=texts, data_collator=collate)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    trainer.save_model(str(out))
+    return base, out, dataset
+
+
+@pytest.fixture(scope="session")
+def foreign_adapter(tmp_path_factory):
+    """(base model folder, Trainer output folder with checkpoint-5/10/15 and the final adapter, dataset JSONL)."""
+    return _trainer_adapter(tmp_path_factory.mktemp("foreign"))

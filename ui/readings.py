@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import pearsonr, spearmanr
 
+from engine import metrics
 from ui.common import esc
 
 METHOD_NAMES = {
@@ -32,13 +32,14 @@ def fmt(x: float, digits: int = 3) -> str:
 
 
 def correlation(x, y) -> tuple[float, float]:
-    """(Spearman, Pearson) of two sequences; NaN when fewer than 3 points or one of them is constant."""
+    """(Spearman, Pearson) of the points with both values finite; NaN for fewer than 3 such points (two points
+    always correlate perfectly: nothing to read) or a constant side. Spearman is ``engine.metrics.spearman``."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan")
-    return float(spearmanr(x, y).statistic), float(pearsonr(x, y).statistic)
+    return metrics.spearman(x, y), float(np.corrcoef(x, y)[0, 1])
 
 
 # ---------------------------------------------------------------------------------------------- iHVP error

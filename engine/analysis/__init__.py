@@ -5,7 +5,7 @@
 - ``retrain``     (:mod:`engine.analysis.retrain`): parameter change vs output change under group removal.
 
 :func:`run_stages` is what the pipeline calls after scoring; it writes one Parquet file per table
-(:data:`TABLES`, the same columns as the store's tables) into the run folder.
+(:data:`TABLES`, declared in ``engine.runformat``) into the run folder.
 """
 
 from __future__ import annotations
@@ -18,31 +18,20 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from engine import runformat
+
 log = logging.getLogger(__name__)
 
-_S, _I, _F, _B = pa.string(), pa.int32(), pa.float64(), pa.bool_()
-
-# file stem -> {column: Arrow type}; store/schema.py declares the same tables
-TABLES: dict[str, dict[str, pa.DataType]] = {
-    "ihvp_error": {"checkpoint": _I, "level": _S, "description": _S, "dim": pa.int64(), "n_blocks": _I,
-                   "method": _S, "lambda_c": _F, "iterations": _I, "rel_error": _F, "cosine": _F, "spearman": _F,
-                   "acc": _F, "acc_exact": _F, "time_s": _F, "time_exact_s": _F, "note": _S},
-    "checkpoint_eval": {"checkpoint": _I, "train_loss": _F, "test_loss": _F, "gen_acc": _F, "behaviour_rate": _F},
-    "score_drift": {"method": _S, "checkpoint": _I, "spearman_prev": _F, "top1_same_prev": _F},
-    "retrain_groups": {"group_id": _S, "kind": _S, "description": _S, "n_removed": _I, "removed": _S,
-                       "param_change": _F, "delta_norm_mean": _F, "delta_norm_std": _F, "ba_norm_mean": _F,
-                       "ba_norm_std": _F, "mean_dloss": _F, "mean_abs_dloss": _F, "kl_mean": _F,
-                       "behaviour_rate": _F, "behaviour_change": _F, "gen_acc": _F, "identical": _B, "time_s": _F},
-    "retrain_modules": {"group_id": _S, "module": _S, "delta_norm": _F, "ba_norm": _F},
-    "retrain_tests": {"group_id": _S, "test_id": _I, "dloss": _F, "kl": _F},
-    "retrain_predictions": {"group_id": _S, "method": _S, "test_id": _I, "predicted": _F},
-    "retrain_methods": {"method": _S, "spearman_pooled": _F, "lds": _F, "n_pairs": _I, "n_random": _I},
-}
+# file stem -> {column: type name}: the analysis tables of the run-folder format (declared in engine.runformat)
+TABLES: dict[str, dict[str, str]] = {name: runformat.TABLES[name].columns for name in runformat.ANALYSIS_TABLES}
+# the feature kinds (engine.plan) each analysis reads at the last scored checkpoint
+NEEDS: dict[str, frozenset[str]] = {"ihvp": frozenset({"grads", "kfac"}), "convergence": frozenset(),
+                                    "retrain": frozenset()}
 
 
 def table(name: str, rows: list[dict]) -> pa.Table:
-    """Arrow table ``name`` with exactly the columns of :data:`TABLES` (None allowed in any column)."""
-    return pa.table({c: pa.array([r.get(c) for r in rows], type=t) for c, t in TABLES[name].items()})
+    """Arrow table ``name`` with exactly its declared columns (None allowed in any column)."""
+    return runformat.table(name, rows)
 
 
 @dataclass

@@ -33,8 +33,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
+from engine import metrics
 from engine.analysis.outputs import generation_report, response_kl, sample_losses
 from engine.finetune import finetune, set_lora_state
 from engine.formatting import Encoded
@@ -273,6 +273,5 @@ def method_agreement(groups: Sequence[Group], results: Sequence[dict], matrices:
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
+    """engine.metrics.spearman, NaN for fewer than 3 points (a rank correlation of two points is always +-1)."""
+    return float("nan") if len(x) < 3 else metrics.spearman(x, y)

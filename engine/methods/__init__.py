@@ -1,6 +1,7 @@
-"""Attribution methods: the registry, name lookup, and shard-wise scoring.
+"""Attribution methods: the implementations, name lookup, and shard-wise scoring.
 
-Importing this package registers every built-in method (one module each) in :data:`REGISTRY`.
+Importing this package registers every built-in method (one module each) in :data:`REGISTRY`; what each method
+is called, reads and takes as parameters is declared in :mod:`engine.catalog` (torch-free).
 
 Score convention (all methods): ``S[j, i] = s(z_i, z'_j)``, float64 ``[n_test, n_train]``, LARGER when training
 sample ``i`` is MORE responsible for test sample ``j``; the paper's influence value is ``IF = -s``.
@@ -12,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from engine.catalog import CATALOG
 from engine.errors import InputError
 
 # imported for the registration side effect
@@ -21,6 +23,9 @@ from ._common import dot_queries
 from .base import REGISTRY, Features, Method, register
 
 __all__ = ["REGISTRY", "Features", "Method", "register", "get_method", "score_in_shards"]
+
+_missing = sorted(set(CATALOG) - set(REGISTRY))
+assert not _missing, f"catalog methods without an implementation: {_missing}"
 
 
 def get_method(name: str) -> Method:
@@ -32,29 +37,32 @@ def get_method(name: str) -> Method:
 
 
 def score_in_shards(
-    method_name: str, train: Features, test: Features, shard_size: int, **params
+    method_name: str, train: Features, test: Features, shard_size: int, p=None, **params
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(start, stop, S[:, start:stop])`` for consecutive training shards of at most ``shard_size`` rows.
 
-    For methods with a two-phase form (all built-in ones) the queries ``Q_l = prepare(train, test)`` are built
+    ``p``: the method's parameter object (``engine.catalog``); without it one is made from ``params``.
+    For methods with a two-phase form (all built-in ones) the queries ``Q_l = queries(train, test, p)`` are built
     once (this step may use all training samples), then each shard costs only
-    ``S[:, shard] = sum_l Q_l @ T_l[shard]^T`` with ``T = train_blocks(train, start, stop)`` (the training
+    ``S[:, shard] = sum_l Q_l @ T_l[shard]^T`` with ``T = train_side(train, start, stop, p)`` (the training
     gradients, or the normalised representations for repsim). Concatenating the blocks along axis 1 gives
     ``get_method(method_name)(train, test, **params)`` up to floating-point summation order. Methods without
     the two-phase form are computed in full once and sliced. Blocks are float64 numpy arrays ``[n_test, stop-start]``.
     """
     method = get_method(method_name)
-    merged = method.params(**params)
+    if p is not None and params:
+        raise TypeError("score_in_shards takes a parameter object p or keyword parameters, not both")
+    p = method.make_params(**params) if p is None else p
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
     n = train.n
-    if method.prepare is None or method.train_blocks is None:
-        S = method.fn(train, test, **merged)
+    if method.queries is None or method.train_side is None:
+        S = method.score(train, test, p)
         for start in range(0, n, shard_size):
             stop = min(start + shard_size, n)
             yield start, stop, S[:, start:stop]
         return
-    Q = method.prepare(train, test, **merged)
+    Q = method.queries(train, test, p)
     for start in range(0, n, shard_size):
         stop = min(start + shard_size, n)
-        yield start, stop, dot_queries(Q, method.train_blocks(train, start, stop, **merged))
+        yield start, stop, dot_queries(Q, method.train_side(train, start, stop, p))

@@ -8,7 +8,9 @@ Every gradient method here is "precondition the test gradient, then dot with the
 where ``G_l`` [n, d_l] are the training and ``V_l`` [m, d_l] the test gradients of LoRA block ``l``. A method
 supplies only the per-block preconditioner ``P_l``; :func:`run_blocks` does the fused full computation (each
 block converted to the compute dtype once) and :func:`prepare_blocks` the "queries only" phase that
-``score_in_shards`` combines with :func:`grad_train_blocks` shard by shard.
+``score_in_shards`` combines with :func:`grad_train_blocks` shard by shard. A method's parameters arrive as its
+catalog dataclass ``p`` (:mod:`engine.catalog`); :func:`gradient_method` hands the preconditioner the fields it
+names as explicit keyword arguments.
 
 Computation happens in ``dtype`` (default float64) on ``device`` (default: the device the training gradients
 already live on, so CUDA inputs are computed on the GPU); only the final score matrix is moved to the CPU.
@@ -23,7 +25,7 @@ import torch
 
 from engine.errors import InputError
 
-from .base import Features
+from .base import Features, keywords
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -133,27 +135,32 @@ def prepare_blocks(
     return out
 
 
-def grad_train_blocks(train: Features, start: int, stop: int, *, dtype="float64", device=None, **_) -> list[
-    torch.Tensor
-]:
-    """The training side of a shard: ``[G_l[start:stop]]`` in the compute dtype/device."""
+def grad_train_blocks(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
+    """The training side of a shard: ``[G_l[start:stop]]`` in the compute dtype/device of parameters ``p``."""
     if not train.grads:
         raise InputError("this method needs per-sample gradients of the training samples (Features.grads)")
-    dt = resolve_dtype(dtype)
-    dev = resolve_device(device, train.grads[0])
+    dt = resolve_dtype(p.dtype)
+    dev = resolve_device(p.device, train.grads[0])
     return [g[start:stop].to(device=dev, dtype=dt) for g in train.grads]
 
 
-def gradient_method(precondition: Preconditioner):
-    """Build the ``(fn, prepare)`` pair of a gradient method from its per-block preconditioner."""
+def gradient_method(precondition: Preconditioner, **fixed):
+    """The ``(score, queries)`` pair of a gradient method from its per-block preconditioner.
 
-    def fn(train: Features, test: Features, **params) -> np.ndarray:
-        return run_blocks(train, test, precondition, **params)
+    The preconditioner ``precondition(G, V, *, block, **params)`` takes the method's parameters (all but
+    dtype/device) as explicit keyword arguments, and the block index; ``fixed`` adds keyword arguments that
+    are not parameters.
+    """
 
-    def prepare(train: Features, test: Features, **params) -> list[torch.Tensor]:
-        return prepare_blocks(train, test, precondition, **params)
+    def score(train: Features, test: Features, p) -> np.ndarray:
+        return run_blocks(train, test, precondition, dtype=p.dtype, device=p.device,
+                          **keywords(precondition, p), **fixed)
 
-    return fn, prepare
+    def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
+        return prepare_blocks(train, test, precondition, dtype=p.dtype, device=p.device,
+                              **keywords(precondition, p), **fixed)
+
+    return score, queries
 
 
 def dot_queries(Q: list[torch.Tensor], T: list[torch.Tensor]) -> np.ndarray:
@@ -165,3 +172,13 @@ def dot_queries(Q: list[torch.Tensor], T: list[torch.Tensor]) -> np.ndarray:
     for q, t in zip(Q, T):
         S.addmm_(q, t.T)
     return S.cpu().numpy().astype(np.float64, copy=False)
+
+
+def two_phase_score(queries: Callable, train_side: Callable):
+    """``score(train, test, p) = dot_queries(queries(train, test, p), train_side(train, 0, n, p))``."""
+
+    def score(train: Features, test: Features, p) -> np.ndarray:
+        Q = queries(train, test, p)
+        return dot_queries(Q, train_side(train, 0, train.n, p))
+
+    return score

@@ -38,7 +38,7 @@ import torch
 from engine.errors import InputError
 
 from ._common import damping, prepare_blocks, run_blocks
-from .base import Features
+from .base import Features, keywords
 
 _EIGEN: WeakKeyDictionary = WeakKeyDictionary()  # KroneckerFactors -> {block: (s, Q_S, a, Q_A)}
 
@@ -94,8 +94,8 @@ def rotate(X: torch.Tensor, QS: torch.Tensor, QA: torch.Tensor) -> torch.Tensor:
 def kronecker_precondition(corrected: bool):
     """The per-block preconditioner of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``)."""
 
-    def precondition(G: torch.Tensor, V: torch.Tensor, *, block: int, factors, lambda_c: float = 10.0,
-                     **_) -> torch.Tensor:
+    def precondition(G: torch.Tensor, V: torch.Tensor, *, block: int, factors,
+                     lambda_c: float = 10.0) -> torch.Tensor:
         """``(F̃ + λ I)^{-1} v`` for every test row of V [m, d]; G [n, d] the block's training gradients."""
         lam = damping(G, lambda_c)
         if not bool(lam > 0):
@@ -109,14 +109,15 @@ def kronecker_precondition(corrected: bool):
 
 
 def kronecker_method(corrected: bool, name: str):
-    """The ``(fn, prepare)`` pair of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``)."""
+    """The ``(score, queries)`` pair of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``)."""
     precondition = kronecker_precondition(corrected)
 
-    def fn(train: Features, test: Features, **params) -> np.ndarray:
-        return run_blocks(train, test, precondition, factors=check_factors(train, name), **params)
+    def score(train: Features, test: Features, p) -> np.ndarray:
+        return run_blocks(train, test, precondition, factors=check_factors(train, name), dtype=p.dtype,
+                          device=p.device, **keywords(precondition, p))
 
-    def prepare(train: Features, test: Features, **params) -> list[torch.Tensor]:
-        return prepare_blocks(train, test, precondition, factors=check_factors(train, name), **params)
+    def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
+        return prepare_blocks(train, test, precondition, factors=check_factors(train, name), dtype=p.dtype,
+                              device=p.device, **keywords(precondition, p))
 
-    return fn, prepare
-
+    return score, queries

@@ -10,6 +10,7 @@ after computing it and may drop the full gradients), otherwise they are computed
 
 from __future__ import annotations
 
+from dataclasses import fields
 from functools import lru_cache
 from typing import Callable
 
@@ -17,12 +18,10 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
-from engine.projection import DEFAULT_KIND, ProjectedGrads, Projector, check_params
+from engine.projection import ProjectedGrads, Projector, check_params
 
 from ._common import dot_queries
 from .base import Features, register
-
-PROJ_DEFAULTS = {"proj_dim": 128, "proj_seed": 0, "proj_kind": DEFAULT_KIND}
 
 
 @lru_cache(maxsize=2)
@@ -50,30 +49,34 @@ def view(f: Features, proj_dim, proj_seed, proj_kind, start: int = 0, stop: int 
     return Features(grads=p.blocks, block_names=f.block_names, proj=p)
 
 
-def projected_method(base_prepare: Callable[..., list[torch.Tensor]],
-                     base_train_blocks: Callable[..., list[torch.Tensor]]):
-    """``(fn, prepare, train_blocks)`` of a method that runs ``base_*`` on the projected gradients."""
+def projected_method(base_queries: Callable[..., list[torch.Tensor]],
+                     base_train_side: Callable[..., list[torch.Tensor]], base_params: type):
+    """``(score, queries, train_side)`` of a method that runs ``base_*`` on the projected gradients.
 
-    def prepare(train: Features, test: Features, *, proj_dim, proj_seed, proj_kind, **params):
-        return base_prepare(view(train, proj_dim, proj_seed, proj_kind), view(test, proj_dim, proj_seed, proj_kind),
-                            **params)
-
-    def train_blocks(train: Features, start: int, stop: int, *, proj_dim, proj_seed, proj_kind, **params):
-        shard = view(train, proj_dim, proj_seed, proj_kind, start, stop)
-        return base_train_blocks(shard, 0, stop - start, **params)
-
-    def fn(train: Features, test: Features, **params) -> np.ndarray:
-        return dot_queries(prepare(train, test, **params), train_blocks(train, 0, train.n, **params))
-
-    return fn, prepare, train_blocks
-
-
-def register_projected(name: str, description: str, doc: str, base_prepare, base_train_blocks, **defaults):
-    """Register ``name``: ``base_*`` (an unprojected method's two phases) on the projected gradients.
-
-    ``defaults`` are the base method's own parameters besides ``dtype``/``device`` (e.g. ``lambda_c``).
+    The method's parameters are ``base_params``' fields plus proj_dim, proj_seed and proj_kind; the base
+    phases receive a ``base_params`` object (the projection fields removed).
     """
-    fn, prepare, train_blocks = projected_method(base_prepare, base_train_blocks)
-    fn.__name__, fn.__qualname__, fn.__doc__ = name, name, doc
-    return register(name, {"proj"}, description, prepare=prepare, train_blocks=train_blocks, **defaults,
-                    **PROJ_DEFAULTS, dtype="float64", device=None)(fn)
+    names = [f.name for f in fields(base_params)]
+
+    def base(p):
+        return base_params(**{n: getattr(p, n) for n in names})
+
+    def queries(train: Features, test: Features, p):
+        return base_queries(view(train, p.proj_dim, p.proj_seed, p.proj_kind),
+                            view(test, p.proj_dim, p.proj_seed, p.proj_kind), base(p))
+
+    def train_side(train: Features, start: int, stop: int, p):
+        shard = view(train, p.proj_dim, p.proj_seed, p.proj_kind, start, stop)
+        return base_train_side(shard, 0, stop - start, base(p))
+
+    def score(train: Features, test: Features, p) -> np.ndarray:
+        return dot_queries(queries(train, test, p), train_side(train, 0, train.n, p))
+
+    return score, queries, train_side
+
+
+def register_projected(name: str, doc: str, base_queries, base_train_side, base_params: type):
+    """Register ``name``: ``base_*`` (an unprojected method's two phases) on the projected gradients."""
+    score, queries, train_side = projected_method(base_queries, base_train_side, base_params)
+    score.__name__, score.__qualname__, score.__doc__ = name, name, doc
+    return register(name, queries=queries, train_side=train_side)(score)

@@ -1,8 +1,12 @@
-"""The one signature every attribution method has, and the registry that maps names to methods.
+"""The one signature every attribution method has, and the registry of implementations.
 
 A method turns features of the training and test samples into a score matrix ``S`` of shape
 ``[n_test, n_train]`` where ``S[j, i] = s(z_i, z'_j)`` is LARGER when training sample ``i`` is MORE
 responsible for test sample ``j`` (the paper's influence value is ``IF = -s``; we rank by ``s`` descending).
+
+What a method is called, what it reads and which parameters it takes are declared once, torch-free, in
+:mod:`engine.catalog`; an implementation here attaches to that entry with :func:`register` and receives its
+parameters as the catalog's frozen dataclass ``p`` (never as loose keyword arguments, so nothing is swallowed).
 
 Features (see :class:`Features`):
 - ``grads``: per-sample LoRA gradients, one float32 tensor ``[n, d_l]`` per LoRA block ``l`` (the A and B
@@ -11,18 +15,19 @@ Features (see :class:`Features`):
 
 Methods that precondition the test gradient (DataInf, LiSSA, exact iHVP) need statistics over *all* training
 samples for that step, but the final step ``S = sum_l Q_l @ G_l^T`` is independent per shard of the training
-set; :func:`score_in_shards` uses that so a pipeline can spread the dot products over shards.
+set; ``engine.methods.score_in_shards`` uses that so a pipeline can spread the dot products over shards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+import inspect
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
-from engine.errors import InputError
+from engine.catalog import MethodInfo, method_info
 
 if TYPE_CHECKING:
     from engine.grads import KroneckerFactors
@@ -36,8 +41,9 @@ class Features:
     grads: list of ``[n, d_l]`` float32 tensors, one per LoRA block, same order for train and test.
     reps: ``[n, h]`` float32 tensor, or None.
     block_names: names of the LoRA blocks (e.g. ``model.layers.0.self_attn.q_proj.lora_A``).
-    history: gradients at the epoch checkpoints so far, ``((weight_c, grads_c), ...)`` in epoch order, with
-        ``weight_c`` the mean learning rate of epoch c; used by TracIn. Empty when not computed.
+    history: gradients at the checkpoints up to and including the scored one, ``((weight_c, grads_c), ...)`` in
+        training order, with ``weight_c`` the learning-rate weight of checkpoint c; used by TracIn. Empty when
+        not computed.
     kfac: the K-FAC factor sums of every block over these samples (``engine.grads.KroneckerFactors``), read
         from the training side by ``kfac``/``ekfac``; None when not computed.
     proj: seeded random projections of ``grads`` (``engine.projection.ProjectedGrads``), read by the ``*_proj``
@@ -64,69 +70,117 @@ class Features:
             return self.proj.n
         if self.rept is not None:
             return int(self.rept.shape[0])
+        if self.history:
+            return int(self.history[0][1][0].shape[0])
         return 0
+
+
+Score = Callable[[Features, Features, Any], np.ndarray]
+Queries = Callable[[Features, Features, Any], list[torch.Tensor]]
+TrainSide = Callable[[Features, int, int, Any], list[torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method.
+    """A registered method: its catalog entry and its implementation.
 
-    fn(train, test, **params) -> np.ndarray float64 [n_test, n_train]
-    needs: which Features fields it reads ("grads", "reps", "kfac").
-    defaults: default keyword parameters (the spec may override them).
+    score(train, test, p) -> np.ndarray float64 [n_test, n_train], ``p`` the catalog's parameter dataclass.
+    Optional two-phase form used by ``score_in_shards``: queries(train, test, p) -> list[Tensor [m, d_l]] (may
+    use all of train) and train_side(train, start, stop, p) -> list[Tensor [stop - start, d_l]] with
+    score(train, test, p) == sum_l Q_l @ train_side(train, 0, n, p)_l^T.
     """
 
-    name: str
-    fn: Callable[..., np.ndarray]
-    needs: frozenset[str]
-    description: str
-    defaults: Mapping[str, object] = field(default_factory=dict)
-    # Optional two-phase form used by ``score_in_shards`` (see engine/methods/__init__.py):
-    # prepare(train, test, **params) -> list[Tensor [m, d_l]]  (query vectors Q_l, may use all of train)
-    # train_blocks(train, start, stop, **params) -> list[Tensor [stop - start, d_l]]  (same dtype/device as Q_l)
-    # with fn(train, test, **params) == sum_l Q_l @ train_blocks(train, 0, n)_l^T.
-    prepare: Callable[..., list[torch.Tensor]] | None = None
-    train_blocks: Callable[..., list[torch.Tensor]] | None = None
+    info: MethodInfo
+    score: Score
+    queries: Queries | None = None
+    train_side: TrainSide | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The feature kinds this method reads (``engine.catalog``)."""
+        return self.info.reads
+
+    @property
+    def description(self) -> str:
+        return self.info.description
+
+    @property
+    def defaults(self) -> dict[str, object]:
+        return self.info.defaults
+
+    @property
+    def fn(self) -> Score:
+        return self.score
+
+    def make_params(self, **params):
+        """The parameter object: defaults updated with ``params``; an unknown name or bad value is an InputError."""
+        return self.info.make(params)
 
     def params(self, **params) -> dict[str, object]:
-        """The defaults updated with ``params``; a name that is not a parameter of this method is an InputError."""
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise InputError(
-                f"method {self.name!r} has no parameter(s) {unknown}; its parameters are {sorted(self.defaults)}"
-            )
-        return {**self.defaults, **params}
+        """:meth:`make_params` as a plain dict."""
+        p = self.make_params(**params)
+        return {f.name: getattr(p, f.name) for f in fields(p)}
 
     def __call__(self, train: Features, test: Features, **params) -> np.ndarray:
-        merged = self.params(**params)
-        return self.fn(train, test, **merged)
+        return self.score(train, test, self.make_params(**params))
+
+    def run(self, train: Features, test: Features, p) -> np.ndarray:
+        """The score matrix with a parameter object already made (the pipeline's path)."""
+        return self.score(train, test, p)
+
+    @property
+    def prepare(self) -> Callable[..., list[torch.Tensor]] | None:
+        """``prepare(train, test, p=None, **params)``: the query phase, or None without a two-phase form."""
+        if self.queries is None:
+            return None
+        return lambda train, test, p=None, **params: self.queries(train, test, p or self.make_params(**params))
+
+    @property
+    def train_blocks(self) -> Callable[..., list[torch.Tensor]] | None:
+        """``train_blocks(train, start, stop, p=None, **params)``: the training side of a shard, or None."""
+        if self.train_side is None:
+            return None
+        return lambda train, start, stop, p=None, **params: self.train_side(
+            train, start, stop, p or self.make_params(**params))
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(
-    name: str,
-    needs: set[str],
-    description: str,
-    *,
-    prepare: Callable[..., list[torch.Tensor]] | None = None,
-    train_blocks: Callable[..., list[torch.Tensor]] | None = None,
-    **defaults,
-):
-    """Decorator: add ``fn`` to the registry under ``name``.
+def register(name: str, *, queries: Queries | None = None, train_side: TrainSide | None = None):
+    """Decorator: implement catalog entry ``name`` with ``score(train, test, p)``.
 
-    ``defaults`` must name every keyword parameter of ``fn``: calling a method with any other parameter is an
-    InputError (see :meth:`Method.params`). ``prepare``/``train_blocks`` (keyword-only, optional) give the two-phase form that lets
-    ``score_in_shards`` compute the score matrix one training shard at a time; see :class:`Method`.
+    ``queries``/``train_side`` give the two-phase form that lets ``score_in_shards`` compute the score matrix
+    one training shard at a time; see :class:`Method`.
     """
+    info = method_info(name)
 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        REGISTRY[name] = Method(
-            name, fn, frozenset(needs), description, dict(defaults), prepare=prepare, train_blocks=train_blocks
-        )
+        REGISTRY[name] = Method(info, fn, queries, train_side)
         return fn
 
     return wrap
+
+
+def keywords(fn: Callable, p, *, skip: tuple[str, ...] = ("dtype", "device")) -> dict[str, Any]:
+    """The fields of parameter object ``p`` that ``fn`` takes as keyword arguments, checked both ways.
+
+    Lets a plain function with explicit keyword parameters (a preconditioner such as
+    ``precondition_datainf(G, V, *, lambda_c)``) serve a method whose parameters are a dataclass, without a
+    forwarding body and without ``**kwargs``: every field except ``skip`` must be a keyword of ``fn``.
+    """
+    sig = inspect.signature(fn).parameters
+    out = {}
+    for f in fields(p):
+        if f.name in skip:
+            continue
+        if f.name not in sig:
+            raise TypeError(f"{fn.__qualname__} takes no parameter {f.name!r} of {type(p).__name__}")
+        out[f.name] = getattr(p, f.name)
+    return out

@@ -23,8 +23,11 @@ from ._common import damping, gradient_method, grad_train_blocks, sq_norms
 from .base import Features, register
 
 
-def precondition_datainf(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0, **_) -> torch.Tensor:
-    """DataInf query vectors of one block: G [n, d], V [m, d] -> Q [m, d] (``Q[j] = h_l`` for test j)."""
+def precondition_datainf(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0,
+                         block: int | None = None) -> torch.Tensor:
+    """DataInf query vectors of one block: G [n, d], V [m, d] -> Q [m, d] (``Q[j] = h_l`` for test j).
+
+    ``block``: the block's index (every preconditioner takes it; unused here)."""
     n = G.shape[0]
     r = sq_norms(G)  # [n]  ||g_i||^2
     lam = damping(G, lambda_c, r)
@@ -35,19 +38,13 @@ def precondition_datainf(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 
     return (V - (W @ G) / n) / lam
 
 
-_fn, prepare = gradient_method(precondition_datainf)
+_score, queries = gradient_method(precondition_datainf)
 
 
-@register(
-    "datainf",
-    {"grads"},
-    "DataInf: closed-form per-block iHVP approximation, damping lambda_l = mean(g^2)/lambda_c.",
-    prepare=prepare,
-    train_blocks=grad_train_blocks,
-    lambda_c=10.0,
-    dtype="float64",
-    device=None,
-)
-def datainf(train: Features, test: Features, *, lambda_c=10.0, dtype="float64", device=None) -> np.ndarray:
-    """DataInf scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible."""
-    return _fn(train, test, lambda_c=lambda_c, dtype=dtype, device=device)
+@register("datainf", queries=queries, train_side=grad_train_blocks)
+def datainf(train: Features, test: Features, p) -> np.ndarray:
+    """DataInf scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
+
+    p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
+    """
+    return _score(train, test, p)

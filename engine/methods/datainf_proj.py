@@ -13,23 +13,27 @@ from __future__ import annotations
 
 import torch
 
+from engine.catalog import DampedParams
+
 from ._common import grad_train_blocks, prepare_blocks
 from ._projected import register_projected
 from .base import Features
 from .datainf import precondition_datainf
 
 
-def _precondition(G: torch.Tensor, V: torch.Tensor, *, block: int, widths, lambda_c: float = 10.0, **_):
+def _precondition(G: torch.Tensor, V: torch.Tensor, *, block: int, widths: tuple[int, ...],
+                  lambda_c: float = 10.0) -> torch.Tensor:
+    """DataInf on projected block ``block`` of width k_l, with the damping of the unprojected width d_l."""
     return precondition_datainf(G, V, lambda_c=lambda_c * widths[block] / G.shape[1])
 
 
-def _prepare(train: Features, test: Features, **params) -> list[torch.Tensor]:
-    return prepare_blocks(train, test, _precondition, widths=train.proj.widths, **params)
+def _queries(train: Features, test: Features, p: DampedParams) -> list[torch.Tensor]:
+    return prepare_blocks(train, test, _precondition, widths=train.proj.widths, lambda_c=p.lambda_c,
+                          dtype=p.dtype, device=p.device)
 
 
 datainf_proj = register_projected(
     "datainf_proj",
-    "DataInf on random projections of the gradients (k dims per LoRA block, seeded; unprojected damping).",
     "DataInf scores of the projected gradients -> float64 [n_test, n_train]; larger = more responsible.",
-    _prepare, grad_train_blocks, lambda_c=10.0,
+    _queries, grad_train_blocks, DampedParams,
 )

@@ -23,19 +23,13 @@ from ._common import grad_train_blocks
 from ._kronecker import kronecker_method
 from .base import Features, register
 
-_fn, prepare = kronecker_method(corrected=True, name="ekfac")
+_score, queries = kronecker_method(corrected=True, name="ekfac")
 
 
-@register(
-    "ekfac",
-    {"grads", "kfac"},
-    "EK-FAC: K-FAC eigenbasis with eigenvalues refit to the per-sample gradients, damping lambda_l as exact.",
-    prepare=prepare,
-    train_blocks=grad_train_blocks,
-    lambda_c=10.0,
-    dtype="float64",
-    device=None,
-)
-def ekfac(train: Features, test: Features, *, lambda_c=10.0, dtype="float64", device=None) -> np.ndarray:
-    """EK-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible."""
-    return _fn(train, test, lambda_c=lambda_c, dtype=dtype, device=device)
+@register("ekfac", queries=queries, train_side=grad_train_blocks)
+def ekfac(train: Features, test: Features, p) -> np.ndarray:
+    """EK-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
+
+    p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
+    """
+    return _score(train, test, p)

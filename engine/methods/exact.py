@@ -23,8 +23,9 @@ from ._common import damping, gradient_method, grad_train_blocks
 from .base import Features, register
 
 
-def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0, **_) -> torch.Tensor:
-    """``Q = (H^{-1} V^T)^T`` for one block: G [n, d], V [m, d] -> Q [m, d]."""
+def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0,
+                       block: int | None = None) -> torch.Tensor:
+    """``Q = (H^{-1} V^T)^T`` for one block: G [n, d], V [m, d] -> Q [m, d] (``block``: its index, unused)."""
     n, d = G.shape
     lam = damping(G, lambda_c)
     if not bool(lam > 0):
@@ -41,19 +42,13 @@ def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10
     return torch.cholesky_solve(V.T, L).T
 
 
-_fn, prepare = gradient_method(precondition_exact)
+_score, queries = gradient_method(precondition_exact)
 
 
-@register(
-    "exact",
-    {"grads"},
-    "Exact per-block iHVP with H_l = G^T G / n + lambda_l I (Woodbury when n < d_l), DataInf's damping.",
-    prepare=prepare,
-    train_blocks=grad_train_blocks,
-    lambda_c=10.0,
-    dtype="float64",
-    device=None,
-)
-def exact(train: Features, test: Features, *, lambda_c=10.0, dtype="float64", device=None) -> np.ndarray:
-    """Exact-iHVP scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible."""
-    return _fn(train, test, lambda_c=lambda_c, dtype=dtype, device=device)
+@register("exact", queries=queries, train_side=grad_train_blocks)
+def exact(train: Features, test: Features, p) -> np.ndarray:
+    """Exact-iHVP scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
+
+    p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
+    """
+    return _score(train, test, p)

@@ -25,28 +25,19 @@ def _unit_rows(blocks: list[torch.Tensor]) -> list[torch.Tensor]:
     return [b * inv[:, None] for b in blocks]
 
 
-def prepare(train: Features, test: Features, *, dtype="float64", device=None, **_) -> list[torch.Tensor]:
+def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
     """``Q_l = V_l / ||V||`` [m, d_l] in the compute dtype/device."""
     check_grads(train, test)
-    dt, dev = resolve_dtype(dtype), resolve_device(device, train.grads[0])
+    dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, train.grads[0])
     return _unit_rows([v.to(device=dev, dtype=dt) for v in test.grads])
 
 
-def train_blocks(train: Features, start: int, stop: int, **params) -> list[torch.Tensor]:
+def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
     """``T_l = G_l[start:stop] / ||G[start:stop]||`` (each row's norm over all blocks)."""
-    return _unit_rows(grad_train_blocks(train, start, stop, **params))
+    return _unit_rows(grad_train_blocks(train, start, stop, p))
 
 
-@register(
-    "gradcos",
-    {"grads"},
-    "Gradient cosine: GradSim on unit-length gradients, s = <g(z'), g(z_i)> / (|g(z')| |g(z_i)|).",
-    prepare=prepare,
-    train_blocks=train_blocks,
-    dtype="float64",
-    device=None,
-)
-def gradcos(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
+@register("gradcos", queries=queries, train_side=train_side)
+def gradcos(train: Features, test: Features, p) -> np.ndarray:
     """Cosine of the full LoRA gradients -> float64 [n_test, n_train] in [-1, 1]; larger = more responsible."""
-    Q = prepare(train, test, dtype=dtype, device=device)
-    return dot_queries(Q, train_blocks(train, 0, train.n, dtype=dtype, device=device))
+    return dot_queries(queries(train, test, p), train_side(train, 0, train.n, p))

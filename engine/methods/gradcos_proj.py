@@ -9,12 +9,13 @@ Shapes: scores [n_test, n_train] float64; larger = more responsible.
 
 from __future__ import annotations
 
+from engine.catalog import Params
+
 from . import gradcos as _gradcos
 from ._projected import register_projected
 
 gradcos_proj = register_projected(
     "gradcos_proj",
-    "Gradient cosine on random projections of the gradients (k dims per LoRA block, seeded).",
     "Cosine of the projected gradients -> float64 [n_test, n_train] in [-1, 1]; larger = more responsible.",
-    _gradcos.prepare, _gradcos.train_blocks,
+    _gradcos.queries, _gradcos.train_side, Params,
 )

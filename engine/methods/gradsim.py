@@ -15,26 +15,18 @@ from ._common import gradient_method, grad_train_blocks
 from .base import Features, register
 
 
-def _precondition(G: torch.Tensor, V: torch.Tensor, **_) -> torch.Tensor:
+def _precondition(G: torch.Tensor, V: torch.Tensor, *, block: int | None = None) -> torch.Tensor:
     """``Q_l = V_l`` [m, d_l]."""
     return V
 
 
-_fn, prepare = gradient_method(_precondition)
+_score, queries = gradient_method(_precondition)
 
 
-@register(
-    "gradsim",
-    {"grads"},
-    "Gradient similarity (paper: gradient match): s = sum_l <g_l(z'), g_l(z_i)>, no Hessian.",
-    prepare=prepare,
-    train_blocks=grad_train_blocks,
-    dtype="float64",
-    device=None,
-)
-def gradsim(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
+@register("gradsim", queries=queries, train_side=grad_train_blocks)
+def gradsim(train: Features, test: Features, p) -> np.ndarray:
     """``S[j, i] = sum_l <V_l[j], G_l[i]>`` -> float64 [n_test, n_train]; larger = more responsible.
 
-    dtype: "float64" (default) or "float32"; device: None = where the training gradients are.
+    p: :class:`engine.catalog.Params` (dtype "float64" or "float32"; device None = where the training gradients are).
     """
-    return _fn(train, test, dtype=dtype, device=device)
+    return _score(train, test, p)

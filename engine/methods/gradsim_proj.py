@@ -9,13 +9,14 @@ Memory per training sample: ``4 * sum_l min(k, d_l)`` bytes instead of ``4 * sum
 
 from __future__ import annotations
 
+from engine.catalog import Params
+
 from . import gradsim as _gradsim
 from ._common import grad_train_blocks
 from ._projected import register_projected
 
 gradsim_proj = register_projected(
     "gradsim_proj",
-    "GradSim on random projections of the gradients (k dims per LoRA block, seeded): scales to 100k samples.",
     "``S[j, i] = sum_l <P_l V_l[j], P_l G_l[i]>`` -> float64 [n_test, n_train]; larger = more responsible.",
-    _gradsim.prepare, grad_train_blocks,
+    _gradsim.queries, grad_train_blocks, Params,
 )

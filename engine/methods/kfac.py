@@ -21,19 +21,13 @@ from ._common import grad_train_blocks
 from ._kronecker import kronecker_method
 from .base import Features, register
 
-_fn, prepare = kronecker_method(corrected=False, name="kfac")
+_score, queries = kronecker_method(corrected=False, name="kfac")
 
 
-@register(
-    "kfac",
-    {"grads", "kfac"},
-    "K-FAC: Kronecker-factored per-block iHVP (S ⊗ A + lambda_l I)^-1, damping lambda_l as exact.",
-    prepare=prepare,
-    train_blocks=grad_train_blocks,
-    lambda_c=10.0,
-    dtype="float64",
-    device=None,
-)
-def kfac(train: Features, test: Features, *, lambda_c=10.0, dtype="float64", device=None) -> np.ndarray:
-    """K-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible."""
-    return _fn(train, test, lambda_c=lambda_c, dtype=dtype, device=device)
+@register("kfac", queries=queries, train_side=grad_train_blocks)
+def kfac(train: Features, test: Features, p) -> np.ndarray:
+    """K-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
+
+    p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
+    """
+    return _score(train, test, p)

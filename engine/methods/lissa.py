@@ -188,7 +188,6 @@ def precondition_lissa(
     solver: str = "auto",
     block: int | None = None,
     info: dict | None = None,
-    **_,
 ) -> torch.Tensor:
     """Converging LiSSA iHVPs of one block: G [n, d], V [m, d] -> Q = h_T / scale [m, d].
 
@@ -258,50 +257,14 @@ def precondition_lissa(
     return h / s
 
 
-_fn, prepare = gradient_method(precondition_lissa)
+_score, queries = gradient_method(precondition_lissa)
 
 
-@register(
-    "lissa",
-    {"grads"},
-    "LiSSA run to convergence (automatic scale, error-bound stopping); approaches the exact iHVP.",
-    prepare=prepare,
-    train_blocks=grad_train_blocks,
-    lambda_c=10.0,
-    iterations=None,
-    scale=None,
-    tol=1e-4,
-    max_iter=100000,
-    check_every=10,
-    solver="auto",
-    dtype="float64",
-    device=None,
-)
-def lissa(
-    train: Features,
-    test: Features,
-    *,
-    lambda_c=10.0,
-    iterations=None,
-    scale=None,
-    tol=1e-4,
-    max_iter=100000,
-    check_every=10,
-    solver="auto",
-    dtype="float64",
-    device=None,
-) -> np.ndarray:
-    """Converging LiSSA scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible."""
-    return _fn(
-        train,
-        test,
-        lambda_c=lambda_c,
-        iterations=iterations,
-        scale=scale,
-        tol=tol,
-        max_iter=max_iter,
-        check_every=check_every,
-        solver=solver,
-        dtype=dtype,
-        device=device,
-    )
+@register("lissa", queries=queries, train_side=grad_train_blocks)
+def lissa(train: Features, test: Features, p) -> np.ndarray:
+    """Converging LiSSA scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
+
+    p: :class:`engine.catalog.LissaParams` (lambda_c, iterations, scale, tol, max_iter, check_every, solver,
+    dtype, device).
+    """
+    return _score(train, test, p)

@@ -32,7 +32,7 @@ def precondition_lissa_paper(
     iterations: int = 3,
     scale: float = 1000.0,
     alpha: float = 1.0,
-    **_,
+    block: int | None = None,
 ) -> torch.Tensor:
     """h_T of the paper's recursion for one block: G [n, d], V [m, d] -> Q = h_T [m, d]."""
     if int(iterations) < 0 or not float(scale) > 0:
@@ -45,41 +45,13 @@ def precondition_lissa_paper(
     return h
 
 
-_fn, prepare = gradient_method(precondition_lissa_paper)
+_score, queries = gradient_method(precondition_lissa_paper)
 
 
-@register(
-    "lissa_paper",
-    {"grads"},
-    "LiSSA as in the paper's code: 3 iterations, scale 1000, minus sign on lambda, no 1/scale (~= 4 x GradSim).",
-    prepare=prepare,
-    train_blocks=grad_train_blocks,
-    lambda_c=10.0,
-    iterations=3,
-    scale=1000.0,
-    alpha=1.0,
-    dtype="float64",
-    device=None,
-)
-def lissa_paper(
-    train: Features,
-    test: Features,
-    *,
-    lambda_c=10.0,
-    iterations=3,
-    scale=1000.0,
-    alpha=1.0,
-    dtype="float64",
-    device=None,
-) -> np.ndarray:
-    """Paper-compatible LiSSA scores (see module docstring) -> float64 [n_test, n_train]."""
-    return _fn(
-        train,
-        test,
-        lambda_c=lambda_c,
-        iterations=iterations,
-        scale=scale,
-        alpha=alpha,
-        dtype=dtype,
-        device=device,
-    )
+@register("lissa_paper", queries=queries, train_side=grad_train_blocks)
+def lissa_paper(train: Features, test: Features, p) -> np.ndarray:
+    """Paper-compatible LiSSA scores (see module docstring) -> float64 [n_test, n_train].
+
+    p: :class:`engine.catalog.LissaPaperParams` (lambda_c, iterations, scale, alpha, dtype, device).
+    """
+    return _score(train, test, p)

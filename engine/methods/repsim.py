@@ -31,32 +31,24 @@ def _check(train: Features, test: Features) -> None:
         )
 
 
-def prepare(train: Features, test: Features, *, dtype="float64", device=None) -> list[torch.Tensor]:
+def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
     """Unit-normalised test representations, one block [m, h]."""
     _check(train, test)
-    dev = resolve_device(device, train.reps)
-    return [_unit(test.reps.to(device=dev, dtype=resolve_dtype(dtype)))]
+    dev = resolve_device(p.device, train.reps)
+    return [_unit(test.reps.to(device=dev, dtype=resolve_dtype(p.dtype)))]
 
 
-def train_blocks(train: Features, start: int, stop: int, *, dtype="float64", device=None) -> list[torch.Tensor]:
+def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
     """Unit-normalised training representations of the shard, one block [stop - start, h]."""
     if train.reps is None:
         raise InputError("repsim needs representations of the training samples (Features.reps)")
-    dev = resolve_device(device, train.reps)
-    return [_unit(train.reps[start:stop].to(device=dev, dtype=resolve_dtype(dtype)))]
+    dev = resolve_device(p.device, train.reps)
+    return [_unit(train.reps[start:stop].to(device=dev, dtype=resolve_dtype(p.dtype)))]
 
 
-@register(
-    "repsim",
-    {"reps"},
-    "Representation similarity: cosine of final-layer hidden states at the last prompt token.",
-    prepare=prepare,
-    train_blocks=train_blocks,
-    dtype="float64",
-    device=None,
-)
-def repsim(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
+@register("repsim", queries=queries, train_side=train_side)
+def repsim(train: Features, test: Features, p) -> np.ndarray:
     """Cosine similarity matrix -> float64 [n_test, n_train]; larger = more responsible."""
-    (Q,) = prepare(train, test, dtype=dtype, device=device)
-    (T,) = train_blocks(train, 0, train.n, dtype=dtype, device=device)
+    (Q,) = queries(train, test, p)
+    (T,) = train_side(train, 0, train.n, p)
     return (Q @ T.T).cpu().numpy().astype(np.float64, copy=False)

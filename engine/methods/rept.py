@@ -50,36 +50,30 @@ def _check(f: Features, side: str) -> None:
         raise InputError(f"rept: {side} features must be [n, 2h], got {tuple(f.rept.shape)}")
 
 
-def prepare(train: Features, test: Features, *, balance=False, dtype="float64", device=None) -> list[torch.Tensor]:
+def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
     """Unit-length test signatures, one block [m, 2h]."""
     _check(train, "training")
     _check(test, "test")
     if train.rept.shape[1] != test.rept.shape[1]:
         raise InputError(f"rept: train features {tuple(train.rept.shape)} and test features "
                          f"{tuple(test.rept.shape)} must have the same width")
-    dev = resolve_device(device, train.rept)
-    return [_signature(test.rept.to(device=dev, dtype=resolve_dtype(dtype)), balance)]
+    dev = resolve_device(p.device, train.rept)
+    return [_signature(test.rept.to(device=dev, dtype=resolve_dtype(p.dtype)), p.balance)]
 
 
-def train_blocks(train: Features, start: int, stop: int, *, balance=False, dtype="float64", device=None):
+def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
     """Unit-length training signatures of the shard, one block [stop - start, 2h]."""
     _check(train, "training")
-    dev = resolve_device(device, train.rept)
-    return [_signature(train.rept[start:stop].to(device=dev, dtype=resolve_dtype(dtype)), balance)]
+    dev = resolve_device(p.device, train.rept)
+    return [_signature(train.rept[start:stop].to(device=dev, dtype=resolve_dtype(p.dtype)), p.balance)]
 
 
-@register(
-    "rept",
-    {"rept"},
-    "RepT: cosine of [hidden state at the last prompt token, d loss / d that hidden state] (final layer).",
-    prepare=prepare,
-    train_blocks=train_blocks,
-    balance=False,
-    dtype="float64",
-    device=None,
-)
-def rept(train: Features, test: Features, *, balance=False, dtype="float64", device=None) -> np.ndarray:
-    """Cosine of RepT signatures -> float64 [n_test, n_train] in [-1, 1]; larger = more responsible."""
-    (Q,) = prepare(train, test, balance=balance, dtype=dtype, device=device)
-    (T,) = train_blocks(train, 0, train.n, balance=balance, dtype=dtype, device=device)
+@register("rept", queries=queries, train_side=train_side)
+def rept(train: Features, test: Features, p) -> np.ndarray:
+    """Cosine of RepT signatures -> float64 [n_test, n_train] in [-1, 1]; larger = more responsible.
+
+    p: :class:`engine.catalog.ReptParams` (balance, dtype, device).
+    """
+    (Q,) = queries(train, test, p)
+    (T,) = train_side(train, 0, train.n, p)
     return (Q @ T.T).cpu().numpy().astype(np.float64, copy=False)

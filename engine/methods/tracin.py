@@ -6,7 +6,8 @@ estimate of how much the training steps on z_i lowered the loss on z'.
 Shapes: per checkpoint, train grads ``G_l^c`` [n, d_l] and test grads ``V_l^c`` [m, d_l] -> scores [m, n] float64.
 Sign: larger s = training sample more responsible (the paper's IF is -s).
 Two-phase form: one query block ``eta_c V_l^c`` and one training block ``G_l^c`` per (checkpoint, block) pair.
-Without a history (only the last checkpoint scored) this is GradSim scaled by that epoch's learning rate.
+The pipeline takes the gradients at every checkpoint up to the scored one (the plan's ``history`` feature), so
+TracIn is a sum over checkpoints even when only the last one is scored.
 """
 
 from __future__ import annotations
@@ -27,32 +28,23 @@ def _history(train: Features, test: Features):
     return train.history, test.history
 
 
-def prepare(train: Features, test: Features, *, dtype="float64", device=None, **_) -> list[torch.Tensor]:
+def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
     """``[eta_c * V_l^c for each checkpoint c, block l]`` in the compute dtype/device."""
     tr, te = _history(train, test)
-    dt, dev = resolve_dtype(dtype), resolve_device(device, tr[0][1][0])
+    dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, tr[0][1][0])
     return [w * v.to(device=dev, dtype=dt) for (w, _), (_, vs) in zip(tr, te) for v in vs]
 
 
-def train_blocks(train: Features, start: int, stop: int, *, dtype="float64", device=None, **_) -> list[torch.Tensor]:
+def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
     """``[G_l^c[start:stop] for each checkpoint c, block l]``."""
     if not train.history:
         raise InputError("tracin needs Features.history")
-    dt, dev = resolve_dtype(dtype), resolve_device(device, train.history[0][1][0])
+    dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, train.history[0][1][0])
     return [g[start:stop].to(device=dev, dtype=dt) for _, gs in train.history for g in gs]
 
 
-@register(
-    "tracin",
-    {"grads"},
-    "TracIn over the epoch checkpoints: s = sum_c eta_c <g^c(z'), g^c(z_i)>.",
-    prepare=prepare,
-    train_blocks=train_blocks,
-    dtype="float64",
-    device=None,
-)
-def tracin(train: Features, test: Features, *, dtype="float64", device=None) -> np.ndarray:
+@register("tracin", queries=queries, train_side=train_side)
+def tracin(train: Features, test: Features, p) -> np.ndarray:
     """TracIn scores -> float64 [n_test, n_train]; larger = more responsible."""
-    Q = prepare(train, test, dtype=dtype, device=device)
-    n = int(train.history[0][1][0].shape[0])  # prepare has checked that the history is there
-    return dot_queries(Q, train_blocks(train, 0, n, dtype=dtype, device=device))
+    Q = queries(train, test, p)
+    return dot_queries(Q, train_side(train, 0, train.n, p))

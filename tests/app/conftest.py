@@ -29,6 +29,16 @@ def analysis_store_env(monkeypatch, tmp_path, tiny_analysis_run):
 
 
 @pytest.fixture
+def jobs_env(monkeypatch, tmp_path):
+    """An empty store in ``tmp_path`` (jobs in ``tmp_path/jobs``), writable; returns ``tmp_path``."""
+    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
+    monkeypatch.delenv("INFLUENCE_JOBS", raising=False)
+    monkeypatch.delenv("INFLUENCE_READ_ONLY", raising=False)
+    st.cache_resource.clear()
+    return tmp_path
+
+
+@pytest.fixture
 def open_page():
     """``open_page(script, **query_params)``: run a page with AppTest and assert it raised and showed no error."""
     from streamlit.testing.v1 import AppTest

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs
@@ -14,12 +13,8 @@ HOME = REPO_ROOT / "app.py"
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path):
-    monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))
-    monkeypatch.delenv("INFLUENCE_JOBS", raising=False)
-    monkeypatch.delenv("INFLUENCE_READ_ONLY", raising=False)
-    st.cache_resource.clear()
-    return tmp_path
+def env(jobs_env):
+    return jobs_env
 
 
 def _run(script=JOBS, secrets=None, user=None) -> AppTest:

@@ -14,7 +14,8 @@ def test_registry_contents():
         m = REGISTRY[name]
         assert m.name == name and m.description and m.fn.__doc__
         assert m.prepare is not None and m.train_blocks is not None
-        assert m.needs == ({"reps"} if name == "repsim" else {"grads"})
+        # TracIn reads the gradients of every checkpoint up to the scored one (the plan's "history" feature)
+        assert m.needs == ({"reps"} if name == "repsim" else {"history"} if name == "tracin" else {"grads"})
         assert m.defaults["dtype"] == "float64"
 
 

@@ -1,0 +1,71 @@
+"""The feature plan: which features a run computes, derived from what its methods and analyses declare they read.
+
+Every method declares its feature kinds in :mod:`engine.catalog` and every analysis in
+:data:`engine.analysis.NEEDS`; the plan is their union. The pipeline computes exactly the plan, stage by stage,
+and never looks at a method's name. Feature kinds:
+
+- ``grads``   per-sample LoRA gradients at the scored checkpoint, train and test, kept in full
+- ``reps``    final-layer hidden state at the last prompt token (a by-product of the gradient pass)
+- ``kfac``    K-FAC factor sums of the training samples (summed during their gradient pass)
+- ``proj``    seeded projections of the gradients, one per distinct (proj_dim, proj_seed, proj_kind) key;
+              each training shard is projected right after its gradients are taken, and the full gradients
+              are dropped shard by shard when nothing else reads them
+- ``rept``    RepT signatures (an extra forward/backward pass per side)
+- ``history`` gradients at every checkpoint up to the scored one, with learning-rate weights (TracIn). With
+              ``scoring.checkpoints: last`` this adds gradient passes at the earlier checkpoints (not scored).
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from engine.catalog import method_info
+
+ProjKey = tuple[int, int, str]  # (proj_dim, proj_seed, proj_kind)
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """What to compute at each checkpoint. ``projections``: the distinct projection keys, sorted."""
+
+    grads: bool = False
+    reps: bool = False
+    kfac: bool = False
+    projections: tuple[ProjKey, ...] = ()
+    rept: bool = False
+    history: bool = False
+
+    @property
+    def keep_train_grads(self) -> bool:
+        """Whether the full training gradients must be kept after each shard (else only projections stay)."""
+        return self.grads or self.kfac or self.history
+
+    def checkpoints(self, scored: Iterable[int]) -> list[int]:
+        """The checkpoints whose features are computed, in training order: the scored ones, and with
+        ``history`` every checkpoint from 1 up to the last scored one (TracIn sums over them)."""
+        scored = sorted(set(scored))
+        if self.history and scored:
+            return list(range(1, scored[-1] + 1))
+        return scored
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the manifest."""
+        return {"grads": self.grads, "reps": self.reps, "kfac": self.kfac, "rept": self.rept,
+                "history": self.history, "projections": [list(k) for k in self.projections]}
+
+
+def plan_for(method_params: dict[str, Any], analyses: Iterable[str] = ()) -> FeaturePlan:
+    """The union of what the methods (name -> parameter object) and analyses read."""
+    from engine.analysis import NEEDS
+
+    keys: set = set()
+    for name, p in method_params.items():
+        keys |= method_info(name).feature_keys(p)
+    for a in analyses:
+        keys |= NEEDS[a]
+    projections = tuple(sorted(k[1:] for k in keys if isinstance(k, tuple) and k[0] == "proj"))
+    return FeaturePlan(grads="grads" in keys, reps="reps" in keys, kfac="kfac" in keys, projections=projections,
+                       rept="rept" in keys, history="history" in keys)

@@ -1,0 +1,72 @@
+"""The run-folder tables a run writes, built from its results (columns and types: :mod:`engine.runformat`).
+
+Shared by the pipeline and the score importer: samples, long-form score blocks, the fine-tuning loss, and the
+metric tables (:class:`Evaluation`, filled checkpoint by checkpoint and method by method).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from engine import metrics
+from engine.runformat import table
+from engine.tasks.base import TaskData
+
+
+def samples_table(task: TaskData) -> pa.Table:
+    """samples.parquet: split, sample_id, prompt, response, label (train rows first, then test)."""
+    rows = [("train", i, s) for i, s in enumerate(task.train)] + [("test", i, s) for i, s in enumerate(task.test)]
+    return table("samples", split=[r[0] for r in rows], sample_id=[r[1] for r in rows],
+                 prompt=[r[2].prompt for r in rows], response=[r[2].response for r in rows],
+                 label=[r[2].label for r in rows])
+
+
+def scores_table(method: str, checkpoint: int, S: np.ndarray, train_offset: int = 0) -> pa.Table:
+    """Long form of a score block S [n_test, n_shard]: method, checkpoint, test_id, train_id, score (float32)."""
+    m, n = S.shape
+    return table("scores", method=pa.array([method] * (m * n), pa.string()),
+                 checkpoint=np.full(m * n, checkpoint, np.int32),
+                 test_id=np.repeat(np.arange(m, dtype=np.int32), n),
+                 train_id=np.tile(np.arange(train_offset, train_offset + n, dtype=np.int32), m),
+                 score=np.asarray(S, dtype=np.float32).ravel())
+
+
+def loss_table(losses: list[tuple[int, int, float]]) -> pa.Table:
+    """train_loss.parquet from (epoch, step, loss) tuples."""
+    return table("train_loss", [{"epoch": e, "step": st, "loss": v} for e, st, v in losses])
+
+
+@dataclass
+class Evaluation:
+    """Metric rows for one run, filled checkpoint by checkpoint and method by method."""
+
+    train_labels: list[str]
+    test_labels: list[str]
+    k: int
+
+    def __post_init__(self):
+        self.metrics: list[dict] = []
+        self.per_label: list[dict] = []
+        self.agreement: list[dict] = []
+
+    def add(self, method: str, checkpoint: int, S: np.ndarray) -> dict:
+        row = metrics.summarize(S, self.train_labels, self.test_labels, k=self.k)
+        self.metrics.append({"method": method, "checkpoint": checkpoint, **row})
+        for r in metrics.per_label(S, self.train_labels, self.test_labels, k=self.k):
+            self.per_label.append({"method": method, "checkpoint": checkpoint, "k": self.k, **r})
+        return row
+
+    def add_agreement(self, checkpoint: int, matrices: dict[str, np.ndarray]) -> None:
+        for a, b in itertools.combinations(sorted(matrices), 2):
+            ag = metrics.agreement(matrices[a], matrices[b], k=self.k)
+            self.agreement.append({"checkpoint": checkpoint, "method_a": a, "method_b": b, "k": self.k,
+                                   "spearman": float(ag["spearman"]), "overlap": float(ag["overlap"])})
+
+    def write(self, writer) -> None:
+        writer.write_table("metrics.parquet", table("metrics", self.metrics))
+        writer.write_table("label_metrics.parquet", table("label_metrics", self.per_label))
+        writer.write_table("agreement.parquet", table("agreement", self.agreement))
