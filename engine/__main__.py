@@ -70,11 +70,30 @@ def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
         raise InputError(f"run {run!r} is not in the store {_store_path(args)}")
     cols = [c for c in ("method", "checkpoint", "k", "acc", "coverage", "auprc", "chance_acc",
                         "chance_coverage", "best_coverage", "n_distinct_top1") if c in df.columns]
-    df = df[cols]
-    if as_json:
-        print(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
+    if as_json:  # intervals as [lo, hi] (95 % bootstrap over test prompts; null when unknown)
+        rows = json.loads(df[cols].to_json(orient="records"))
+        for row, (_, r) in zip(rows, df.iterrows()):
+            row["acc_ci"] = _pair(r.acc_lo, r.acc_hi)
+            row["coverage_ci"] = _pair(r.coverage_lo, r.coverage_hi)
+        print(json.dumps(rows, indent=1))
     else:
-        print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        out = df[cols].copy()
+        out.insert(out.columns.get_loc("acc") + 1, "acc 95% CI", [_span(a, b) for a, b in zip(df.acc_lo, df.acc_hi)])
+        out.insert(out.columns.get_loc("coverage") + 1, "coverage 95% CI",
+                   [_span(a, b) for a, b in zip(df.coverage_lo, df.coverage_hi)])
+        print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print("95% CI: bootstrap over the test prompts; two methods whose intervals overlap much may not differ.")
+
+
+def _pair(lo, hi) -> list[float] | None:
+    import math
+
+    return None if lo is None or hi is None or math.isnan(lo) or math.isnan(hi) else [float(lo), float(hi)]
+
+
+def _span(lo, hi) -> str:
+    pair = _pair(lo, hi)
+    return "-" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
 def _print_folder_report(folder: Path) -> None:

@@ -50,7 +50,8 @@ TYPES: dict[str, tuple[pa.DataType, str]] = {
 @dataclass(frozen=True)
 class Table:
     """One run-folder table: ``columns`` (name -> type name of :data:`TYPES`) in file order, the sort ``key`` the
-    store loads it by, key columns that may hold NULL, and whether it comes from an analysis stage."""
+    store loads it by, key columns that may hold NULL, whether it comes from an analysis stage, and the
+    ``optional`` columns that older run folders may lack (the store reads them as NULL)."""
 
     name: str
     columns: dict[str, str]
@@ -58,6 +59,7 @@ class Table:
     nullable_keys: tuple[str, ...] = ()
     analysis: bool = False
     doc: str = ""
+    optional: tuple[str, ...] = ()  # columns added later: run folders written before them read as NULL
 
     @property
     def file(self) -> str:
@@ -83,8 +85,10 @@ _CORE = [
     _t("scores", {"method": _S, "checkpoint": _I, "test_id": _I, "train_id": _I, "score": _F4},
        ("method", "checkpoint", "test_id", "train_id"), "score[test_id, train_id] of one method at one checkpoint"),
     _t("metrics", {"method": _S, "checkpoint": _I, "k": _I, "acc": _F, "coverage": _F, "auprc": _F,
-                   "chance_acc": _F, "chance_coverage": _F, "best_coverage": _F, "n_distinct_top1": _I},
-       ("method", "checkpoint", "k"), "headline metrics of one score matrix (engine.metrics.summarize)"),
+                   "chance_acc": _F, "chance_coverage": _F, "best_coverage": _F, "n_distinct_top1": _I,
+                   "acc_lo": _F, "acc_hi": _F, "coverage_lo": _F, "coverage_hi": _F},
+       ("method", "checkpoint", "k"), "headline metrics of one score matrix (engine.metrics.summarize), with "
+       "95 % bootstrap intervals over test samples", optional=("acc_lo", "acc_hi", "coverage_lo", "coverage_hi")),
     _t("label_metrics", {"method": _S, "checkpoint": _I, "k": _I, "label": _S, "n_test": _I, "acc": _F,
                          "coverage": _F},
        ("method", "checkpoint", "k", "label"), "the metrics over the test samples of one label"),
@@ -122,7 +126,7 @@ _ANALYSIS = [
 ]
 
 TABLES: dict[str, Table] = {t.name: t for t in _CORE + [
-    Table(t.name, t.columns, t.key, t.nullable_keys, True, t.doc) for t in _ANALYSIS]}
+    Table(t.name, t.columns, t.key, t.nullable_keys, True, t.doc, t.optional) for t in _ANALYSIS]}
 ANALYSIS_TABLES: tuple[str, ...] = tuple(t.name for t in _ANALYSIS)
 
 # Manifest fields a pipeline run writes (imported runs write the subset that applies). RunWriter.commit adds

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from engine.runformat import MANIFEST, pid_alive, read_manifest, table_of_file
 from store.errors import IngestError
 from store.paths import default_runs_dir
-from store.schema import PARQUET_TABLES, RUN_TABLES
+from store.schema import OPTIONAL_COLUMNS, PARQUET_TABLES, RUN_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _table_files(folder: Path, manifest: dict) -> dict[str, list[str]]:
 def _check_columns(run_id: str, files: dict[str, list[str]]) -> None:
     """Every file has the columns its table needs (reads Parquet footers only)."""
     for table, paths in files.items():
-        needed = PARQUET_TABLES[table][0]
+        needed = [c for c in PARQUET_TABLES[table][0] if c not in OPTIONAL_COLUMNS[table]]
         for path in paths:
             try:
                 names = set(pq.read_schema(path).names)
@@ -217,9 +217,11 @@ def _check_columns(run_id: str, files: dict[str, list[str]]) -> None:
                 raise IngestError(f"run {run_id!r}: {path} lacks column(s) {', '.join(missing)} needed for {table}")
 
 
-def _select_list(table: str) -> str:
-    """``CAST(col AS type) AS col, ...`` for a table's Parquet columns (identifiers are our constants)."""
-    return ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in PARQUET_TABLES[table][0].items())
+def _select_list(table: str, present: set[str] | None = None) -> str:
+    """``CAST(col AS type) AS col, ...`` for a table's Parquet columns (identifiers are our constants); an optional
+    column the files lack (``present``) is NULL."""
+    return ", ".join(f"CAST({c if present is None or c in present else 'NULL'} AS {t}) AS {c}"
+                     for c, t in PARQUET_TABLES[table][0].items())
 
 
 def _insert_table(con: duckdb.DuckDBPyConnection, run_id: str, table: str, paths: list[str]) -> None:
@@ -230,7 +232,11 @@ def _insert_table(con: duckdb.DuckDBPyConnection, run_id: str, table: str, paths
     sort that compares method strings, and Parquet statistics let each pass skip other methods' files.
     """
     columns, order = PARQUET_TABLES[table]
-    insert = f"INSERT INTO {table} (run_id, {', '.join(columns)}) SELECT CAST(? AS VARCHAR), {_select_list(table)} "
+    present = None
+    if OPTIONAL_COLUMNS[table]:  # every file of such a table is written by one writer: the first one tells
+        present = set(pq.read_schema(paths[0]).names)
+    insert = (f"INSERT INTO {table} (run_id, {', '.join(columns)}) "
+              f"SELECT CAST(? AS VARCHAR), {_select_list(table, present)} ")
     try:
         if table != "scores":
             con.execute(f"{insert} FROM read_parquet(?) ORDER BY {', '.join(order)}", [run_id, paths])
@@ -285,7 +291,7 @@ def _insert_run_row(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict
 def _load_error(con: duckdb.DuckDBPyConnection, run_id: str, folder: Path, e: _LoadFailed) -> IngestError:
     """Name the file that failed: probe each file of the failed table on its own (after the rollback)."""
     columns, key = PARQUET_TABLES[e.table]
-    casts = ", ".join(f"count(CAST({c} AS {t}))" for c, t in columns.items())
+    casts = ", ".join(f"count(CAST({c} AS {t}))" for c, t in columns.items() if c not in OPTIONAL_COLUMNS[e.table])
     null_keys = " OR ".join(f"{c} IS NULL" for c in key)
     culprit = e.paths[0] if len(e.paths) == 1 else None
     for path in e.paths if culprit is None else []:

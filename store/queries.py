@@ -14,6 +14,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from engine.metrics import bootstrap_ci
+
 from store.errors import (
     UnknownCheckpointError,
     UnknownMethodError,
@@ -107,7 +109,8 @@ def summary(con) -> dict:
 
 def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFrame:
     """One row per (run, method, checkpoint): k, acc, coverage, auprc, chance_acc, chance_coverage,
-    best_coverage, n_distinct_top1, source.
+    best_coverage, n_distinct_top1, source, and acc_lo/acc_hi, coverage_lo/coverage_hi: 95 % bootstrap
+    intervals over the test samples (NaN only for a run that has metrics but no scores).
 
     ``k`` None: each run's ``k_default``. The stored metrics row for that k is used when there is one
     (``source = 'stored'``); otherwise (a custom k) everything but AUPRC is computed in SQL from the scores
@@ -122,29 +125,36 @@ def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFra
     kmax = k if k is not None else _one(
         con, "SELECT coalesce(max(k_default), 1) FROM runs WHERE $run IS NULL OR run_id = $run", {"run": run}
     )
-    return _df(con, _LEADERBOARD_SQL, {"run": run, "k": k, "kmax": max(1, int(kmax))})
+    df = _df(con, _LEADERBOARD_SQL, {"run": run, "k": k, "kmax": max(1, int(kmax))})
+    # intervals: stored with the metrics by the pipeline; for a custom k (or a run written before intervals)
+    # bootstrapped here from the per-test hits, with the same rule (engine.metrics.bootstrap_ci)
+    for i in df.index[df.acc_lo.isna()]:
+        r = df.loc[i]
+        if not _has_scores(con, r.run_id, r.method, int(r.checkpoint)):
+            continue
+        hits = per_test_hits(con, r.run_id, r.method, int(r.checkpoint), int(r.k))
+        df.loc[i, ["acc_lo", "acc_hi"]] = bootstrap_ci(hits.top1_same.to_numpy(float))
+        df.loc[i, ["coverage_lo", "coverage_hi"]] = bootstrap_ci(hits.n_same.to_numpy(float) / int(r.k))
+    return df
 
 
-_LEADERBOARD_SQL = f"""
-WITH req AS (
-    SELECT c.run_id, c.method, c.checkpoint,
-           CAST(least(greatest(coalesce($k, r.k_default), 1), greatest(r.n_train, 1)) AS INTEGER) AS k
-    FROM (SELECT run_id, method, checkpoint FROM score_sets
-          UNION SELECT run_id, method, checkpoint FROM metrics) c
-    JOIN runs r USING (run_id)
-    WHERE $run IS NULL OR c.run_id = $run
-),
-stored AS (
-    SELECT q.run_id, q.method, q.checkpoint, q.k, m.acc, m.coverage, m.auprc, m.chance_acc, m.chance_coverage,
-           m.best_coverage, CAST(m.n_distinct_top1 AS BIGINT) AS n_distinct_top1, 'stored' AS source
-    FROM req q JOIN metrics m USING (run_id, method, checkpoint, k)
-    QUALIFY row_number() OVER (PARTITION BY q.run_id, q.method, q.checkpoint) = 1
-),
-todo AS (
-    SELECT q.* FROM req q SEMI JOIN score_sets s USING (run_id, method, checkpoint)
-    WHERE NOT EXISTS (SELECT 1 FROM stored s
-                      WHERE s.run_id = q.run_id AND s.method = q.method AND s.checkpoint = q.checkpoint)
-),
+def per_test_hits(con, run: str, method: str, checkpoint: int, k: int) -> pd.DataFrame:
+    """Per test sample of one score set: test_id, top1_same (its first-ranked training sample has its label) and
+    n_same (how many of its top ``k`` do). Acc@1 and Coverage@k are their means (n_same / k); a paired
+    comparison of two methods resamples these rows together (``engine.metrics.paired_bootstrap_ci``)."""
+    _require_scores(con, run, method, checkpoint)
+    k = _positive(k, "k")
+    return _df(con, _PER_TEST_SQL, {"run": run, "method": method, "ckpt": int(checkpoint), "k": k, "kmax": k})
+
+
+def _has_scores(con, run: str, method: str, checkpoint: int) -> bool:
+    return bool(_one(con, "SELECT count(*) FROM score_sets WHERE run_id = ? AND method = ? AND checkpoint = ?",
+                     [run, method, int(checkpoint)]))
+
+
+# Per test sample of every (run, method, checkpoint, k) in a CTE named ``todo``: its top-k training ids (the one
+# ranking key), how many share its label (n_same), whether the first does (top1_same), and which it is (top1).
+_PER_TEST_CTES = f"""
 tops AS (  -- top $kmax training ids per test sample, best first (max_by with n is a per-group top-N)
     SELECT sc.run_id, sc.method, sc.checkpoint, sc.test_id, any_value(t.k) AS k,
            max_by(sc.train_id, {_rank_key("sc")}, $kmax) AS top
@@ -165,7 +175,31 @@ per_test AS (
     LEFT JOIN samples te ON te.run_id = r.run_id AND te.split = 'test' AND te.sample_id = r.test_id
     LEFT JOIN samples tr ON tr.run_id = r.run_id AND tr.split = 'train' AND tr.sample_id = r.train_id
     GROUP BY r.run_id, r.method, r.checkpoint, r.test_id
+)
+"""
+
+_LEADERBOARD_SQL = f"""
+WITH req AS (
+    SELECT c.run_id, c.method, c.checkpoint,
+           CAST(least(greatest(coalesce($k, r.k_default), 1), greatest(r.n_train, 1)) AS INTEGER) AS k
+    FROM (SELECT run_id, method, checkpoint FROM score_sets
+          UNION SELECT run_id, method, checkpoint FROM metrics) c
+    JOIN runs r USING (run_id)
+    WHERE $run IS NULL OR c.run_id = $run
 ),
+stored AS (
+    SELECT q.run_id, q.method, q.checkpoint, q.k, m.acc, m.coverage, m.auprc, m.chance_acc, m.chance_coverage,
+           m.best_coverage, CAST(m.n_distinct_top1 AS BIGINT) AS n_distinct_top1, 'stored' AS source,
+           m.acc_lo, m.acc_hi, m.coverage_lo, m.coverage_hi
+    FROM req q JOIN metrics m USING (run_id, method, checkpoint, k)
+    QUALIFY row_number() OVER (PARTITION BY q.run_id, q.method, q.checkpoint) = 1
+),
+todo AS (
+    SELECT q.* FROM req q SEMI JOIN score_sets s USING (run_id, method, checkpoint)
+    WHERE NOT EXISTS (SELECT 1 FROM stored s
+                      WHERE s.run_id = q.run_id AND s.method = q.method AND s.checkpoint = q.checkpoint)
+),
+{_PER_TEST_CTES},
 label_n AS (
     SELECT run_id, label, count(*) AS n FROM samples
     WHERE split = 'train' AND run_id IN (SELECT run_id FROM todo) GROUP BY run_id, label
@@ -190,9 +224,18 @@ auprc AS (
 SELECT * FROM stored
 UNION ALL
 SELECT c.run_id, c.method, c.checkpoint, c.k, c.acc, c.coverage, a.auprc, c.chance_acc,
-       c.chance_acc AS chance_coverage, c.best_coverage, c.n_distinct_top1, 'computed' AS source
+       c.chance_acc AS chance_coverage, c.best_coverage, c.n_distinct_top1, 'computed' AS source,
+       NULL::DOUBLE AS acc_lo, NULL::DOUBLE AS acc_hi, NULL::DOUBLE AS coverage_lo, NULL::DOUBLE AS coverage_hi
 FROM computed c LEFT JOIN auprc a USING (run_id, method, checkpoint)
 ORDER BY run_id, method, checkpoint
+"""
+
+_PER_TEST_SQL = f"""
+WITH todo AS (
+    SELECT $run AS run_id, $method AS method, CAST($ckpt AS INTEGER) AS checkpoint, CAST($k AS INTEGER) AS k
+),
+{_PER_TEST_CTES}
+SELECT test_id, top1_same, n_same FROM per_test ORDER BY test_id
 """
 
 

@@ -14,7 +14,7 @@ import duckdb
 from engine import runformat
 from store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 2  # 2: the analysis tables
+SCHEMA_VERSION = 3  # 2: the analysis tables; 3: bootstrap intervals in metrics
 
 # table -> ({column: sql type} as in the Parquet file, sort key used when loading): from the one declaration of
 # the run-folder format (engine.runformat), which imports neither torch nor DuckDB.
@@ -23,6 +23,8 @@ PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 ANALYSIS_TABLES = runformat.ANALYSIS_TABLES  # empty for runs without analysis stages
 # Key columns that may hold NULL (ihvp_error.iterations is NULL for methods run with their own defaults).
 NULLABLE_KEYS = {(name, c) for name, t in runformat.TABLES.items() for c in t.nullable_keys}
+# Columns older run folders may lack (loaded as NULL).
+OPTIONAL_COLUMNS = {name: set(t.optional) for name, t in runformat.TABLES.items()}
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -177,3 +177,15 @@ def test_ingest_rebuilds_a_store_of_another_schema_version(tmp_path, tiny_run, c
 
     with store.Store(db, read_only=True) as s:
         assert store.list_runs(s.con).run_id.tolist() == [tiny_run.name]
+
+
+def test_report_carries_bootstrap_intervals(tiny_store, capsys):
+    """report --json rows carry acc_ci / coverage_ci as [lo, hi] around the value; the text output shows them."""
+    assert main(["report", "--run", "tiny-grammars", "--json", "--store", str(tiny_store)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(len(r["acc_ci"]) == 2 and r["acc_ci"][0] <= r["acc"] <= r["acc_ci"][1] for r in rows)
+    assert all(r["coverage_ci"][0] <= r["coverage"] <= r["coverage_ci"][1] for r in rows)
+    assert main(["report", "--run", "tiny-grammars", "--k", "2", "--json", "--store", str(tiny_store)]) == 0
+    assert all(r["k"] == 2 and r["acc_ci"] is not None for r in json.loads(capsys.readouterr().out))
+    assert main(["report", "--run", "tiny-grammars", "--store", str(tiny_store)]) == 0
+    assert "acc 95% CI" in capsys.readouterr().out

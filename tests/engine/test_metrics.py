@@ -194,3 +194,53 @@ def test_chance_matches_random_rankings_on_average():
     chance = M.chance_acc(tr, te)
     assert np.mean(accs) == pytest.approx(chance, abs=0.01)
     assert np.mean(covs) == pytest.approx(M.chance_coverage(tr, te, 3), abs=0.01)
+
+
+# --- bootstrap intervals ----------------------------------------------------------------------------------
+
+
+def _loop_bootstrap(values, resamples, level, seed):
+    """The percentile bootstrap written out: draw n indices with replacement, take the mean, repeat; quantiles."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(values, float)
+    means = sorted(float(np.mean([x[i] for i in rng.integers(0, len(x), size=len(x))])) for _ in range(resamples))
+    return tuple(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
+
+
+def test_bootstrap_interval_equals_the_written_out_loop():
+    x = np.random.default_rng(1).random(37)
+    assert M.bootstrap_ci(x, resamples=300, seed=4) == pytest.approx(_loop_bootstrap(x, 300, 0.95, 4), rel=1e-12)
+    lo, hi = M.bootstrap_ci(x)
+    assert lo < x.mean() < hi
+    assert M.bootstrap_ci([0.5] * 9) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in M.bootstrap_ci([]))
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    hits = sum(lo <= 0.3 <= hi for lo, hi in (M.bootstrap_ci(rng.random(120) < 0.3, resamples=400, seed=t)
+                                              for t in range(300)))
+    assert 0.88 <= hits / 300 <= 0.99  # a percentile bootstrap at n = 120: close to its nominal 95 %
+
+
+def test_paired_interval_is_the_interval_of_the_differences():
+    rng = np.random.default_rng(2)
+    a, b = rng.random(50), rng.random(50)
+    assert M.paired_bootstrap_ci(a, b, seed=3) == M.bootstrap_ci(a - b, seed=3)
+    with pytest.raises(InputError, match="same test samples"):
+        M.paired_bootstrap_ci(a, b[:-1])
+
+
+def test_per_test_hits_and_summary_intervals_against_a_loop():
+    rng = np.random.default_rng(5)
+    tr = [str(x) for x in rng.integers(0, 3, 20)]
+    te = [str(x) for x in rng.integers(0, 3, 12)]
+    Sm = rng.normal(size=(12, 20))
+    top1, hits = M.per_test_hits(Sm, tr, te, 4)
+    for j in range(12):
+        order = sorted(range(20), key=lambda i: (-Sm[j, i], i))
+        assert top1[j] == (tr[order[0]] == te[j]) and hits[j] == sum(tr[i] == te[j] for i in order[:4])
+    row = M.summarize(Sm, tr, te, k=4)
+    assert (row["acc_lo"], row["acc_hi"]) == M.bootstrap_ci(top1.astype(float))
+    assert (row["coverage_lo"], row["coverage_hi"]) == M.bootstrap_ci(hits / 4)
+    assert row["acc_lo"] <= row["acc"] <= row["acc_hi"]

@@ -271,3 +271,34 @@ def test_consistent_with_engine_metrics_including_nan_scores(store, runs_dir, ma
             rev = q.test_prompts_ranking_train(store.con, "nan", row.method, row.checkpoint, train_id, d.n_train)
             ranks = {j: int(np.where(order[j] == train_id)[0][0]) + 1 for j in range(d.n_test)}
             assert dict(zip(rev["test_id"], rev["rank"])) == ranks
+
+
+def test_leaderboard_intervals_are_the_bootstrap_of_the_per_test_hits(loaded, ref):
+    """Custom k: intervals bootstrapped from per-test hits that match a numpy reference, with the one rule."""
+    from engine.metrics import bootstrap_ci
+
+    con, runs = loaded
+    d = runs["plain"]
+    for row in q.leaderboard(con, run="plain", k=3).itertuples():
+        S = d.scores[(row.method, row.checkpoint)]
+        order = ref.rank_order(S)
+        same = np.asarray(d.test_labels)[:, None] == np.asarray(d.train_labels)[order]
+        hits = q.per_test_hits(con, "plain", row.method, row.checkpoint, 3)
+        np.testing.assert_array_equal(hits.top1_same.to_numpy(), same[:, 0])
+        np.testing.assert_array_equal(hits.n_same.to_numpy(), same[:, :3].sum(axis=1))
+        assert (row.acc_lo, row.acc_hi) == pytest.approx(bootstrap_ci(same[:, 0].astype(float)))
+        assert (row.coverage_lo, row.coverage_hi) == pytest.approx(bootstrap_ci(same[:, :3].sum(axis=1) / 3))
+        assert row.acc_lo <= row.acc <= row.acc_hi
+
+
+def test_run_folders_written_before_intervals_still_load_and_get_them(loaded):
+    """The synthetic runs' metrics.parquet has no acc_lo/... columns (the format before intervals): it ingests
+    (optional columns read as NULL) and the leaderboard bootstraps the intervals from the scores."""
+    import pyarrow.parquet as pq
+
+    con, runs = loaded
+    folder = con.execute("SELECT folder FROM runs WHERE run_id = 'tied'").fetchone()[0]
+    assert "acc_lo" not in pq.read_schema(f"{folder}/metrics.parquet").names
+    df = q.leaderboard(con, run="tied")
+    assert set(df.source) == {"stored"} and df[["acc_lo", "acc_hi", "coverage_lo", "coverage_hi"]].notna().all().all()
+    assert ((df.acc_lo <= df.acc) & (df.acc <= df.acc_hi)).all()
