@@ -21,8 +21,9 @@ from . import datainf, ekfac, exact, gradcos, gradsim, kfac, lissa, lissa_paper,
 from . import datainf_proj, gradcos_proj, gradsim_proj, rept  # noqa: F401  (registration side effect)
 from ._common import dot_queries
 from .base import REGISTRY, Features, Method, register
+from .train_data import TrainData, as_train_data
 
-__all__ = ["REGISTRY", "Features", "Method", "register", "get_method", "score_in_shards"]
+__all__ = ["REGISTRY", "Features", "Method", "TrainData", "register", "get_method", "score_in_shards"]
 
 _missing = sorted(set(CATALOG) - set(REGISTRY))
 assert not _missing, f"catalog methods without an implementation: {_missing}"
@@ -37,32 +38,26 @@ def get_method(name: str) -> Method:
 
 
 def score_in_shards(
-    method_name: str, train: Features, test: Features, shard_size: int, p=None, **params
+    method_name: str, train: Features | TrainData, test: Features, shard_size: int | None = None, p=None, **params
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(start, stop, S[:, start:stop])`` for consecutive training shards of at most ``shard_size`` rows.
+    """Yield ``(start, stop, S[:, start:stop])`` for the training shards, in order.
 
-    ``p``: the method's parameter object (``engine.catalog``); without it one is made from ``params``.
-    For methods with a two-phase form (all built-in ones) the queries ``Q_l = queries(train, test, p)`` are built
-    once (this step may use all training samples), then each shard costs only
-    ``S[:, shard] = sum_l Q_l @ T_l[shard]^T`` with ``T = train_side(train, start, stop, p)`` (the training
-    gradients, or the normalised representations for repsim). Concatenating the blocks along axis 1 gives
-    ``get_method(method_name)(train, test, **params)`` up to floating-point summation order. Methods without
-    the two-phase form are computed in full once and sliced. Blocks are float64 numpy arrays ``[n_test, stop-start]``.
+    ``train``: in-memory Features (cut into shards of ``shard_size`` rows) or a TrainData (its own shards, e.g.
+    from the feature cache or one rank's share; ``shard_size`` is then ignored). ``p``: the method's parameter
+    object (``engine.catalog``); without it one is made from ``params``. The queries ``Q_l = queries(train, test,
+    p)`` are built once (the statistics passes read every shard), then each shard costs only
+    ``S[:, shard] = sum_l Q_l @ T_l^T`` with ``T = train_side(shard, p)``. Concatenating the blocks along axis 1
+    gives ``get_method(method_name)(train, test, **params)`` up to floating-point summation order. Blocks are
+    float64 numpy arrays ``[n_test, stop - start]``.
     """
     method = get_method(method_name)
     if p is not None and params:
         raise TypeError("score_in_shards takes a parameter object p or keyword parameters, not both")
     p = method.make_params(**params) if p is None else p
-    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+    if not isinstance(train, TrainData) and (
+            isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1):
         raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
-    n = train.n
-    if method.queries is None or method.train_side is None:
-        S = method.score(train, test, p)
-        for start in range(0, n, shard_size):
-            stop = min(start + shard_size, n)
-            yield start, stop, S[:, start:stop]
-        return
-    Q = method.queries(train, test, p)
-    for start in range(0, n, shard_size):
-        stop = min(start + shard_size, n)
-        yield start, stop, dot_queries(Q, method.train_side(train, start, stop, p))
+    data = as_train_data(train, shard_size)
+    Q = method.queries(data, test, p)
+    for start, stop, shard in data.shards():
+        yield start, stop, dot_queries(Q, method.train_side(shard, p))

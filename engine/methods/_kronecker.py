@@ -32,35 +32,35 @@ from __future__ import annotations
 
 from weakref import WeakKeyDictionary
 
-import numpy as np
 import torch
 
 from engine.errors import InputError
 
-from ._common import damping, prepare_blocks, run_blocks
-from .base import Features, keywords
+from ._common import block_damping, block_sums, check_grads, compute, damping, sq_norms
+from .base import Features
+from .train_data import TrainData
 
 _EIGEN: WeakKeyDictionary = WeakKeyDictionary()  # KroneckerFactors -> {block: (s, Q_S, a, Q_A)}
 
 
-def check_factors(train: Features, name: str):
+def check_factors(train: TrainData, name: str):
     """The training side's K-FAC factors, checked against its gradient blocks; InputError if unusable."""
     f = train.kfac
     if f is None:
         raise InputError(f"{name} needs the K-FAC factors of the training samples (Features.kfac): compute the "
                          "training features with engine.grads.sample_features(..., kfac=True)")
-    if not train.grads or len(f.act) != len(train.grads) or len(f.grad) != len(train.grads):
+    if not train.widths or len(f.act) != len(train.widths) or len(f.grad) != len(train.widths):
         raise InputError(f"{name}: the K-FAC factors have {len(f.act)} blocks but there are "
-                         f"{len(train.grads or [])} gradient blocks")
+                         f"{len(train.widths)} gradient blocks")
     if f.samples != train.n:
         raise InputError(f"{name}: the K-FAC factors were summed over {f.samples} samples but there are "
                          f"{train.n} training samples; they must come from the same samples")
-    for l, g in enumerate(train.grads):
+    for l, d in enumerate(train.widths):
         out_, in_ = f.grad[l].shape[0], f.act[l].shape[0]
-        if out_ * in_ != g.shape[1]:
+        if out_ * in_ != d:
             block = train.block_names[l] if l < len(train.block_names) else f"#{l}"
             raise InputError(f"{name}: block {block} has factors [{out_}, {out_}] ⊗ [{in_}, {in_}] "
-                             f"but gradients of width {g.shape[1]}")
+                             f"but gradients of width {d}")
     return f
 
 
@@ -108,16 +108,33 @@ def kronecker_precondition(corrected: bool):
     return precondition
 
 
-def kronecker_method(corrected: bool, name: str):
-    """The ``(score, queries)`` pair of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``)."""
-    precondition = kronecker_precondition(corrected)
+def kronecker_queries(corrected: bool, name: str):
+    """The query phase of K-FAC (``corrected=False``) or EK-FAC (``corrected=True``) from the training shards:
+    per block one pass for the damping (and, for EK-FAC, the eigenvalues Λ = (1/n) Σ_i (Q_Sᵀ G_i Q_A)², summed
+    in the same pass), then ``Q = Q_S [(Q_Sᵀ V Q_A) / (Λ + λ)] Q_Aᵀ`` — the numbers of
+    :func:`kronecker_precondition` on all of G."""
 
-    def score(train: Features, test: Features, p) -> np.ndarray:
-        return run_blocks(train, test, precondition, factors=check_factors(train, name), dtype=p.dtype,
-                          device=p.device, **keywords(precondition, p))
+    def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
+        check_grads(train, test)
+        factors = check_factors(train, name)
+        dt, dev = compute(train, p)
+        out = []
+        for l, v in enumerate(test.grads):
+            V = v.to(device=dev, dtype=dt)
+            s, QS, a, QA = (t.to(device=dev, dtype=dt) for t in eigenbasis(factors, l))
+            if corrected:
+                sums = block_sums(train, l, dt, dev, lambda G: torch.cat(
+                    [sq_norms(G).sum()[None], rotate(G, QS, QA).square().sum(0).ravel()]))
+                lam = sums[0] / (train.n * train.widths[l] * p.lambda_c)
+                eig = (sums[1:] / train.n).reshape(QS.shape[0], QA.shape[0])
+            else:
+                lam = block_damping(train, l, dt, dev, p.lambda_c)
+                eig = torch.outer(s, a)
+            if not bool(lam > 0):
+                out.append(torch.zeros_like(V))
+                continue
+            C = rotate(V, QS, QA) / (eig + lam)
+            out.append((QS @ C @ QA.T).reshape(V.shape))
+        return out
 
-    def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
-        return prepare_blocks(train, test, precondition, factors=check_factors(train, name), dtype=p.dtype,
-                              device=p.device, **keywords(precondition, p))
-
-    return score, queries
+    return queries

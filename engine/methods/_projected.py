@@ -20,8 +20,9 @@ import torch
 from engine.errors import InputError
 from engine.projection import ProjectedGrads, Projector, check_params
 
-from ._common import dot_queries
+from ._common import full_score
 from .base import Features, register
+from .train_data import TrainData
 
 
 @lru_cache(maxsize=2)
@@ -49,6 +50,39 @@ def view(f: Features, proj_dim, proj_seed, proj_kind, start: int = 0, stop: int 
     return Features(grads=p.blocks, block_names=f.block_names, proj=p)
 
 
+def projected_data(train: TrainData, proj_dim, proj_seed, proj_kind) -> TrainData:
+    """The training side with the projected gradients as its gradient blocks (made once per key).
+
+    Each shard's projection comes from its ``Features.proj`` when it has this key (the pipeline computed it),
+    else it is projected here from the shard's gradients. ``memo["widths"]`` keeps the original widths d_l.
+    """
+    key = (proj_dim, proj_seed, proj_kind)
+    check_params(*key)
+
+    def make(t: TrainData) -> TrainData:
+        first = t.loader(0, ())
+        if first.proj is not None and first.proj.key == key:
+            original = first.proj.widths
+        elif t.widths:
+            original = t.widths
+        else:
+            raise InputError(f"this method needs per-sample gradients (Features.grads) or their projection with "
+                             f"(proj_dim, proj_seed, proj_kind) = {key} (Features.proj); got "
+                             f"{'a projection with ' + str(first.proj.key) if first.proj is not None else 'neither'}")
+
+        def loader(i: int, blocks):
+            f = t.loader(i, ())
+            pg = f.proj if f.proj is not None and f.proj.key == key else projected(t.loader(i, None), *key)
+            picked = pg.blocks if blocks is None else [pg.blocks[l] for l in blocks]
+            return Features(grads=picked, block_names=f.block_names, proj=pg)
+
+        view = t.with_loader(loader, tuple(min(proj_dim, d) for d in original), kfac=None, history=[])
+        view.memo["widths"] = tuple(original)
+        return view
+
+    return train.view(("proj", key), make)
+
+
 def projected_method(base_queries: Callable[..., list[torch.Tensor]],
                      base_train_side: Callable[..., list[torch.Tensor]], base_params: type):
     """``(score, queries, train_side)`` of a method that runs ``base_*`` on the projected gradients.
@@ -61,16 +95,15 @@ def projected_method(base_queries: Callable[..., list[torch.Tensor]],
     def base(p):
         return base_params(**{n: getattr(p, n) for n in names})
 
-    def queries(train: Features, test: Features, p):
-        return base_queries(view(train, p.proj_dim, p.proj_seed, p.proj_kind),
+    def queries(train: TrainData, test: Features, p):
+        return base_queries(projected_data(train, p.proj_dim, p.proj_seed, p.proj_kind),
                             view(test, p.proj_dim, p.proj_seed, p.proj_kind), base(p))
 
-    def train_side(train: Features, start: int, stop: int, p):
-        shard = view(train, p.proj_dim, p.proj_seed, p.proj_kind, start, stop)
-        return base_train_side(shard, 0, stop - start, base(p))
+    def train_side(shard: Features, p):
+        return base_train_side(view(shard, p.proj_dim, p.proj_seed, p.proj_kind), base(p))
 
-    def score(train: Features, test: Features, p) -> np.ndarray:
-        return dot_queries(queries(train, test, p), train_side(train, 0, train.n, p))
+    def score(train, test: Features, p) -> np.ndarray:
+        return full_score(queries, train_side, train, test, p)
 
     return score, queries, train_side
 

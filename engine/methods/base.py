@@ -75,19 +75,20 @@ class Features:
         return 0
 
 
-Score = Callable[[Features, Features, Any], np.ndarray]
-Queries = Callable[[Features, Features, Any], list[torch.Tensor]]
-TrainSide = Callable[[Features, int, int, Any], list[torch.Tensor]]
+Score = Callable[[Any, Features, Any], np.ndarray]
+Queries = Callable[[Any, Features, Any], list[torch.Tensor]]  # (TrainData, test Features, p)
+TrainSide = Callable[[Features, Any], list[torch.Tensor]]  # (one training shard's Features, p)
 
 
 @dataclass(frozen=True)
 class Method:
     """A registered method: its catalog entry and its implementation.
 
-    score(train, test, p) -> np.ndarray float64 [n_test, n_train], ``p`` the catalog's parameter dataclass.
-    Optional two-phase form used by ``score_in_shards``: queries(train, test, p) -> list[Tensor [m, d_l]] (may
-    use all of train) and train_side(train, start, stop, p) -> list[Tensor [stop - start, d_l]] with
-    score(train, test, p) == sum_l Q_l @ train_side(train, 0, n, p)_l^T.
+    score(train, test, p) -> np.ndarray float64 [n_test, n_train], ``p`` the catalog's parameter dataclass,
+    ``train`` Features or :class:`~engine.methods.train_data.TrainData`. The two phases that let every method
+    stream over training shards (``score_in_shards``): queries(train_data, test, p) -> list[Tensor [m, d_l]]
+    (reads statistics of all training shards) and train_side(shard, p) -> list[Tensor [rows, d_l]] with
+    ``S[:, shard] = sum_l Q_l @ train_side(shard, p)_l^T``.
     """
 
     info: MethodInfo
@@ -125,27 +126,33 @@ class Method:
         p = self.make_params(**params)
         return {f.name: getattr(p, f.name) for f in fields(p)}
 
-    def __call__(self, train: Features, test: Features, **params) -> np.ndarray:
+    def __call__(self, train, test: Features, **params) -> np.ndarray:
         return self.score(train, test, self.make_params(**params))
 
-    def run(self, train: Features, test: Features, p) -> np.ndarray:
+    def run(self, train, test: Features, p) -> np.ndarray:
         """The score matrix with a parameter object already made (the pipeline's path)."""
         return self.score(train, test, p)
 
     @property
     def prepare(self) -> Callable[..., list[torch.Tensor]] | None:
-        """``prepare(train, test, p=None, **params)``: the query phase, or None without a two-phase form."""
+        """``prepare(train, test, p=None, **params)``: the query phase (``train``: Features or TrainData)."""
         if self.queries is None:
             return None
-        return lambda train, test, p=None, **params: self.queries(train, test, p or self.make_params(**params))
+        from .train_data import as_train_data
+
+        return lambda train, test, p=None, **params: self.queries(as_train_data(train), test,
+                                                                   p or self.make_params(**params))
 
     @property
     def train_blocks(self) -> Callable[..., list[torch.Tensor]] | None:
-        """``train_blocks(train, start, stop, p=None, **params)``: the training side of a shard, or None."""
+        """``train_blocks(train, start, stop, p=None, **params)``: the training side of rows start:stop of
+        in-memory Features."""
         if self.train_side is None:
             return None
+        from .train_data import slice_features
+
         return lambda train, start, stop, p=None, **params: self.train_side(
-            train, start, stop, p or self.make_params(**params))
+            slice_features(train, start, stop), p or self.make_params(**params))
 
 
 REGISTRY: dict[str, Method] = {}

@@ -19,8 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import damping, gradient_method, grad_train_blocks, sq_norms
+from ._common import (block_damping, block_sums, check_grads, compute, damping, full_score, grad_train_blocks,
+                      sq_norms)
 from .base import Features, register
+from .train_data import TrainData
 
 
 def precondition_datainf(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0,
@@ -38,13 +40,32 @@ def precondition_datainf(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 
     return (V - (W @ G) / n) / lam
 
 
-_score, queries = gradient_method(precondition_datainf)
+def datainf_queries(train: TrainData, test: Features, dt, dev, lambda_c_of) -> list[torch.Tensor]:
+    """DataInf's query vectors from the training shards, two passes per block: the damping (sum of squared
+    norms), then ``W = sum_i (g_i^T v) / (lambda + ||g_i||^2) g_i`` [m, d]; ``Q = (V - W / n) / lambda``.
+    ``lambda_c_of(l)``: the block's lambda_c. The same numbers as :func:`precondition_datainf` on all of G."""
+    check_grads(train, test)
+    out = []
+    for l, v in enumerate(test.grads):
+        V = v.to(device=dev, dtype=dt)
+        lam = block_damping(train, l, dt, dev, lambda_c_of(l))
+        if not bool(lam > 0):
+            out.append(torch.zeros_like(V))
+            continue
+        W = block_sums(train, l, dt, dev, lambda G: ((V @ G.T) / (lam + sq_norms(G))) @ G)
+        out.append((V - W / train.n) / lam)
+    return out
+
+
+def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
+    dt, dev = compute(train, p)
+    return datainf_queries(train, test, dt, dev, lambda l: p.lambda_c)
 
 
 @register("datainf", queries=queries, train_side=grad_train_blocks)
-def datainf(train: Features, test: Features, p) -> np.ndarray:
+def datainf(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """DataInf scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 
     p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
     """
-    return _score(train, test, p)
+    return full_score(queries, grad_train_blocks, train, test, p)

@@ -15,21 +15,18 @@ import torch
 
 from engine.catalog import DampedParams
 
-from ._common import grad_train_blocks, prepare_blocks
+from ._common import compute, grad_train_blocks
 from ._projected import register_projected
 from .base import Features
-from .datainf import precondition_datainf
+from .datainf import datainf_queries
+from .train_data import TrainData
 
 
-def _precondition(G: torch.Tensor, V: torch.Tensor, *, block: int, widths: tuple[int, ...],
-                  lambda_c: float = 10.0) -> torch.Tensor:
-    """DataInf on projected block ``block`` of width k_l, with the damping of the unprojected width d_l."""
-    return precondition_datainf(G, V, lambda_c=lambda_c * widths[block] / G.shape[1])
-
-
-def _queries(train: Features, test: Features, p: DampedParams) -> list[torch.Tensor]:
-    return prepare_blocks(train, test, _precondition, widths=train.proj.widths, lambda_c=p.lambda_c,
-                          dtype=p.dtype, device=p.device)
+def _queries(train: TrainData, test: Features, p: DampedParams) -> list[torch.Tensor]:
+    """DataInf on the projected blocks (k_l wide), each with the damping of its unprojected width d_l."""
+    dt, dev = compute(train, p)
+    original = train.memo["widths"]
+    return datainf_queries(train, test, dt, dev, lambda l: p.lambda_c * original[l] / train.widths[l])
 
 
 datainf_proj = register_projected(

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import grad_train_blocks
-from ._kronecker import kronecker_method
+from ._common import full_score, grad_train_blocks
+from ._kronecker import kronecker_queries
 from .base import Features, register
+from .train_data import TrainData
 
-_score, queries = kronecker_method(corrected=True, name="ekfac")
+queries = kronecker_queries(corrected=True, name="ekfac")
 
 
 @register("ekfac", queries=queries, train_side=grad_train_blocks)
-def ekfac(train: Features, test: Features, p) -> np.ndarray:
+def ekfac(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """EK-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 
     p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
     """
-    return _score(train, test, p)
+    return full_score(queries, grad_train_blocks, train, test, p)

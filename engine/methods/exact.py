@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import damping, gradient_method, grad_train_blocks
+from ._common import damping, full_score, grad_train_blocks, gram_method
 from .base import Features, register
+from .train_data import TrainData
 
 
 def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0,
@@ -42,13 +43,13 @@ def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10
     return torch.cholesky_solve(V.T, L).T
 
 
-_score, queries = gradient_method(precondition_exact)
+queries = gram_method(precondition_exact)
 
 
 @register("exact", queries=queries, train_side=grad_train_blocks)
-def exact(train: Features, test: Features, p) -> np.ndarray:
+def exact(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Exact-iHVP scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 
     p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
     """
-    return _score(train, test, p)
+    return full_score(queries, grad_train_blocks, train, test, p)

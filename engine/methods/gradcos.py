@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import check_grads, dot_queries, grad_train_blocks, resolve_device, resolve_dtype
+from ._common import check_grads, compute, full_score, grad_train_blocks
 from .base import Features, register
+from .train_data import TrainData
 
 
 def _unit_rows(blocks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -25,19 +26,19 @@ def _unit_rows(blocks: list[torch.Tensor]) -> list[torch.Tensor]:
     return [b * inv[:, None] for b in blocks]
 
 
-def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
+def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
     """``Q_l = V_l / ||V||`` [m, d_l] in the compute dtype/device."""
     check_grads(train, test)
-    dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, train.grads[0])
+    dt, dev = compute(train, p)
     return _unit_rows([v.to(device=dev, dtype=dt) for v in test.grads])
 
 
-def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
-    """``T_l = G_l[start:stop] / ||G[start:stop]||`` (each row's norm over all blocks)."""
-    return _unit_rows(grad_train_blocks(train, start, stop, p))
+def train_side(shard: Features, p) -> list[torch.Tensor]:
+    """``T_l = G_l / ||G||`` of the shard (each row's norm over all blocks)."""
+    return _unit_rows(grad_train_blocks(shard, p))
 
 
 @register("gradcos", queries=queries, train_side=train_side)
-def gradcos(train: Features, test: Features, p) -> np.ndarray:
+def gradcos(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Cosine of the full LoRA gradients -> float64 [n_test, n_train] in [-1, 1]; larger = more responsible."""
-    return dot_queries(queries(train, test, p), train_side(train, 0, train.n, p))
+    return full_score(queries, train_side, train, test, p)

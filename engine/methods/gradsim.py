@@ -11,22 +11,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import gradient_method, grad_train_blocks
+from ._common import check_grads, compute, full_score, grad_train_blocks
 from .base import Features, register
+from .train_data import TrainData
 
 
-def _precondition(G: torch.Tensor, V: torch.Tensor, *, block: int | None = None) -> torch.Tensor:
-    """``Q_l = V_l`` [m, d_l]."""
-    return V
-
-
-_score, queries = gradient_method(_precondition)
+def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
+    """``Q_l = V_l`` [m, d_l] in the compute dtype/device."""
+    check_grads(train, test)
+    dt, dev = compute(train, p)
+    return [v.to(device=dev, dtype=dt) for v in test.grads]
 
 
 @register("gradsim", queries=queries, train_side=grad_train_blocks)
-def gradsim(train: Features, test: Features, p) -> np.ndarray:
+def gradsim(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """``S[j, i] = sum_l <V_l[j], G_l[i]>`` -> float64 [n_test, n_train]; larger = more responsible.
 
     p: :class:`engine.catalog.Params` (dtype "float64" or "float32"; device None = where the training gradients are).
     """
-    return _score(train, test, p)
+    return full_score(queries, grad_train_blocks, train, test, p)

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import grad_train_blocks
-from ._kronecker import kronecker_method
+from ._common import full_score, grad_train_blocks
+from ._kronecker import kronecker_queries
 from .base import Features, register
+from .train_data import TrainData
 
-_score, queries = kronecker_method(corrected=False, name="kfac")
+queries = kronecker_queries(corrected=False, name="kfac")
 
 
 @register("kfac", queries=queries, train_side=grad_train_blocks)
-def kfac(train: Features, test: Features, p) -> np.ndarray:
+def kfac(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """K-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 
     p: :class:`engine.catalog.DampedParams` (lambda_c, dtype, device).
     """
-    return _score(train, test, p)
+    return full_score(queries, grad_train_blocks, train, test, p)

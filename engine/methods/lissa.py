@@ -45,8 +45,9 @@ import torch
 
 from engine.errors import InputError
 
-from ._common import damping, gradient_method, grad_train_blocks, sq_norms
+from ._common import damping, full_score, grad_train_blocks, gram_method, sq_norms
 from .base import Features, register
+from .train_data import TrainData
 
 
 def power_iteration_gn(G: torch.Tensor, iters: int = 100, rtol: float = 1e-6, seed: int = 0) -> torch.Tensor:
@@ -257,14 +258,14 @@ def precondition_lissa(
     return h / s
 
 
-_score, queries = gradient_method(precondition_lissa)
+queries = gram_method(precondition_lissa)
 
 
 @register("lissa", queries=queries, train_side=grad_train_blocks)
-def lissa(train: Features, test: Features, p) -> np.ndarray:
+def lissa(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Converging LiSSA scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 
     p: :class:`engine.catalog.LissaParams` (lambda_c, iterations, scale, tol, max_iter, check_every, solver,
     dtype, device).
     """
-    return _score(train, test, p)
+    return full_score(queries, grad_train_blocks, train, test, p)

@@ -20,8 +20,9 @@ import torch
 
 from engine.errors import InputError
 
-from ._common import damping, gradient_method, grad_train_blocks
+from ._common import damping, full_score, grad_train_blocks, gram_method
 from .base import Features, register
+from .train_data import TrainData
 
 
 def precondition_lissa_paper(
@@ -45,13 +46,13 @@ def precondition_lissa_paper(
     return h
 
 
-_score, queries = gradient_method(precondition_lissa_paper)
+queries = gram_method(precondition_lissa_paper)
 
 
 @register("lissa_paper", queries=queries, train_side=grad_train_blocks)
-def lissa_paper(train: Features, test: Features, p) -> np.ndarray:
+def lissa_paper(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Paper-compatible LiSSA scores (see module docstring) -> float64 [n_test, n_train].
 
     p: :class:`engine.catalog.LissaPaperParams` (lambda_c, iterations, scale, alpha, dtype, device).
     """
-    return _score(train, test, p)
+    return full_score(queries, grad_train_blocks, train, test, p)

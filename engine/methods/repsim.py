@@ -13,8 +13,9 @@ import torch
 
 from engine.errors import InputError
 
-from ._common import resolve_device, resolve_dtype
+from ._common import full_score, resolve_device, resolve_dtype
 from .base import Features, register
+from .train_data import TrainData
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -31,24 +32,22 @@ def _check(train: Features, test: Features) -> None:
         )
 
 
-def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
-    """Unit-normalised test representations, one block [m, h]."""
-    _check(train, test)
-    dev = resolve_device(p.device, train.reps)
+def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
+    """Unit-normalised test representations, one block [m, h] (checked against the first training shard)."""
+    _check(train.shard(0), test)
+    dev = resolve_device(p.device, train)
     return [_unit(test.reps.to(device=dev, dtype=resolve_dtype(p.dtype)))]
 
 
-def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
-    """Unit-normalised training representations of the shard, one block [stop - start, h]."""
-    if train.reps is None:
+def train_side(shard: Features, p) -> list[torch.Tensor]:
+    """Unit-normalised training representations of the shard, one block [rows, h]."""
+    if shard.reps is None:
         raise InputError("repsim needs representations of the training samples (Features.reps)")
-    dev = resolve_device(p.device, train.reps)
-    return [_unit(train.reps[start:stop].to(device=dev, dtype=resolve_dtype(p.dtype)))]
+    dev = resolve_device(p.device, shard.reps)
+    return [_unit(shard.reps.to(device=dev, dtype=resolve_dtype(p.dtype)))]
 
 
 @register("repsim", queries=queries, train_side=train_side)
-def repsim(train: Features, test: Features, p) -> np.ndarray:
+def repsim(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Cosine similarity matrix -> float64 [n_test, n_train]; larger = more responsible."""
-    (Q,) = queries(train, test, p)
-    (T,) = train_side(train, 0, train.n, p)
-    return (Q @ T.T).cpu().numpy().astype(np.float64, copy=False)
+    return full_score(queries, train_side, train, test, p)

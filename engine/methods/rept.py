@@ -27,8 +27,9 @@ import torch
 
 from engine.errors import InputError
 
-from ._common import resolve_device, resolve_dtype
+from ._common import full_score, resolve_device, resolve_dtype
 from .base import Features, register
+from .train_data import TrainData
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -50,30 +51,29 @@ def _check(f: Features, side: str) -> None:
         raise InputError(f"rept: {side} features must be [n, 2h], got {tuple(f.rept.shape)}")
 
 
-def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
-    """Unit-length test signatures, one block [m, 2h]."""
-    _check(train, "training")
+def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
+    """Unit-length test signatures, one block [m, 2h] (checked against the first training shard)."""
+    first = train.shard(0)
+    _check(first, "training")
     _check(test, "test")
-    if train.rept.shape[1] != test.rept.shape[1]:
-        raise InputError(f"rept: train features {tuple(train.rept.shape)} and test features "
+    if first.rept.shape[1] != test.rept.shape[1]:
+        raise InputError(f"rept: train features {tuple(first.rept.shape)} and test features "
                          f"{tuple(test.rept.shape)} must have the same width")
-    dev = resolve_device(p.device, train.rept)
+    dev = resolve_device(p.device, train)
     return [_signature(test.rept.to(device=dev, dtype=resolve_dtype(p.dtype)), p.balance)]
 
 
-def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
-    """Unit-length training signatures of the shard, one block [stop - start, 2h]."""
-    _check(train, "training")
-    dev = resolve_device(p.device, train.rept)
-    return [_signature(train.rept[start:stop].to(device=dev, dtype=resolve_dtype(p.dtype)), p.balance)]
+def train_side(shard: Features, p) -> list[torch.Tensor]:
+    """Unit-length training signatures of the shard, one block [rows, 2h]."""
+    _check(shard, "training")
+    dev = resolve_device(p.device, shard.rept)
+    return [_signature(shard.rept.to(device=dev, dtype=resolve_dtype(p.dtype)), p.balance)]
 
 
 @register("rept", queries=queries, train_side=train_side)
-def rept(train: Features, test: Features, p) -> np.ndarray:
+def rept(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Cosine of RepT signatures -> float64 [n_test, n_train] in [-1, 1]; larger = more responsible.
 
     p: :class:`engine.catalog.ReptParams` (balance, dtype, device).
     """
-    (Q,) = queries(train, test, p)
-    (T,) = train_side(train, 0, train.n, p)
-    return (Q @ T.T).cpu().numpy().astype(np.float64, copy=False)
+    return full_score(queries, train_side, train, test, p)

@@ -17,34 +17,29 @@ import torch
 
 from engine.errors import InputError
 
-from ._common import dot_queries, resolve_device, resolve_dtype
+from ._common import compute, full_score, resolve_device, resolve_dtype
 from .base import Features, register
+from .train_data import TrainData
 
 
-def _history(train: Features, test: Features):
-    if not train.history or len(train.history) != len(test.history):
-        raise InputError("tracin needs the gradients of every epoch checkpoint (Features.history) for train and "
-                         "test; the pipeline provides them")
-    return train.history, test.history
-
-
-def queries(train: Features, test: Features, p) -> list[torch.Tensor]:
+def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
     """``[eta_c * V_l^c for each checkpoint c, block l]`` in the compute dtype/device."""
-    tr, te = _history(train, test)
-    dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, tr[0][1][0])
-    return [w * v.to(device=dev, dtype=dt) for (w, _), (_, vs) in zip(tr, te) for v in vs]
+    if not train.history or len(train.history) != len(test.history):
+        raise InputError("tracin needs the gradients of every checkpoint up to the scored one (Features.history) "
+                         "for train and test; the pipeline provides them")
+    dt, dev = compute(train, p)
+    return [w * v.to(device=dev, dtype=dt) for (w, _), (_, vs) in zip(train.history, test.history) for v in vs]
 
 
-def train_side(train: Features, start: int, stop: int, p) -> list[torch.Tensor]:
-    """``[G_l^c[start:stop] for each checkpoint c, block l]``."""
-    if not train.history:
+def train_side(shard: Features, p) -> list[torch.Tensor]:
+    """``[G_l^c for each checkpoint c, block l]`` of the shard."""
+    if not shard.history:
         raise InputError("tracin needs Features.history")
-    dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, train.history[0][1][0])
-    return [g[start:stop].to(device=dev, dtype=dt) for _, gs in train.history for g in gs]
+    dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, shard.history[0][1][0])
+    return [g.to(device=dev, dtype=dt) for _, gs in shard.history for g in gs]
 
 
 @register("tracin", queries=queries, train_side=train_side)
-def tracin(train: Features, test: Features, p) -> np.ndarray:
+def tracin(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """TracIn scores -> float64 [n_test, n_train]; larger = more responsible."""
-    Q = queries(train, test, p)
-    return dot_queries(Q, train_side(train, 0, train.n, p))
+    return full_score(queries, train_side, train, test, p)
