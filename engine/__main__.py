@@ -121,15 +121,30 @@ def _with_analyses(spec, value: str | None):
     return validate(replace(spec, analysis=replace(spec.analysis, stages=stages)))
 
 
-def cmd_run(args) -> None:
+def _run_spec(args, spec):
+    """Run ``spec``: in this process, or as one rank of a torchrun job (``WORLD_SIZE`` > 1), where rank 0
+    commits and reports; returns the run folder (None on the other ranks)."""
+    from engine import distributed
     from engine.pipeline import run_pipeline
-    from engine.spec import load_spec
 
-    spec = _with_analyses(load_spec(args.spec), args.analyses)
-    folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
-    print(f"run {spec.run_name} written to {folder}")
+    dist = distributed.from_environment(spec.device)
+    try:
+        folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet and dist.main, dist=dist)
+    finally:
+        distributed.shutdown()
+    if folder is None:
+        return None
+    print(f"run {spec.run_name} written to {folder}" + (f" ({dist.world_size} processes)"
+                                                        if dist.world_size > 1 else ""))
     if not args.no_ingest:
         _ingest(args, folder)
+    return folder
+
+
+def cmd_run(args) -> None:
+    from engine.spec import load_spec
+
+    _run_spec(args, _with_analyses(load_spec(args.spec), args.analyses))
 
 
 def cmd_demo(args) -> None:
@@ -171,14 +186,9 @@ def attribute_spec(args):
 
 
 def cmd_attribute(args) -> None:
-    from engine.pipeline import run_pipeline
-
-    spec = _with_analyses(attribute_spec(args), args.analyses)
-    folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
-    print(f"run {spec.run_name} written to {folder}")
-    if not args.no_ingest:
-        _ingest(args, folder)
-    _print_folder_report(folder)
+    folder = _run_spec(args, _with_analyses(attribute_spec(args), args.analyses))
+    if folder is not None:
+        _print_folder_report(folder)
 
 
 def cmd_import_dataset(args) -> None:

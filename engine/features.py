@@ -1,12 +1,16 @@
-"""The features stage: at one checkpoint, compute exactly what the feature plan (:mod:`engine.plan`) asks for.
+"""The features stage: at one checkpoint, compute exactly what the feature plan (:mod:`engine.plan`) asks for,
+shard by shard into the feature cache (:mod:`engine.feature_cache`), and read it back for scoring.
 
 Training samples are processed shard by shard (``scoring.shard_size``): one gradient pass per shard gives the
 per-sample gradients, the prompt representations, the losses and, when planned, the K-FAC factor sums; each
 planned projection is applied to the shard right away, and the shard's full gradients are dropped unless the
-plan keeps them. Test samples go through the same pass in one piece. RepT signatures take a pass of their own.
+plan keeps them. Each shard is written to the cache as soon as it is done (:func:`ensure_features`), so memory
+is bounded by one shard and a killed run resumes from its finished shards. Test samples go through the same pass
+(one part per process). RepT signatures take a pass of their own.
 
-Outputs are CPU float32 tensors in sample order; see :class:`SideFeatures`. :func:`method_features` then hands
-each method the :class:`engine.methods.Features` it reads.
+:func:`load_checkpoint` gives the scoring stage the cached training shards as a
+:class:`~engine.methods.train_data.TrainData` and the test side in memory; :func:`method_features` hands each
+method what it reads.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.distributed import Dist
+from engine.feature_cache import (FeatureCache, TensorLRU, contents_of, kfac_totals, load_features, read_header,
+                                  write_side)
 from engine.grads import KroneckerFactors, merge_features, sample_features
+from engine.methods.train_data import TrainData
 from engine.plan import FeaturePlan, ProjKey
 from engine.projection import ProjectedGrads, Projector, merge_projected
 from engine.rep_grads import rept_features
@@ -44,16 +52,6 @@ class SideFeatures:
         return int(self.loss.shape[0])
 
 
-@dataclass
-class CheckpointFeatures:
-    """Both sides' features at checkpoint ``checkpoint``; ``weight`` is its learning-rate weight (TracIn)."""
-
-    checkpoint: int
-    weight: float
-    train: SideFeatures
-    test: SideFeatures
-
-
 @dataclass(frozen=True)
 class PassSettings:
     """How to run the gradient passes: device, batch size, training samples per shard, progress bars."""
@@ -77,7 +75,8 @@ def side_features(model, samples: list, run: PassSettings, plan: FeaturePlan, *,
     projectors: dict[ProjKey, Projector] = {}
     for i in range(0, len(samples), shard):
         f = sample_features(model, samples[i:i + shard], run.pad_id, run.device, run.batch_size,
-                            f"{desc} [{i}:{min(i + shard, len(samples))}]" if train else desc, run.progress,
+                            f"{desc} [{i}:{min(i + shard, len(samples))}]" if len(samples) > shard else desc,
+                            run.progress,
                             kfac=kfac)
         for key in plan.projections:
             if key not in projectors:
@@ -95,36 +94,115 @@ def side_features(model, samples: list, run: PassSettings, plan: FeaturePlan, *,
                         projections={k: merge_projected(v) for k, v in projected.items()}, rept=rept)
 
 
-def checkpoint_features(model, train_enc: list, test_enc: list, run: PassSettings, plan: FeaturePlan,
-                        checkpoint: int, weight: float, scored: bool) -> CheckpointFeatures:
-    """The plan's features of both sides at one checkpoint (the adapter state is already set, eval mode).
+# ---------------------------------------------------------------------------------------------- the stage
 
-    A checkpoint that is not scored (only TracIn's history reads it) gets full gradients and nothing else.
-    """
-    if not scored:
+
+@dataclass
+class CheckpointData:
+    """One checkpoint's features for scoring: the training side as TrainData (this process's shards, read from the
+    feature cache), the test side in memory, and the checkpoint's TracIn weight."""
+
+    checkpoint: int
+    weight: float
+    train: TrainData
+    test: SideFeatures
+
+
+def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+
+
+def test_ranges(n_test: int, dist) -> list[tuple[int, int]]:
+    """Every process's part of the test samples (each computes its own; all read all)."""
+    return [Dist(r, dist.world_size).test_part(n_test) for r in range(dist.world_size)]
+
+
+def ensure_features(cache: FeatureCache, checkpoint: int, model, train_enc: list, test_enc: list,
+                    run: PassSettings, plan: FeaturePlan, dist, scored: bool) -> tuple[int, int]:
+    """Compute this process's missing shards (and test part) at ``checkpoint`` into the cache; return
+    ``(computed, reused)`` shard counts. A shard file already there with the contents the plan needs is reused
+    (a resumed run, or new methods on the same features). All processes meet at the end."""
+    if not scored:  # only TracIn's history reads this checkpoint: full gradients and nothing else
         plan = FeaturePlan(grads=True)
     keep = plan.keep_train_grads or not scored
-    train = side_features(model, train_enc, run, plan, train=True, keep_grads=keep,
-                          desc=f"train grads @{checkpoint}")
-    test = side_features(model, test_enc, run, plan, train=False, keep_grads=True,
-                         desc=f"test grads @{checkpoint}")
-    return CheckpointFeatures(checkpoint, weight, train, test)
+    need_train, need_test = contents_of(plan, True, keep), contents_of(plan, False, True)
+    bounds = shard_bounds(len(train_enc), run.shard_size)
+    computed = reused = 0
+    for i in dist.shards(len(bounds)):
+        path = cache.train_file(checkpoint, i)
+        if cache.has(path, need_train):
+            reused += 1
+            continue
+        a, b = bounds[i]
+        side = side_features(model, train_enc[a:b], run, plan, train=True, keep_grads=keep,
+                             desc=f"train grads @{checkpoint} [{a}:{b}]")
+        write_side(path, side, need_train, a, dist.rank)
+        computed += 1
+    a, b = dist.test_part(len(test_enc))
+    path = cache.test_file(checkpoint, a, b)
+    if b > a and not cache.has(path, need_test):
+        write_side(path, side_features(model, test_enc[a:b], run, plan, train=False, keep_grads=True,
+                                       desc=f"test grads @{checkpoint}"), need_test, a, dist.rank)
+    dist.barrier()
+    return computed, reused
 
 
-def method_features(reads_proj: ProjKey | None, now: CheckpointFeatures,
-                    history: list[CheckpointFeatures]):
-    """``(train, test)`` :class:`engine.methods.Features` for a method at checkpoint ``now``.
+def load_checkpoint(cache: FeatureCache, checkpoint: int, weight: float, n_train: int, n_test: int,
+                    run: PassSettings, plan: FeaturePlan, dist, lru: TensorLRU, scored: bool) -> CheckpointData:
+    """The cached features of ``checkpoint`` as :class:`CheckpointData` (training shards of this process)."""
+    if not scored:
+        plan = FeaturePlan(grads=True)
+    bounds = shard_bounds(n_train, run.shard_size)
+    mine = dist.shards(len(bounds))
+    paths = [cache.train_file(checkpoint, i) for i in mine]
+    headers = [read_header(p) for p in paths]
+    top = read_header(cache.train_file(checkpoint, 0))
+    key0 = plan.projections[0] if plan.projections else None
 
-    reads_proj: the projection key the method reads (None if it reads none); history: the checkpoints up to and
-    including ``now`` whose full gradients were kept (TracIn's sum).
-    """
+    def loader(j: int, blocks, proj_key=None):
+        return load_features(paths[j], lru, blocks, headers[j], proj_key if proj_key is not None else key0)
+
+    train = TrainData(n_train, [bounds[i] for i in mine], loader,
+                      tuple(top["widths"]) if top["contents"]["grads"] else (), tuple(top["block_names"]),
+                      kfac_totals(paths, headers, dist.comm.reduce, cache.train_file(checkpoint, 0)),
+                      torch.device("cpu"), comm=dist.comm)
+    parts = []
+    for a, b in test_ranges(n_test, dist):
+        if b > a:
+            path = cache.test_file(checkpoint, a, b)
+            h = read_header(path)
+            f = load_features(path, lru, None, h, None)
+            projections = {k: load_features(path, lru, (), h, k).proj for k in plan.projections}
+            loss = lru.get(path, ["loss"])["loss"]
+            parts.append(SideFeatures(f.grads, f.reps, loss, f.block_names, None, projections, f.rept))
+    return CheckpointData(checkpoint, weight, train, _concat(parts))
+
+
+def _concat(parts: list[SideFeatures]) -> SideFeatures:
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
+    grads = None if parts[0].grads is None else [torch.cat([p.grads[l] for p in parts])
+                                                  for l in range(len(parts[0].grads))]
+    projections = {k: merge_projected([p.projections[k] for p in parts]) for k in parts[0].projections}
+    return SideFeatures(grads, cat([p.reps for p in parts]), cat([p.loss for p in parts]), parts[0].block_names,
+                        None, projections, cat([p.rept for p in parts]))
+
+
+def method_features(proj_key: ProjKey | None, now: CheckpointData, history: list[CheckpointData]):
+    """``(train TrainData, test Features)`` for a method at checkpoint ``now``: the projection it reads (when
+    ``proj_key``), and the history of checkpoints up to ``now`` (TracIn)."""
     from engine.methods import Features
 
-    def side(get):
-        s: SideFeatures = get(now)
-        return Features(
-            grads=s.grads, reps=s.reps, block_names=s.block_names, kfac=s.kfac, rept=s.rept,
-            proj=s.projections.get(reads_proj) if reads_proj is not None else None,
-            history=tuple((c.weight, get(c).grads) for c in history if get(c).grads is not None))
+    train = dataclasses.replace(now.train, history=[(c.weight, c.train) for c in history])
+    s = now.test
+    test = Features(grads=s.grads, reps=s.reps, block_names=s.block_names, rept=s.rept,
+                    proj=s.projections.get(proj_key) if proj_key is not None else None,
+                    history=tuple((c.weight, c.test.grads) for c in history))
+    return train, test
 
-    return side(lambda c: c.train), side(lambda c: c.test)
+
+def materialize(data: TrainData) -> list[torch.Tensor]:
+    """Every training gradient of this process in memory, per block [n, d_l] (for the iHVP study, which inverts
+    explicit matrices on parameter subsets and reads all gradients by design)."""
+    return [torch.cat(list(data.block(l))) for l in range(data.n_blocks)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -36,16 +37,19 @@ from engine.analysis import StageInputs, run_stages
 from engine.analysis.convergence import score_drift
 from engine.catalog import changed_params, method_info
 from engine.errors import InputError
-from engine.features import CheckpointFeatures, PassSettings, checkpoint_features, method_features
+from engine.distributed import Dist
+from engine.feature_cache import FeatureCache, TensorLRU, cache_root, feature_key
+from engine.features import (CheckpointData, PassSettings, ensure_features, load_checkpoint, materialize,
+                             method_features)
 from engine.finetune import add_lora, finetune, lora_state, set_lora_state
 from engine.formatting import Encoded, encode
 from engine.methods import get_method, score_in_shards
 from engine.models import load_base, resolve_device
 from engine.plan import FeaturePlan, plan_for
 from engine.runfolder import RunWriter, open_run
-from engine.runformat import CHECKPOINTS_DIR, scores_file
+from engine.runformat import CHECKPOINTS_DIR, SCORES_DIR, scores_file
 from engine.spec import RunSpec, TaskSpec, TrainSpec
-from engine.tables import Evaluation, loss_table, samples_table, scores_table
+from engine.tables import Evaluation, ScoreMatrices, loss_table, samples_table, scores_table
 from engine.tasks.base import TaskData
 
 log = logging.getLogger(__name__)
@@ -129,12 +133,12 @@ class LoadedModel:
         return float(cfg.lora_alpha) / float(cfg.r)
 
 
-def load_model(spec: RunSpec) -> LoadedModel:
+def load_model(spec: RunSpec, dist: Dist | None = None) -> LoadedModel:
     """The base model with a LoRA adapter: a fresh one (``spec.lora``, initialised from ``train.seed``) or, with
     ``model.adapter``, the user's (checked before anything else happens; see ``engine.adapters``)."""
     from engine import adapters
 
-    device = resolve_device(spec.device)
+    device = dist.device if dist is not None and dist.device is not None else resolve_device(spec.device)
     dtype = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
     user = adapters.find_adapter(spec.model.adapter, spec.model.checkpoints) if spec.model.adapter else None
     if user is not None:
@@ -223,34 +227,23 @@ class ScoringMethod:
         return (p.proj_dim, p.proj_seed, p.proj_kind)
 
 
-@dataclass
-class ScoredCheckpoint:
-    """Every method's score matrix [n_test, n_train] at one checkpoint, and one warning line per method."""
-
-    checkpoint: int
-    matrices: dict[str, np.ndarray]
-    notes: list[str]
-
-
-def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: CheckpointFeatures,
-                     history: list[CheckpointFeatures], shard_size: int) -> ScoredCheckpoint:
-    """Score every method at ``now``, writing one score file per (method, training shard) as it goes."""
+def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: CheckpointData,
+                     history: list[CheckpointData], shard_size: int) -> list[str]:
+    """Score every method at ``now`` over this process's training shards, writing one score file per (method,
+    shard) as it goes; returns one warning line per method that warned."""
     c = now.checkpoint
-    matrices, notes = {}, []
+    notes = []
     for m in methods:
         train_x, test_x = method_features(m.proj_key, now, history)
-        blocks = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
-            for shard, (start, stop, S_block) in enumerate(score_in_shards(m.name, train_x, test_x, shard_size,
-                                                                           p=m.params)):
-                writer.write_table(scores_file(m.name, c, shard), scores_table(m.name, c, np.asarray(S_block), start))
-                blocks.append(np.asarray(S_block))
+            for start, stop, S_block in score_in_shards(m.name, train_x, test_x, p=m.params):
+                writer.write_table(scores_file(m.name, c, start // shard_size),
+                                   scores_table(m.name, c, np.asarray(S_block), start))
         if caught:  # e.g. LiSSA blocks that hit max_iter: one line per method, kept in the manifest
             notes.append(f"{m.name} @ checkpoint {c}: {len(caught)} warning(s), first: {caught[0].message}")
             log.warning(notes[-1])
-        matrices[m.name] = np.concatenate(blocks, axis=1)
-    return ScoredCheckpoint(c, matrices, notes)
+    return notes
 
 
 def run_methods(spec: RunSpec) -> list[ScoringMethod]:
@@ -274,30 +267,42 @@ def _say(progress: bool):
     return log.info
 
 
-def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
-    """Run ``spec`` into ``runs_dir/<spec.run_name>``; return the committed folder.
+def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dist | None = None) -> Path | None:
+    """Run ``spec`` into ``runs_dir/<spec.run_name>``; return the committed folder (None on torchrun ranks > 0).
 
-    Bad input raises InputError before anything is written; any failure leaves no visible run folder.
+    Bad input raises InputError before anything is written; any failure leaves no visible run folder. Features
+    go through the feature cache, so a run started again after a crash reuses the shards it finished.
+    ``dist``: this process's place in a torchrun job (default: one process).
     """
     t0 = time.perf_counter()
+    dist = dist or Dist()
     task = load_data(spec)
     methods = run_methods(spec)
     plan = feature_plan(spec, methods)
-    lm = load_model(spec)
+    n_shards = -(-len(task.train) // spec.scoring.shard_size)
+    if n_shards < dist.world_size:
+        raise InputError(f"{n_shards} training shard(s) of spec field 'scoring.shard_size' = {spec.scoring.shard_size} "
+                         f"for {dist.world_size} processes: use smaller shards or fewer processes")
+    lm = load_model(spec, dist)
     data = encode_data(task, lm, spec.train)
     k = spec.scoring.k or metrics.paper_k(data.train_labels)
     timings: dict[str, float] = {}
     notes: list[str] = list(lm.user.warnings) if lm.user is not None else []
     run = PassSettings(lm.device, lm.tok.pad_token_id, spec.scoring.grad_batch_size, spec.scoring.shard_size,
                        progress)
+    cache = open_cache(spec, task, lm, runs_dir)
+    lru = TensorLRU(spec.scoring.feature_memory_mb << 20)
+    owner = dist.broadcast_int(os.getpid())  # rank 0 owns the run folder; the others write into it
 
-    with open_run(runs_dir, spec.run_name) as writer:
-        writer.write_table("samples.parquet", samples_table(task))
+    with open_run(runs_dir, spec.run_name, owner_pid=owner) as writer:
         t = time.perf_counter()
-        states = adapter_states(spec, lm, data, progress)
+        states = cached_adapter_states(spec, lm, data, cache, dist, progress)
         timings["finetune_s"] = time.perf_counter() - t
-        writer.write_table("train_loss.parquet", loss_table(states.losses))
-        write_checkpoints(writer, states, lm)
+        if dist.main:
+            writer.write_table("samples.parquet", samples_table(task))
+            writer.write_table("train_loss.parquet", loss_table(states.losses))
+            write_checkpoints(writer, states, lm)
+        dist.barrier()  # the temp folder exists before any rank writes into it
 
         scored = states.scored(spec.scoring.checkpoints)
         needed = plan.checkpoints(scored)
@@ -305,45 +310,82 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             notes.append(f"history: gradients taken at checkpoints {needed[0]}..{needed[-1]} for the methods that "
                          f"sum over checkpoints (TracIn); scores written at {', '.join(map(str, scored))}")
         ev = Evaluation(data.train_labels, data.test_labels, k)
-        timings["features_s"] = timings["scoring_s"] = 0.0
+        timings["features_s"] = timings["scoring_s"] = timings["metrics_s"] = 0.0
+        shards = {"computed": 0, "reused": 0}
         drift: list[dict] = []  # score_drift rows (convergence analysis)
-        history: list[CheckpointFeatures] = []
-        last: ScoredCheckpoint | None = None
-        now: CheckpointFeatures | None = None
+        history: list[CheckpointData] = []
+        prev = now = None
         for c in needed:
             set_lora_state(lm.model, states.states[c - 1])
             lm.model.eval()
             t = time.perf_counter()
-            now = checkpoint_features(lm.model, data.train, data.test, run, plan, c, states.weights[c - 1],
-                                      scored=c in scored)
+            done, kept = ensure_features(cache, c, lm.model, data.train, data.test, run, plan, dist, c in scored)
+            shards["computed"] += done
+            shards["reused"] += kept
+            now = load_checkpoint(cache, c, states.weights[c - 1], len(task.train), len(task.test), run, plan, dist,
+                                  lru, c in scored)
             timings["features_s"] += time.perf_counter() - t
             if plan.history:
                 history.append(now)
             if c not in scored:
                 continue
             t = time.perf_counter()
-            result = score_checkpoint(writer, methods, now, history, spec.scoring.shard_size)
-            notes += result.notes
-            for name, S in result.matrices.items():
-                ev.add(name, c, S)
-            ev.add_agreement(c, result.matrices)
-            if "convergence" in spec.analysis.stages and last is not None:
-                drift += [score_drift(name, c, last.matrices[name], S) for name, S in result.matrices.items()]
-            last = result
+            notes += score_checkpoint(writer, methods, now, history, spec.scoring.shard_size)
             timings["scoring_s"] += time.perf_counter() - t
+            dist.barrier()  # every rank's score files are written
+            if dist.main:
+                t = time.perf_counter()
+                matrices = ScoreMatrices(writer.tmp, c, [m.name for m in methods], len(task.test), len(task.train),
+                                         lru.budget)
+                for name in matrices:
+                    ev.add(name, c, matrices[name])
+                ev.add_agreement(c, matrices)
+                if "convergence" in spec.analysis.stages and prev is not None:
+                    drift += [score_drift(name, c, prev[name], matrices[name]) for name in matrices]
+                prev = matrices
+                timings["metrics_s"] += time.perf_counter() - t
+        if not dist.main:
+            dist.barrier()  # rank 0 commits
+            return None
         ev.write(writer)
         if spec.analysis.stages:
+            train_grads = materialize(now.train) if plan.grads and "ihvp" in spec.analysis.stages else None
             timings.update(run_stages(StageInputs(
                 spec=spec, model=lm.model, tok=lm.tok, task=task, train_enc=data.train, test_enc=data.test,
-                states=[states.initial, *states.states], scaling=lm.scaling, checkpoint=last.checkpoint,
-                train_grads=now.train.grads, test_grads=now.test.grads, block_names=now.train.block_names,
-                matrices=last.matrices, drift=drift, device=lm.device, kfac=now.train.kfac), writer.write_table,
-                _say(progress)))
+                states=[states.initial, *states.states], scaling=lm.scaling, checkpoint=prev.checkpoint,
+                train_grads=train_grads, test_grads=now.test.grads, block_names=now.train.block_names,
+                matrices={name: prev[name] for name in prev}, drift=drift, device=lm.device, kfac=now.train.kfac),
+                writer.write_table, _say(progress)))
+        writer.adopt(SCORES_DIR)  # the other ranks' score files
         timings["total_s"] = time.perf_counter() - t0
-        return writer.commit(_manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes))
+        folder = writer.commit(_manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes, dist,
+                                         shards))
+    dist.barrier()
+    if spec.scoring.feature_cache == "delete":
+        cache.remove()
+    return folder
 
 
-def _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes) -> dict:
+def open_cache(spec: RunSpec, task: TaskData, lm: LoadedModel, runs_dir: Path) -> FeatureCache:
+    from engine.adapters import adapter_digest
+
+    key, basis = feature_key(spec, task, adapter_digest(lm.user) if lm.user is not None else None)
+    return FeatureCache.open(cache_root(runs_dir), key, basis)
+
+
+def cached_adapter_states(spec: RunSpec, lm: LoadedModel, data: EncodedData, cache: FeatureCache, dist: Dist,
+                          progress: bool) -> AdapterStates:
+    """The adapter states: from the cache when a previous try of this run got that far, else fine-tuned (or
+    loaded) by rank 0 and cached, while the other ranks wait and then read them."""
+    states = cache.load_states() if dist.main else None
+    if dist.main and states is None:
+        states = adapter_states(spec, lm, data, progress)
+        cache.save_states(states)
+    dist.barrier()
+    return states if states is not None else cache.load_states()
+
+
+def _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes, dist, shards) -> dict:
     from engine.adapters import adapter_digest
 
     return {
@@ -355,4 +397,6 @@ def _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes) 
         "checkpoints": scored, "checkpoint_info": states.info(), "feature_plan": plan.to_dict(),
         "n_train": len(task.train), "n_test": len(task.test), "labels": task.labels, "k_default": k,
         "device": str(lm.device), "timings": timings, "warnings": notes, "analyses": list(spec.analysis.stages),
+        "world_size": dist.world_size, "feature_shards": shards,
+        "shard_ranks": {str(i): i % dist.world_size for i in range(-(-len(task.train) // spec.scoring.shard_size))},
     }

@@ -55,6 +55,14 @@ class RunWriter:
         pq.write_table(table, path, compression="zstd")
         self.files[relpath] = table.num_rows
 
+    def adopt(self, folder: str) -> None:
+        """Count the Parquet files under ``folder`` (relative) that other processes wrote (torchrun ranks) as part
+        of the run, with their row counts."""
+        for p in sorted((self.tmp / folder).glob("*.parquet")):
+            rel = p.relative_to(self.tmp).as_posix()
+            if rel not in self.files:
+                self.files[rel] = pq.ParquetFile(p).metadata.num_rows
+
     def path(self, relpath: str) -> Path:
         """A path inside the temp folder for non-table artefacts (e.g. adapters)."""
         p = self.tmp / relpath
@@ -86,10 +94,17 @@ class RunWriter:
 
 
 @contextmanager
-def open_run(runs_dir: Path, name: str) -> Iterator[RunWriter]:
-    """Context manager yielding a :class:`RunWriter`; on any exception the temp folder is removed."""
+def open_run(runs_dir: Path, name: str, owner_pid: int | None = None) -> Iterator[RunWriter]:
+    """Context manager yielding a :class:`RunWriter`; on any exception the temp folder is removed.
+
+    ``owner_pid``: another process's pid (torchrun rank 0's, on the other ranks): join the temp folder that
+    process creates, writing files into it but neither creating, removing nor committing it.
+    """
     check_run_name(name)
     runs_dir = Path(runs_dir)
+    if owner_pid is not None and owner_pid != os.getpid():
+        yield RunWriter(runs_dir / f".{name}.tmp-{owner_pid}", runs_dir / name)
+        return
     runs_dir.mkdir(parents=True, exist_ok=True)
     _remove_dead_temps(runs_dir, name)
     tmp = runs_dir / f".{name}.tmp-{os.getpid()}"

@@ -97,6 +97,11 @@ class ScoringSpec:
     proj_dim: int = 128
     proj_seed: int = 0
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the on-disk feature cache (engine.feature_cache): "delete" it after a successful run, or "keep" it for new
+    # methods on the same features; a killed run always keeps it, so starting it again resumes
+    feature_cache: str = "delete"
+    # tensors read back from the cache stay in memory while under this many MB (a small run: all of them)
+    feature_memory_mb: int = 256
 
     def method_params(self, name: str):
         """The parameter object of method ``name`` in this run (``engine.catalog.resolve_params``)."""
@@ -200,9 +205,11 @@ _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "train.loss_on": ("response", "sequence"),
     "scoring.checkpoints": ("last", "all"),
+    "scoring.feature_cache": ("delete", "keep"),
 }
 _POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.max_length",
              "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim",
+             "scoring.feature_memory_mb",
              "task.n_train_per_label", "task.n_test_per_label", "analysis.ihvp_entries",
              "analysis.generate_tokens"}
 _NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis.retrain_seeds",

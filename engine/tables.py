@@ -60,7 +60,9 @@ class Evaluation:
             self.per_label.append({"method": method, "checkpoint": checkpoint, "k": self.k, **r})
         return row
 
-    def add_agreement(self, checkpoint: int, matrices: dict[str, np.ndarray]) -> None:
+    def add_agreement(self, checkpoint: int, matrices) -> None:
+        """Every pair of methods; ``matrices`` maps name -> score matrix (a dict, or a :class:`ScoreMatrices`
+        that reads them from the score files one at a time)."""
         for a, b in itertools.combinations(sorted(matrices), 2):
             ag = metrics.agreement(matrices[a], matrices[b], k=self.k)
             self.agreement.append({"checkpoint": checkpoint, "method_a": a, "method_b": b, "k": self.k,
@@ -70,3 +72,41 @@ class Evaluation:
         writer.write_table("metrics.parquet", table("metrics", self.metrics))
         writer.write_table("label_metrics.parquet", table("label_metrics", self.per_label))
         writer.write_table("agreement.parquet", table("agreement", self.agreement))
+
+
+class ScoreMatrices:
+    """The score matrices [n_test, n_train] (float32: the stored values) of one checkpoint, read from a run
+    folder's score files on demand and kept while their total stays under ``budget`` bytes — so metrics and
+    method agreement are computed from exactly what the store will see, without holding every method at once."""
+
+    def __init__(self, folder, checkpoint: int, methods: list[str], n_test: int, n_train: int, budget: int):
+        self.folder, self.checkpoint, self.methods = folder, checkpoint, list(methods)
+        self.shape, self.budget = (n_test, n_train), budget
+        self.kept: dict[str, np.ndarray] = {}
+
+    def __iter__(self):
+        return iter(self.methods)
+
+    def __len__(self):
+        return len(self.methods)
+
+    def __contains__(self, name):
+        return name in self.methods
+
+    def items(self):
+        return ((m, self[m]) for m in self.methods)
+
+    def __getitem__(self, method: str) -> np.ndarray:
+        if method in self.kept:
+            return self.kept[method]
+        import pyarrow.parquet as pq
+
+        from engine.runformat import SCORES_DIR
+
+        files = sorted(str(p) for p in (self.folder / SCORES_DIR).glob(f"{method}-ckpt{self.checkpoint}-*.parquet"))
+        t = pq.read_table(files, columns=["test_id", "train_id", "score"])
+        S = np.full(self.shape, np.nan, dtype=np.float32)
+        S[t.column("test_id").to_numpy(), t.column("train_id").to_numpy()] = t.column("score").to_numpy()
+        if sum(x.nbytes for x in self.kept.values()) + S.nbytes <= self.budget:
+            self.kept[method] = S
+        return S

@@ -60,7 +60,7 @@ def projected_data(train: TrainData, proj_dim, proj_seed, proj_kind) -> TrainDat
     check_params(*key)
 
     def make(t: TrainData) -> TrainData:
-        first = t.loader(0, ())
+        first = t.loader(0, (), key)
         if first.proj is not None and first.proj.key == key:
             original = first.proj.widths
         elif t.widths:
@@ -70,8 +70,8 @@ def projected_data(train: TrainData, proj_dim, proj_seed, proj_kind) -> TrainDat
                              f"(proj_dim, proj_seed, proj_kind) = {key} (Features.proj); got "
                              f"{'a projection with ' + str(first.proj.key) if first.proj is not None else 'neither'}")
 
-        def loader(i: int, blocks):
-            f = t.loader(i, ())
+        def loader(i: int, blocks, proj_key=None):
+            f = t.loader(i, (), key)
             pg = f.proj if f.proj is not None and f.proj.key == key else projected(t.loader(i, None), *key)
             picked = pg.blocks if blocks is None else [pg.blocks[l] for l in blocks]
             return Features(grads=picked, block_names=f.block_names, proj=pg)

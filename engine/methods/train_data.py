@@ -38,7 +38,8 @@ class TrainData:
     """The training samples' features for one scoring call.
 
     n: training samples in the whole run; bounds: this process's shards as global row ranges ``(start, stop)``;
-    loader(i, blocks) -> Features of shard i (``blocks``: gradient blocks wanted, None = all); widths: gradient
+    loader(i, blocks, proj_key=None) -> Features of shard i (``blocks``: gradient blocks wanted, None = all, () =
+    none; ``proj_key``: which projection to put in ``Features.proj``, when there are several); widths: gradient
     (or projected) block widths, ``()`` when there are no gradients; block_names; kfac: K-FAC factor sums over
     every training sample (or None); device: where loaded tensors live (the default compute device);
     history: for TracIn, ``[(weight_c, TrainData_c), ...]`` of the checkpoints up to the scored one;
@@ -47,7 +48,7 @@ class TrainData:
 
     n: int
     bounds: list[tuple[int, int]]
-    loader: Callable[[int, tuple[int, ...] | None], Features]
+    loader: Callable[..., Features]
     widths: tuple[int, ...] = ()
     block_names: tuple[str, ...] = ()
     kfac: object = None
@@ -62,8 +63,12 @@ class TrainData:
         return len(self.widths)
 
     def shard(self, i: int) -> Features:
-        """Every feature of local shard ``i`` (rows ``bounds[i]``)."""
-        return self.loader(i, None)
+        """Every feature of local shard ``i`` (rows ``bounds[i]``), with the same rows' gradients at the history
+        checkpoints (TracIn) when there is a history."""
+        f = self.loader(i, None)
+        if self.history and not f.history:
+            f = replace(f, history=tuple((w, td.loader(i, None).grads) for w, td in self.history))
+        return f
 
     def shards(self) -> Iterator[tuple[int, int, Features]]:
         for i, (start, stop) in enumerate(self.bounds):
@@ -87,7 +92,7 @@ class TrainData:
         size = n if not shard_size else int(shard_size)
         bounds = [(a, min(a + size, n)) for a in range(0, n, max(size, 1))] or [(0, 0)]
 
-        def loader(i: int, blocks: tuple[int, ...] | None) -> Features:
+        def loader(i: int, blocks: tuple[int, ...] | None, proj_key=None) -> Features:
             a, b = bounds[i]
             return slice_features(f, a, b, blocks)
 
