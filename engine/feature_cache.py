@@ -104,7 +104,12 @@ class FeatureCache:
         return header is not None and covers(header["contents"], need)
 
     def remove(self) -> None:
+        """Delete this key's folder (and the cache root when nothing else is left in it)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:
+            pass
 
     # ---- adapter states
     def save_states(self, states) -> None:

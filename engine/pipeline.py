@@ -344,6 +344,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
                     drift += [score_drift(name, c, prev[name], matrices[name]) for name in matrices]
                 prev = matrices
                 timings["metrics_s"] += time.perf_counter() - t
+        counts = dist.comm.reduce(torch.tensor([shards["computed"], shards["reused"]], dtype=torch.long))
+        shards = {"computed": int(counts[0]), "reused": int(counts[1])}  # over every rank
         if not dist.main:
             dist.barrier()  # rank 0 commits
             return None

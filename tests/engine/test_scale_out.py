@@ -1,0 +1,129 @@
+"""Out of core and scale-out, end to end on the tiny model: a killed run resumes from its finished shards (none is
+computed again) and gives the same scores; a 2-process torchrun run (gloo) equals a 1-process run for every method;
+a rank killed mid-run leaves no complete run; the feature cache is reused across a change of the process count.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from engine.runformat import list_complete_runs, read_manifest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = ["method", "checkpoint", "test_id", "train_id"]
+SPEC = {"task": {"name": "grammars", "seed": 0, "n_train_per_label": 4, "n_test_per_label": 1},
+        "model": {"name": "tiny"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "max_length": 48},
+        "scoring": {"checkpoints": "all", "shard_size": 4, "grad_batch_size": 4}}
+
+
+def _spec_file(tmp_path, name, **scoring) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "name": name, "scoring": {**SPEC["scoring"], **scoring}}))
+    return path
+
+
+def _cmd(spec: Path, data: Path, nproc: int = 1) -> list[str]:
+    run = ["-m", "engine", "run", str(spec), "--store", str(data / "s.duckdb"), "--quiet", "--no-ingest"]
+    if nproc == 1:
+        return [sys.executable, *run]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(29500 + os.getpid() % 1000), *run]
+
+
+def _run(spec, data, nproc=1):
+    done = subprocess.run(_cmd(spec, data, nproc), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data / "runs" / yaml.safe_load(spec.read_text())["name"]
+
+
+def _scores(folder):
+    return pq.read_table(folder / "scores").to_pandas().sort_values(KEY).reset_index(drop=True)
+
+
+def _assert_same_scores(a, b):
+    x, y = _scores(a), _scores(b)
+    np.testing.assert_array_equal(x[KEY].to_numpy(), y[KEY].to_numpy())
+    for method, g in x.groupby("method"):
+        want = g.score.to_numpy()
+        got = y.score[y.method == method].to_numpy()
+        assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want)), method
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 1-process run of the spec (every method, both checkpoints)."""
+    tmp = tmp_path_factory.mktemp("ref")
+    return _run(_spec_file(tmp, "ref"), tmp / "data")
+
+
+def _shard_files(data):
+    return sorted((data / "runs" / ".features").glob("*/ckpt-*/train-*.safetensors"))
+
+
+def test_a_killed_run_resumes_from_its_finished_shards(tmp_path, reference):
+    spec, data = _spec_file(tmp_path, "resumed", feature_cache="keep"), tmp_path / "data"
+    proc = subprocess.Popen(_cmd(spec, data), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while len(_shard_files(data)) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no clean-up at all
+    proc.wait()
+    assert list_complete_runs(data / "runs") == []
+    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _shard_files(data)}
+    assert 3 <= len(finished) < 20  # 10 shards per checkpoint, 2 checkpoints: killed mid-way
+    folder = _run(spec, data)
+    for p, stamp in finished.items():  # not one finished shard was computed again
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp
+    m = read_manifest(folder)
+    assert m["feature_shards"] == {"computed": 20 - len(finished), "reused": len(finished)}
+    _assert_same_scores(reference, folder)
+
+
+def test_two_processes_equal_one_and_leave_a_cache_one_process_reuses(tmp_path, reference):
+    data = tmp_path / "data"
+    folder = _run(_spec_file(tmp_path, "two", feature_cache="keep"), data, nproc=2)
+    m = read_manifest(folder)
+    assert m["world_size"] == 2 and set(m["shard_ranks"].values()) == {0, 1}
+    assert m["feature_shards"] == {"computed": 20, "reused": 0}
+    _assert_same_scores(reference, folder)
+    ref_metrics = pq.read_table(reference / "metrics.parquet").to_pandas().sort_values(["method", "checkpoint"])
+    got = pq.read_table(folder / "metrics.parquet").to_pandas().sort_values(["method", "checkpoint"])
+    np.testing.assert_allclose(got[["acc", "coverage"]].to_numpy(), ref_metrics[["acc", "coverage"]].to_numpy())
+    # resuming across a change of the process count: one process finds every shard the two wrote
+    again = _run(_spec_file(tmp_path, "one-after-two"), data)  # another name, the same features
+    assert read_manifest(again)["feature_shards"] == {"computed": 0, "reused": 20}
+    _assert_same_scores(reference, again)
+    assert not (data / "runs" / ".features").exists()  # feature_cache: delete (the default) after success
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_a_killed_rank_leaves_no_complete_run(tmp_path):
+    spec, data = _spec_file(tmp_path, "killed"), tmp_path / "data"
+    proc = subprocess.Popen(_cmd(spec, data, nproc=2), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while len(_shard_files(data)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies; torchrun stops the other and fails
+    assert proc.wait(timeout=300) != 0
+    runs = data / "runs"
+    assert list_complete_runs(runs) == [] and not (runs / "killed").exists()
