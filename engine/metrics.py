@@ -40,6 +40,7 @@ __all__ = [
     "bootstrap_ci",
     "paired_bootstrap_ci",
     "summarize",
+    "summarize_with_labels",
 ]
 
 
@@ -99,20 +100,49 @@ def _ranked_same(S, tr, te) -> np.ndarray:
     return np.take_along_axis(_same(tr, te), order, axis=1)
 
 
+_CHUNK_ELEMENTS = 1 << 21  # rows of S are ranked this many scores at a time: bounded memory for any n_train
+
+
+def _row_chunks(n_rows: int, n_cols: int):
+    step = max(1, _CHUNK_ELEMENTS // max(n_cols, 1))
+    for a in range(0, n_rows, step):
+        yield slice(a, min(a + step, n_rows))
+
+
+def _per_test(S: np.ndarray, tr: np.ndarray, te: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Everything the headline metrics need, per test sample [n_test], from one ranking of each row (ranked in
+    chunks of rows): ``top1`` (index of the best training sample), ``top1_same``, ``hits`` (same-label samples
+    among the top k) and ``ap`` (average precision; NaN without any positive)."""
+    m, n = S.shape
+    out = {"top1": np.empty(m, np.int64), "top1_same": np.empty(m, bool), "hits": np.empty(m, np.int64),
+           "ap": np.empty(m)}
+    ranks = np.arange(1, n + 1)[None, :]
+    for rows in _row_chunks(m, n):
+        order = ranking(S[rows])
+        rel = np.take_along_axis(_same(tr, te[rows]), order, axis=1)
+        out["top1"][rows], out["top1_same"][rows] = order[:, 0], rel[:, 0]
+        out["hits"][rows] = rel[:, :k].sum(axis=1)
+        n_pos = rel.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ap = np.where(rel, np.cumsum(rel, axis=1) / ranks, 0.0).sum(axis=1) / n_pos
+        out["ap"][rows] = np.where(n_pos > 0, ap, np.nan)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- metrics
 
 
 def acc_at_1(S, train_labels: Sequence[str], test_labels: Sequence[str]) -> float:
     """Share of test samples whose top-ranked training sample has the same label (ties: lowest index)."""
     S, tr, te = _check(S, train_labels, test_labels)
-    return float(_ranked_same(S, tr, te)[:, 0].mean())
+    return float(_per_test(S, tr, te, 1)["top1_same"].mean())
 
 
 def coverage_at_k(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int) -> float:
     """``sum_test #{same-label among the top k} / (n_test * k)`` (ties: lowest index)."""
     S, tr, te = _check(S, train_labels, test_labels)
     k = _k(k, tr.size)
-    return float(_ranked_same(S, tr, te)[:, :k].sum() / (te.size * k))
+    return float(_per_test(S, tr, te, k)["hits"].sum() / (te.size * k))
 
 
 def paper_k(train_labels: Sequence[str]) -> int:
@@ -153,18 +183,15 @@ def auprc_per_test(S, train_labels: Sequence[str], test_labels: Sequence[str]) -
     NaN for a test sample without any positive.
     """
     S, tr, te = _check(S, train_labels, test_labels)
-    rel = _ranked_same(S, tr, te)
-    hits = np.cumsum(rel, axis=1)
-    prec = hits / np.arange(1, tr.size + 1)[None, :]
-    n_pos = rel.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(rel, prec, 0.0).sum(axis=1) / n_pos
-    return np.where(n_pos > 0, ap, np.nan)
+    return _per_test(S, tr, te, 1)["ap"]
 
 
 def auprc(S, train_labels: Sequence[str], test_labels: Sequence[str]) -> float:
     """Mean of :func:`auprc_per_test` over test samples that have at least one positive (NaN if none has)."""
-    ap = auprc_per_test(S, train_labels, test_labels)
+    return _nanmean(auprc_per_test(S, train_labels, test_labels))
+
+
+def _nanmean(ap: np.ndarray) -> float:
     return float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan")
 
 
@@ -172,24 +199,22 @@ def per_label(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int
     """Per test label (sorted): ``{label, n_test, acc, coverage}`` over the test samples with that label."""
     S, tr, te = _check(S, train_labels, test_labels)
     k = _k(k, tr.size)
-    rel = _ranked_same(S, tr, te)
+    return _per_label(_per_test(S, tr, te, k), te, k)
+
+
+def _per_label(pt: dict, te: np.ndarray, k: int) -> list[dict]:
     out = []
     for label in sorted(set(te.tolist())):
         rows = te == label
-        out.append(
-            {
-                "label": label,
-                "n_test": int(rows.sum()),
-                "acc": float(rel[rows, 0].mean()),
-                "coverage": float(rel[rows, :k].sum() / (rows.sum() * k)),
-            }
-        )
+        out.append({"label": label, "n_test": int(rows.sum()), "acc": float(pt["top1_same"][rows].mean()),
+                    "coverage": float(pt["hits"][rows].sum() / (rows.sum() * k))})
     return out
 
 
 def n_distinct_top1(S) -> int:
     """How many different training samples are ranked first for some test sample."""
-    return int(np.unique(ranking(S)[:, 0]).size)
+    S = _matrix(S)
+    return int(np.unique(np.concatenate([ranking(S[rows])[:, 0] for rows in _row_chunks(*S.shape)])).size)
 
 
 def spearman(x, y) -> float:
@@ -228,7 +253,9 @@ def _pearson_of_ranks(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def top_k_rows(S, k: int) -> np.ndarray:
     """The ``k`` best training indices per test row (``[n_test, k]``), by :func:`ranking`'s rule."""
-    return ranking(S)[:, : max(1, min(int(k), np.asarray(S).shape[1]))]
+    S = _matrix(S)
+    k = max(1, min(int(k), S.shape[1]))
+    return np.concatenate([ranking(S[rows])[:, :k] for rows in _row_chunks(*S.shape)])
 
 
 def topk_counts(S, k: int) -> np.ndarray:
@@ -249,7 +276,7 @@ def agreement(S_a, S_b, k: int) -> dict:
     if A.shape != B.shape:
         raise InputError(f"score matrices must have the same shape, got {A.shape} and {B.shape}")
     k = _k(k, A.shape[1])
-    rhos = spearman_rows(A, B)
+    rhos = np.concatenate([spearman_rows(A[rows], B[rows]) for rows in _row_chunks(*A.shape)])
     spearman = float(np.nanmean(rhos)) if np.any(~np.isnan(rhos)) else float("nan")
     ta, tb = top_k_rows(A, k), top_k_rows(B, k)
     overlap = float(np.mean([np.intersect1d(x, y).size / k for x, y in zip(ta, tb)]))
@@ -260,9 +287,8 @@ def per_test_hits(S, train_labels: Sequence[str], test_labels: Sequence[str], k:
     """Per test sample: whether its top-1 training sample has its label (``[n_test]`` bool) and how many of its
     top ``k`` do (``[n_test]`` int). Acc@1 and Coverage@k are their means (the latter divided by k)."""
     S, tr, te = _check(S, train_labels, test_labels)
-    k = _k(k, tr.size)
-    rel = _ranked_same(S, tr, te)
-    return rel[:, 0].copy(), rel[:, :k].sum(axis=1)
+    pt = _per_test(S, tr, te, _k(k, tr.size))
+    return pt["top1_same"], pt["hits"]
 
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -309,18 +335,25 @@ def summarize(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int
     Keys: acc, coverage, acc_lo/acc_hi and coverage_lo/coverage_hi (95 % bootstrap intervals over test samples,
     :func:`bootstrap_ci`), auprc, chance_acc, chance_coverage, best_coverage, n_distinct_top1, k.
     """
+    return summarize_with_labels(S, train_labels, test_labels, k)[0]
+
+
+def summarize_with_labels(S, train_labels: Sequence[str], test_labels: Sequence[str],
+                          k: int | None = None) -> tuple[dict, list[dict]]:
+    """``(summarize(...), per_label(...))`` from one ranking of the matrix."""
     S, tr, te = _check(S, train_labels, test_labels)
     k = paper_k(tr) if k is None else _k(k, tr.size)
-    top1, hits = per_test_hits(S, tr, te, k)
+    pt = _per_test(S, tr, te, k)
+    top1, hits = pt["top1_same"], pt["hits"]
     acc_ci, cov_ci = bootstrap_ci(top1), bootstrap_ci(hits / k)
     return {
-        "acc": acc_at_1(S, tr, te),
-        "coverage": coverage_at_k(S, tr, te, k),
+        "acc": float(top1.mean()),
+        "coverage": float(hits.sum() / (te.size * k)),
         "acc_lo": acc_ci[0], "acc_hi": acc_ci[1], "coverage_lo": cov_ci[0], "coverage_hi": cov_ci[1],
-        "auprc": auprc(S, tr, te),
+        "auprc": _nanmean(pt["ap"]),
         "chance_acc": chance_acc(tr, te),
         "chance_coverage": chance_coverage(tr, te),
         "best_coverage": best_coverage(tr, te, k),
-        "n_distinct_top1": n_distinct_top1(S),
+        "n_distinct_top1": int(np.unique(pt["top1"]).size),
         "k": k,
-    }
+    }, _per_label(pt, te, k)

@@ -228,12 +228,14 @@ class ScoringMethod:
 
 
 def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: CheckpointData,
-                     history: list[CheckpointData], shard_size: int) -> list[str]:
+                     history: list[CheckpointData], shard_size: int, seconds: dict[str, float]) -> list[str]:
     """Score every method at ``now`` over this process's training shards, writing one score file per (method,
-    shard) as it goes; returns one warning line per method that warned."""
+    shard) as it goes; adds each method's time to ``seconds[score_<name>_s]``; returns one warning line per
+    method that warned."""
     c = now.checkpoint
     notes = []
     for m in methods:
+        t = time.perf_counter()
         train_x, test_x = method_features(m.proj_key, now, history)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
@@ -243,6 +245,7 @@ def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: Check
         if caught:  # e.g. LiSSA blocks that hit max_iter: one line per method, kept in the manifest
             notes.append(f"{m.name} @ checkpoint {c}: {len(caught)} warning(s), first: {caught[0].message}")
             log.warning(notes[-1])
+        seconds[f"score_{m.name}_s"] = seconds.get(f"score_{m.name}_s", 0.0) + time.perf_counter() - t
     return notes
 
 
@@ -330,7 +333,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
             if c not in scored:
                 continue
             t = time.perf_counter()
-            notes += score_checkpoint(writer, methods, now, history, spec.scoring.shard_size)
+            notes += score_checkpoint(writer, methods, now, history, spec.scoring.shard_size, timings)
             timings["scoring_s"] += time.perf_counter() - t
             dist.barrier()  # every rank's score files are written
             if dist.main:

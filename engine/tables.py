@@ -54,9 +54,9 @@ class Evaluation:
         self.agreement: list[dict] = []
 
     def add(self, method: str, checkpoint: int, S: np.ndarray) -> dict:
-        row = metrics.summarize(S, self.train_labels, self.test_labels, k=self.k)
+        row, labels = metrics.summarize_with_labels(S, self.train_labels, self.test_labels, k=self.k)
         self.metrics.append({"method": method, "checkpoint": checkpoint, **row})
-        for r in metrics.per_label(S, self.train_labels, self.test_labels, k=self.k):
+        for r in labels:
             self.per_label.append({"method": method, "checkpoint": checkpoint, "k": self.k, **r})
         return row
 

@@ -67,7 +67,8 @@ def test_hand_per_label_and_distinct():
 def test_hand_summarize():
     out = M.summarize(S, TRAIN, TEST)
     assert set(out) == {
-        "acc", "coverage", "auprc", "chance_acc", "chance_coverage", "best_coverage", "n_distinct_top1", "k"
+        "acc", "coverage", "auprc", "chance_acc", "chance_coverage", "best_coverage", "n_distinct_top1", "k",
+        "acc_lo", "acc_hi", "coverage_lo", "coverage_hi",  # bootstrap intervals (test_bootstrap_* below)
     }
     assert out["k"] == 1
     assert out["acc"] == pytest.approx(2 / 3) and out["coverage"] == pytest.approx(2 / 3)
@@ -244,3 +245,18 @@ def test_per_test_hits_and_summary_intervals_against_a_loop():
     assert (row["acc_lo"], row["acc_hi"]) == M.bootstrap_ci(top1.astype(float))
     assert (row["coverage_lo"], row["coverage_hi"]) == M.bootstrap_ci(hits / 4)
     assert row["acc_lo"] <= row["acc"] <= row["acc_hi"]
+
+
+def test_metrics_in_row_chunks_equal_one_chunk(monkeypatch):
+    """Rows are ranked a few at a time (bounded memory at any n_train): the results do not depend on it."""
+    rng = np.random.default_rng(7)
+    tr = [str(x) for x in rng.integers(0, 4, 300)]
+    te = [str(x) for x in rng.integers(0, 4, 25)]
+    A, B = np.round(rng.normal(size=(25, 300)), 1), rng.normal(size=(25, 300))  # rounding: ties
+    A[3, 5] = np.nan
+    whole = (M.summarize_with_labels(A, tr, te, 7), M.agreement(A, B, 7), M.top_k_rows(A, 7).tolist(),
+             M.n_distinct_top1(A))
+    monkeypatch.setattr(M, "_CHUNK_ELEMENTS", 300 * 2)  # two rows per chunk
+    chunked = (M.summarize_with_labels(A, tr, te, 7), M.agreement(A, B, 7), M.top_k_rows(A, 7).tolist(),
+               M.n_distinct_top1(A))
+    assert chunked == whole
