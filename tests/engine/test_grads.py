@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from _references import loop_gradients
 
+from engine.errors import EngineStateError
 from engine.finetune import add_lora
 from engine.formatting import encode
-from engine.grads import lora_blocks, loop_gradients, sample_features
+from engine.grads import lora_blocks, sample_features
 from engine.models import load_base
 from engine.spec import LoraSpec
 from engine.tasks.base import Sample
@@ -38,8 +40,8 @@ def test_batched_equals_loop(lora_model, loss_on):
     model, tok = lora_model
     enc = _samples(tok, loss_on=loss_on)
     f = sample_features(model, enc, tok.pad_token_id, CPU, batch_size=3, progress=False)
-    ref = loop_gradients(model, enc, tok.pad_token_id, CPU)
-    assert len(f.grads) == len(ref) == 8  # 2 layers x (q, v) x (A, B)
+    names, ref = loop_gradients(model, enc, CPU)
+    assert list(f.block_names) == names and len(ref) == 8  # 2 layers x (q, v) x (A, B)
     for got, want in zip(f.grads, ref):
         assert got.dtype == torch.float32 and got.shape == want.shape
         rel = float((got - want).abs().max() / want.abs().max())
@@ -75,10 +77,24 @@ def test_refuses_training_mode(lora_model):
     model, tok = lora_model
     model.train()
     try:
-        with pytest.raises(RuntimeError, match="eval"):
+        with pytest.raises(EngineStateError, match="eval"):
             sample_features(model, _samples(tok, 1), tok.pad_token_id, CPU, progress=False)
     finally:
         model.eval()
+
+
+def test_a_model_without_lora_blocks_and_mismatched_shards_are_engine_state_errors(lora_model):
+    from engine.grads import merge_features
+
+    model, tok = lora_model
+    plain, _ = load_base("tiny")  # no adapter at all
+    plain.eval()
+    with pytest.raises(EngineStateError, match="no LoRA blocks.*target_modules"):
+        sample_features(plain, _samples(tok, 1), tok.pad_token_id, CPU, progress=False)
+    a = sample_features(model, _samples(tok, 2), tok.pad_token_id, CPU, progress=False)
+    b = type(a)(grads=a.grads[:2], reps=a.reps, loss=a.loss, block_names=a.block_names[:2])
+    with pytest.raises(EngineStateError, match="shard 1 has 2"):
+        merge_features([a, b])
 
 
 def test_shards_merge_to_the_whole(lora_model):
