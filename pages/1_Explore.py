@@ -219,7 +219,8 @@ def distribution(con, run: str, ck: int, methods: list[str], tid: int, info: dic
     for method in methods:
         try:
             mat = _matrix(str(store.default_store_path()), run, str(info.get("ingested_at")), method, ck)
-        except store.StoreError:
+        except store.StoreError as e:
+            st.warning(f"No score distribution for {method}: {e}")
             continue
         if row >= mat.shape[0] or mat.shape[1] != len(train_sorted):
             continue

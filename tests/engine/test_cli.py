@@ -448,7 +448,9 @@ def test_an_interrupted_run_exits_130_and_leaves_nothing(tmp_path, tiny_spec, si
                                                                                 "epochs": 400}}))
     runs = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec), "--store", str(tmp_path / "s.duckdb"),
-                             "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell starts background jobs with SIGINT ignored, and children inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (runs.is_dir() and any(runs.iterdir())):  # the temp folder is there
