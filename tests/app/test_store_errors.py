@@ -51,6 +51,7 @@ def held_store(monkeypatch, tmp_path, tiny_run):
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+        holder.stdout.close()
         st.cache_resource.clear()
 
 

@@ -427,6 +427,7 @@ def test_every_command_on_a_store_another_process_holds(tiny_run, tmp_path, monk
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+        holder.stdout.close()
     assert sorted(p.name for p in runs.iterdir()) == ["locked-demo", "locked-import", "locked-run"]
     assert (tmp_path / "datasets" / "mine" / "train.parquet").is_file()
     assert main(["ingest", "--store", str(db)]) == 0
