@@ -11,7 +11,9 @@ app ingests when it next looks. Everything lives under the jobs folder (``$INFLU
     jobs/<job_id>/cancel       asks the worker running the job to stop
 
 Job ids sort by submission time, which gives the FIFO order. A job folder appears only complete (written under
-a hidden name, then renamed). Status: queued → running → done | failed | cancelled. A running job whose
+a hidden name, then renamed). Status: queued → running → done | failed | cancelled; a job whose state file is
+damaged (truncated, not UTF-8, not a JSON object, unreadable) reads as ``broken``, naming its folder, and is
+never claimed. A failed job's message says why (:func:`failure_message`). A running job whose
 heartbeat is older than :data:`STALE_S` (its worker was killed) is re-queued by the next worker that starts or
 polls (:func:`recover_stale`), or by hand (:func:`requeue`). The run itself is a child process
 (``python -m engine run``) in its own process group that dies with its worker (PR_SET_PDEATHSIG), and the

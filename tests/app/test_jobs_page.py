@@ -31,6 +31,14 @@ def _run(script=JOBS, secrets=None, user=None) -> AppTest:
     return at
 
 
+def _shown(markdown: str) -> str:
+    """Markdown as its reader sees it: backslash escapes and HTML entities undone."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"\\(.)", r"\1", markdown))
+
+
 def _submit(at, **fields):
     for key, value in fields.items():
         at.text_input(key=key).input(value)
@@ -48,7 +56,7 @@ def test_a_valid_spec_is_queued_as_a_job(env):
     spec = json.loads((env / "jobs" / job["id"] / "spec.json").read_text())
     assert spec["model"]["name"] == "tiny" and spec["task"]["name"] == "grammars"
     assert spec["analysis"]["stages"] == ["ihvp", "convergence"]
-    assert "from-the-form" in " ".join(m.value for m in at.markdown)  # the queue lists it
+    assert "from-the-form" in " ".join(_shown(m.value) for m in at.markdown)  # the queue lists it
 
 
 def test_an_invalid_spec_is_refused_and_nothing_is_queued(env):
@@ -89,7 +97,7 @@ def test_read_only_mode_turns_submission_off(env, monkeypatch, tiny_spec):
     at = _run()
     assert any("read-only" in i.value for i in at.info)
     assert not at.get("form_submit_button") and not at.button  # no form, no cancel buttons
-    assert "listed" in " ".join(m.value for m in at.markdown)  # browsing the queue still works
+    assert "listed" in " ".join(_shown(m.value) for m in at.markdown)  # browsing the queue still works
     home = _run(HOME)
     assert not home.get("button") and "read-only" in " ".join(c.value for c in home.caption)
     assert jobs.state(env / "jobs", job)["status"] == "queued"
@@ -182,7 +190,8 @@ def test_a_broken_job_and_a_crashed_job_are_shown_with_why(env, tiny_spec):
     st_crashed.update(status="failed", returncode=1, message=jobs.failure_message(log, 1))
     (jobs_dir / crashed / "state.json").write_text(json.dumps(st_crashed))
     at = _run()
-    cards = {m.value.split("job ", 1)[-1].split(" ", 1)[0]: m.value for m in at.markdown if "<small>job " in m.value}
+    cards = {m.value.split("job ", 1)[-1].split(" ", 1)[0]: _shown(m.value) for m in at.markdown
+             if "<small>job " in m.value}
     assert set(cards) == {broken, crashed}
     assert "broken" in cards[broken] and f"job folder {broken}: state.json is unreadable" in cards[broken]
     assert "failed" in cards[crashed] and "<code>MemoryError: out of memory</code>" in cards[crashed]
