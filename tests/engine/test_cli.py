@@ -70,10 +70,11 @@ def test_import_dataset_keeps_a_usable_copy(tiny_run, tmp_path, capsys):
     db = tmp_path / "st" / "s.duckdb"
     assert main(["import-dataset", str(data), "--name", "mine", "--store", str(db)]) == 0
     out = tmp_path / "st" / "datasets" / "mine"
-    assert pq.read_table(out / "train.parquet").num_rows == 30
+    manifest = json.loads((tiny_run / "manifest.json").read_text())  # the dataset is the run's samples
+    assert pq.read_table(out / "train.parquet").num_rows == manifest["n_train"]
     from engine.tasks import load_dataset
 
-    assert len(load_dataset(out).test) == 10
+    assert len(load_dataset(out).test) == manifest["n_test"]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -27,9 +27,15 @@ def jsonl(rs) -> bytes:
     return "\n".join(json.dumps(r) for r in rs).encode("utf-8")
 
 
+def _count(split, rs=None):
+    return sum(r["split"] == split for r in (rs or rows()))
+
+
 def test_a_valid_upload_is_kept(tmp_path):
     task = validate_upload("good.jsonl", jsonl(rows()))
-    assert len(task.train) == 6 and len(task.test) == 2 and list(task.labels) == ["L0", "L1"]
+    assert (len(task.train), len(task.test)) == (_count("train"), _count("test"))
+    assert [s.prompt for s in task.train] == [r["prompt"] for r in rows() if r["split"] == "train"]
+    assert list(task.labels) == sorted({r["label"] for r in rows()})
     keep_upload(task, tmp_path, "good")
     assert list_datasets(tmp_path) == ["good"]
 
@@ -37,7 +43,7 @@ def test_a_valid_upload_is_kept(tmp_path):
 def test_a_valid_parquet_upload():
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows()), buf)
-    assert len(validate_upload("data.parquet", buf.getvalue()).train) == 6
+    assert len(validate_upload("data.parquet", buf.getvalue()).train) == _count("train")
 
 
 @pytest.mark.parametrize("filename, data, message", [
