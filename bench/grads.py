@@ -4,7 +4,8 @@
 
 Both sides take the same samples (a grammars task, the quick preset's template and LoRA) from the same
 adapter. The loop is one forward + backward per sample with ``.grad`` on the LoRA weights (the textbook way);
-the batched path is ``engine.grads.sample_features``. Prints the speed ratio and the max relative difference.
+the batched path is ``engine.grads.sample_features``. The loop is the tests' reference
+(``tests/engine/_references.py``). Prints the speed ratio and the max relative difference.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def main() -> None:
 
     from engine.finetune import add_lora
     from engine.formatting import encode
-    from engine.grads import loop_gradients, sample_features
+    from engine.grads import sample_features
     from engine.models import load_base, resolve_device
     from engine.spec import PRESETS
     from engine.tasks import build_task
+    from tests.engine._references import loop_gradients  # the tests' reference loop: one home for it
 
     spec = PRESETS["quick"]
     device = resolve_device(args.device)
@@ -52,7 +54,7 @@ def main() -> None:
     t_loop, t_batch = [], []
     for _ in range(args.repeat):
         t = time.perf_counter()
-        ref = loop_gradients(model, enc, tok.pad_token_id, device)
+        _, ref = loop_gradients(model, enc, device)
         t_loop.append(time.perf_counter() - t)
         t = time.perf_counter()
         got = sample_features(model, enc, tok.pad_token_id, device, args.batch, progress=False).grads

@@ -17,10 +17,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
-from engine.errors import InputError
+from engine.errors import EngineStateError, InputError
 
 
 def _store_path(args) -> Path:
@@ -77,12 +78,12 @@ def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
             row["coverage_ci"] = _pair(r.coverage_lo, r.coverage_hi)
         print(json.dumps(rows, indent=1))
     else:
+        # intervals as [lo,hi]: 95 % bootstrap over the test prompts (engine.metrics.bootstrap_ci)
         out = df[cols].copy()
-        out.insert(out.columns.get_loc("acc") + 1, "acc 95% CI", [_span(a, b) for a, b in zip(df.acc_lo, df.acc_hi)])
-        out.insert(out.columns.get_loc("coverage") + 1, "coverage 95% CI",
+        out.insert(out.columns.get_loc("acc") + 1, "acc_ci95", [_span(a, b) for a, b in zip(df.acc_lo, df.acc_hi)])
+        out.insert(out.columns.get_loc("coverage") + 1, "coverage_ci95",
                    [_span(a, b) for a, b in zip(df.coverage_lo, df.coverage_hi)])
         print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print("95% CI: bootstrap over the test prompts; two methods whose intervals overlap much may not differ.")
 
 
 def _pair(lo, hi) -> list[float] | None:
@@ -93,7 +94,7 @@ def _pair(lo, hi) -> list[float] | None:
 
 def _span(lo, hi) -> str:
     pair = _pair(lo, hi)
-    return "-" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+    return "-" if pair is None else f"[{pair[0]:.3f},{pair[1]:.3f}]"
 
 
 def _print_folder_report(folder: Path) -> None:
@@ -129,7 +130,8 @@ def _run_spec(args, spec):
 
     dist = distributed.from_environment(spec.device)
     try:
-        folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet and dist.main, dist=dist)
+        extra = {"dist": dist} if dist.world_size > 1 else {}
+        folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet and dist.main, **extra)
     finally:
         distributed.shutdown()
     if folder is None:
@@ -320,27 +322,50 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+# Errors that reach the user as ``error: MESSAGE`` and exit status 2 (no traceback): bad input, a model or features
+# a step cannot use, and the store's own errors (locked, corrupt, unknown run, bad query argument).
+USER_ERRORS = (InputError, EngineStateError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, 2 for an ``error:``, 130 when interrupted).
+
+    While it runs, SIGTERM unwinds like Ctrl-C (so a cancelled job removes its temp run folder), FutureWarnings
+    are hidden and warnings are logged; the previous SIGTERM handler, warning filters and root log handlers
+    are restored on return, so in-process callers (tests, embedding tools) are left as they were.
+    """
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.basicConfig(level=logging.WARNING)
     if getattr(args, "k", None) is not None and args.k <= 0:
         print("error: --k must be positive", file=sys.stderr)
         return 2
     from store.errors import StoreError
 
-    if args.fn is not cmd_worker:  # SIGTERM (a cancelled job) unwinds like Ctrl-C: temp run folders are removed
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # SIGTERM (a cancelled job) unwinds like Ctrl-C: temp run folders are removed. The worker handles it itself.
+    # Signal handlers can only be set from the main thread.
+    own_sigterm = args.fn is not cmd_worker and threading.current_thread() is threading.main_thread()
+    old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if own_sigterm else None
     try:
-        args.fn(args)
-    except (InputError, StoreError) as e:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            logging.basicConfig(level=logging.WARNING)
+            args.fn(args)
+    except (*USER_ERRORS, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was committed", file=sys.stderr)
         return 130
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, old_sigterm)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
     return 0
 
 

@@ -6,7 +6,7 @@ So the features stage writes each shard to disk as soon as it is computed, metho
 (:class:`~engine.methods.train_data.TrainData`), and a run started again with the same settings finds the
 shards that are already there and computes only the rest.
 
-Layout of ``<root>/<key>/`` (``root``: ``$INFLUENCE_FEATURES`` or ``<runs_dir>/.features``; ``key``: a hash of
+Layout of ``<root>/<key>/`` (``root``: ``$INFLUENCE_FEATURES`` or ``features/`` beside the runs folder; ``key``: a hash of
 everything the features depend on — model, adapter weights, data, LoRA and training recipe, encoding, dtype,
 device, batch and shard sizes — but not the methods, so new methods reuse the features)::
 
@@ -44,8 +44,10 @@ FORMAT = 1
 
 
 def cache_root(runs_dir: Path) -> Path:
+    """``$INFLUENCE_FEATURES``, else ``features/`` beside the runs folder (``data/features`` by default): not
+    inside it, which holds run folders only."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(runs_dir) / ".features"
+    return Path(env) if env else Path(runs_dir).resolve().parent / "features"
 
 
 def feature_key(spec, task, adapter_digest: str | None) -> tuple[str, dict]:

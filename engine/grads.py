@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from engine.formatting import IGNORE, Encoded, collate, per_sample_loss
+from engine.errors import EngineStateError
+from engine.formatting import IGNORE, Encoded, collate
 
 
 def lora_blocks(model) -> list[tuple[str, torch.nn.Module]]:
@@ -140,10 +141,11 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
     (:class:`KroneckerFactors`) over these samples.
     """
     if model.training:
-        raise RuntimeError("per-sample gradients need model.eval() (dropout off) to be exact")
+        raise EngineStateError("per-sample gradients need model.eval() (dropout off) to be exact")
     blocks = lora_blocks(model)
     if not blocks:
-        raise RuntimeError("model has no LoRA blocks")
+        raise EngineStateError("the model has no LoRA blocks (no lora_A/lora_B linear of the active adapter): "
+                               "check lora.target_modules against the model's module names")
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
     grads: list[list[torch.Tensor]] = [[] for _ in blocks]
     reps, losses = [], []
@@ -179,26 +181,13 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
     )
 
 
-def loop_gradients(model, samples: list[Encoded], pad_id: int, device: torch.device) -> list[torch.Tensor]:
-    """Reference: one forward/backward per sample via ``.grad`` of the LoRA weights. Slow; for tests/bench."""
-    blocks = lora_blocks(model)
-    rows: list[list[torch.Tensor]] = [[] for _ in blocks]
-    for s in samples:
-        batch = {k: v.to(device) for k, v in collate([s], pad_id).items()}
-        model.zero_grad(set_to_none=True)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        per_sample_loss(out.logits, batch["labels"]).sum().backward()
-        for i, (_, mod) in enumerate(blocks):
-            rows[i].append(mod.weight.grad.detach().float().flatten().cpu().clone())
-    model.zero_grad(set_to_none=True)
-    return [torch.stack(r) for r in rows]
-
-
 def merge_features(parts: list[SampleFeatures]) -> SampleFeatures:
     """Concatenate features of consecutive shards (same blocks, in shard order)."""
     names = parts[0].block_names
-    if any(p.block_names != names for p in parts):
-        raise ValueError("shards have different LoRA blocks")
+    bad = next((i for i, p in enumerate(parts) if p.block_names != names), None)
+    if bad is not None:
+        raise EngineStateError(f"feature shards have different LoRA blocks: shard 0 has {len(names)} "
+                               f"({', '.join(names[:2])}, ...), shard {bad} has {len(parts[bad].block_names)}")
     return SampleFeatures(
         grads=[torch.cat([p.grads[l] for p in parts]) for l in range(len(names))],
         reps=torch.cat([p.reps for p in parts]), loss=torch.cat([p.loss for p in parts]), block_names=names,

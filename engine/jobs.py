@@ -11,7 +11,9 @@ app ingests when it next looks. Everything lives under the jobs folder (``$INFLU
     jobs/<job_id>/cancel       asks the worker running the job to stop
 
 Job ids sort by submission time, which gives the FIFO order. A job folder appears only complete (written under
-a hidden name, then renamed). Status: queued → running → done | failed | cancelled. A running job whose
+a hidden name, then renamed). Status: queued → running → done | failed | cancelled; a job whose state file is
+damaged (truncated, not UTF-8, not a JSON object, unreadable) reads as ``broken``, naming its folder, and is
+never claimed. A failed job's message says why (:func:`failure_message`). A running job whose
 heartbeat is older than :data:`STALE_S` (its worker was killed) is re-queued by the next worker that starts or
 polls (:func:`recover_stale`), or by hand (:func:`requeue`). The run itself is a child process
 (``python -m engine run``) in its own process group that dies with its worker (PR_SET_PDEATHSIG), and the
@@ -65,10 +67,22 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; ``{}`` when it is missing or cannot be read as one."""
+    return _load_json(path)[0]
+
+
+def _load_json(path: Path) -> tuple[dict, str | None]:
+    """``(object, None)``, or ``({}, why)`` when ``path`` is missing, unreadable, truncated, not UTF-8 or not a
+    JSON object (a state file is replaced atomically, so any of these is damage, not a write in progress)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, "missing"
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError (truncated), UnicodeDecodeError
+        return {}, f"unreadable ({type(e).__name__}: {e})"
+    if not isinstance(data, dict):
+        return {}, f"not a JSON object (a {type(data).__name__})"
+    return data, None
 
 
 def _check_id(job_id: str) -> str:
@@ -107,8 +121,12 @@ def job_ids(jobs_dir: str | os.PathLike) -> list[str]:
 
 
 def state(jobs_dir: str | os.PathLike, job_id: str) -> dict:
-    """The job's state (``{}`` if unreadable), with ``id`` and ``stale`` (running without a live worker)."""
-    st = _read_json(Path(jobs_dir) / _check_id(job_id) / "state.json")
+    """The job's state, with ``id`` and ``stale`` (running without a live worker). A state file that is
+    missing or damaged gives status ``broken`` and a message naming the job folder (no worker claims it)."""
+    folder = Path(jobs_dir) / _check_id(job_id)
+    st, problem = _load_json(folder / "state.json")
+    if problem:
+        st = {"status": "broken", "message": f"job folder {folder.name}: state.json is {problem}"}
     st["id"] = job_id
     st["stale"] = is_stale(st)
     return st
@@ -271,10 +289,30 @@ def run_job(jobs_dir: str | os.PathLike, job_id: str, store_path: str | os.PathL
     elif rc == 0:
         _update(folder, status="done", finished=_now(), returncode=0, message="finished")
     else:
-        errors = [line for line in tail.splitlines() if line.startswith("error:")]
-        _update(folder, status="failed", finished=_now(), returncode=rc,
-                message=(errors[-1] if errors else _last_line(tail) or f"exit status {rc}"))
+        _update(folder, status="failed", finished=_now(), returncode=rc, message=failure_message(tail, rc))
     return _read_json(folder / "state.json").get("status", "failed")
+
+
+def failure_message(log: str, rc: int) -> str:
+    """Why a run failed, from the end of its log: its last ``error:`` line; else the exception line of a Python
+    traceback (whatever was printed after it); else, for a run killed by a signal, that signal; else the
+    last line."""
+    lines = log.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1][:300]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:  # the first unindented line after the frames is "ExceptionType: message"
+        exc = next((line for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), "")
+        if exc:
+            return exc.strip()[:300]
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"the run process was killed by {name}" + (" (out of memory?)" if -rc == signal.SIGKILL else "")
+    return _last_line(log) or f"exit status {rc}"
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

@@ -6,15 +6,18 @@ its own (on shards, in other processes)::
     load_data(spec) -> TaskData                          built-in generator or the user's dataset, checked
     load_model(spec) -> LoadedModel                      base model + LoRA: a fresh adapter, or the user's one
     encode_data(task, lm, spec.train) -> EncodedData     token ids and loss masks
-    adapter_states(spec, lm, data) -> AdapterStates      fine-tune (a state per epoch) or load the user's states
+    cached_adapter_states(...) -> AdapterStates          fine-tune (a state per epoch) or load the user's states
     for every checkpoint the feature plan needs (engine.plan: the union of what methods and analyses read):
-        checkpoint_features(...) -> CheckpointFeatures   engine.features
-        score_checkpoint(...) -> ScoredCheckpoint        every method, shard by shard, written as it goes
-    Evaluation (engine.tables) -> the analyses (engine.analysis.run_stages) -> commit (manifest, atomic rename)
+        ensure_features(...)                             this process's missing shards into the feature cache
+        load_checkpoint(...) -> CheckpointData           the cached shards as TrainData, the test side in memory
+        score_checkpoint(...)                            every method, shard by shard, written as it goes
+        Evaluation (engine.tables)                       metrics and agreement from the stored scores
+    the analyses (engine.analysis.run_stages) -> commit (manifest, atomic rename)
 
 No method name appears here: what is computed follows from the plan. Bad input raises InputError before
 anything is written (data, model and adapter are checked before the run folder is opened); any failure leaves
-no visible run folder.
+no visible run folder, and the feature cache keeps the finished shards for the next try. Under torchrun every
+rank runs this function (engine.distributed): ranks split the shards, rank 0 fine-tunes and commits.
 """
 
 from __future__ import annotations

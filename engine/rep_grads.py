@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from engine.errors import EngineStateError, InputError
 from engine.formatting import IGNORE, Encoded, collate
 
 
@@ -33,14 +34,14 @@ def response_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _check_layer(layer: int, n_layers: int) -> None:
     if not (layer == -1 or 1 <= layer <= n_layers):
-        raise ValueError(f"RepT layer must be -1 or in 1..{n_layers}, got {layer}")
+        raise InputError(f"RepT parameter 'layer' must be -1 or in 1..{n_layers}, got {layer!r}")
 
 
 def rept_features(model, samples: list[Encoded], pad_id: int, device: torch.device, batch_size: int = 16,
                   layer: int = -1, desc: str = "RepT features", progress: bool = True) -> torch.Tensor:
     """``[n, 2h]`` float32 (CPU): ``[h, dh]`` per sample in input order; see the module docstring."""
     if model.training:
-        raise RuntimeError("RepT features need model.eval() (dropout off)")
+        raise EngineStateError("RepT features need model.eval() (dropout off)")
     base = model.get_base_model()
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     _check_layer(layer, base.config.num_hidden_layers)

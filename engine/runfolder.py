@@ -3,8 +3,10 @@
 The format (tables, columns, types, manifest fields, what "complete" means) is declared in
 :mod:`engine.runformat`; this module writes it. Atomicity: everything is written into a hidden sibling folder
 ``.<run_name>.tmp-<pid>`` and renamed into place only after ``manifest.json`` is written with
-``status: complete``. A killed run leaves only the hidden temp folder, which readers ignore and a later run
-deletes.
+``status: complete``. A killed run leaves only the hidden temp folder, which readers ignore. A re-run moves the
+old folder aside to ``.<run_name>.old-<pid>`` for the instant of the swap and then deletes it. The next run of
+the same name deletes what dead processes left of either kind (putting a complete ``.old-`` folder back if no
+run is at the final path, i.e. the process died between the two renames).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.runformat import (  # noqa: F401  (the readers, re-exported for callers of this module)
-    FORMAT_VERSION, MANIFEST, check_run_name, is_complete, list_complete_runs, pid_alive, read_manifest,
+    FORMAT_VERSION, MANIFEST, check_run_name, checked_manifest, is_complete, list_complete_runs, pid_alive,
+    read_manifest,
 )
+
+TMP_TAG, OLD_TAG = ".tmp-", ".old-"  # hidden siblings ``.<name><tag><pid>``: a run being written, a replaced run
+
 
 def package_versions() -> dict[str, str]:
     """Versions recorded in every manifest, so a run can be reproduced."""
@@ -83,11 +89,13 @@ class RunWriter:
         os.replace(self.tmp / (MANIFEST + ".part"), self.tmp / MANIFEST)
         if self.final.exists():
             # Re-running the same spec replaces the old folder: move it aside first so that at every
-            # moment a complete folder (old or new) sits at the final path or nothing does.
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            # moment a complete folder (old or new) sits at the final path or nothing does. A leftover
+            # ``.old-<pid>`` of this process (an earlier removal that failed) would make the move fail.
+            old = self.final.with_name(f".{self.final.name}{OLD_TAG}{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(self.final, old)
             os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)  # if this is cut short, the next open_run removes the rest
         else:
             os.replace(self.tmp, self.final)
         return self.final
@@ -95,7 +103,7 @@ class RunWriter:
 
 @contextmanager
 def open_run(runs_dir: Path, name: str, owner_pid: int | None = None) -> Iterator[RunWriter]:
-    """Context manager yielding a :class:`RunWriter`; on any exception the temp folder is removed.
+    """Context manager yielding a :class:`RunWriter`; unless it was committed, the temp folder is removed.
 
     ``owner_pid``: another process's pid (torchrun rank 0's, on the other ranks): join the temp folder that
     process creates, writing files into it but neither creating, removing nor committing it.
@@ -103,27 +111,33 @@ def open_run(runs_dir: Path, name: str, owner_pid: int | None = None) -> Iterato
     check_run_name(name)
     runs_dir = Path(runs_dir)
     if owner_pid is not None and owner_pid != os.getpid():
-        yield RunWriter(runs_dir / f".{name}.tmp-{owner_pid}", runs_dir / name)
+        yield RunWriter(runs_dir / f".{name}{TMP_TAG}{owner_pid}", runs_dir / name)
         return
     runs_dir.mkdir(parents=True, exist_ok=True)
     _remove_dead_temps(runs_dir, name)
-    tmp = runs_dir / f".{name}.tmp-{os.getpid()}"
+    tmp = runs_dir / f".{name}{TMP_TAG}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     writer = RunWriter(tmp, runs_dir / name)
     try:
         yield writer
-    except BaseException:
+    finally:  # an exception, or a block that ended without commit: the temp folder goes (commit renamed it)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _remove_dead_temps(runs_dir: Path, name: str) -> None:
-    """Delete ``.<name>.tmp-<pid>`` folders left by runs whose process was killed (SIGKILL skips clean-up)."""
-    for p in runs_dir.glob(f".{name}.tmp-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
+    """Delete the hidden folders that runs of ``name`` whose process died left behind (SIGKILL, or a signal
+    during clean-up, skips it): ``.<name>.tmp-<pid>`` (a run being written) and ``.<name>.old-<pid>`` (the
+    previous run, moved aside by :meth:`RunWriter.commit`). A complete ``.old-`` folder is put back instead
+    when its process died between the two renames of the commit, leaving no run at the final path."""
+    final = runs_dir / name
+    for tag in (TMP_TAG, OLD_TAG):
+        for p in runs_dir.glob(f".{name}{tag}*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            if tag == OLD_TAG and not final.exists() and checked_manifest(p) is not None:
+                os.replace(p, final)
+            else:
+                shutil.rmtree(p, ignore_errors=True)

@@ -223,14 +223,20 @@ def read_manifest(folder: Path) -> dict | None:
     folder = Path(folder)
     if folder.name.startswith("."):
         return None
+    return checked_manifest(folder)
+
+
+def checked_manifest(folder: Path) -> dict | None:
+    """The manifest of ``folder`` (hidden or not) if it says ``complete`` and every file it lists has its row
+    count; None otherwise."""
     try:
-        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        m = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(m, dict) or m.get("status") != "complete" or m.get("format") != FORMAT_VERSION:
         return None
     for rel, rows in m.get("files", {}).items():
-        p = folder / rel
+        p = Path(folder) / rel
         try:
             if not p.is_file() or pq.ParquetFile(p).metadata.num_rows != rows:
                 return None

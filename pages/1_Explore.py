@@ -17,7 +17,7 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui.common import cursor, esc, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import cursor, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
 
 st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
@@ -29,15 +29,9 @@ MAX_K = 200  # slider ceiling: longer rankings are unreadable side by side
 TEXT_CUT = 200  # characters of prompt/response shown in table cells (the full text is in the expanders)
 ALL_LABELS = "All labels"
 RUN_WIDGETS = ("methods", "k", "test", "train", "test_label", "test_search")  # widget keys tied to one run
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}()#+\-.!|~$])")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def md(text) -> str:
-    """Dataset text made safe for ``st.markdown``: markdown punctuation backslash-escaped, then HTML-escaped."""
-    return esc(_MD_SPECIAL.sub(r"\\\1", str(text)))
 
 
 def cut(text, limit: int = TEXT_CUT) -> str:
@@ -219,7 +213,8 @@ def distribution(con, run: str, ck: int, methods: list[str], tid: int, info: dic
     for method in methods:
         try:
             mat = _matrix(str(store.default_store_path()), run, str(info.get("ingested_at")), method, ck)
-        except store.StoreError:
+        except store.StoreError as e:
+            st.warning(f"No score distribution for {method}: {e}")
             continue
         if row >= mat.shape[0] or mat.shape[1] != len(train_sorted):
             continue

@@ -23,14 +23,14 @@ from engine.spec import ANALYSES, PRESETS, spec_from_dict
 from engine.tasks import TASK_NAMES
 from engine.uploads import keep_upload, list_datasets, max_upload_bytes, validate_upload
 from ui.auth import can_submit, current_user, read_only, require_login
-from ui.common import esc, get_store
+from ui.common import esc, get_store, md
 from ui.spec_form import (ENCODING_FIELDS, MODELS, RETRAIN_FIELDS, SCORING_FIELDS, TASK_FIELDS, TRAIN_FIELDS, changes,
                           param_changes, param_fields, preset_values)
 
 st.set_page_config(page_title="Jobs · Influence Explorer", layout="wide")
 require_login()
 
-STATUS_ICON = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATUS_ICON = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "cancelled": "⏹️", "broken": "⚠️"}
 
 
 def paths():
@@ -249,12 +249,13 @@ def job_list(jobs_dir) -> None:
         label = "running (worker lost)" if j["stale"] else status
         with st.container(border=True, key=f"job_{j['id']}"):
             c1, c2, c3 = st.columns([4, 1, 1])
-            c1.markdown(f"{STATUS_ICON.get(status, '')} **{esc(j.get('run', '?'))}** — {esc(label)}  \n"
+            # md(): the message quotes the run's output (dataset text in error lines): no markdown may come alive
+            c1.markdown(f"{STATUS_ICON.get(status, '')} **{md(j.get('run', '?'))}** — {esc(label)}  \n"
                         f"<small>job {esc(j['id'])} · queued {esc(j.get('created', ''))}"
-                        f"{' by ' + esc(j['submitted_by']) if j.get('submitted_by') else ''}"
+                        f"{' by ' + md(j['submitted_by']) if j.get('submitted_by') else ''}"
                         f"{' · started ' + esc(j['started']) if j.get('started') else ''}"
                         f"{' · finished ' + esc(j['finished']) if j.get('finished') else ''}</small>  \n"
-                        f"<code>{esc(j.get('message', ''))}</code>", unsafe_allow_html=True)
+                        f"<code>{md(j.get('message', ''))}</code>", unsafe_allow_html=True)
             # callbacks run before the rerun they trigger, so the list below already shows the new state
             if can_submit() and status in ("queued", "running") and not j["stale"]:
                 c2.button("Cancel", key=f"cancel_{j['id']}", on_click=jobs.cancel, args=(jobs_dir, j["id"]))

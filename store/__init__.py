@@ -8,7 +8,7 @@ Public API (imported lazily, so ``import store.paths`` from the engine does not 
     train_loss, score_matrix, top1_counts, test_prompts_ranking_train, summary,
     analyses, analysis_table, retrain_points   (store.queries)
     default_store_path, default_runs_dir                    (store.paths)
-    StoreError, NotFoundError, Unknown*Error, IngestError, StoreLockedError, SchemaVersionError, StoreOpenError
+    StoreError, NotFoundError, Unknown*Error, QueryError, IngestError, StoreLockedError, SchemaVersionError, StoreOpenError
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import importlib
 from store.errors import (  # noqa: F401  (no duckdb import in errors/paths)
     IngestError,
     NotFoundError,
+    QueryError,
     SchemaVersionError,
     StoreError,
     StoreLockedError,
@@ -41,7 +42,7 @@ _LAZY = {
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
-    "IngestError", "NotFoundError", "SchemaVersionError", "StoreError", "StoreLockedError",
+    "IngestError", "NotFoundError", "QueryError", "SchemaVersionError", "StoreError", "StoreLockedError",
     "UnknownCheckpointError", "UnknownMethodError", "UnknownRunError", "UnknownSampleError",
     "default_runs_dir", "default_store_path", *_WHERE,
 ]

@@ -37,6 +37,11 @@ class UnknownSampleError(NotFoundError):
         super().__init__(f"run {run!r} has no {split} sample with id {sample_id!r}")
 
 
+class QueryError(StoreError, ValueError):
+    """A query argument that cannot be used (k not a positive integer, an unknown analysis table, an id that is not
+    an integer); the message names the argument."""
+
+
 class IngestError(StoreError):
     """A run folder could not be ingested; nothing of that run was written.
 

@@ -66,7 +66,11 @@ def ingest_run(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, *, che
             return False
         try:
             _load_run(con, folder, manifest, sha)
-        except _FolderChanged:
+        except (_FolderChanged, IngestError) as e:
+            # A re-run replaced the folder while we read it: what failed was a mix of two runs (e.g. sample
+            # counts that disagree with the manifest we started from), not a bad folder. Start again.
+            if isinstance(e, IngestError) and _manifest_sha(folder) == sha:
+                raise
             log.info("run folder %s changed while ingesting; starting again", folder)
             continue
         if checkpoint:

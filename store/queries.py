@@ -3,7 +3,9 @@ DataFrame or a plain value. Every user value goes in as a query parameter.
 
 Ranking convention (same as ``engine.metrics``): training samples are ranked by score descending, ties broken by
 the lowest ``train_id``; NaN scores rank last. Unknown runs, methods, checkpoints or samples raise a subclass of
-:class:`LookupError` (:class:`~store.errors.NotFoundError`) whose message names what was asked for.
+:class:`LookupError` (:class:`~store.errors.NotFoundError`) whose message names what was asked for; a bad
+argument (k that is not a positive integer, an unknown analysis table) raises :class:`~store.errors.QueryError`.
+Both are :class:`~store.errors.StoreError`, which the CLI and the pages show as a message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from engine.metrics import bootstrap_ci
 
 from store.errors import (
+    QueryError,
     UnknownCheckpointError,
     UnknownMethodError,
     UnknownRunError,
@@ -302,9 +305,9 @@ def analyses(con, run: str) -> list[str]:
 def analysis_table(con, run: str, table: str) -> pd.DataFrame:
     """All rows of one analysis table for ``run`` (without run_id), in a stable order.
 
-    ``table``: one of the tables in :data:`ANALYSIS_STAGES` (a ValueError otherwise)."""
+    ``table``: one of the tables in :data:`ANALYSIS_STAGES` (a :class:`QueryError` otherwise)."""
     if table not in _ANALYSIS_ORDER:
-        raise ValueError(f"unknown analysis table {table!r}; valid: {', '.join(_ANALYSIS_ORDER)}")
+        raise QueryError(f"unknown analysis table {table!r}; valid: {', '.join(_ANALYSIS_ORDER)}")
     _require_run(con, run)
     df = _df(con, f"SELECT * EXCLUDE (run_id) FROM {table} WHERE run_id = ? ORDER BY {_ANALYSIS_ORDER[table]}",
              [run])
@@ -382,7 +385,7 @@ def top_k(con, run: str, method: str, checkpoint: int, test_id: int, k: int) -> 
         LEFT JOIN samples te ON te.run_id = $run AND te.split = 'test' AND te.sample_id = $test
         ORDER BY rank
         """,
-        {"run": run, "method": method, "ckpt": int(checkpoint), "test": int(test_id), "k": _positive(k, "k")},
+        {"run": run, "method": method, "ckpt": int(checkpoint), "test": _integer(test_id, "test_id"), "k": _positive(k, "k")},
     )
 
 
@@ -463,7 +466,7 @@ def test_prompts_ranking_train(con, run: str, method: str, checkpoint: int, trai
         WHERE r.rank <= $k
         ORDER BY r.rank, r.test_id
         """,
-        {"run": run, "method": method, "ckpt": int(checkpoint), "train": int(train_id), "k": _positive(k, "k")},
+        {"run": run, "method": method, "ckpt": int(checkpoint), "train": _integer(train_id, "train_id"), "k": _positive(k, "k")},
     )
 
 
@@ -509,7 +512,7 @@ def _require_scores(con, run: str, method: str, checkpoint: int) -> None:
 
 def _require_sample(con, run: str, split: str, sample_id: int) -> None:
     sql = "SELECT count(*) FROM samples WHERE run_id = ? AND split = ? AND sample_id = ?"
-    if _one(con, sql, [run, split, int(sample_id)]) == 0:
+    if _one(con, sql, [run, split, _integer(sample_id, "sample_id")]) == 0:
         raise UnknownSampleError(run, split, sample_id)
 
 
@@ -520,18 +523,29 @@ def _ids(con, run: str, split: str) -> np.ndarray:
     return np.asarray([r[0] for r in rows], dtype=np.int64)
 
 
-def _positive(value, name: str) -> int:
+def _integer(value, name: str) -> int:
+    """``value`` as an int; a :class:`QueryError` naming the argument if it is not a whole number."""
     try:
         v = int(value)
-    except (TypeError, ValueError):
-        v = 0
-    if v < 1 or v != value:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise QueryError(f"{name} must be an integer, got {value!r}") from None
+    if v != value and str(v) != str(value).strip():
+        raise QueryError(f"{name} must be an integer, got {value!r}")
     return v
 
 
-def _opt_int(value) -> int | None:
-    return None if value is None else int(value)
+def _positive(value, name: str) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError, OverflowError):
+        v = 0
+    if v < 1 or v != value:
+        raise QueryError(f"{name} must be a positive integer, got {value!r}")
+    return v
+
+
+def _opt_int(value, name: str = "checkpoint") -> int | None:
+    return None if value is None else _integer(value, name)
 
 
 def _loads(text, default):

@@ -8,6 +8,7 @@ initial widget values from the URL and writes them back on change, so a copied l
 from __future__ import annotations
 
 import html
+import re
 
 import streamlit as st
 
@@ -72,8 +73,18 @@ def pick_checkpoint(con, run: str, key: str = "ckpt") -> int:
 
 
 def esc(text: str) -> str:
-    """HTML-escape dataset text before it goes into markdown/HTML."""
+    """HTML-escape dataset text before it goes into HTML (``unsafe_allow_html``) or markdown."""
     return html.escape(str(text), quote=True)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}()#+\-.!|~$])")
+
+
+def md(text) -> str:
+    """Dataset text made safe for ``st.markdown``: markdown punctuation backslash-escaped (``th* c*lm`` is not
+    italics, ``[x](javascript:...)`` is not a link), then HTML-escaped. Also inside inline HTML such as
+    ``<code>``, whose content markdown still parses."""
+    return esc(_MD_SPECIAL.sub(r"\\\1", str(text)))
 
 
 def folded(text: str, limit: int = 160) -> str:

@@ -12,7 +12,8 @@ Accepted layouts (auto-detected by :func:`load_dataset`):
 there a ``split`` column is not needed and, if present, ignored.
 
 Columns are the paper's (``prompts``, ``response``, ``variation``) or ours (``prompt``, ``response``,
-``label``), mixed freely; other columns are ignored. Integer labels become strings. Every problem raises
+``label``), mixed freely; other columns are ignored. Integer labels become strings. Text fields hold at most
+:data:`MAX_FIELD_CHARS` characters and no control characters besides tab and newline. Every problem raises
 InputError naming the file and, where it applies, the row (``line N`` / ``row N``) and the field. Nothing is
 written.
 """
@@ -20,6 +21,7 @@ written.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from engine.errors import InputError
@@ -154,11 +156,24 @@ def _split_by_column(table: Table) -> tuple[list[Table], list[Table]]:
             [Table(table.path, table.columns, tuple(parts["test"]))])
 
 
+MAX_FIELD_CHARS = 100_000  # far beyond any model context (and CSV's own field limit is 131,072)
+# C0 controls other than tab, newline and carriage return, and DEL: NUL bytes and terminal escape codes are
+# signs of a binary or corrupted file, and would reach terminals and logs raw
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _text(value: object, table: Table, where: str, column: str) -> str:
     if value is None or value != value or (isinstance(value, str) and not value.strip()):  # value != value: NaN
         raise InputError(f"{table.path}, {where}: field '{column}' is empty")
     if not isinstance(value, str):
         raise InputError(f"{table.path}, {where}: field '{column}' must be text, got {type(value).__name__}")
+    if len(value) > MAX_FIELD_CHARS:
+        raise InputError(f"{table.path}, {where}: field '{column}' is {len(value):,} characters long; at most "
+                         f"{MAX_FIELD_CHARS:,} are accepted (is a whole document in one cell?)")
+    bad = _CONTROL.search(value)
+    if bad:
+        raise InputError(f"{table.path}, {where}: field '{column}' contains the control character "
+                         f"{bad.group()!r} at character {bad.start() + 1}; only text, tabs and newlines are accepted")
     return value
 
 

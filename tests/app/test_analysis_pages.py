@@ -12,14 +12,30 @@ def _readings(at) -> list[str]:
     return [m.value for m in at.markdown if m.value.startswith("- ")]
 
 
-def test_ihvp_page_charts_reading_and_url_state(analysis_store_env, open_page):
+def test_ihvp_page_charts_reading_and_url_state(analysis_store_env, open_page, analysis_data, charts):
     at = open_page(IHVP)
-    assert len(at.get("plotly_chart")) == 3  # vs dimension, vs steps, vs damping
+    figs = charts(at)
+    assert set(figs) == {"by_dim", "by_steps", "by_damping"}
+    rows = analysis_data.table("ihvp_error")
+    sweep = rows[rows.method == "lissa_steps"]
+    lc = float(sweep.lambda_c.iloc[0])  # the page starts at the damping of the LiSSA step sweep
+    at_lc = rows[(rows.lambda_c == lc) & (rows.method != "lissa_steps")]
+    # vs dimension: a line per approximation, through the subsets it was measured on, smallest first
+    lines = figs["by_dim"]["data"]
+    assert len(lines) == at_lc.method.nunique()
+    assert sorted(len(t["x"]) for t in lines) == sorted(at_lc.groupby("method").size())
+    assert sorted({x for t in lines for x in t["x"]}) == sorted(at_lc.dim.unique())
+    # vs steps, on the largest subset: the sweep's step counts (T > 0 on the log axis of the relative error)
+    largest = rows.sort_values("dim").level.iloc[-1]
+    steps = sweep[(sweep.level == largest) & (sweep.iterations > 0)]
+    assert sorted(figs["by_steps"]["data"][0]["x"]) == sorted(steps.iterations)
+    # vs damping: every damping of the sweep
+    assert {x for t in figs["by_damping"]["data"] for x in t["x"]} == set(rows[rows.level == largest].lambda_c)
     text = " ".join(_readings(at))
     assert "DataInf" in text and "LiSSA run to convergence" in text
     table = at.dataframe[0].value
     assert {"level", "dim", "method", "lambda_c", "rel_error"} <= set(table.columns)
-    assert at.selectbox(key="pick_lc").value == 10.0  # the spec's damping (the step sweep's)
+    assert at.selectbox(key="pick_lc").value == lc
     at.selectbox(key="pick_lc").set_value(1.0).run()
     assert at.query_params["lc"] == "1.0"
     at.selectbox(key="pick_metric").set_value("spearman").run()
@@ -32,17 +48,36 @@ def test_ihvp_page_falls_back_on_a_bad_url(analysis_store_env, open_page):
     assert at.selectbox(key="pick_level").value == "all"
 
 
-def test_convergence_page(analysis_store_env, open_page):
+def test_convergence_page(analysis_store_env, open_page, analysis_data, charts):
     at = open_page(CONVERGENCE)
-    assert len(at.get("plotly_chart")) == 5  # losses, generation, acc, coverage, stability
+    figs = charts(at)
+    assert set(figs) == {"loss", "generation", "acc", "coverage", "drift"}
+    epochs = analysis_data.manifest["spec"]["train"]["epochs"]
+    every = list(range(epochs + 1))  # checkpoint 0 (the LoRA initialisation) and one per epoch
+    for key in ("loss", "generation"):  # two lines each: train/test loss, generation accuracy/behaviour
+        assert [t["x"] for t in figs[key]["data"]] == [every, every]
+    methods = sorted(analysis_data.manifest["methods"])
+    for key in ("acc", "coverage"):  # a line per method through its scored checkpoints
+        assert sorted(t["name"] for t in figs[key]["data"]) == methods
+        assert all(t["x"] == analysis_data.manifest["checkpoints"] for t in figs[key]["data"])
+    assert all(t["x"] == every[2:] for t in figs["drift"]["data"])  # vs the previous scored checkpoint
     text = " ".join(_readings(at))
     assert "Test loss goes from" in text and "most stable" in text
-    assert list(at.dataframe[0].value.checkpoint) == [0, 1, 2]
+    assert list(at.dataframe[0].value.checkpoint) == every
 
 
-def test_retraining_page(analysis_store_env, open_page):
+def test_retraining_page(analysis_store_env, open_page, analysis_data, charts):
     at = open_page(RETRAINING)
-    assert len(at.get("plotly_chart")) == 4
+    figs = charts(at)
+    assert set(figs) == {"param_vs_output", "ba_norms", "method_spearman", "pred_vs_actual"}
+    groups = analysis_data.table("retrain_groups")
+    # a point and a bar per retrained model; a pair of bars per method; a point per (removed group, test prompt)
+    assert sum(len(t["x"]) for t in figs["param_vs_output"]["data"]) == len(groups)
+    assert sum(len(t["x"]) for t in figs["ba_norms"]["data"]) == len(groups)
+    n_methods = len(analysis_data.table("retrain_methods"))
+    assert sum(len(t["x"]) for t in figs["method_spearman"]["data"]) == 2 * n_methods
+    removed = (groups.kind != "none").sum()
+    assert sum(len(t["x"]) for t in figs["pred_vs_actual"]["data"]) == removed * len(analysis_data.test)
     text = " ".join(_readings(at))
     assert "bit for bit" in text  # the control reproduces the original adapter
     assert "Spearman" in text

@@ -10,7 +10,14 @@ from streamlit.testing.v1 import AppTest
 from store.paths import REPO_ROOT
 
 PAGE = str(REPO_ROOT / "pages" / "1_Explore.py")
-TEST_3_PROMPT = "th* c*lm f*rm*r c*lls th* n**ghb*r"  # test sample 3 of the tiny grammars run
+
+
+def _unescaped(markdown: str) -> str:
+    """Markdown text with its backslash escapes and HTML entities undone: the text a reader sees."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"\\(.)", r"\1", markdown))
 
 
 def _page(**params) -> AppTest:
@@ -28,11 +35,11 @@ def _ranked(at: AppTest) -> list[pd.DataFrame]:
     return [d.value for d in at.dataframe if {"rank", "train_id", "score"} <= set(d.value.columns)]
 
 
-def test_default_view_shows_three_method_tables(store_env):
+def test_default_view_shows_three_method_tables(store_env, tiny_data, charts):
     at = _page()
     assert at.multiselect(key="methods").value == ["datainf", "repsim", "gradsim"]
     k = at.slider(key="k").value
-    assert k == 3  # the tiny run's k_default
+    assert k == tiny_data.k  # the run's k_default
     tables = _ranked(at)
     assert len(tables) == 3
     assert all(len(t) == k for t in tables)
@@ -41,7 +48,11 @@ def test_default_view_shows_three_method_tables(store_env):
     assert [m.label for m in at.metric].count("Top-1 correct") == 3
     assert at.query_params["run"] == store_env
     assert at.query_params["methods"] == "datainf,repsim,gradsim"
-    assert len(at.get("plotly_chart")) == 1
+    # the score distribution: for each method a box per training label (the same label vs the others)
+    (fig,) = charts(at).values()
+    boxes = [t for t in fig["data"] if t["type"] == "box"]
+    assert sorted({y for t in boxes for y in t["y"]}) == sorted(tiny_data.train.label.unique())
+    assert sum(len(t["x"]) for t in boxes) == 3 * len(tiny_data.train)  # every training sample, per method
     assert len(at.get("download_button")) == 2
 
 
@@ -55,15 +66,16 @@ def test_changing_k_changes_table_length(store_env):
     assert [len(t) for t in _ranked(at)] == [1, 1, 1]
 
 
-def test_query_params_are_honoured(store_env):
+def test_query_params_are_honoured(store_env, tiny_data):
     at = _page(run=store_env, methods="lissa,exact", test=3, k=5, ckpt=1)
     assert at.multiselect(key="methods").value == ["lissa", "exact"]
     assert at.slider(key="k").value == 5
     assert at.selectbox(key="test").value == 3
     assert at.selectbox(key="ckpt").value == 1
     assert [len(t) for t in _ranked(at)] == [5, 5]
-    assert any(TEST_3_PROMPT in c.value for c in at.code)
-    assert any("Replace Vowels with" in m.value for m in at.markdown)
+    test3 = tiny_data.test.loc[3]  # the test sample the URL asks for: its own prompt and label are shown
+    assert any(c.value == test3.prompt for c in at.code)
+    assert f"Label: {test3.label}" in [_unescaped(m.value).replace("**", "") for m in at.markdown]
 
 
 def test_unknown_values_in_the_url_fall_back(store_env):
@@ -76,11 +88,14 @@ def test_unknown_values_in_the_url_fall_back(store_env):
     assert at.query_params["test"] == "0"
 
 
-def test_filters_and_method_choice(store_env):
+def test_filters_and_method_choice(store_env, tiny_data):
     at = _page(test=3)
-    at.selectbox(key="test_label").set_value("Remove All Vowels").run()
+    other = sorted(set(tiny_data.test.label) - {tiny_data.test.loc[3].label})[0]  # a label test 3 does not have
+    at.selectbox(key="test_label").set_value(other).run()
     assert not at.exception
-    assert at.selectbox(key="test").options and at.selectbox(key="test").value == 6
+    with_label = tiny_data.test.index[tiny_data.test.label == other].tolist()
+    assert len(at.selectbox(key="test").options) == len(with_label)
+    assert at.selectbox(key="test").value == with_label[0]  # the first test prompt with that label
     at.text_input(key="test_search").input("no prompt contains this").run()
     assert any("No test prompt matches" in w.value for w in at.warning)
     at.text_input(key="test_search").input("").run()
@@ -92,7 +107,7 @@ def test_filters_and_method_choice(store_env):
     assert not at.exception
 
 
-def test_drill_into_training_sample_and_dominant_table(store_env):
+def test_drill_into_training_sample_and_dominant_table(store_env, tiny_data):
     at = _page(test=3, train=10, k=5)
     assert at.selectbox(key="train").value == 10
     drills = [d.value for d in at.dataframe if "test_id" in d.value.columns]
@@ -102,7 +117,7 @@ def test_drill_into_training_sample_and_dominant_table(store_env):
     assert len(dominant) == 3
     for d in dominant:
         assert list(d.n_top1) == sorted(d.n_top1, reverse=True)
-        assert d.n_top1.sum() == 10  # every test prompt has one top-1 training sample
+        assert d.n_top1.sum() == len(tiny_data.test)  # every test prompt has one top-1 training sample
     assert [m.label for m in at.metric].count("Most often ranked first") == 3
 
 

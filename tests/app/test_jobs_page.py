@@ -26,6 +26,14 @@ def _run(script=JOBS, secrets=None, user=None) -> AppTest:
     return at
 
 
+def _shown(markdown: str) -> str:
+    """Markdown as its reader sees it: backslash escapes and HTML entities undone."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"\\(.)", r"\1", markdown))
+
+
 def _submit(at, **fields):
     for key, value in fields.items():
         at.text_input(key=key).input(value)
@@ -43,7 +51,7 @@ def test_a_valid_spec_is_queued_as_a_job(env):
     spec = json.loads((env / "jobs" / job["id"] / "spec.json").read_text())
     assert spec["model"]["name"] == "tiny" and spec["task"]["name"] == "grammars"
     assert spec["analysis"]["stages"] == ["ihvp", "convergence"]
-    assert "from-the-form" in " ".join(m.value for m in at.markdown)  # the queue lists it
+    assert "from-the-form" in " ".join(_shown(m.value) for m in at.markdown)  # the queue lists it
 
 
 def test_an_invalid_spec_is_refused_and_nothing_is_queued(env):
@@ -84,7 +92,7 @@ def test_read_only_mode_turns_submission_off(env, monkeypatch, tiny_spec):
     at = _run()
     assert any("read-only" in i.value for i in at.info)
     assert not at.get("form_submit_button") and not at.button  # no form, no cancel buttons
-    assert "listed" in " ".join(m.value for m in at.markdown)  # browsing the queue still works
+    assert "listed" in " ".join(_shown(m.value) for m in at.markdown)  # browsing the queue still works
     home = _run(HOME)
     assert not home.get("button") and "read-only" in " ".join(c.value for c in home.caption)
     assert jobs.state(env / "jobs", job)["status"] == "queued"
@@ -95,11 +103,41 @@ AUTH = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie
                  "server_metadata_url": "http://localhost:9/.well-known/openid-configuration"}}
 
 
-@pytest.mark.parametrize("script", [HOME, JOBS, REPO_ROOT / "pages" / "1_Explore.py"])
-def test_sign_in_gates_every_page_when_configured(env, script):
+APP_PAGES = [HOME, *sorted((REPO_ROOT / "pages").glob("*.py"))]  # Streamlit's pages: app.py and pages/*.py
+
+
+def _leaves(node):
+    """Every element the page rendered (main area, sidebar, dialogs), depth first."""
+    children = getattr(node, "children", None)
+    if children is None:
+        yield node
+        return
+    for child in children.values():
+        yield from _leaves(child)
+
+
+def test_the_page_list_is_the_apps():
+    assert len(APP_PAGES) >= 8 and all("require_login()" in p.read_text() for p in APP_PAGES)
+
+
+@pytest.mark.parametrize("script", APP_PAGES, ids=lambda p: p.stem)
+def test_sign_in_gates_every_page_when_configured(store_env, monkeypatch, tmp_path, tiny_spec, script):
+    """With sign-in configured, an anonymous visitor of any page sees a title, a note and the sign-in button:
+    none of the store's runs or samples, the queue's jobs, or any widget, table or chart."""
+    import pyarrow.parquet as pq
+
+    from engine.spec import spec_from_dict
+
+    monkeypatch.delenv("INFLUENCE_JOBS", raising=False)
+    jobs.submit(tmp_path / "jobs", spec_from_dict({**tiny_spec, "name": "queued-secret"}))
+    samples = pq.read_table(tmp_path / "runs" / store_env / "samples.parquet").to_pandas()
     at = _run(script, secrets=AUTH)
+    leaves = list(_leaves(at._tree))
+    assert sorted({e.type for e in leaves}) == ["button", "info", "title"], [e.type for e in leaves]
     assert [b.label for b in at.button] == ["Sign in"]
-    assert not at.get("form_submit_button") and not at.get("plotly_chart")
+    shown = " ".join(str(getattr(e, "proto", "")) for e in leaves)
+    for secret in (store_env, "queued-secret", *samples.prompt.head(5)):
+        assert secret not in shown, secret
 
 
 def _upload(at, filename, content: bytes, name: str) -> AppTest:
@@ -128,3 +166,29 @@ def test_a_bad_upload_is_reported_and_not_kept(env):
     at = _upload(_run(), "bad.csv", b"prompt,response\nhello,world\n", "bad")
     assert any("Not kept: bad.csv: missing column(s)" in e.value for e in at.error), [e.value for e in at.error]
     assert not (env / "datasets").exists() or list((env / "datasets").iterdir()) == []
+
+
+def test_a_broken_job_and_a_crashed_job_are_shown_with_why(env, tiny_spec):
+    """A job whose state file is damaged is listed as broken, naming its folder; a job whose run died with a
+    traceback shows the exception line and, in its log, the traceback; it can be re-queued."""
+    from engine.spec import spec_from_dict
+
+    jobs_dir = env / "jobs"
+    broken = jobs.submit(jobs_dir, spec_from_dict({**tiny_spec, "name": "broken-one"}))
+    state = jobs_dir / broken / "state.json"
+    state.write_bytes(state.read_bytes()[:20])
+    crashed = jobs.submit(jobs_dir, spec_from_dict({**tiny_spec, "name": "crashed-one"}))
+    assert jobs.claim(jobs_dir, "w") == crashed
+    log = "loading\nTraceback (most recent call last):\n  File \"x.py\", line 1, in f\nMemoryError: out of memory\n"
+    (jobs_dir / crashed / "log.txt").write_text(log)
+    st_crashed = json.loads((jobs_dir / crashed / "state.json").read_text())
+    st_crashed.update(status="failed", returncode=1, message=jobs.failure_message(log, 1))
+    (jobs_dir / crashed / "state.json").write_text(json.dumps(st_crashed))
+    at = _run()
+    cards = {m.value.split("job ", 1)[-1].split(" ", 1)[0]: _shown(m.value) for m in at.markdown
+             if "<small>job " in m.value}
+    assert set(cards) == {broken, crashed}
+    assert "broken" in cards[broken] and f"job folder {broken}: state.json is unreadable" in cards[broken]
+    assert "failed" in cards[crashed] and "<code>MemoryError: out of memory</code>" in cards[crashed]
+    assert any("Traceback (most recent call last)" in c.value and "MemoryError" in c.value for c in at.code)
+    assert at.button(key=f"requeue_{crashed}") and not any(b.key.endswith(broken) for b in at.button)

@@ -7,18 +7,26 @@ from e2e_helpers import screenshot, wait_for_app
 
 pytestmark = pytest.mark.browser
 
-TEST_3_PROMPT = "th* c*lm f*rm*r c*lls th* n**ghb*r"  # test sample 3 of the tiny grammars run
 
 
-def test_explore_reads_url_and_reacts_to_k(page, app_url):
+@pytest.fixture
+def test3(tiny_run):
+    """Test sample 3 of the run the app serves (prompt, response, label), read from its run folder."""
+    import pyarrow.parquet as pq
+
+    s = pq.read_table(tiny_run / "samples.parquet").to_pandas()
+    return s[(s.split == "test") & (s.sample_id == 3)].iloc[0]
+
+
+def test_explore_reads_url_and_reacts_to_k(page, app_url, test3):
     page.goto(app_url + "/Explore?test=3&k=4")
     wait_for_app(page)
     # Elements stream in while the script runs: wait for all three method columns, then the chart.
     expect(page.get_by_text("Coverage@4", exact=True)).to_have_count(3, timeout=60_000)
     page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=30_000)
     text = page.inner_text("body")
-    assert TEST_3_PROMPT in text
-    assert "Replace Vowels with *" in text
+    # the prompt and label as written: markdown characters in them (the '*' of a vowel-replacing grammar) shown
+    assert test3.prompt.split(" -> ")[-1] in text and test3.label in text
     for method in ("datainf", "repsim", "gradsim"):
         assert method in text
     assert text.count("Coverage@4") == 3
@@ -46,13 +54,13 @@ def _choose(page, key: str, option_text: str) -> None:
     wait_for_app(page)
 
 
-def test_explore_pick_prompt_drill_and_export(page, app_url, tmp_path):
+def test_explore_pick_prompt_drill_and_export(page, app_url, tmp_path, test3):
     page.goto(app_url + "/Explore?k=3")
     wait_for_app(page)
     expect(page.get_by_text("Coverage@3", exact=True)).to_have_count(3, timeout=60_000)
     # pick test prompt #3 through the chooser, as a user would
     _choose(page, "test", "#3 ·")
-    expect(page.get_by_text(TEST_3_PROMPT).first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(test3.prompt.split(" -> ")[-1]).first).to_be_visible(timeout=60_000)
     assert "test=3" in page.url
     # drill into training sample 7: the URL records it and the drill-down names it
     _choose(page, "train", "#7 ·")
@@ -66,7 +74,7 @@ def test_explore_pick_prompt_drill_and_export(page, app_url, tmp_path):
     import pandas as pd
 
     df = pd.read_csv(path)
-    assert set(df.method) == {"datainf", "repsim", "gradsim"} and len(df) == 9
+    assert set(df.method) == {"datainf", "repsim", "gradsim"} and len(df) == 3 * 3  # 3 methods x k
     assert set(df.test_id) == {3}
     assert "Traceback" not in page.inner_text("body")
     screenshot(page, "explore_drill")

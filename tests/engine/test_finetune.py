@@ -1,5 +1,7 @@
 """LoRA fine-tuning: deterministic, a state per epoch, loss goes down, only LoRA weights change."""
 
+import numpy as np
+import pytest
 import torch
 
 from engine.finetune import add_lora, finetune, lora_state
@@ -49,3 +51,34 @@ def test_initial_lora_depends_on_seed_only():
     sa, sb, sc = lora_state(a), lora_state(b), lora_state(c)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+CUDA = "cuda"  # the device checked against the CPU below
+
+
+def _train_on(device, dtype, seed=0, epochs=3):
+    model, tok = load_base("tiny", dtype=dtype)
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), seed=seed).to(device)
+    enc = [encode(s, tok, "[INST] {prompt} [/INST] {response}", 32, "response") for s in DATA]
+    return finetune(model, enc, tok.pad_token_id, TrainSpec(epochs=epochs, batch_size=4, lr=1e-2, seed=seed),
+                    torch.device(device), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-3), (torch.bfloat16, 5e-2)])
+def test_finetune_on_cuda(dtype, rtol):
+    """Fine-tuning on CUDA in float32 and bfloat16 follows the CPU float32 run step by step (same seed, same
+    batches): the loss goes down, the step losses and the final adapter agree within the dtype's precision, and
+    the saved states are CPU tensors."""
+    cpu = _train_on("cpu", torch.float32)
+    gpu = _train_on(CUDA, dtype)
+    assert [s for _, s, _ in gpu.losses] == [s for _, s, _ in cpu.losses]
+    got, want = np.array([v for *_, v in gpu.losses]), np.array([v for *_, v in cpu.losses])
+    assert np.isfinite(got).all() and got[-4:].mean() < got[:4].mean()
+    np.testing.assert_allclose(got, want, rtol=rtol)
+    assert gpu.lrs == cpu.lrs
+    for key, value in cpu.epochs[-1].items():
+        moved = gpu.epochs[-1][key]
+        assert moved.device.type == "cpu"
+        diff = float((moved.double() - value.double()).norm() / value.double().norm())
+        assert diff <= 10 * rtol, key

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from _references import loop_gradients
 
+from engine.errors import EngineStateError
 from engine.finetune import add_lora
 from engine.formatting import encode
-from engine.grads import lora_blocks, loop_gradients, sample_features
+from engine.grads import lora_blocks, sample_features
 from engine.models import load_base
 from engine.spec import LoraSpec
 from engine.tasks.base import Sample
@@ -38,8 +40,8 @@ def test_batched_equals_loop(lora_model, loss_on):
     model, tok = lora_model
     enc = _samples(tok, loss_on=loss_on)
     f = sample_features(model, enc, tok.pad_token_id, CPU, batch_size=3, progress=False)
-    ref = loop_gradients(model, enc, tok.pad_token_id, CPU)
-    assert len(f.grads) == len(ref) == 8  # 2 layers x (q, v) x (A, B)
+    names, ref = loop_gradients(model, enc, CPU)
+    assert list(f.block_names) == names and len(ref) == 8  # 2 layers x (q, v) x (A, B)
     for got, want in zip(f.grads, ref):
         assert got.dtype == torch.float32 and got.shape == want.shape
         rel = float((got - want).abs().max() / want.abs().max())
@@ -75,10 +77,24 @@ def test_refuses_training_mode(lora_model):
     model, tok = lora_model
     model.train()
     try:
-        with pytest.raises(RuntimeError, match="eval"):
+        with pytest.raises(EngineStateError, match="eval"):
             sample_features(model, _samples(tok, 1), tok.pad_token_id, CPU, progress=False)
     finally:
         model.eval()
+
+
+def test_a_model_without_lora_blocks_and_mismatched_shards_are_engine_state_errors(lora_model):
+    from engine.grads import merge_features
+
+    model, tok = lora_model
+    plain, _ = load_base("tiny")  # no adapter at all
+    plain.eval()
+    with pytest.raises(EngineStateError, match="no LoRA blocks.*target_modules"):
+        sample_features(plain, _samples(tok, 1), tok.pad_token_id, CPU, progress=False)
+    a = sample_features(model, _samples(tok, 2), tok.pad_token_id, CPU, progress=False)
+    b = type(a)(grads=a.grads[:2], reps=a.reps, loss=a.loss, block_names=a.block_names[:2])
+    with pytest.raises(EngineStateError, match="shard 1 has 2"):
+        merge_features([a, b])
 
 
 def test_shards_merge_to_the_whole(lora_model):
@@ -153,3 +169,42 @@ def test_kfac_factors_of_shards_add_up(lora_model):
     assert (sharded.kfac.samples, sharded.kfac.tokens) == (whole.kfac.samples, whole.kfac.tokens)
     for a, b in zip(whole.kfac.act + whole.kfac.grad, sharded.kfac.act + sharded.kfac.grad):
         assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+
+
+CUDA = "cuda"  # the device checked against the CPU below
+
+
+def _rel(got, want) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_gradient_pass_on_cuda(dtype, tol):
+    """The batched gradient pass (gradients, K-FAC factors, representations) of a model on CUDA in float32 and
+    bfloat16, as the pipeline loads it, against the loop reference and the CPU pass on the same weights in
+    float32 (bfloat16 compute keeps about 3 significant digits). Results come back as float32 CPU tensors."""
+    import copy
+
+    model, tok = load_base("tiny", dtype=dtype)
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")), seed=0)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.eval()
+    enc = _samples(tok, 7)
+    reference = copy.deepcopy(model).float()  # the same (rounded) weights, in float32 on the CPU
+    names, loop = loop_gradients(reference, enc, CPU)
+    want = sample_features(reference, enc, tok.pad_token_id, CPU, batch_size=3, progress=False, kfac=True)
+    got = sample_features(model.to(CUDA), enc, tok.pad_token_id, torch.device(CUDA), batch_size=3, progress=False,
+                          kfac=True)
+    assert list(got.block_names) == names
+    for a, b, c in zip(got.grads, loop, want.grads):
+        assert a.device.type == "cpu" and a.dtype == torch.float32 and a.shape == b.shape
+        assert _rel(a, b) <= tol and _rel(c, b) <= 1e-5
+    for a, b in zip(got.kfac.act + got.kfac.grad, want.kfac.act + want.kfac.grad):
+        assert a.device.type == "cpu" and _rel(a, b) <= 2 * tol
+    assert got.kfac.tokens == want.kfac.tokens
+    assert _rel(got.reps, want.reps) <= tol and _rel(got.loss, want.loss) <= tol

@@ -92,8 +92,7 @@ def test_failure_mid_run_leaves_nothing(tmp_path, monkeypatch, tiny_spec):
     monkeypatch.setattr(pipeline, "score_in_shards", boom)
     with pytest.raises(RuntimeError, match="killed"):
         run_pipeline(spec_from_dict(tiny_spec), tmp_path, progress=False)
-    # only the hidden feature cache stays, so that starting the run again resumes from its finished shards
-    assert [p.name for p in tmp_path.iterdir()] == [".features"]
+    assert list(tmp_path.iterdir()) == []
     assert list_complete_runs(tmp_path) == []
 
 

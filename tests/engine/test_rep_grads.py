@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+from _references import loop_rept
 from test_grads import CPU, lora_model  # noqa: F401  (lora_model: the tiny LoRA model fixture of test_grads)
 
-from engine.formatting import collate, encode, per_sample_loss
+from engine.errors import EngineStateError, InputError
+from engine.formatting import encode
 from engine.grads import sample_features
-from engine.rep_grads import rept_features, response_labels
+from engine.rep_grads import rept_features
 from engine.tasks.base import Sample
 
 TPL = "[INST] {prompt} [/INST] {response}"
@@ -18,31 +20,12 @@ def _samples(tok, n=6, loss_on="sequence"):
     return [encode(s, tok, TPL, 64, loss_on) for s in rows]
 
 
-def loop_reference(model, samples, pad_id, layer):
-    """One sample at a time, full model forward: h from the prompt-only pass, dh via .retain_grad()."""
-    rows = []
-    for s in samples:
-        prompt = collate([type(s)(s.input_ids[:s.prompt_len], s.labels[:s.prompt_len], s.prompt_len)], pad_id)
-        with torch.no_grad():
-            h = model(input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"],
-                      output_hidden_states=True).hidden_states[layer][0, -1]
-        batch = collate([s], pad_id)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        hs = out.hidden_states[layer]
-        hs.retain_grad()
-        model.zero_grad(set_to_none=True)
-        per_sample_loss(out.logits, response_labels(batch)).sum().backward()
-        rows.append(torch.cat([h, hs.grad[0, s.prompt_len - 1]]).float())
-    model.zero_grad(set_to_none=True)
-    return torch.stack(rows)
-
-
 @pytest.mark.parametrize("layer", [-1, 1])
 def test_batched_equals_loop(lora_model, layer):
     model, tok = lora_model
     enc = _samples(tok)  # encoded with the loss on the whole sequence: RepT still uses the response loss only
     got = rept_features(model, enc, tok.pad_token_id, CPU, batch_size=4, layer=layer, progress=False)
-    want = loop_reference(model, enc, tok.pad_token_id, layer)
+    want = loop_rept(model, enc, layer)
     h = got.shape[1] // 2
     assert got.shape == want.shape and h == model.config.hidden_size
     for part in (slice(0, h), slice(h, None)):
@@ -60,11 +43,11 @@ def test_last_layer_state_is_the_repsim_vector(lora_model):
 
 def test_bad_layer_and_train_mode(lora_model):
     model, tok = lora_model
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(InputError, match="'layer' must be -1 or in 1..2, got 0"):
         rept_features(model, _samples(tok, 1), tok.pad_token_id, CPU, layer=0, progress=False)
     model.train()
     try:
-        with pytest.raises(RuntimeError, match="eval"):
+        with pytest.raises(EngineStateError, match="eval"):
             rept_features(model, _samples(tok, 1), tok.pad_token_id, CPU, progress=False)
     finally:
         model.eval()

@@ -68,7 +68,7 @@ def reference(tmp_path_factory):
 
 
 def _shard_files(data):
-    return sorted((data / "runs" / ".features").glob("*/ckpt-*/train-*.safetensors"))
+    return sorted((data / "features").glob("*/ckpt-*/train-*.safetensors"))
 
 
 def test_a_killed_run_resumes_from_its_finished_shards(tmp_path, reference):
@@ -104,7 +104,7 @@ def test_two_processes_equal_one_and_leave_a_cache_one_process_reuses(tmp_path, 
     again = _run(_spec_file(tmp_path, "one-after-two"), data)  # another name, the same features
     assert read_manifest(again)["feature_shards"] == {"computed": 0, "reused": 20}
     _assert_same_scores(reference, again)
-    assert not (data / "runs" / ".features").exists()  # feature_cache: delete (the default) after success
+    assert not (data / "features").exists()  # feature_cache: delete (the default) after success
 
 
 def _children(pid: int) -> list[int]:

@@ -27,9 +27,15 @@ def jsonl(rs) -> bytes:
     return "\n".join(json.dumps(r) for r in rs).encode("utf-8")
 
 
+def _count(split, rs=None):
+    return sum(r["split"] == split for r in (rs or rows()))
+
+
 def test_a_valid_upload_is_kept(tmp_path):
     task = validate_upload("good.jsonl", jsonl(rows()))
-    assert len(task.train) == 6 and len(task.test) == 2 and list(task.labels) == ["L0", "L1"]
+    assert (len(task.train), len(task.test)) == (_count("train"), _count("test"))
+    assert [s.prompt for s in task.train] == [r["prompt"] for r in rows() if r["split"] == "train"]
+    assert list(task.labels) == sorted({r["label"] for r in rows()})
     keep_upload(task, tmp_path, "good")
     assert list_datasets(tmp_path) == ["good"]
 
@@ -37,7 +43,7 @@ def test_a_valid_upload_is_kept(tmp_path):
 def test_a_valid_parquet_upload():
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows()), buf)
-    assert len(validate_upload("data.parquet", buf.getvalue()).train) == 6
+    assert len(validate_upload("data.parquet", buf.getvalue()).train) == _count("train")
 
 
 @pytest.mark.parametrize("filename, data, message", [
@@ -59,8 +65,47 @@ def test_a_valid_parquet_upload():
      r"blank\.jsonl, line 1: field 'response' is empty"),
     ("data.exe", b"MZ", r"data\.exe: unsupported file type"),
 ])
-def test_bad_uploads_get_their_own_message_and_nothing_is_kept(tmp_path, filename, data, message):
+def test_bad_uploads_get_their_own_message_and_nothing_is_kept(system_temp, filename, data, message):
     with pytest.raises(InputError, match=message) as e:
         validate_upload(filename, data, max_bytes=2**20)
-    assert "/tmp" not in str(e.value) and "upload-" not in str(e.value)  # no temp paths leak into messages
-    assert list(tmp_path.iterdir()) == []
+    assert str(system_temp) not in str(e.value) and "upload-" not in str(e.value)  # no temp paths in messages
+    assert list(system_temp.iterdir()) == []  # the temporary copy is gone
+
+
+@pytest.fixture
+def system_temp(tmp_path, monkeypatch):
+    """The folder ``tempfile`` hands out (where validate_upload puts its temporary copy), empty to start with."""
+    import tempfile
+
+    folder = tmp_path / "system-temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_the_temporary_copy_is_made_there_and_removed_after_a_valid_upload_too(system_temp, monkeypatch):
+    import engine.tasks
+
+    seen = []
+    real = engine.tasks.load_dataset
+
+    def spy(path, **kw):
+        seen.append(path)
+        assert path.is_file() and system_temp in path.parents  # the copy the importer parses
+        return real(path, **kw)
+
+    monkeypatch.setattr(engine.tasks, "load_dataset", spy)
+    validate_upload("good.jsonl", jsonl(rows()))
+    assert len(seen) == 1 and list(system_temp.iterdir()) == []
+
+
+def test_the_temporary_copy_is_removed_when_the_importer_crashes(system_temp, monkeypatch):
+    import engine.tasks
+
+    def crash(path, **kw):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(engine.tasks, "load_dataset", crash)
+    with pytest.raises(MemoryError):
+        validate_upload("good.jsonl", jsonl(rows()))
+    assert list(system_temp.iterdir()) == []

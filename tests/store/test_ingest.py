@@ -286,3 +286,117 @@ def test_ingest_uses_parameters_for_paths(store, tmp_path, make_run):
     make_run(runs, "a")
     assert store.ingest_all(runs) == ["a"]
     assert isinstance(store.con, duckdb.DuckDBPyConnection)
+
+
+# ---------------------------------------------------------------------------------------------- changing folders
+
+
+def _replace_during(monkeypatch, replace, when=lambda n, table: n == 2):
+    """Make ``_insert_table`` call ``replace()`` before its n-th call (1-based) whenever ``when(n, table)``."""
+    real = ingest._insert_table
+    calls = []
+
+    def insert(con, run_id, table, paths):
+        calls.append(table)
+        if when(len(calls), table):
+            replace()
+        real(con, run_id, table, paths)
+
+    monkeypatch.setattr(ingest, "_insert_table", insert)
+    return calls
+
+
+def _alone(folder) -> dict:
+    """The rows ``folder`` gives in a database of its own."""
+    with Store(":memory:") as s:
+        assert ingest.ingest_run(s.con, folder)
+        return dump(s.con)
+
+
+@pytest.mark.parametrize("n_train", [12, 15])  # the re-run has the same sizes, or other sample counts
+def test_a_folder_replaced_while_it_is_ingested_is_loaded_again_whole(store, runs_dir, make_run, monkeypatch, n_train):
+    """A re-run replaces the folder half-way through the load (after the first table): the rows read so far are
+    a mix of two runs, so the load starts again, and the database ends up holding exactly the new run."""
+    make_run(runs_dir, "r", seed=0)
+    calls = _replace_during(monkeypatch, lambda: make_run(runs_dir, "r", seed=1, n_train=n_train))
+    assert ingest.ingest_run(store.con, runs_dir / "r") is True
+    assert calls == sorted(set(calls)) * 2  # every table was loaded twice: the mix, then the new run
+    monkeypatch.undo()
+    assert dump(store.con) == _alone(runs_dir / "r")
+    assert counts(store.con)["samples"] == n_train + 5
+
+
+def test_a_folder_that_keeps_changing_is_refused_and_the_old_rows_stay(store, runs_dir, make_run, monkeypatch):
+    make_run(runs_dir, "r", seed=0)
+    ingest.ingest_run(store.con, runs_dir / "r")
+    before = dump(store.con)
+    make_run(runs_dir, "r", seed=1)  # a re-run to ingest...
+    seeds = iter(range(2, 100))  # ...which is replaced again during every attempt
+    _replace_during(monkeypatch, lambda: make_run(runs_dir, "r", seed=next(seeds)),
+                    when=lambda n, table: table == "samples")
+    with pytest.raises(IngestError, match="kept changing while being ingested"):
+        ingest.ingest_run(store.con, runs_dir / "r")
+    assert dump(store.con) == before
+
+
+def test_a_folder_deleted_while_it_is_ingested_writes_nothing(store, runs_dir, make_run, monkeypatch):
+    make_run(runs_dir, "r")
+    _replace_during(monkeypatch, lambda: shutil.rmtree(runs_dir / "r"))
+    assert ingest.ingest_run(store.con, runs_dir / "r") is False
+    assert counts(store.con) == {t: 0 for t in N_TABLES}
+
+
+# ---------------------------------------------------------------------------------------------- killed mid-ingest
+
+KILLABLE = r"""
+import sys, time
+import store
+from store import ingest
+db, folder, pause_after = sys.argv[1:4]
+real = ingest._insert_table
+
+def insert(con, run_id, table, paths):
+    real(con, run_id, table, paths)
+    if table == pause_after:  # inside the transaction, with this table's rows written
+        print("paused", flush=True)
+        time.sleep(600)
+
+ingest._insert_table = insert
+with store.Store(db) as s:
+    ingest.ingest_run(s.con, folder, checkpoint=False)
+    print("paused", flush=True)  # committed, but only in the write-ahead log: no CHECKPOINT yet
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("pause_after", ["samples", "scores", "committed"])
+def test_a_process_killed_mid_ingest_leaves_the_database_unchanged_or_fully_updated(
+        runs_dir, db_path, make_run, pause_after):
+    """The database holds run r; a re-run replaced its folder; a process ingesting the new folder is SIGKILLed
+    part-way. Killed inside the transaction, the database holds exactly the old run; killed after the commit
+    (before any checkpoint), exactly the new one. Never a mix."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from store.paths import REPO_ROOT
+
+    make_run(runs_dir, "r", seed=0)
+    with Store(db_path) as s:
+        ingest.ingest_run(s.con, runs_dir / "r")
+        old = dump(s.con)
+    make_run(runs_dir, "r", seed=1, n_train=15)
+    new = _alone(runs_dir / "r")
+    assert new != old
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(db_path), str(runs_dir / "r"), pause_after],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "paused"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Store(db_path, read_only=True) as s:
+        assert dump(s.con) == (new if pause_after == "committed" else old)

@@ -68,18 +68,80 @@ def test_mismatched_blocks(feats):
         get_method("datainf")(Features(reps=train.reps), test)
 
 
+# ---------------------------------------------------------------------------------------------- every method on CUDA
+
+FEATURES = {"grads", "reps", "kfac", "proj", "rept"}  # the Features fields a method may need (see base.Features)
+PROJ = {"proj_dim": 8, "proj_seed": 0, "proj_kind": "rademacher"}  # small enough that blocks are really projected
+
+
+def full_features(seed: int = 0):
+    """(train, test) Features carrying every field any method reads: gradients with K-FAC factors of the
+    training side (from random tokens, so factors and gradients agree), representations, two checkpoints of
+    history (for TracIn), RepT parts, and the gradients' projection with :data:`PROJ`."""
+    from engine.projection import Projector
+
+    from ._kronecker_helpers import token_features
+
+    train, test = token_features(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def complete(f):
+        earlier = [torch.randn(g.shape, generator=gen) for g in f.grads]
+        proj = Projector([g.shape[1] for g in f.grads], PROJ["proj_dim"], PROJ["proj_seed"], PROJ["proj_kind"])
+        return Features(grads=f.grads, reps=torch.randn(f.n, 6, generator=gen), block_names=f.block_names,
+                        history=((2e-3, earlier), (1e-3, f.grads)), kfac=f.kfac, proj=proj.project(f.grads),
+                        rept=torch.cat([5 * torch.randn(f.n, 6, generator=gen),
+                                        1e-2 * torch.randn(f.n, 6, generator=gen)], dim=1))
+
+    return complete(train), complete(test)
+
+
+def _params(method) -> dict:
+    return {k: v for k, v in PROJ.items() if k in method.defaults}
+
+
+def _moved(f: Features, device) -> Features:
+    """``f`` with every tensor on ``device``, except the K-FAC factors, which stay on the CPU as the gradient
+    pass returns them (the methods move what they need)."""
+    from dataclasses import replace
+
+    def to(t):
+        return t.to(device)
+
+    return replace(f, grads=[to(g) for g in f.grads], reps=to(f.reps), rept=to(f.rept),
+                   history=tuple((w, [to(g) for g in gs]) for w, gs in f.history),
+                   proj=replace(f.proj, blocks=[to(b) for b in f.proj.blocks]))
+
+
+def test_the_full_features_serve_every_registered_method():
+    """What the CUDA comparison below feeds the methods covers every method in the registry: a method that needs
+    a new kind of feature must get it built there too, rather than be skipped."""
+    train, test = full_features()
+    assert train.kfac is not None and train.proj.blocks[0].shape[1] < train.grads[0].shape[1]
+    for name, method in REGISTRY.items():
+        assert method.needs <= FEATURES, name
+        S = method(train, test, **_params(method))
+        assert S.shape == (test.n, train.n) and np.isfinite(S).all(), name
+
+
+CUDA = "cuda"  # the device compared with the CPU below
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", sorted(BUILTIN))
-def test_cuda_matches_cpu(feats, name):
-    train, test = feats
-
-    def to(f):
-        return Features(grads=[g.cuda() for g in f.grads], reps=f.reps.cuda(), block_names=f.block_names)
-
-    cpu = get_method(name)(train, test)
-    gpu = get_method(name)(to(train), to(test))
-    np.testing.assert_allclose(gpu, cpu, rtol=1e-9, atol=1e-9 * np.abs(cpu).max())
-    gpu32 = get_method(name)(to(train), to(test), dtype="float32")
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_cuda_matches_cpu(name):
+    """Every registered method on CUDA, both ways a caller gets there (features already on the GPU, or CPU
+    features with ``device="cuda"``), in float64 and float32, whole and shard by shard, against the CPU."""
+    method = get_method(name)
+    params = _params(method)
+    train, test = full_features()
+    cpu = method(train, test, **params)
+    assert np.abs(cpu).max() > 0
+    g_train, g_test = _moved(train, CUDA), _moved(test, CUDA)
+    tol = {"rtol": 1e-9, "atol": 1e-9 * np.abs(cpu).max()}
+    np.testing.assert_allclose(method(g_train, g_test, **params), cpu, **tol)
+    np.testing.assert_allclose(method(train, test, device=CUDA, **params), cpu, **tol)
+    gpu32 = method(g_train, g_test, dtype="float32", **params)
     assert np.abs(gpu32 - cpu).max() <= 1e-3 * np.abs(cpu).max()
-    parts = list(score_in_shards(name, to(train), to(test), 5))
-    np.testing.assert_allclose(np.concatenate([p[2] for p in parts], axis=1), cpu, rtol=1e-9, atol=1e-9)
+    parts = list(score_in_shards(name, g_train, g_test, 5, **params))
+    np.testing.assert_allclose(np.concatenate([p[2] for p in parts], axis=1), cpu, **tol)
