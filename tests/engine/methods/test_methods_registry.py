@@ -70,7 +70,7 @@ def test_mismatched_blocks(feats):
 
 # ---------------------------------------------------------------------------------------------- every method on CUDA
 
-FEATURES = {"grads", "reps", "kfac", "proj", "rept"}  # the Features fields a method may need (see base.Features)
+FEATURES = {"grads", "reps", "kfac", "proj", "rept", "history"}  # the feature kinds full_features builds
 PROJ = {"proj_dim": 8, "proj_seed": 0, "proj_kind": "rademacher"}  # small enough that blocks are really projected
 
 
