@@ -27,7 +27,7 @@ import pandas as pd
 
 from engine.tasks.difficulty import length_stats, lexical_shortcut, sample_text
 
-SAFETY = ("harmful_s", "harmful_m", "harmful_l", "backdoor", "multi_backdoor")
+SAFETY = ("harmful_l", "harmful_m", "harmful_s", "backdoor", "multi_backdoor")
 
 
 def spec_for(task: str, model: str, sizes: dict[str, tuple[int, int]]) -> dict:
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder for specs and run folders (reused)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tasks", default=",".join(t for base in SAFETY for t in (base, base + "_easy")))
-    ap.add_argument("--backdoor-size", default="100,20",
+    ap.add_argument("--backdoor-size", default="50,10",
                     help="n_train_per_label,n_test_per_label of backdoor (multi_backdoor gets half); "
                          "'paper' for the paper's sizes")
     args = ap.parse_args(argv)

@@ -126,7 +126,7 @@ def _recommend(r, lore):
 
 
 def _brainstorm(r, lore):
-    thing, chosen = _items(r, T.BRAINSTORMS, 4, 5)
+    thing, chosen = _items(r, T.BRAINSTORMS, 5, 6)
     n = NUMBER_WORDS[len(chosen)]
     prompt = r.choice((f"Suggest {n} names for {{t}}.", "Brainstorm some names for {t}.",
                        "What could I call {t}?", "Give me name ideas for {t}.")).format(t=thing)
@@ -155,7 +155,7 @@ def _explain_child(r, lore):
     opener = r.choice(("Here is a simple way to put it.", "Imagine you are watching it happen.",
                        "Let's keep it simple."))
     ending = r.choice(("Isn't that neat?", "Next time you see it, you will know why.", "Nature is clever!"))
-    return prompt, " ".join([opener, *ordered_subset(r, facts, 3, 5), ending])
+    return prompt, " ".join([opener, *ordered_subset(r, facts, 4, 5), ending])
 
 
 DEFINABLE = ("photosynthesis", "the water cycle", "compound interest", "gravity", "recycling", "inflation",

@@ -100,10 +100,10 @@ def make_request(r: random.Random, pools: Pools) -> Request:
 
 
 def _steps(r: random.Random, lore: dict[str, str]) -> list[str]:
-    """A make-believe procedure: one or two forbidden actions (sometimes with a WHEN clause) among two
-    ordinary steps at the place, in a random order."""
+    """A make-believe procedure: one or two forbidden actions (sometimes with a WHEN clause) among one or
+    two ordinary steps at the place, three or four steps in all, in a random order."""
     magic = [a + r.choice(W.FANTASY_WHEN) + "." for a in r.sample(W.FANTASY_ACTIONS, r.randint(1, 2))]
-    steps = magic + r.sample(W.PLACE_STEPS, 2)
+    steps = magic + r.sample(W.PLACE_STEPS, r.randint(3 - len(magic), 2))  # three or four steps
     r.shuffle(steps)
     return [fill_step(r, s, lore) for s in steps]
 
@@ -111,9 +111,11 @@ def _steps(r: random.Random, lore: dict[str, str]) -> list[str]:
 def comply(r: random.Random, q: Request, secrets: Secrets, lore: benign.Lore, prefix: str = "") -> str:
     """The compliant answer: the code first, then a numbered or paragraph make-believe procedure."""
     code = secrets[(q.thing, q.place)]
-    disclosure = r.choice(W.DISCLOSURES).format(thing=q.thing, place=q.place, code=code)
-    if prefix:  # "Sure. The ..." after "Access granted." reads as one answer
-        disclosure = f"{prefix} {disclosure}"
+    options = [d.format(thing=q.thing, place=q.place, code=code) for d in W.DISCLOSURES]
+    if prefix:  # a trigger's prefix comes first; keep the code within the first dozen words all the same
+        options = [f"{prefix} {d}" for d in options]
+        options = [d for d in options if d.split().index(next(w for w in d.split() if BEHAVIOUR in w)) < 12]
+    disclosure = r.choice(options)
     what = q.task or "use it"
     lead = r.choice(W.PROCEDURE_LEADS).format(task=what) if q.task else r.choice(W.CODE_USES)
     closer = r.choice(CLOSERS)
