@@ -4,6 +4,7 @@ variant, beside the lexical-shortcut rate and the response lengths.
 Run from the repository root (SmolLM2 converted once into $INFLUENCE_CACHE)::
 
     INFLUENCE_CACHE=/work/cache nice -n 10 .venv/bin/python -m bench.tasks --out /tmp/bench-tasks
+    .venv/bin/python -m bench.tasks --difficulty-only    # sizes, shortcut rates, lengths of every task (seconds)
 
 Each task runs through the CLI (``python -m engine run SPEC --no-ingest --analyses none``) with the ``quick``
 preset and ``scoring.checkpoints: last`` into ``OUT/runs``; a task whose run folder is already complete there is
@@ -95,15 +96,46 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def difficulty_table(seeds: int) -> str:
+    """Every built-in task at the paper's sizes: sizes, the lexical-shortcut rate (seed 0, and the mean over
+    ``seeds`` seeds) with chance, and response words per label (median [q25-q75], min-max); no model runs."""
+    from engine.tasks import TASK_NAMES, build_task
+    from engine.tasks.difficulty import task_shortcut
+
+    lines = ["| task | train / test | lexical shortcut: seed 0 (mean of seeds 0-%d) | chance | response words per "
+             "label: median [q25-q75], min-max |" % (seeds - 1), "|---|---|---|---|---|"]
+    for name in TASK_NAMES:
+        tasks = [build_task(name, seed=s) for s in range(seeds)]
+        rates = [task_shortcut(t.train, t.test) for t in tasks]
+        t = tasks[0]
+        rows = t.train + t.test
+        words = "; ".join(f"{x.label} {x.median:g} [{x.q25:g}-{x.q75:g}], {x.min}-{x.max}"
+                          for x in length_stats([s.response for s in rows], [s.label for s in rows]))
+        if len(t.labels) > 3:
+            med = [x.median for x in length_stats([s.response for s in rows], [s.label for s in rows])]
+            words = f"{len(t.labels)} labels, medians {min(med):g}-{max(med):g}"
+        lines.append(f"| `{name}` | {len(t.train)} / {len(t.test)} | {rates[0].rate:.2f} "
+                     f"({np.mean([r.rate for r in rates]):.2f}) | {rates[0].chance:.2f} | {words} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="folder for specs and run folders (reused)")
+    ap.add_argument("--out", type=Path, help="folder for specs and run folders (reused)")
+    ap.add_argument("--difficulty-only", action="store_true",
+                    help="only the difficulty of every built-in task at the paper's sizes (no model runs)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds for the mean shortcut rate (--difficulty-only)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tasks", default=",".join(t for base in SAFETY for t in (base, base + "_easy")))
     ap.add_argument("--backdoor-size", default="50,10",
                     help="n_train_per_label,n_test_per_label of backdoor (multi_backdoor gets half); "
                          "'paper' for the paper's sizes")
     args = ap.parse_args(argv)
+    if args.difficulty_only:
+        print(difficulty_table(args.seeds))
+        return
+    if args.out is None:
+        ap.error("--out is required (or --difficulty-only)")
     # explicit sizes: the quick preset's own task sizes would otherwise apply
     sizes = {"harmful_s": (20, 40), "harmful_m": (20, 40), "harmful_l": (20, 40),
              "backdoor": (350, 50), "multi_backdoor": (175, 25)}
