@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=5, help="seeds for the mean shortcut rate (--difficulty-only)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tasks", default=",".join(t for base in SAFETY for t in (base, base + "_easy")))
-    ap.add_argument("--backdoor-size", default="50,10",
+    ap.add_argument("--backdoor-size", default="20,5",
                     help="n_train_per_label,n_test_per_label of backdoor (multi_backdoor gets half); "
                          "'paper' for the paper's sizes")
     args = ap.parse_args(argv)
