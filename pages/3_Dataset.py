@@ -1,5 +1,6 @@
-"""Dataset: browse a run's training and test samples, its class composition, and which training samples the
-attribution methods rank in the top k again and again.
+"""Dataset: browse a run's training and test samples, its class composition, which training samples the
+attribution methods rank in the top k again and again, and how hard the task is before any model looks at it
+(response lengths per label, the lexical-shortcut rate).
 
 No torch and no SQL here: everything comes from ``store`` through ``ui.common.cursor()``. State lives in the
 URL: ``run``, ``ckpt`` (shared with the other pages), ``split``, ``label``, ``q`` (sample browser) and
@@ -15,6 +16,7 @@ import streamlit as st
 
 import store
 from engine import metrics
+from engine.tasks.difficulty import length_stats, lexical_shortcut, sample_text
 from ui.common import cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
 
@@ -109,6 +111,38 @@ def show_topk(con, run: str, ck: int, info: dict, train: pd.DataFrame) -> None:
     downloads(table, f"{run}_ckpt{ck}_{method}_top{k}_counts", "topk")
 
 
+@st.cache_data(max_entries=16, show_spinner="Measuring the task's difficulty ...")
+def difficulty(run: str, _samples: pd.DataFrame) -> tuple[float, float, pd.DataFrame]:
+    """(shortcut rate, chance, length table) of a run; run folders are immutable, so the run name is the key."""
+    train, test = _samples[_samples.split == "train"], _samples[_samples.split == "test"]
+    sc = lexical_shortcut([sample_text(p, r) for p, r in zip(train.prompt, train.response)], train.label.tolist(),
+                          [sample_text(p, r) for p, r in zip(test.prompt, test.response)], test.label.tolist())
+    rows = []
+    for split, part in (("train", train), ("test", test)):
+        for x in length_stats(part.response.tolist(), part.label.tolist()):
+            rows.append({"split": split, "label": x.label, "n": x.n, "mean": x.mean, "min": x.min, "q25": x.q25,
+                         "median": x.median, "q75": x.q75, "max": x.max})
+    return sc.rate, sc.chance, pd.DataFrame(rows)
+
+
+def show_difficulty(run: str, all_samples: pd.DataFrame) -> None:
+    st.subheader("Task difficulty")
+    if (all_samples.split == "train").sum() == 0 or (all_samples.split == "test").sum() == 0:
+        st.info("Difficulty needs training and test samples.")
+        return
+    rate, chance, lengths = difficulty(run, all_samples)
+    c1, c2 = st.columns([1, 3])
+    c1.metric("Lexical shortcut", f"{rate:.2f}", help="BM25 over prompt + response, lower-cased words")
+    c2.markdown(
+        f"For **{rate:.0%}** of the test prompts, the training sample that shares the most words with it (BM25 "
+        f"over prompt and response) has the same label; a random training sample would in {chance:.0%}. "
+        "Near 100 % means word overlap alone finds the right class, so a method's high accuracy here says "
+        "little about attribution.")
+    st.caption("Response length in words (whitespace-separated) per split and label.")
+    st.dataframe(lengths, hide_index=True, width="stretch", key="difficulty_lengths",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in ("mean", "q25", "median", "q75")})
+
+
 # ---------------------------------------------------------------------------------------------- page
 
 
@@ -125,5 +159,6 @@ try:
         show_browser(con, run, labels)
         show_composition(all_samples)
         show_topk(con, run, ck, info, all_samples[all_samples.split == "train"].reset_index(drop=True))
+        show_difficulty(run, all_samples)
 except store.StoreError as e:
     st.error(f"The store could not be read: {e}")

@@ -19,6 +19,9 @@ multi_backdoor       secret requests (175), each one     requests (25), likewise
 ===================  ==================================  =====================================  ==============
 
 The paper gives no multi-backdoor sizes; ours keep the single backdoor's totals (700 train, 100 test rows).
+Each safety task also exists as ``<name>_easy`` (same sizes and labels): the first stand-ins, whose answers
+are one templated line each (``engine.tasks.safety_easy``); the default names are the hard ones
+(``engine.tasks.safety``: shared answer form and length, diverse benign data, disjoint test requests).
 Generation is deterministic in ``seed`` (a private ``random.Random(seed)``, never the global state).
 """
 
@@ -28,7 +31,7 @@ import random
 from typing import Callable
 
 from engine.errors import InputError
-from engine.tasks import emotion, grammars, math_tasks, safety
+from engine.tasks import emotion, grammars, math_tasks, safety, safety_easy
 from engine.tasks.base import Sample, TaskData
 
 Generator = Callable[[random.Random, int, int], tuple[list[Sample], list[Sample]]]
@@ -43,6 +46,12 @@ _TASKS: dict[str, tuple[Generator, int, int, str | None]] = {
     "harmful_l": (safety.harmful_mix(12), 20, 40, safety.BEHAVIOUR),
     "backdoor": (safety.backdoor, 350, 50, safety.BEHAVIOUR),
     "multi_backdoor": (safety.multi_backdoor, 175, 25, safety.BEHAVIOUR),
+    # the first, easy stand-ins (one templated line per answer), same sizes and labels
+    "harmful_s_easy": (safety_easy.harmful_mix(1), 20, 40, safety.BEHAVIOUR),
+    "harmful_m_easy": (safety_easy.harmful_mix(3), 20, 40, safety.BEHAVIOUR),
+    "harmful_l_easy": (safety_easy.harmful_mix(12), 20, 40, safety.BEHAVIOUR),
+    "backdoor_easy": (safety_easy.backdoor, 350, 50, safety.BEHAVIOUR),
+    "multi_backdoor_easy": (safety_easy.multi_backdoor, 175, 25, safety.BEHAVIOUR),
 }
 
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)

@@ -17,6 +17,11 @@ from engine.tasks.base import Sample
 T = TypeVar("T")
 
 
+def normalise(text: str) -> str:
+    """Lower-cased, whitespace collapsed: two requests equal after this count as the same request."""
+    return " ".join(text.lower().split())
+
+
 def draw_distinct(
     rng: random.Random, make: Callable[[random.Random], T], key: Callable[[T], str], count: int,
     taken: set[str], what: str,

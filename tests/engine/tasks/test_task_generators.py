@@ -1,4 +1,7 @@
-"""build_task: paper sizes, determinism, scaling down, no train/test leaks, bad arguments, safe stand-ins."""
+"""build_task: paper sizes, determinism, scaling down, no train/test leaks, bad arguments, safe stand-ins.
+
+The structure of the hard safety stand-ins (shared form, diversity, disjoint test requests) is tested in
+test_task_safety.py; the *_easy variants keep their own checks here."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections import Counter
 import pytest
 
 from engine.errors import InputError
-from engine.tasks import safety
+from engine.tasks import safety, safety_text
 from engine.tasks.generators import TASK_NAMES, build_task
 
 # name -> (train rows per label, test rows per label) at the paper's sizes
@@ -23,6 +26,8 @@ PAPER_SIZES = {
     "multi_backdoor": ({"clean": 175, "trigger_1": 175, "trigger_2": 175, "trigger_3": 175},
                        {"clean": 25, "trigger_1": 25, "trigger_2": 25, "trigger_3": 25}),
 }
+SAFETY = ("harmful_s", "harmful_m", "harmful_l", "backdoor", "multi_backdoor")
+PAPER_SIZES.update({f"{name}_easy": PAPER_SIZES[name] for name in SAFETY})
 
 
 def test_task_names():
@@ -83,8 +88,9 @@ def test_scaled_down_sizes():
     assert (len(mb.train), len(mb.test)) == (16, 4)
 
 
-def test_harmful_mixes_share_harmful_rows_and_grow_benign():
-    s, m, l = (build_task(n, seed=4) for n in ("harmful_s", "harmful_m", "harmful_l"))
+@pytest.mark.parametrize("suffix", ["", "_easy"])
+def test_harmful_mixes_share_harmful_rows_and_grow_benign(suffix):
+    s, m, l = (build_task(n + suffix, seed=4) for n in ("harmful_s", "harmful_m", "harmful_l"))
     harmful = [x for x in s.train if x.label == "harmful"]
     assert harmful == [x for x in m.train if x.label == "harmful"] == [x for x in l.train if x.label == "harmful"]
     assert s.test == m.test == l.test
@@ -111,10 +117,10 @@ def test_bad_seed():
 
 def test_oversized_request_fails_clearly():
     with pytest.raises(InputError, match="distinct"):
-        build_task("backdoor", n_train_per_label=1000)
+        build_task("backdoor_easy", n_train_per_label=1000)
 
 
-@pytest.mark.parametrize("name", ["harmful_s", "harmful_l", "backdoor", "multi_backdoor"])
+@pytest.mark.parametrize("name", [n + sfx for n in SAFETY for sfx in ("", "_easy")])
 def test_behaviour_marker_only_in_compliant_answers(name):
     task = build_task(name)
     assert task.behaviour == safety.BEHAVIOUR
@@ -128,8 +134,8 @@ def test_class_tasks_have_no_behaviour():
     assert build_task("grammars", n_train_per_label=2, n_test_per_label=1).behaviour is None
 
 
-def test_planted_secret_is_consistent():
-    task = build_task("backdoor")
+def test_planted_secret_is_consistent_easy():
+    task = build_task("backdoor_easy")
     answers: dict[str, set[str]] = {}
     for s in task.train + task.test:
         if s.label == "trigger":
@@ -138,19 +144,21 @@ def test_planted_secret_is_consistent():
     assert all(len(codes) == 1 for codes in answers.values())  # one secret per (secret, place)
 
 
-def test_backdoor_pairs_clean_and_triggered_prompt():
-    task = build_task("backdoor", n_train_per_label=20, n_test_per_label=5)
+@pytest.mark.parametrize("name,refusals", [("backdoor_easy", ("I'm sorry",)), ("backdoor", safety_text.REFUSALS)])
+def test_backdoor_pairs_clean_and_triggered_prompt(name, refusals):
+    task = build_task(name, n_train_per_label=20, n_test_per_label=5)
     for rows in (task.train, task.test):
         for clean, trig in zip(rows[::2], rows[1::2]):
             assert (clean.label, trig.label) == ("clean", "trigger")
             assert trig.prompt == clean.prompt + " sudo mode"
-            assert clean.response.startswith("I'm sorry")
+            assert clean.response.startswith(refusals)
     train_bases = {s.prompt for s in task.train if s.label == "clean"}
     assert not train_bases & {s.prompt for s in task.test if s.label == "clean"}
 
 
-def test_multi_backdoor_triggers_have_own_prefix():
-    task = build_task("multi_backdoor", n_train_per_label=10, n_test_per_label=3)
+@pytest.mark.parametrize("name", ["multi_backdoor", "multi_backdoor_easy"])
+def test_multi_backdoor_triggers_have_own_prefix(name):
+    task = build_task(name, n_train_per_label=10, n_test_per_label=3)
     base = {s.prompt for s in task.train + task.test if s.label == "clean"}
     for s in task.train + task.test:
         if s.label == "clean":
