@@ -9,16 +9,19 @@ The page builds the spec as a dict and validates it with ``engine.spec.spec_from
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd  # noqa: F401  (import before any st.* call)
 import streamlit as st
 
 import store
-from engine import jobs
+from engine import jobs, workers
 from engine.errors import InputError
 from engine.methods import REGISTRY
 from engine.spec import ANALYSES, DEFAULT_METHODS, PRESETS, spec_from_dict
 from engine.tasks import TASK_NAMES
 from engine.uploads import keep_upload, list_datasets, max_upload_bytes, validate_upload
+from store.paths import REPO_ROOT
 from ui.auth import can_submit, current_user, read_only, require_login
 from ui.common import esc, get_store
 
@@ -132,6 +135,37 @@ def queue(spec: dict, jobs_dir) -> None:
                "picks it up; its progress shows below.")
 
 
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def worker_command(jobs_dir) -> str:
+    """The shell command that starts a worker on this app's store (and jobs folder, when it is not the default)."""
+    db = store.default_store_path().resolve()
+    cmd = ".venv/bin/python -m engine worker"
+    if db != (REPO_ROOT / "data" / "influence.duckdb").resolve():
+        cmd += f" --store {db}"
+    if Path(jobs_dir).resolve() != db.parent / "jobs":
+        cmd += f" --jobs {Path(jobs_dir).resolve()}"
+    return cmd
+
+
+def workers_panel(jobs_dir, live: list[dict]) -> None:
+    """How many workers are alive, where, on which device; with none, says so and how to start one."""
+    if not live:
+        st.warning("**No worker is running**: queued jobs wait until one starts. Start one in a shell, from the "
+                   "app's folder (`make run` starts one with the app; one worker per GPU):")
+        st.code(worker_command(jobs_dir), language="bash")
+        return
+    rows = pd.DataFrame([{"host": w.get("host"), "pid": w.get("pid"), "device": w.get("device"),
+                          "running": w.get("job") or "idle", "jobs done": w.get("jobs_done", 0),
+                          "since": w.get("started")} for w in live])
+    busy = int((rows.running != "idle").sum())
+    hosts = ", ".join(sorted(f"{h} ({d})" for h, d in {(w.get("host"), w.get("device")) for w in live}))
+    st.success(f"**{len(live)} worker{'s' if len(live) > 1 else ''} alive** ({busy} busy) on {esc(hosts)}")
+    with st.expander("Workers"):
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+
 # ---------------------------------------------------------------------------------------------- job list
 
 
@@ -149,6 +183,8 @@ def job_list(jobs_dir) -> None:
         get_store().ingest_all(strict=False)
     except store.StoreError as e:
         st.warning(f"Finished runs could not be ingested yet: {e}")
+    live = workers.alive(jobs_dir)
+    workers_panel(jobs_dir, live)
     all_jobs = jobs.list_jobs(jobs_dir)
     if not all_jobs:
         st.info("No jobs yet.")
@@ -158,6 +194,8 @@ def job_list(jobs_dir) -> None:
     for j in all_jobs:
         status = j.get("status", "?")
         label = "running (worker lost)" if j["stale"] else status
+        if status == "queued" and not live:
+            j["message"] = "no worker is running: start one (above) to run this job"
         with st.container(border=True, key=f"job_{j['id']}"):
             c1, c2, c3 = st.columns([4, 1, 1])
             c1.markdown(f"{STATUS_ICON.get(status, '')} **{esc(j.get('run', '?'))}** — {esc(label)}  \n"

@@ -168,3 +168,90 @@ def retrain_reading(groups: pd.DataFrame, methods: pd.DataFrame, output: str = "
             out.append(f"Linear datamodeling score over {int(l.n_random)} random subsets: best "
                        f"**{esc(l.method)}** ({fmt(l.lds)}). With few subsets this is a noisy estimate.")
     return out
+
+
+# ---------------------------------------------------------------------------------------------- a run's leaderboard
+
+# the influence-function methods (an inverse-Hessian-vector product in the score); GradSim and TracIn are not
+IF_METHODS = ("exact", "datainf", "datainf_proj", "lissa", "lissa_paper", "ekfac", "kfac")
+CHANCE_P = 0.05  # "beats chance": one-sided binomial test of the test prompts' top-1 hits at this level
+
+
+def beats_chance(hits: int, n_test: int, chance: float) -> bool:
+    """Whether ``hits`` same-label top-1 samples out of ``n_test`` test prompts are more than luck at rate
+    ``chance`` (one-sided binomial test, p < :data:`CHANCE_P`)."""
+    from scipy.stats import binomtest
+
+    if n_test <= 0 or not 0 <= chance < 1:
+        return False
+    return bool(binomtest(hits, n_test, chance, alternative="greater").pvalue < CHANCE_P)
+
+
+def _names(methods: list[str], limit: int = 4) -> str:
+    shown = ", ".join(f"**{esc(m)}**" for m in methods[:limit])
+    return shown + (f" and {len(methods) - limit} more" if len(methods) > limit else "")
+
+
+def _prompts(n: int) -> str:
+    return f"{n} prompt{'' if n == 1 else 's'}"
+
+
+def leaderboard_reading(last: pd.DataFrame, n_test: int, model: str = "", n_labels: int | None = None,
+                        epochs: int | None = None) -> list[str]:
+    """Two or three sentences on one run's leaderboard at one checkpoint (``last``: ``store.leaderboard`` rows
+    with method, acc, chance_acc): which methods beat chance and RepSim on Acc@1, and by how much (as a share and
+    in test prompts, of ``n_test``); where an influence-function method beats RepSim, how that differs from the
+    paper and why it can happen (``model``, ``n_labels`` and ``epochs`` describe the run; omitted when unknown)."""
+    rows = last.dropna(subset=["acc"]).sort_values(["acc", "method"], ascending=[False, True])
+    if rows.empty or n_test <= 0:
+        return []
+    chance = float(rows.chance_acc.iloc[0])
+    hits = {r.method: int(round(r.acc * n_test)) for r in rows.itertuples()}
+    acc = dict(zip(rows.method, rows.acc.astype(float)))
+    above = [m for m in rows.method if beats_chance(hits[m], n_test, chance)]
+    below = [m for m in rows.method if m not in above]
+    basis = f"chance {fmt(chance, 2)}; one-sided binomial test over the {n_test} test prompts, p < {CHANCE_P}"
+    out = []
+    if above:
+        best = above[0]
+        tail = f"; {_names(below)} {'does' if len(below) == 1 else 'do'} not" if below else ""
+        out.append(f"{len(above)} of {len(rows)} methods beat chance on Acc@1 ({basis}). The best, "
+                   f"**{esc(best)}**, is at {fmt(acc[best], 2)} ({hits[best]} of {n_test}, "
+                   f"+{fmt(acc[best] - chance, 2)} over chance){tail}.")
+    else:
+        out.append(f"No method beats chance on Acc@1 ({basis}): on this run no method finds a same-label training "
+                   "sample for a test prompt more often than a random pick would.")
+    if "repsim" not in acc:
+        return out
+    rep = acc["repsim"]
+    better = [m for m in rows.method if acc[m] > rep]
+    if not better:
+        ifs = [m for m in rows.method if m in IF_METHODS]
+        gap = (f"; the best influence function, **{esc(ifs[0])}**, is at {fmt(acc[ifs[0]], 2)}" if ifs else "")
+        out.append(f"No method beats **RepSim** (Acc@1 {fmt(rep, 2)}, {hits['repsim']} of {n_test}){gap}: as in "
+                   "the paper, where RepSim beat the influence functions.")
+        return out
+    margins = ", ".join(f"**{esc(m)}** by {fmt(acc[m] - rep, 2)} ({_prompts(hits[m] - hits['repsim'])})"
+                        for m in better[:4])
+    more = f" and {len(better) - 4} more" if len(better) > 4 else ""
+    out.append(f"**RepSim** is at {fmt(rep, 2)} ({hits['repsim']} of {n_test}); {len(better)} method"
+               f"{'s beat' if len(better) > 1 else ' beats'} it: {margins}{more}.")
+    ifs = [m for m in better if m in IF_METHODS]
+    if ifs:
+        why = []
+        if model:
+            why.append(f"a small model ({esc(model)}: few LoRA parameters, so the inverse-Hessian approximations "
+                       "stay close to exact)")
+        if n_labels:
+            why.append(f"few classes ({int(n_labels)}, each with its own kind of answer)")
+        if epochs:
+            why.append(f"a short fine-tuning ({int(epochs)} epoch{'' if epochs == 1 else 's'}: the adapter is "
+                       "still near its start and the training losses far from zero, so each sample's gradient "
+                       "still points towards its class)")
+        because = ""
+        if why:
+            listed = ", ".join(why[:-1]) + (" and " if len(why) > 1 else "") + why[-1]
+            because = f" That can happen with {listed}."
+        out.append(f"Influence functions ({_names(ifs)}) beat RepSim here, unlike the paper's result on "
+                   f"Llama-2-7B, where RepSim beat every influence function.{because}")
+    return out

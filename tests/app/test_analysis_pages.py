@@ -34,7 +34,7 @@ def test_ihvp_page_falls_back_on_a_bad_url(analysis_store_env, open_page):
 
 def test_convergence_page(analysis_store_env, open_page):
     at = open_page(CONVERGENCE)
-    assert len(at.get("plotly_chart")) == 5  # losses, generation, acc, coverage, stability
+    assert len(at.get("plotly_chart")) == 4  # losses, generation, acc + coverage, stability
     text = " ".join(_readings(at))
     assert "Test loss goes from" in text and "most stable" in text
     assert list(at.dataframe[0].value.checkpoint) == [0, 1, 2]

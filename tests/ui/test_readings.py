@@ -61,3 +61,53 @@ def test_chart_text_is_cut_and_defanged_not_escaped():
 
     assert chart_text('all "x" <b>bold</b>', 100) == 'all "x" ‹b›bold‹/b›'
     assert chart_text("a" * 10, 5) == "aaaa…"
+
+
+def _binomial_tail(hits: int, n: int, p: float) -> float:
+    """P(X >= hits) for X ~ Binomial(n, p), summed term by term from the formula."""
+    return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(hits, n + 1))
+
+
+def test_beats_chance_is_the_one_sided_binomial_test():
+    from ui.readings import CHANCE_P, beats_chance
+
+    for n, p in [(30, 0.1), (40, 0.5), (10, 0.2)]:
+        for hits in range(n + 1):
+            assert beats_chance(hits, n, p) == (_binomial_tail(hits, n, p) < CHANCE_P), (n, p, hits)
+    assert not beats_chance(5, 0, 0.1)
+
+
+def _board(accs: dict, chance=0.1):
+    return pd.DataFrame({"method": list(accs), "acc": list(accs.values()), "chance_acc": chance})
+
+
+def test_leaderboard_reading_names_who_beats_chance_and_repsim():
+    from ui.readings import leaderboard_reading
+
+    # 30 test prompts, chance 0.1: 7 hits (p = 0.026) beat it, 6 (p = 0.073) do not
+    board = _board({"exact": 29 / 30, "datainf": 28 / 30, "repsim": 19 / 30, "gradsim": 7 / 30,
+                    "lissa_paper": 6 / 30})
+    text = " ".join(leaderboard_reading(board, 30, model="smollm2-135m", n_labels=10, epochs=2))
+    assert "4 of 5 methods beat chance" in text and "**lissa_paper** does not" in text
+    assert "The best, **exact**, is at 0.97 (29 of 30, +0.87 over chance)" in text
+    assert "**RepSim** is at 0.63 (19 of 30); 2 methods beat it: **exact** by 0.33 (10 prompts), " \
+           "**datainf** by 0.3 (9 prompts)" in text
+    assert "Influence functions (**exact**, **datainf**) beat RepSim here, unlike the paper" in text
+    assert "That can happen with a small model (smollm2-135m: " in text and "few classes (10, " in text
+    assert "and a short fine-tuning (2 epochs: " in text
+
+
+def test_leaderboard_reading_when_repsim_wins_or_nothing_beats_chance():
+    from ui.readings import leaderboard_reading
+
+    board = _board({"repsim": 1.0, "datainf": 0.55, "gradsim": 0.6}, chance=0.5)
+    text = " ".join(leaderboard_reading(board, 40))
+    assert "No method beats **RepSim** (Acc@1 1, 40 of 40); the best influence function, **datainf**, is at " \
+           "0.55: as in the paper" in text
+    assert "unlike the paper" not in text
+    # GradSim beats RepSim here, but it is no influence function: no "differs from the paper" sentence
+    text = " ".join(leaderboard_reading(_board({"repsim": 0.5, "gradsim": 0.6, "datainf": 0.4}, 0.5), 10))
+    assert "No method beats chance" in text and "1 method beats it: **gradsim** by 0.1 (1 prompt)" in text
+    assert "Influence functions" not in text
+    assert leaderboard_reading(_board({}), 10) == [] and leaderboard_reading(_board({"a": 0.5}), 0) == []
+    assert "&lt;x&gt;" in " ".join(leaderboard_reading(_board({"<x>": 0.9, "repsim": 0.2}), 20))
