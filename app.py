@@ -148,7 +148,8 @@ def heatmap(grid: pd.DataFrame, checkpoints: dict, title: str) -> go.Figure:
             if not str(y).startswith("("):  # plotly's own link colour would vanish on the dark cells
                 text = (f'<a href="{html.escape(explore_url(run, y, checkpoints[run]))}" target="_self" '
                         f'style="color:{colour}">{text}</a>')
-            fig.add_annotation(x=x, y=y, text=text, showarrow=False, font=dict(color=colour, size=13))
+            fig.add_annotation(x=x, y=y, text=text, showarrow=False, font=dict(color=colour, size=13),
+                               captureevents=True)  # clicks reach the link instead of the zoom layer
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(runs))), ticktext=[_wrap(r) for r in runs],
                      tickangle=0, side="top")
     fig.update_yaxes(autorange="reversed", title=None)

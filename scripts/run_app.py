@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--server.address", args.address]
         app = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         procs.append(app)
-        print(f"make run: app on http://localhost:{args.port} (store {store_path}); worker pid {worker.pid}, "
-              f"log {log_path}. Ctrl-C stops both.", flush=True)
+        print(f"make run: app on http://localhost:{args.port} (pid {app.pid}, store {store_path}); worker pid "
+              f"{worker.pid}, log {log_path}. Ctrl-C stops both.", flush=True)
         while stopping["signal"] is None:
             if app.poll() is not None:
                 print(f"make run: the app exited (status {app.returncode}); stopping the worker", file=sys.stderr)

@@ -133,3 +133,27 @@ def test_a_bad_upload_is_reported_and_not_kept(env):
     at = _upload(_run(), "bad.csv", b"prompt,response\nhello,world\n", "bad")
     assert any("Not kept: bad.csv: missing column(s)" in e.value for e in at.error), [e.value for e in at.error]
     assert not (env / "datasets").exists() or list((env / "datasets").iterdir()) == []
+
+
+def test_workers_panel_says_when_no_worker_runs_and_shows_live_ones(env, tiny_spec):
+    import socket
+
+    from engine import workers
+    from engine.spec import spec_from_dict
+
+    jobs.submit(env / "jobs", spec_from_dict({**tiny_spec, "name": "waiting-one"}))
+    at = _run()
+    assert any("No worker is running" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any(f"engine worker --store {env / 's.duckdb'}" in c.value for c in at.code)
+    card = " ".join(m.value for m in at.markdown if "waiting-one" in m.value)
+    assert "no worker is running" in card and "waiting for a worker" not in card
+    with workers.register(env / "jobs", device="cuda (1 GPU: Test GPU)"):
+        at = _run()
+        (alive,) = [s.value for s in at.success]
+        assert alive.startswith("**1 worker alive** (0 busy)") and socket.gethostname() in alive
+        assert "cuda (1 GPU: Test GPU)" in alive
+        assert not any("No worker" in w.value for w in at.warning)
+        card = " ".join(m.value for m in at.markdown if "waiting-one" in m.value)
+        assert "waiting for a worker" in card
+    at = _run()  # the worker stopped: its file is gone, the page says so again
+    assert any("No worker is running" in w.value for w in at.warning)
