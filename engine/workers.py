@@ -193,15 +193,21 @@ def alive(jobs_dir: str | os.PathLike) -> list[dict]:
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-spawner")
 
 
-def _die_with(parent_pid: int):
+def die_with_parent(sig: int = signal.SIGTERM, new_session: bool = True):
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets ``sig`` when the thread that started it ends
+    (Linux PR_SET_PDEATHSIG; elsewhere nothing happens), and with ``new_session`` its own session and process
+    group (a terminal's Ctrl-C then reaches the parent only, which stops the child its own way)."""
+    parent_pid = os.getpid()
+
     def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
-        os.setsid()
+        if new_session:
+            os.setsid()
         try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG = 1
         except OSError:
-            pass
+            return
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
     return setup
 
 
@@ -213,13 +219,12 @@ def spawn_once_worker(jobs_dir: str | os.PathLike, store_path: str | os.PathLike
     ``log_path`` (appended)."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "engine", "worker", "--once", "--jobs", str(jobs_dir), "--store", str(store_path)]
-    parent = os.getpid()
 
     def start() -> subprocess.Popen:
         with open(log_path, "ab") as log:
             log.write(f"[{_now().isoformat(timespec='seconds')}] {' '.join(cmd[1:])}\n".encode())
             log.flush()
             return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with(parent))
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent())
 
     return _SPAWNER.submit(start).result()

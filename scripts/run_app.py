@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import os
 import signal
@@ -29,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from store.paths import default_store_path  # noqa: E402  (after the path set-up above)
+from engine.workers import die_with_parent  # noqa: E402  (after the path set-up above)
+from store.paths import default_store_path  # noqa: E402
 
 STOP_GRACE_S = 20.0
 
@@ -52,14 +52,6 @@ def port_status(port: int, address: str = "") -> str | None:
         return (f"an app is already running on port {port} (Streamlit answers at http://localhost:{port}). "
                 f"Open it there, stop it first, or start another one on a free port: make run PORT={port + 1}")
     return f"port {port} is in use by another program; start on a free port: make run PORT={port + 1}"
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """SIGTERM when the launcher dies (Linux), so neither child outlives it."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
 
 
 def stop(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
@@ -101,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(log_path, "ab") as log:
             worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--store", str(store_path)],
                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                      stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(new_session=False))
         procs.append(worker)
         cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
         if args.address:
             cmd += ["--server.address", args.address]
-        app = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        app = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                               preexec_fn=die_with_parent(new_session=False))
         procs.append(app)
         print(f"make run: app on http://localhost:{args.port} (pid {app.pid}, store {store_path}); worker pid "
               f"{worker.pid}, log {log_path}. Ctrl-C stops both.", flush=True)

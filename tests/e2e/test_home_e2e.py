@@ -24,7 +24,8 @@ def test_a_leaderboard_heatmap_cell_opens_explore_for_that_method_and_run(page, 
     page.goto(app_url)
     wait_for_app(page)
     page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=30_000)
-    link = page.locator("[data-testid='stPlotlyChart'] a[*|href*='methods=datainf']").first  # the cell's number is the link
+    # the cell's number is an SVG link (xlink:href)
+    link = page.locator("[data-testid='stPlotlyChart'] a[*|href*='methods=datainf']").first
     link.click()
     page.wait_for_url("**/Explore?*methods=datainf*", timeout=30_000)
     wait_for_app(page)
