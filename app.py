@@ -17,6 +17,7 @@ import streamlit as st
 
 import store
 from engine import jobs, workers
+from engine.demo import DEMO_TASKS
 from engine.spec import ANALYSES
 from ui import demo_job
 from ui.auth import current_user, read_only, require_login
@@ -26,8 +27,9 @@ from ui.readings import leaderboard_reading
 st.set_page_config(page_title="Influence Explorer", layout="wide")
 require_login()
 
-# demo task -> what it shows, with the SmolLM2 demo's time on 2 CPU cores without the retraining analysis
-DEMO_TASKS = {
+# demo task (engine.demo.DEMO_TASKS) -> what it shows, with the SmolLM2 demo's time on 2 CPU cores without the
+# retraining analysis
+DEMO_LABELS = {
     "grammars": "grammars: which of 10 grammar rules a test answer follows (class attribution; ~5 min)",
     "harmful_s": "harmful_s: find the 20 harmful rows among 40 training rows (the paper's mix S; ~4 min)",
 }
@@ -73,7 +75,7 @@ def demo_launcher() -> None:
     if last and last.get("status") in ("failed", "cancelled"):
         st.caption(f"The last demo job ({esc(last.get('run', ''))}) {esc(last['status'])}: "
                    f"{esc(last.get('message', ''))} — its log is on the [Jobs](Jobs) page.")
-    task = st.radio("Demo", list(DEMO_TASKS), key="demo_task", format_func=DEMO_TASKS.get,
+    task = st.radio("Demo", list(DEMO_TASKS), key="demo_task", format_func=lambda t: DEMO_LABELS.get(t, t),
                     help="grammars: the demo whose result differs from the paper (influence functions do well "
                          "on a small model); harmful_s: the paper's harmful-data identification.")
     c1, c2 = st.columns(2)
@@ -107,9 +109,13 @@ def demo_progress(job_id: str) -> None:
         c2.button("Start a worker", key="demo_start_worker", on_click=demo_job.ensure_worker,
                   args=(jd, store.default_store_path()))
     else:
-        what = "running" if j["status"] == "running" else "queued, a worker is starting"
-        c1.info(f"Demo **{esc(j.get('run', ''))}** {what}: `{esc(j.get('message') or 'starting…')}`  \n"
-                "Log and details on the [Jobs](Jobs) page.")
+        if j["status"] == "running":
+            what = f"running: {esc(j.get('message') or 'starting…')}"
+        elif live:
+            what = (f"queued; {len(live)} worker{'s' if len(live) > 1 else ''} alive, it starts when one is free")
+        else:
+            what = "queued; a worker is starting"
+        c1.info(f"Demo **{esc(j.get('run', ''))}** {what}  \nLog and details on the [Jobs](Jobs) page.")
         c2.button("Cancel", key="demo_cancel", on_click=jobs.cancel, args=(jd, job_id))
 
 

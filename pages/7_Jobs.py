@@ -149,8 +149,11 @@ def worker_command(jobs_dir) -> str:
     return cmd
 
 
-def workers_panel(jobs_dir, live: list[dict]) -> None:
-    """How many workers are alive, where, on which device; with none, says so and how to start one."""
+@st.fragment(run_every=2)
+def workers_panel(jobs_dir) -> None:
+    """How many workers are alive, where, on which device; with none, says so and how to start one. Refreshes
+    itself."""
+    live = workers.alive(jobs_dir)
     if not live:
         st.warning("**No worker is running**: queued jobs wait until one starts. Start one in a shell, from the "
                    "app's folder (`make run` starts one with the app; one worker per GPU):")
@@ -184,7 +187,6 @@ def job_list(jobs_dir) -> None:
     except store.StoreError as e:
         st.warning(f"Finished runs could not be ingested yet: {e}")
     live = workers.alive(jobs_dir)
-    workers_panel(jobs_dir, live)
     all_jobs = jobs.list_jobs(jobs_dir)
     if not all_jobs:
         st.info("No jobs yet.")
@@ -224,6 +226,7 @@ st.title("Jobs")
 st.caption("Fine-tune, score and analyse a model from the browser. The app only queues; a worker process runs "
            "the job and writes a run folder, which appears in the explorer when it is done.")
 jobs_dir, datasets_dir = paths()
+workers_panel(jobs_dir)
 if read_only():
     st.info("This deployment is read-only: you can follow jobs, but submitting, cancelling and uploads are off.")
 else:
