@@ -1,4 +1,4 @@
-# Two entry points (see README): `make run` sets up and starts the app; `make test` sets up and runs the tests.
+# Two entry points (see README): `make run` sets up, starts the app and a worker; `make test` sets up, runs the tests.
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
