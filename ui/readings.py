@@ -199,44 +199,60 @@ def _prompts(n: int) -> str:
 def leaderboard_reading(last: pd.DataFrame, n_test: int, model: str = "", n_labels: int | None = None,
                         epochs: int | None = None) -> list[str]:
     """Two or three sentences on one run's leaderboard at one checkpoint (``last``: ``store.leaderboard`` rows
-    with method, acc, chance_acc): which methods beat chance and RepSim on Acc@1, and by how much (as a share and
-    in test prompts, of ``n_test``); where an influence-function method beats RepSim, how that differs from the
-    paper and why it can happen (``model``, ``n_labels`` and ``epochs`` describe the run; omitted when unknown)."""
-    rows = last.dropna(subset=["acc"]).sort_values(["acc", "method"], ascending=[False, True])
+    with method, acc, chance_acc and, optionally, coverage and k): which methods beat chance on Acc@1, which beat
+    RepSim on Acc@1 and on Coverage@k, and by how much (Acc@1 also in test prompts, of ``n_test``); where an
+    influence-function method beats RepSim, how that differs from the paper and why it can happen (``model``,
+    ``n_labels`` and ``epochs`` describe the run; each is left out when unknown)."""
+    has_cov = "coverage" in last.columns and last.coverage.notna().any()
+    rows = last.dropna(subset=["acc"]).sort_values(["acc", *(["coverage"] if has_cov else []), "method"],
+                                                   ascending=[False, *([False] if has_cov else []), True])
     if rows.empty or n_test <= 0:
         return []
     chance = float(rows.chance_acc.iloc[0])
-    hits = {r.method: int(round(r.acc * n_test)) for r in rows.itertuples()}
     acc = dict(zip(rows.method, rows.acc.astype(float)))
+    cov = dict(zip(rows.method, rows.coverage.astype(float))) if has_cov else {}
+    hits = {m: int(round(a * n_test)) for m, a in acc.items()}
     above = [m for m in rows.method if beats_chance(hits[m], n_test, chance)]
     below = [m for m in rows.method if m not in above]
     basis = f"chance {fmt(chance, 2)}; one-sided binomial test over the {n_test} test prompts, p < {CHANCE_P}"
     out = []
     if above:
-        best = above[0]
+        top = max(hits[m] for m in above)
+        best = [m for m in above if hits[m] == top]
         tail = f"; {_names(below)} {'does' if len(below) == 1 else 'do'} not" if below else ""
-        out.append(f"{len(above)} of {len(rows)} methods beat chance on Acc@1 ({basis}). The best, "
-                   f"**{esc(best)}**, is at {fmt(acc[best], 2)} ({hits[best]} of {n_test}, "
-                   f"+{fmt(acc[best] - chance, 2)} over chance){tail}.")
+        out.append(f"{len(above)} of {len(rows)} methods beat chance on Acc@1 ({basis}). Best, at "
+                   f"{fmt(top / n_test, 2)} ({top} of {n_test}, +{fmt(top / n_test - chance, 2)} over chance): "
+                   f"{_names(best)}{tail}.")
     else:
         out.append(f"No method beats chance on Acc@1 ({basis}): on this run no method finds a same-label training "
                    "sample for a test prompt more often than a random pick would.")
     if "repsim" not in acc:
         return out
+    k = f"@{int(rows.k.iloc[0])}" if "k" in rows.columns and pd.notna(rows.k.iloc[0]) else "@k"
     rep = acc["repsim"]
-    better = [m for m in rows.method if acc[m] > rep]
-    if not better:
-        ifs = [m for m in rows.method if m in IF_METHODS]
-        gap = (f"; the best influence function, **{esc(ifs[0])}**, is at {fmt(acc[ifs[0]], 2)}" if ifs else "")
-        out.append(f"No method beats **RepSim** (Acc@1 {fmt(rep, 2)}, {hits['repsim']} of {n_test}){gap}: as in "
-                   "the paper, where RepSim beat the influence functions.")
-        return out
-    margins = ", ".join(f"**{esc(m)}** by {fmt(acc[m] - rep, 2)} ({_prompts(hits[m] - hits['repsim'])})"
-                        for m in better[:4])
-    more = f" and {len(better) - 4} more" if len(better) > 4 else ""
-    out.append(f"**RepSim** is at {fmt(rep, 2)} ({hits['repsim']} of {n_test}); {len(better)} method"
-               f"{'s beat' if len(better) > 1 else ' beats'} it: {margins}{more}.")
-    ifs = [m for m in better if m in IF_METHODS]
+    by_acc = [m for m in rows.method if hits[m] > hits["repsim"]]
+    by_cov = [m for m in sorted(cov, key=lambda m: (-cov[m], m)) if cov[m] > cov["repsim"] + 1e-12]
+    head = (f"**RepSim** is at Acc@1 {fmt(rep, 2)} ({hits['repsim']} of {n_test})"
+            + (f" and Coverage{k} {fmt(cov['repsim'], 2)}" if cov else ""))
+    if by_acc:
+        on_acc = (f"{len(by_acc)} method{'s beat' if len(by_acc) > 1 else ' beats'} it on Acc@1: "
+                  + ", ".join(f"**{esc(m)}** by {fmt(acc[m] - rep, 2)} ({_prompts(hits[m] - hits['repsim'])})"
+                              for m in by_acc[:4]) + (f" and {len(by_acc) - 4} more" if len(by_acc) > 4 else ""))
+    else:
+        ties = sum(hits[m] == hits["repsim"] for m in rows.method) - 1
+        on_acc = "no method beats it on Acc@1" + (f" ({ties} tie with it)" if ties else "")
+    if not cov:
+        on_cov = ""
+    elif by_cov:
+        more = f" and {len(by_cov) - 4} more" if len(by_cov) > 4 else ""
+        on_cov = (f"; on Coverage{k}, " + ", ".join(f"**{esc(m)}** by {fmt(cov[m] - cov['repsim'], 2)}"
+                                                    for m in by_cov[:4]) + more
+                  + (" does" if len(by_cov) == 1 else " do"))
+    else:
+        on_cov = f"; none does on Coverage{k}"
+    ifs = [m for m in rows.method if m in IF_METHODS and (m in by_acc or m in by_cov)]
+    paper = "" if ifs or by_acc or by_cov else " — as in the paper, where RepSim beat the influence functions"
+    out.append(f"{head}; {on_acc}{on_cov}{paper}.")
     if ifs:
         why = []
         if model:
