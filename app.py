@@ -31,7 +31,7 @@ require_login()
 # retraining analysis
 DEMO_LABELS = {
     "grammars": "grammars: which of 10 grammar rules a test answer follows (class attribution; ~5 min)",
-    "harmful_s": "harmful_s: find the 20 harmful rows among 40 training rows (the paper's mix S; ~4 min)",
+    "harmful_s": "harmful_s: find the 20 harmful rows among 40 training rows (the paper's mix S; minutes)",
 }
 # --analyses value -> label (README, "Quick start": the retraining analysis is most of the time)
 DEMO_ANALYSES = {
