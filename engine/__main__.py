@@ -1,10 +1,10 @@
 """Command line: ``python -m engine COMMAND ...`` (command names and flags are a contract other tools use).
 
-Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] |
+Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] [--task grammars|harmful_s] |
 attribute --model BASE --adapter DIR [--checkpoints DIR ...] --dataset PATH [--methods a,b] [--name RUN] |
-import-dataset PATH --name NAME |
-import-scores --dataset PATH --scores CSV --method NAME --run NAME | report --run NAME [--k K] [--json] |
-ingest | rebuild-store | worker [--once]. run and demo take ``--analyses LIST``. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
+import-dataset PATH --name NAME | import-scores --dataset PATH --scores CSV --method NAME --run NAME |
+report --run NAME [--k K] [--json] | ingest | rebuild-store | worker [--once]. run, demo and attribute take
+``--analyses LIST``; run and attribute also run under torchrun. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
 ``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
 Bad input prints ``error: ...`` (no traceback) and exits with status 2.
 """
@@ -150,15 +150,10 @@ def cmd_run(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from dataclasses import replace
-
+    from engine.demo import demo_spec
     from engine.pipeline import run_pipeline
-    from engine.spec import PRESETS, validate
 
-    base = PRESETS["quick"]
-    spec = validate(replace(base, name=args.name or f"demo-{args.model}",
-                            model=replace(base.model, name=args.model), device=args.device))
-    spec = _with_analyses(spec, args.analyses)
+    spec = _with_analyses(demo_spec(args.model, args.task, args.device, args.name), args.analyses)
     folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
     print(f"run {spec.run_name} written to {folder}")
     if not args.no_ingest:
@@ -240,6 +235,8 @@ def cmd_worker(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.demo import DEMO_TASKS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", help="DuckDB file (default $INFLUENCE_STORE or data/influence.duckdb)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -259,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", parents=[common, stages], help="the 'quick' preset on a built-in model")
     s.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"])
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--name", help="run name (default demo-<model>)")
+    s.add_argument("--task", default="grammars", choices=list(DEMO_TASKS),
+                   help="grammars: class attribution over 10 rules; harmful_s: find the harmful training rows")
+    s.add_argument("--name", help="run name (default demo-<model>, or demo-<task>-<model> for harmful_s)")
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("attribute", parents=[common, stages],

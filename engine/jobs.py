@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine import workers
 from engine.errors import InputError
 from engine.spec import RunSpec
 
@@ -348,10 +349,11 @@ def worker_loop(jobs_dir: str | os.PathLike, store_path: str | os.PathLike, runs
     def on_signal(signum, _frame):
         stop["flag"] = True
 
+    me = workers.register(jobs_dir)  # the heartbeat file that shows this worker on the Jobs page
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     n = 0
     try:
-        log(f"worker {worker}: jobs in {Path(jobs_dir).resolve()}")
+        log(f"worker {worker} ({me.info['device']}): jobs in {Path(jobs_dir).resolve()}")
         while not stop["flag"]:
             for job_id in recover_stale(jobs_dir):
                 log(f"re-queued job {job_id}: its worker was lost")
@@ -362,10 +364,13 @@ def worker_loop(jobs_dir: str | os.PathLike, store_path: str | os.PathLike, runs
                 time.sleep(poll_s)
                 continue
             log(f"running job {job_id}")
+            me.set_job(job_id)
             status = run_job(jobs_dir, job_id, store_path, runs_dir, should_stop=lambda: stop["flag"])
+            me.set_job(None)
             log(f"job {job_id}: {status}")
             n += 1
     finally:
+        me.close()
         for s, handler in old.items():
             signal.signal(s, handler)
     return n

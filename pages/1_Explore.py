@@ -17,7 +17,7 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui.common import cursor, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import chart_text, cursor, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
 
 st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
@@ -226,6 +226,7 @@ def distribution(con, run: str, ck: int, methods: list[str], tid: int, info: dic
         st.info("No scores to plot.")
         return
     long = pd.concat(parts, ignore_index=True).dropna(subset=["score"])
+    long["label"] = long.label.map(lambda v: chart_text(v, 40))  # long class names must not squeeze the plots
     n_labels = long.label.nunique()
     fig = px.box(long, x="score", y="label", color="same label", facet_col="method", orientation="h",
                  points="all" if len(train_sorted) <= 2000 else "outliers", hover_data=["train_id"],
@@ -233,8 +234,10 @@ def distribution(con, run: str, ck: int, methods: list[str], tid: int, info: dic
                  category_orders={"method": methods, "same label": ["same", "different"]})
     fig.update_xaxes(matches=None, showticklabels=True)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
-    fig.update_layout(height=max(320, 28 * n_labels + 120), margin=dict(l=10, r=10, t=40, b=10),
-                      legend_title_text="vs test label")
+    # boxmode overlay: a label has only "same" or only "different" boxes, so they sit on its row, not beside it
+    fig.update_layout(height=max(320, 28 * n_labels + 120), margin=dict(l=10, r=10, t=60, b=10), boxmode="overlay",
+                      yaxis_title=None, legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0,
+                                                    title_text="vs the test prompt's label:"))
     st.plotly_chart(fig, width="stretch", key="distribution")
 
 

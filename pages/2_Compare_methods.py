@@ -43,10 +43,20 @@ def agreement_matrices(rows: pd.DataFrame, names: list[str]) -> tuple[pd.DataFra
     return sp, ov, k
 
 
+def tick_name(method: str) -> str:
+    """A method name for a column label: broken after ``_`` so that it reads horizontally in a narrow column."""
+    return str(method).replace("_", "_<br>")
+
+
 def heatmap(matrix: pd.DataFrame, title: str, zmin: float):
+    """Method × method heatmap, full width, every label horizontal (column names wrapped, full names on hover)."""
     fig = px.imshow(matrix, text_auto=".2f", zmin=zmin, zmax=1, color_continuous_scale="RdBu" if zmin < 0 else "Blues",
                     aspect="auto", title=title)
-    fig.update_layout(margin=dict(l=10, r=10, t=50, b=10), height=380)
+    fig.update_traces(hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>")
+    fig.update_xaxes(tickmode="array", tickvals=list(matrix.columns), ticktext=[tick_name(m) for m in matrix.columns],
+                     tickangle=0, side="top")
+    fig.update_layout(margin=dict(l=10, r=10, t=90, b=10), height=120 + 30 * len(matrix),
+                      title=dict(y=0.99, yanchor="top"), coloraxis_colorbar=dict(thickness=12))
     return fig
 
 
@@ -81,9 +91,10 @@ def show_agreement(con, run: str, ck: int, names: list[str]) -> None:
     sp, ov, k = agreement_matrices(rows, names)
     st.caption("Mean per-test-prompt Spearman correlation of the two methods' scores over all training samples, "
                f"and mean overlap of their top-{k} training samples (1 = identical).")
-    left, right = st.columns(2)
-    left.plotly_chart(heatmap(sp, "Mean Spearman", -1.0), width="stretch", key="heat_spearman")
-    right.plotly_chart(heatmap(ov, f"Overlap@{k}", 0.0), width="stretch", key="heat_overlap")
+    # one at a time at full width: side by side, 14+ method columns cannot carry horizontal labels
+    left, right = st.tabs(["Mean Spearman", f"Overlap@{k}"])
+    left.plotly_chart(heatmap(sp, "Mean Spearman per test prompt", -1.0), width="stretch", key="heat_spearman")
+    right.plotly_chart(heatmap(ov, f"Mean overlap of the top {k}", 0.0), width="stretch", key="heat_overlap")
 
 
 def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:

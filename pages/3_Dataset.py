@@ -17,7 +17,7 @@ import streamlit as st
 import store
 from engine import metrics
 from engine.tasks.difficulty import length_stats, lexical_shortcut, sample_text
-from ui.common import cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import chart_text, cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
 
 st.set_page_config(page_title="Dataset · Influence Explorer", layout="wide")
@@ -63,9 +63,15 @@ def show_composition(all_samples: pd.DataFrame) -> None:
         st.info("This run has no samples.")
         return
     comp = all_samples.groupby(["split", "label"]).size().rename("n").reset_index()
-    fig = px.bar(comp, x="label", y="n", color="split", barmode="group",
-                 category_orders={"split": ["train", "test"]}, labels={"n": "samples"})
-    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10), height=380, xaxis_title="", legend_title_text="split")
+    comp["label"] = comp.label.map(lambda v: chart_text(v, 60))  # long labels: cut, the full one in the table
+    labels = sorted(comp.label.unique())
+    # horizontal bars: label names read horizontally however long they are
+    fig = px.bar(comp, y="label", x="n", color="split", barmode="group", orientation="h", text="n",
+                 category_orders={"split": ["test", "train"], "label": labels}, labels={"n": "samples"},
+                 color_discrete_map={"train": "#0068c9", "test": "#83c9ff"})
+    fig.update_traces(textposition="outside", textangle=0, cliponaxis=False)
+    fig.update_layout(margin=dict(l=10, r=30, t=40, b=10), height=110 + 34 * len(labels), yaxis_title="",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, title=None, traceorder="reversed"))
     st.plotly_chart(fig, width="stretch", key="composition")
 
 

@@ -22,13 +22,52 @@ require_login()
 
 def chart(df: pd.DataFrame, y, title: str, key: str, color: str | None = None, y_title: str = "",
           y_range=None) -> None:
+    """A line per ``color`` over the checkpoints; the legend sits above the plot, never over the lines."""
     fig = px.line(df, x="checkpoint", y=y, color=color, markers=True, title=title)
-    fig.update_layout(margin=dict(l=10, r=10, t=50, b=10), height=360, xaxis_title="epoch checkpoint",
-                      yaxis_title=y_title, legend_title_text="")
+    fig.update_layout(margin=dict(l=10, r=10, t=100, b=10), height=400, xaxis_title="epoch checkpoint",
+                      yaxis_title=y_title, title=dict(y=0.98, yanchor="top"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, title=None))
     fig.update_xaxes(dtick=1)
     if y_range:
         fig.update_yaxes(range=y_range)
     st.plotly_chart(fig, width="stretch", key=key)
+
+
+def method_lines(df: pd.DataFrame, values: dict[str, str], title: str, key: str, y_range) -> None:
+    """One line per method over the checkpoints, one panel per column in ``values`` (column -> panel title),
+    full width with a single legend on the right. Colours repeat after ten methods, so each method also gets
+    its own marker symbol."""
+    long = df.melt(id_vars=["method", "checkpoint"], value_vars=list(values), var_name="measure",
+                   value_name="value").replace({"measure": values})
+    fig = px.line(long, x="checkpoint", y="value", color="method", symbol="method", facet_col="measure",
+                  markers=True, title=title, category_orders={"measure": list(values.values())})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_layout(margin=dict(l=10, r=10, t=70, b=10), height=460, legend_title_text="")
+    fig.update_xaxes(dtick=1, title="epoch checkpoint")
+    fig.update_yaxes(range=y_range, title=None)
+    st.plotly_chart(fig, width="stretch", key=key)
+
+
+def drift_chart(drift: pd.DataFrame) -> None:
+    """Each method's rank correlation with the previous checkpoint: bars when there is one pair of checkpoints
+    (a line would be a single point), lines over the checkpoints otherwise."""
+    if drift.checkpoint.nunique() > 1:
+        fig = px.line(drift, x="checkpoint", y="spearman_prev", color="method", symbol="method", markers=True,
+                      title="Rank correlation of each method's scores with the previous checkpoint")
+        fig.update_xaxes(dtick=1, title="epoch checkpoint")
+        fig.update_yaxes(range=[-1.02, 1.02], title="mean Spearman per test prompt")
+        fig.update_layout(height=460, legend_title_text="")
+    else:
+        ck = int(drift.checkpoint.iloc[0])
+        d = drift.sort_values("spearman_prev")
+        fig = px.bar(d, y="method", x="spearman_prev", orientation="h", text_auto=".3f",
+                     title=f"Rank correlation of each method's scores between checkpoints {ck - 1} and {ck}")
+        fig.update_xaxes(range=[min(0.0, float(d.spearman_prev.min())) - 0.02, 1.05],
+                         title="mean Spearman per test prompt")
+        fig.update_yaxes(title=None)
+        fig.update_layout(height=110 + 26 * len(d))
+    fig.update_layout(margin=dict(l=10, r=10, t=50, b=10))
+    st.plotly_chart(fig, width="stretch", key="drift")
 
 
 def show(con, run: str) -> None:
@@ -52,18 +91,13 @@ def show(con, run: str) -> None:
     st.caption("Checkpoint 0 is the LoRA initialisation (B = 0: the base model). For tasks without a behaviour "
                "marker the behaviour rate is the share of generations containing the reference answer.")
 
-    left, right = st.columns(2)
-    with left:
-        chart(lb, "acc", "Acc@1 per method", "acc", color="method", y_title="Acc@1", y_range=[-0.02, 1.02])
-    with right:
-        k = int(lb.k.iloc[0]) if len(lb) else 0
-        chart(lb, "coverage", f"Coverage@{k} per method", "coverage", color="method", y_title=f"Coverage@{k}",
-              y_range=[-0.02, 1.02])
+    k = int(lb.k.iloc[0]) if len(lb) else 0
+    method_lines(lb, {"acc": "Acc@1", "coverage": f"Coverage@{k}"}, "Each method's Acc@1 and Coverage per "
+                 "checkpoint", "acc", y_range=[-0.02, 1.02])
     if drift.empty:
         st.info("Only one checkpoint was scored: there is no score stability to show.")
     else:
-        chart(drift, "spearman_prev", "Rank correlation of each method's scores with the previous checkpoint",
-              "drift", color="method", y_title="mean Spearman per test prompt", y_range=[-1.02, 1.02])
+        drift_chart(drift)
 
     st.subheader("Tables")
     st.dataframe(ev, hide_index=True, width="stretch", key="ev_table")

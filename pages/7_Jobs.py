@@ -12,16 +12,19 @@ parameters come from ``engine.catalog``). Heavy imports first (app convention).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd  # noqa: F401  (import before any st.* call)
 import streamlit as st
 
 import store
-from engine import jobs
+from engine import jobs, workers
 from engine.errors import InputError
 from engine.catalog import DEFAULT_METHODS, METHOD_NAMES
 from engine.spec import ANALYSES, PRESETS, spec_from_dict
 from engine.tasks import TASK_NAMES
 from engine.uploads import keep_upload, list_datasets, max_upload_bytes, validate_upload
+from store.paths import REPO_ROOT
 from ui.auth import can_submit, current_user, read_only, require_login
 from ui.common import esc, get_store, md
 from ui.spec_form import (ENCODING_FIELDS, MODELS, RETRAIN_FIELDS, SCORING_FIELDS, TASK_FIELDS, TRAIN_FIELDS, changes,
@@ -221,6 +224,40 @@ def queue(spec: dict, jobs_dir) -> None:
                "picks it up; its progress shows below.")
 
 
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def worker_command(jobs_dir) -> str:
+    """The shell command that starts a worker on this app's store (and jobs folder, when it is not the default)."""
+    db = store.default_store_path().resolve()
+    cmd = ".venv/bin/python -m engine worker"
+    if db != (REPO_ROOT / "data" / "influence.duckdb").resolve():
+        cmd += f" --store {db}"
+    if Path(jobs_dir).resolve() != db.parent / "jobs":
+        cmd += f" --jobs {Path(jobs_dir).resolve()}"
+    return cmd
+
+
+@st.fragment(run_every=2)
+def workers_panel(jobs_dir) -> None:
+    """How many workers are alive, where, on which device; with none, says so and how to start one. Refreshes
+    itself."""
+    live = workers.alive(jobs_dir)
+    if not live:
+        st.warning("**No worker is running**: queued jobs wait until one starts. Start one in a shell, from the "
+                   "app's folder (`make run` starts one with the app; one worker per GPU):")
+        st.code(worker_command(jobs_dir), language="bash")
+        return
+    rows = pd.DataFrame([{"host": w.get("host"), "pid": w.get("pid"), "device": w.get("device"),
+                          "running": w.get("job") or "idle", "jobs done": w.get("jobs_done", 0),
+                          "since": w.get("started")} for w in live])
+    busy = int((rows.running != "idle").sum())
+    hosts = ", ".join(sorted(f"{h} ({d})" for h, d in {(w.get("host"), w.get("device")) for w in live}))
+    st.success(f"**{len(live)} worker{'s' if len(live) > 1 else ''} alive** ({busy} busy) on {esc(hosts)}")
+    with st.expander("Workers"):
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+
 # ---------------------------------------------------------------------------------------------- job list
 
 
@@ -238,6 +275,7 @@ def job_list(jobs_dir) -> None:
         get_store().ingest_all(strict=False)
     except store.StoreError as e:
         st.warning(f"Finished runs could not be ingested yet: {e}")
+    live = workers.alive(jobs_dir)
     all_jobs = jobs.list_jobs(jobs_dir)
     if not all_jobs:
         st.info("No jobs yet.")
@@ -247,6 +285,8 @@ def job_list(jobs_dir) -> None:
     for j in all_jobs:
         status = j.get("status", "?")
         label = "running (worker lost)" if j["stale"] else status
+        if status == "queued" and not live:
+            j["message"] = "no worker is running: start one (above) to run this job"
         with st.container(border=True, key=f"job_{j['id']}"):
             c1, c2, c3 = st.columns([4, 1, 1])
             # md(): the message quotes the run's output (dataset text in error lines): no markdown may come alive
@@ -276,6 +316,7 @@ st.title("Jobs")
 st.caption("Fine-tune, score and analyse a model from the browser. The app only queues; a worker process runs "
            "the job and writes a run folder, which appears in the explorer when it is done.")
 jobs_dir, datasets_dir = paths()
+workers_panel(jobs_dir)
 if read_only():
     st.info("This deployment is read-only: you can follow jobs, but submitting, cancelling and uploads are off.")
 else:

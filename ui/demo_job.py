@@ -1,59 +1,59 @@
-"""Launch ``python -m engine demo`` from the app as a separate process and follow its log.
+"""The home page's demo launcher: the demo is queued as an ordinary job (``engine.jobs``), so it shows on the Jobs
+page with its progress, log and cancel button like any other run.
 
-The process writes only a run folder (``--no-ingest``); the app, which owns the database, ingests it on the
-next refresh. ``<store dir>/demo.pid`` and ``demo.log`` survive page reloads and app restarts.
+When no worker is alive, the launcher starts one for it: a ``python -m engine worker --once`` child of the app
+(:func:`engine.workers.spawn_once_worker`) that runs the queue empty and exits, and is stopped (its job put
+back in the queue) when the app exits. Its log is appended to ``<store dir>/worker.log``.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
-import sys
+import threading
 from pathlib import Path
 
-from engine.jobs import tail_text
+from engine import jobs, workers
+from engine.demo import demo_spec, is_demo
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _files(store_path: Path) -> tuple[Path, Path]:
-    return store_path.parent / "demo.pid", store_path.parent / "demo.log"
+_lock = threading.Lock()
+_spawned: list[subprocess.Popen] = []  # the workers this app process started (kept to reap them)
 
 
-def running_pid(store_path: Path) -> int | None:
-    """The pid of a demo still running, else None."""
-    pid_file, _ = _files(store_path)
-    try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    try:  # a finished child stays a zombie until reaped; reap it so it counts as done
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return None
-    except ChildProcessError:
-        pass
-    return pid
+def worker_log(store_path: Path) -> Path:
+    return Path(store_path).parent / "worker.log"
 
 
-def launch(store_path: Path, model: str, analyses: str = "all") -> int:
-    """Start the demo in the background (``analyses``: "all", "none" or a comma list); returns its pid."""
-    pid_file, log_file = _files(store_path)
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "demo", "--model", model, "--no-ingest", "--store", str(store_path),
-             "--analyses", analyses],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    pid_file.write_text(str(proc.pid))
-    return proc.pid
+def own_worker_running() -> bool:
+    """Whether a worker this process started is still running (reaps the ones that finished)."""
+    with _lock:
+        _spawned[:] = [p for p in _spawned if p.poll() is None]
+        return bool(_spawned)
 
 
-def last_status(store_path: Path, max_bytes: int = 20000) -> str:
-    """The latest progress line of the demo log (tqdm redraws with carriage returns)."""
-    _, log_file = _files(store_path)
-    text = tail_text(log_file, max_bytes)
-    parts = [p.strip() for p in re.split(r"[\r\n]+", text) if p.strip()]
-    return parts[-1] if parts else ""
+def ensure_worker(jobs_dir: Path, store_path: Path) -> bool:
+    """Start a ``--once`` worker unless one is alive (registered, or started by us and still starting up).
+    Returns True when it started one."""
+    with _lock:
+        _spawned[:] = [p for p in _spawned if p.poll() is None]
+        if _spawned or workers.alive(jobs_dir):
+            return False
+        _spawned.append(workers.spawn_once_worker(jobs_dir, store_path, worker_log(store_path)))
+        return True
+
+
+def launch(jobs_dir: Path, store_path: Path, model: str, task: str, stages: tuple[str, ...],
+           submitted_by: str | None = None) -> str:
+    """Queue the demo run of ``task`` on ``model`` with the analyses ``stages``; make sure a worker will run it.
+    Returns the job id."""
+    job_id = jobs.submit(jobs_dir, demo_spec(model, task, stages=stages), submitted_by=submitted_by)
+    ensure_worker(jobs_dir, store_path)
+    return job_id
+
+
+def latest(jobs_dir: Path) -> dict | None:
+    """The state of the newest demo job (any status), or None."""
+    for job_id in reversed(jobs.job_ids(jobs_dir)):
+        st = jobs.state(jobs_dir, job_id)
+        if is_demo(st.get("run", "")):
+            return st
+    return None

@@ -169,3 +169,106 @@ def retrain_reading(groups: pd.DataFrame, methods: pd.DataFrame, output: str = "
             out.append(f"Linear datamodeling score over {int(l.n_random)} random subsets: best "
                        f"**{esc(l.method)}** ({fmt(l.lds)}). With few subsets this is a noisy estimate.")
     return out
+
+
+# ---------------------------------------------------------------------------------------------- a run's leaderboard
+
+# the influence-function methods (an inverse-Hessian-vector product in the score); GradSim and TracIn are not
+IF_METHODS = ("exact", "datainf", "datainf_proj", "lissa", "lissa_paper", "ekfac", "kfac")
+CHANCE_P = 0.05  # "beats chance": one-sided binomial test of the test prompts' top-1 hits at this level
+
+
+def beats_chance(hits: int, n_test: int, chance: float) -> bool:
+    """Whether ``hits`` same-label top-1 samples out of ``n_test`` test prompts are more than luck at rate
+    ``chance`` (one-sided binomial test, p < :data:`CHANCE_P`)."""
+    from scipy.stats import binomtest
+
+    if n_test <= 0 or not 0 <= chance < 1:
+        return False
+    return bool(binomtest(hits, n_test, chance, alternative="greater").pvalue < CHANCE_P)
+
+
+def _names(methods: list[str], limit: int = 4) -> str:
+    shown = ", ".join(f"**{esc(m)}**" for m in methods[:limit])
+    return shown + (f" and {len(methods) - limit} more" if len(methods) > limit else "")
+
+
+def _prompts(n: int) -> str:
+    return f"{n} prompt{'' if n == 1 else 's'}"
+
+
+def leaderboard_reading(last: pd.DataFrame, n_test: int, model: str = "", n_labels: int | None = None,
+                        epochs: int | None = None) -> list[str]:
+    """Two or three sentences on one run's leaderboard at one checkpoint (``last``: ``store.leaderboard`` rows
+    with method, acc, chance_acc and, optionally, coverage and k): which methods beat chance on Acc@1, which beat
+    RepSim on Acc@1 and on Coverage@k, and by how much (Acc@1 also in test prompts, of ``n_test``); where an
+    influence-function method beats RepSim, how that differs from the paper and why it can happen (``model``,
+    ``n_labels`` and ``epochs`` describe the run; each is left out when unknown)."""
+    has_cov = "coverage" in last.columns and last.coverage.notna().any()
+    rows = last.dropna(subset=["acc"]).sort_values(["acc", *(["coverage"] if has_cov else []), "method"],
+                                                   ascending=[False, *([False] if has_cov else []), True])
+    if rows.empty or n_test <= 0:
+        return []
+    chance = float(rows.chance_acc.iloc[0])
+    acc = dict(zip(rows.method, rows.acc.astype(float)))
+    cov = dict(zip(rows.method, rows.coverage.astype(float))) if has_cov else {}
+    hits = {m: int(round(a * n_test)) for m, a in acc.items()}
+    above = [m for m in rows.method if beats_chance(hits[m], n_test, chance)]
+    below = [m for m in rows.method if m not in above]
+    basis = f"chance {fmt(chance, 2)}; one-sided binomial test over the {n_test} test prompts, p < {CHANCE_P}"
+    out = []
+    if above:
+        top = max(hits[m] for m in above)
+        best = [m for m in above if hits[m] == top]
+        tail = f"; {_names(below)} {'does' if len(below) == 1 else 'do'} not" if below else ""
+        out.append(f"{len(above)} of {len(rows)} methods beat chance on Acc@1 ({basis}). Best, at "
+                   f"{fmt(top / n_test, 2)} ({top} of {n_test}, +{fmt(top / n_test - chance, 2)} over chance): "
+                   f"{_names(best)}{tail}.")
+    else:
+        out.append(f"No method beats chance on Acc@1 ({basis}): on this run no method finds a same-label training "
+                   "sample for a test prompt more often than a random pick would.")
+    if "repsim" not in acc:
+        return out
+    k = f"@{int(rows.k.iloc[0])}" if "k" in rows.columns and pd.notna(rows.k.iloc[0]) else "@k"
+    rep = acc["repsim"]
+    by_acc = [m for m in rows.method if hits[m] > hits["repsim"]]
+    by_cov = [m for m in sorted(cov, key=lambda m: (-cov[m], m)) if cov[m] > cov["repsim"] + 1e-12]
+    head = (f"**RepSim** is at Acc@1 {fmt(rep, 2)} ({hits['repsim']} of {n_test})"
+            + (f" and Coverage{k} {fmt(cov['repsim'], 2)}" if cov else ""))
+    if by_acc:
+        on_acc = (f"{len(by_acc)} method{'s beat' if len(by_acc) > 1 else ' beats'} it on Acc@1: "
+                  + ", ".join(f"**{esc(m)}** by {fmt(acc[m] - rep, 2)} ({_prompts(hits[m] - hits['repsim'])})"
+                              for m in by_acc[:4]) + (f" and {len(by_acc) - 4} more" if len(by_acc) > 4 else ""))
+    else:
+        ties = sum(hits[m] == hits["repsim"] for m in rows.method) - 1
+        on_acc = "no method beats it on Acc@1" + (f" ({ties} tie with it)" if ties else "")
+    if not cov:
+        on_cov = ""
+    elif by_cov:
+        more = f" and {len(by_cov) - 4} more" if len(by_cov) > 4 else ""
+        on_cov = (f"; on Coverage{k}, " + ", ".join(f"**{esc(m)}** by {fmt(cov[m] - cov['repsim'], 2)}"
+                                                    for m in by_cov[:4]) + more
+                  + (" does" if len(by_cov) == 1 else " do"))
+    else:
+        on_cov = f"; none does on Coverage{k}"
+    ifs = [m for m in rows.method if m in IF_METHODS and (m in by_acc or m in by_cov)]
+    paper = "" if ifs or by_acc or by_cov else " — as in the paper, where RepSim beat the influence functions"
+    out.append(f"{head}; {on_acc}{on_cov}{paper}.")
+    if ifs:
+        why = []
+        if model:
+            why.append(f"a small model ({esc(model)}: few LoRA parameters, so the inverse-Hessian approximations "
+                       "stay close to exact)")
+        if n_labels:
+            why.append(f"few classes ({int(n_labels)}, each with its own kind of answer)")
+        if epochs:
+            why.append(f"a short fine-tuning ({int(epochs)} epoch{'' if epochs == 1 else 's'}: the adapter is "
+                       "still near its start and the training losses far from zero, so each sample's gradient "
+                       "still points towards its class)")
+        because = ""
+        if why:
+            listed = ", ".join(why[:-1]) + (" and " if len(why) > 1 else "") + why[-1]
+            because = f" That can happen with {listed}."
+        out.append(f"Influence functions ({_names(ifs)}) beat RepSim here, unlike the paper's result on "
+                   f"Llama-2-7B, where RepSim beat every influence function.{because}")
+    return out

@@ -47,25 +47,68 @@ def test_corrupt_store_is_rebuilt_from_run_folders(monkeypatch, tmp_path, tiny_r
 
 
 @pytest.mark.slow
-def test_demo_button_runs_the_demo_in_a_separate_process(monkeypatch, tmp_path):
+def test_demo_button_queues_the_demo_as_a_job_and_starts_a_worker_for_it(monkeypatch, tmp_path):
+    import json
     import time
 
-    from ui import demo_job
+    from engine import jobs, workers
 
     db = tmp_path / "s.duckdb"
     at = _app(monkeypatch, db)
     at.radio(key="demo_model").set_value("tiny").run()
     at.radio(key="demo_analyses").set_value("ihvp,convergence").run()
     at.button(key="run_demo").click().run()
-    assert demo_job.running_pid(db) is not None or (tmp_path / "runs" / "demo-tiny").is_dir()
-    deadline = time.time() + 240
-    while demo_job.running_pid(db) is not None and time.time() < deadline:
+    assert not at.exception, at.exception
+    (job,) = jobs.list_jobs(tmp_path / "jobs")  # an ordinary job: the Jobs page lists it
+    assert job["run"] == "demo-tiny"
+    assert any("demo-tiny" in i.value for i in at.info)  # the home page follows it
+    deadline = time.time() + 300
+    while jobs.state(tmp_path / "jobs", job["id"])["status"] in ("queued", "running") and time.time() < deadline:
         time.sleep(1)
-    assert (tmp_path / "runs" / "demo-tiny" / "manifest.json").is_file(), (tmp_path / "demo.log").read_text()
+    st_ = jobs.state(tmp_path / "jobs", job["id"])
+    assert st_["status"] == "done", (st_, jobs.log_tail(tmp_path / "jobs", job["id"]))
+    assert "worker --once" in (tmp_path / "worker.log").read_text()  # the worker the app started for it
     at.run()
     assert at.metric[0].value == "1"
     assert at.selectbox(key="run").value == "demo-tiny"
-    import json
-
     manifest = json.loads((tmp_path / "runs" / "demo-tiny" / "manifest.json").read_text())
     assert manifest["analyses"] == ["ihvp", "convergence"]
+    deadline = time.time() + 30  # the --once worker exits when the queue is empty
+    while workers.alive(tmp_path / "jobs") and time.time() < deadline:
+        time.sleep(0.5)
+    assert workers.alive(tmp_path / "jobs") == []
+
+
+def test_harmful_demo_is_queued_and_followed_and_can_be_cancelled(monkeypatch, tmp_path, tiny_run):
+    """With a worker alive the launcher starts none; the queued job is the harmful_s demo; Cancel cancels it."""
+    import json
+
+    from engine import jobs, workers
+
+    shutil.copytree(tiny_run, tmp_path / "runs" / tiny_run.name)
+    with workers.register(tmp_path / "jobs", device="cpu (test)"):
+        at = _app(monkeypatch, tmp_path / "s.duckdb")
+        at.radio(key="demo_task").set_value("harmful_s").run()
+        at.radio(key="demo_model").set_value("tiny").run()
+        at.button(key="run_demo").click().run()
+        assert not at.exception, at.exception
+        (job,) = jobs.list_jobs(tmp_path / "jobs")
+        spec = json.loads((tmp_path / "jobs" / job["id"] / "spec.json").read_text())
+        assert job["run"] == "demo-harmful_s-tiny" and spec["task"]["name"] == "harmful_s"
+        assert spec["analysis"]["stages"] == ["ihvp", "convergence"]
+        assert not (tmp_path / "worker.log").exists()  # a worker is alive: none was started
+        assert any("demo-harmful_s-tiny" in i.value for i in at.info)
+        at.button(key="demo_cancel").click().run()
+    assert jobs.state(tmp_path / "jobs", job["id"])["status"] == "cancelled"
+    at.run()
+    assert any("cancelled" in c.value for c in at.caption)  # the launcher says how the last demo ended
+
+
+def test_a_queued_demo_without_a_worker_says_so(monkeypatch, tmp_path):
+    from engine import jobs
+    from engine.demo import demo_spec
+
+    jobs.submit(tmp_path / "jobs", demo_spec("tiny"))
+    at = _app(monkeypatch, tmp_path / "s.duckdb")
+    assert any("no worker is running" in w.value for w in at.warning)
+    assert at.button(key="demo_start_worker").label == "Start a worker"

@@ -192,3 +192,27 @@ def test_a_broken_job_and_a_crashed_job_are_shown_with_why(env, tiny_spec):
     assert "failed" in cards[crashed] and "<code>MemoryError: out of memory</code>" in cards[crashed]
     assert any("Traceback (most recent call last)" in c.value and "MemoryError" in c.value for c in at.code)
     assert at.button(key=f"requeue_{crashed}") and not any(b.key.endswith(broken) for b in at.button)
+
+
+def test_workers_panel_says_when_no_worker_runs_and_shows_live_ones(env, tiny_spec):
+    import socket
+
+    from engine import workers
+    from engine.spec import spec_from_dict
+
+    jobs.submit(env / "jobs", spec_from_dict({**tiny_spec, "name": "waiting-one"}))
+    at = _run()
+    assert any("No worker is running" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any(f"engine worker --store {env / 's.duckdb'}" in c.value for c in at.code)
+    card = " ".join(m.value for m in at.markdown if "waiting-one" in m.value)
+    assert "no worker is running" in card and "waiting for a worker" not in card
+    with workers.register(env / "jobs", device="cuda (1 GPU: Test GPU)"):
+        at = _run()
+        (alive,) = [s.value for s in at.success]
+        assert alive.startswith("**1 worker alive** (0 busy)") and socket.gethostname() in alive
+        assert "cuda (1 GPU: Test GPU)" in alive
+        assert not any("No worker" in w.value for w in at.warning)
+        card = " ".join(m.value for m in at.markdown if "waiting-one" in m.value)
+        assert "waiting for a worker" in card
+    at = _run()  # the worker stopped: its file is gone, the page says so again
+    assert any("No worker is running" in w.value for w in at.warning)

@@ -38,15 +38,38 @@ def start_app(data: Path, **env_extra) -> tuple[subprocess.Popen, str]:
          "--server.fileWatcherType", "none"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    wait_healthy(proc, url)
+    return proc, url
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
             if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                return proc, url
+                return
         except OSError:
             time.sleep(0.5)
     proc.kill()
-    pytest.fail("streamlit did not become healthy in 60 s")
+    pytest.fail(f"streamlit did not become healthy in {timeout_s:.0f} s")
+
+
+def launcher_cmd(port: int) -> list[str]:
+    """What ``make run PORT=port`` runs (Makefile), bound to the loopback interface."""
+    return [sys.executable, "scripts/run_app.py", "--port", str(port), "--address", "127.0.0.1"]
+
+
+def start_launcher(data: Path) -> tuple[subprocess.Popen, str, dict]:
+    """``make run``'s launcher (the app and one worker) on a free port over ``data/influence.duckdb`` (runs, jobs
+    and the worker log next to it, as by default); returns the process, the app's URL and the environment."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("INFLUENCE_RUNS", "INFLUENCE_JOBS")}
+    env["INFLUENCE_STORE"] = str(data / "influence.duckdb")
+    proc = subprocess.Popen(launcher_cmd(port), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(proc, url)
+    return proc, url, env
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -1,5 +1,6 @@
 """Helpers shared by the browser tests."""
 
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,3 +18,27 @@ def screenshot(page, name: str) -> Path:
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def fill_and_queue(page, name: str, epochs: int) -> None:
+    """On the Jobs page: a small tiny-model job named ``name`` (3 train, 1 test per label), queued."""
+    page.get_by_label("Run name (optional)").fill(name)
+    page.get_by_label("Training samples per label").fill("3")
+    page.get_by_label("Test samples per label").fill("1")
+    page.get_by_label("Epochs").fill(str(epochs))
+    page.get_by_role("button", name="Validate and queue").click()
+    page.get_by_text("Queued job").wait_for(timeout=60_000)
+
+
+def job_card(page, name: str):
+    return page.locator("[class*='st-key-job_']", has_text=name).first  # st.container(key="job_<id>")
+
+
+def wait_status(page, name: str, status: str, timeout_s: float) -> None:
+    """Wait until the job list (it refreshes itself every 2 s) shows job ``name`` with ``status``."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if f"{name} — {status}" in page.inner_text("body"):
+            return
+        time.sleep(1)
+    raise AssertionError(f"job {name} did not reach {status}: {page.inner_text('body')[-2000:]}")

@@ -61,3 +61,70 @@ def test_chart_text_is_cut_and_defanged_not_escaped():
 
     assert chart_text('all "x" <b>bold</b>', 100) == 'all "x" ‹b›bold‹/b›'
     assert chart_text("a" * 10, 5) == "aaaa…"
+
+
+def _binomial_tail(hits: int, n: int, p: float) -> float:
+    """P(X >= hits) for X ~ Binomial(n, p), summed term by term from the formula."""
+    return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(hits, n + 1))
+
+
+def test_beats_chance_is_the_one_sided_binomial_test():
+    from ui.readings import CHANCE_P, beats_chance
+
+    for n, p in [(30, 0.1), (40, 0.5), (10, 0.2)]:
+        for hits in range(n + 1):
+            assert beats_chance(hits, n, p) == (_binomial_tail(hits, n, p) < CHANCE_P), (n, p, hits)
+    assert not beats_chance(5, 0, 0.1)
+
+
+def _board(accs: dict, chance=0.1, cover: dict | None = None, k=10):
+    board = pd.DataFrame({"method": list(accs), "acc": list(accs.values()), "chance_acc": chance, "k": k})
+    if cover is not None:
+        board["coverage"] = [cover[m] for m in accs]
+    return board
+
+
+def test_leaderboard_reading_names_who_beats_chance_and_repsim():
+    from ui.readings import leaderboard_reading
+
+    # 30 test prompts, chance 0.1: 7 hits (p = 0.026) beat it, 6 (p = 0.073) do not
+    accs = {"exact": 29 / 30, "datainf": 28 / 30, "repsim": 19 / 30, "gradsim": 7 / 30, "lissa_paper": 6 / 30}
+    cover = {"exact": 0.7, "datainf": 0.9, "repsim": 0.55, "gradsim": 0.2, "lissa_paper": 0.5}
+    text = " ".join(leaderboard_reading(_board(accs, cover=cover), 30, model="smollm2-135m", n_labels=10,
+                                        epochs=2))
+    assert "4 of 5 methods beat chance on Acc@1" in text and "**lissa_paper** does not" in text
+    assert "Best, at 0.97 (29 of 30, +0.87 over chance): **exact**;" in text
+    assert "**RepSim** is at Acc@1 0.63 (19 of 30) and Coverage@10 0.55; 2 methods beat it on Acc@1: **exact** by " \
+           "0.33 (10 prompts), **datainf** by 0.3 (9 prompts); on Coverage@10, **datainf** by 0.35, **exact** by " \
+           "0.15 do." in text
+    assert "Influence functions (**exact**, **datainf**) beat RepSim here, unlike the paper" in text
+    assert "That can happen with a small model (smollm2-135m: " in text and "few classes (10, " in text
+    assert "and a short fine-tuning (2 epochs: " in text
+
+
+def test_leaderboard_reading_on_a_saturated_acc_compares_coverage():
+    """The harmful_s demo: every method at Acc@1 1 (chance 0.5), the differences are in Coverage@k."""
+    from ui.readings import leaderboard_reading
+
+    accs = {"repsim": 1.0, "kfac": 1.0, "exact": 1.0, "tracin": 39 / 40}
+    cover = {"repsim": 0.896, "kfac": 0.961, "exact": 0.59, "tracin": 0.619}
+    text = " ".join(leaderboard_reading(_board(accs, 0.5, cover, k=20), 40, n_labels=2))
+    assert "Best, at 1 (40 of 40, +0.5 over chance): **kfac**, **repsim**, **exact**." in text
+    assert "no method beats it on Acc@1 (2 tie with it); on Coverage@20, **kfac** by 0.065 does." in text
+    assert "Influence functions (**kfac**) beat RepSim" in text and "That can happen with few classes (2, " in text
+
+
+def test_leaderboard_reading_when_repsim_wins_or_nothing_beats_chance():
+    from ui.readings import leaderboard_reading
+
+    board = _board({"repsim": 1.0, "datainf": 0.55, "gradsim": 0.6}, chance=0.5)
+    text = " ".join(leaderboard_reading(board, 40))
+    assert "**RepSim** is at Acc@1 1 (40 of 40); no method beats it on Acc@1 — as in the paper, where RepSim " \
+           "beat the influence functions." in text
+    assert "unlike the paper" not in text
+    # GradSim beats RepSim here, but it is no influence function: no "differs from the paper" sentence
+    text = " ".join(leaderboard_reading(_board({"repsim": 0.5, "gradsim": 0.6, "datainf": 0.4}, 0.5), 10))
+    assert "No method beats chance" in text and "1 method beats it on Acc@1: **gradsim** by 0.1 (1 prompt)" in text
+    assert "Influence functions" not in text and "as in the paper" not in text
+    assert leaderboard_reading(_board({}), 10) == [] and leaderboard_reading(_board({"a": 0.5}), 0) == []
+    assert "&lt;x&gt;" in " ".join(leaderboard_reading(_board({"<x>": 0.9, "repsim": 0.2}), 20))
