@@ -226,9 +226,10 @@ def cmd_rebuild_store(args) -> None:
 
 
 def cmd_worker(args) -> None:
-    from engine.jobs import default_jobs_dir, worker_loop
+    from engine.jobs import default_jobs_dir, job_command, worker_loop
 
     store_path = _store_path(args)
+    job_command("spec.json", store_path)  # a bad $WORKER_NPROC fails here, not at the first job
     jobs_dir = Path(args.jobs) if args.jobs else default_jobs_dir(store_path)
     worker_loop(jobs_dir, store_path, _runs_dir(args), once=args.once, poll_s=args.poll,
                 log=lambda msg: print(msg, flush=True))

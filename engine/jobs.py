@@ -246,6 +246,22 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
+NPROC_ENV = "WORKER_NPROC"  # processes per job: > 1 runs each job under torchrun on this machine
+
+
+def job_command(spec_path: str | os.PathLike, store_path: str | os.PathLike) -> list[str]:
+    """The child command of a job: ``python -m engine run SPEC --no-ingest --store STORE``, under
+    ``torchrun --standalone --nproc_per_node N`` when ``$WORKER_NPROC`` is N > 1 (one process per GPU, or CPU
+    processes splitting the shards; torchrun picks a free port, and its process group is what cancel stops)."""
+    run = ["-m", "engine", "run", str(spec_path), "--no-ingest", "--store", str(store_path)]
+    raw = os.environ.get(NPROC_ENV, "1").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(f"${NPROC_ENV} must be a positive integer, got {raw!r}")
+    if int(raw) == 1:
+        return [sys.executable, *run]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", raw, *run]
+
+
 def run_job(jobs_dir: str | os.PathLike, job_id: str, store_path: str | os.PathLike,
             runs_dir: str | os.PathLike | None = None, should_stop=lambda: False) -> str:
     """Run a claimed job to its end in a child process; return its final status.
@@ -258,8 +274,7 @@ def run_job(jobs_dir: str | os.PathLike, job_id: str, store_path: str | os.PathL
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if runs_dir is not None:
         env["INFLUENCE_RUNS"] = str(runs_dir)
-    cmd = [sys.executable, "-m", "engine", "run", str(folder / "spec.json"), "--no-ingest",
-           "--store", str(store_path)]
+    cmd = job_command(folder / "spec.json", store_path)
     with open(folder / "log.txt", "ab") as log:
         log.write(f"[{_now()}] {' '.join(cmd[1:])}\n".encode())
         log.flush()

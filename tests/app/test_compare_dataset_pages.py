@@ -89,11 +89,12 @@ def test_dataset_page_renders_samples_composition_and_topk(store_env, open_page,
     samples = at.dataframe[0].value
     n_train, n_test, k = len(tiny_data.train), len(tiny_data.test), tiny_data.k
     assert len(samples) == n_train + n_test and set(samples.split) == {"train", "test"}
-    # the class composition: per split, a bar per label with its number of samples
+    # the class composition: per split, a (horizontal) bar per label with its number of samples
     (fig,) = charts(at).values()
     for trace in fig["data"]:
         split = tiny_data.train if trace["name"] == "train" else tiny_data.test
-        assert dict(zip(trace["x"], trace["y"])) == split.label.value_counts().to_dict()
+        assert trace["orientation"] == "h"
+        assert dict(zip(trace["y"], trace["x"])) == split.label.value_counts().to_dict()
     assert at.number_input(key="k").value == k  # the run's k_default
     top = at.dataframe[1].value
     assert len(top) == n_train

@@ -204,7 +204,7 @@ def test_workers_panel_says_when_no_worker_runs_and_shows_live_ones(env, tiny_sp
     at = _run()
     assert any("No worker is running" in w.value for w in at.warning), [w.value for w in at.warning]
     assert any(f"engine worker --store {env / 's.duckdb'}" in c.value for c in at.code)
-    card = " ".join(m.value for m in at.markdown if "waiting-one" in m.value)
+    card = " ".join(_shown(m.value) for m in at.markdown if "waiting-one" in _shown(m.value))
     assert "no worker is running" in card and "waiting for a worker" not in card
     with workers.register(env / "jobs", device="cuda (1 GPU: Test GPU)"):
         at = _run()
@@ -212,7 +212,7 @@ def test_workers_panel_says_when_no_worker_runs_and_shows_live_ones(env, tiny_sp
         assert alive.startswith("**1 worker alive** (0 busy)") and socket.gethostname() in alive
         assert "cuda (1 GPU: Test GPU)" in alive
         assert not any("No worker" in w.value for w in at.warning)
-        card = " ".join(m.value for m in at.markdown if "waiting-one" in m.value)
+        card = " ".join(_shown(m.value) for m in at.markdown if "waiting-one" in _shown(m.value))
         assert "waiting for a worker" in card
     at = _run()  # the worker stopped: its file is gone, the page says so again
     assert any("No worker is running" in w.value for w in at.warning)

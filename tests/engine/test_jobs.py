@@ -336,3 +336,19 @@ def test_two_worker_processes_race_for_the_queue_and_each_job_runs_once(tmp_path
     for w, out in zip(workers, outs):
         assert out.count("running job ") == 1, out
     assert [p.name for p in list_complete_runs(tmp_path / "runs")] == ["raced-0", "raced-1"]
+
+
+def test_job_command_runs_under_torchrun_with_worker_nproc(monkeypatch, tmp_path):
+    """$WORKER_NPROC = N > 1: each job runs as N torchrun processes on this machine; 1 (default): one process."""
+    monkeypatch.delenv("WORKER_NPROC", raising=False)
+    plain = jobs.job_command(tmp_path / "spec.json", tmp_path / "s.duckdb")
+    assert plain[1:] == ["-m", "engine", "run", str(tmp_path / "spec.json"), "--no-ingest", "--store",
+                         str(tmp_path / "s.duckdb")]
+    monkeypatch.setenv("WORKER_NPROC", "4")
+    cmd = jobs.job_command(tmp_path / "spec.json", tmp_path / "s.duckdb")
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+    assert cmd[6:] == plain[1:]
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("WORKER_NPROC", bad)
+        with pytest.raises(InputError, match="WORKER_NPROC"):
+            jobs.job_command(tmp_path / "spec.json", tmp_path / "s.duckdb")

@@ -1,6 +1,6 @@
 """The staged pipeline gives the same score files as the pipeline before it was rebuilt around a feature plan.
 
-``data/tiny_scores_before_stages.parquet`` and ``data/tiny_metrics_before_stages.parquet`` are the score and metric
+``golden/tiny_scores_before_stages.parquet`` and ``golden/tiny_metrics_before_stages.parquet`` are the score and metric
 tables that ``run_pipeline(TINY_SPEC)`` wrote at commit 4078b2b (the single-function pipeline), sorted by
 (method, checkpoint, test_id, train_id): every method of the default list, both epoch checkpoints.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "golden"  # not "data/": .gitignore keeps the app's data folders out
 KEY = ["method", "checkpoint", "test_id", "train_id"]
 
 
