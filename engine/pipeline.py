@@ -175,7 +175,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
     model = add_lora(model, spec.lora, seed=spec.train.seed).to(device)
 
     def enc(s):
-        return encode(s, tok, spec.train.template, spec.train.max_length, spec.train.loss_on)
+        return encode(s, tok, spec.train.template, spec.train.max_length, spec.train.loss_on,
+                      spec.train.preprocessing)
 
     train_enc = [enc(s) for s in task.train]
     test_enc = [enc(s) for s in task.test]
@@ -276,7 +277,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                 spec=spec, model=model, tok=tok, task=task, train_enc=train_enc, test_enc=test_enc,
                 states=[result.initial, *result.epochs], scaling=_lora_scaling(model), checkpoint=ckpts[-1],
                 train_grads=train_x.grads, test_grads=test_x.grads, block_names=train_x.block_names,
-                matrices=prev_matrices, drift=drift, device=device, kfac=train_x.kfac), writer.write_table,
+                matrices=prev_matrices, drift=drift, device=device, kfac=train_x.kfac, runs_dir=runs_dir),
+                writer.write_table,
                 _say(progress)))
         timings["total_s"] = time.perf_counter() - t0
         return writer.commit({

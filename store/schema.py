@@ -13,7 +13,7 @@ import duckdb
 
 from store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 2  # 2: the analysis tables
+SCHEMA_VERSION = 3  # 2: the analysis tables; 3: noise floor, LDS with interval, counterfactual, fair iHVP reference
 
 # table -> ({column: sql type} as in the Parquet file, sort key used when loading)
 PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
@@ -61,7 +61,9 @@ _ANALYSIS_KEYS = {
     "retrain_modules": ("group_id", "module"),
     "retrain_tests": ("group_id", "test_id"),
     "retrain_predictions": ("method", "group_id", "test_id"),
-    "retrain_methods": ("method",),
+    "retrain_methods": ("method", "kind"),
+    "retrain_lds": ("method",),
+    "retrain_counterfactual": ("method", "test_id"),
 }
 
 
