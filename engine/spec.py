@@ -193,13 +193,15 @@ PRESETS: dict[str, RunSpec] = {
         analysis=AnalysisSpec(lds_subsets=50, lds_fraction=0.5),
     ),
     "quick": RunSpec(
-        task=TaskSpec(name="grammars", n_train_per_label=10, n_test_per_label=3),
+        # 6 training samples per rule: every retraining of the retrain stage is a fine-tune of this set
+        task=TaskSpec(name="grammars", n_train_per_label=6, n_test_per_label=3),
         lora=LoraSpec(r=4, alpha=32, dropout=0.0, target_modules=("q_proj", "v_proj")),
         train=TrainSpec(epochs=2, batch_size=8, lr=1e-3, max_length=64, loss_on="sequence"),
         scoring=ScoringSpec(checkpoints="all", grad_batch_size=16),
         # the costly stage: every retraining is a fine-tune (see README, "The three analyses", for the count)
+        # 2 reshuffles, 1 single sample, 1 label, 2 random k-sets, <= 4 top-k sets, 6 half-size LDS subsets
         analysis=AnalysisSpec(stages=ANALYSES, retrain_single=1, retrain_labels=1, retrain_seeds=2, noise_seeds=2,
-                              lds_subsets=8, cf_prompts=2, cf_methods=("gradsim", "datainf", "repsim")),
+                              lds_subsets=6, cf_prompts=2, cf_methods=("datainf", "repsim")),
     ),
 }
 

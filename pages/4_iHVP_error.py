@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 import store
 from ui.analysis_pages import analysis_page, pick_choice
 from ui.common import export_buttons
+from ui.log_axis import log_ticks
 from ui.readings import METHOD_NAMES, ihvp_reading
 from ui.auth import require_login
 
@@ -27,14 +29,21 @@ LOG_METRICS = {"rel_error", "time_s"}
 LOG_AXIS = dict(exponentformat="power", dtick=1)  # one labelled tick per power of ten, never crowded
 
 
+
+# one colour per method on every chart, so that the half-width damping chart can do without its own legend
+COLORS = dict(zip(METHOD_NAMES.values(), px.colors.qualitative.Dark24))
+
+
 def line(df: pd.DataFrame, x: str, y: str, color: str, title: str, log_x: bool, log_y: bool, key: str,
-         x_title: str, height: int = 400) -> None:
+         x_title: str, height: int = 400, legend: bool = True) -> None:
     fig = px.line(df.sort_values(x), x=x, y=y, color=color, markers=True, log_x=log_x, log_y=log_y, title=title,
+                  color_discrete_map=COLORS,
                   hover_data=[c for c in ("level", "dim", "lambda_c", "iterations", "reference", "note") if c in df])
     fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), height=height, xaxis_title=x_title,
-                      yaxis_title=SHORT.get(y, y), legend=dict(orientation="h", y=-0.25, title_text=""))
+                      yaxis_title=SHORT.get(y, y), showlegend=legend,
+                      legend=dict(orientation="h", y=-0.25, title_text=""))
     if log_y:
-        fig.update_yaxes(**LOG_AXIS)
+        fig.update_yaxes(**log_ticks(df[y]))
     if log_x:
         fig.update_xaxes(**LOG_AXIS)
     st.plotly_chart(fig, width="stretch", key=key)
@@ -79,22 +88,26 @@ def show(con, run: str) -> None:
         else:
             steps = steps[steps.iterations > 0] if metric in LOG_METRICS else steps
             base = rows[(rows.lambda_c == sweep_lc) & (rows.level == level) & rows.method.isin(["datainf"])]
-            fig = px.line(steps.sort_values("iterations"), x="iterations", y=metric, markers=True,
-                          log_x=True, log_y=metric in LOG_METRICS,
-                          title=f"LiSSA after T steps ({level}, λ_c = {sweep_lc:g})")
-            for r in base.itertuples():
-                fig.add_hline(y=getattr(r, metric), line_dash="dash", annotation_text="DataInf",
-                              annotation_position="top left")
+            steps = steps.sort_values("iterations")
+            fig = go.Figure(go.Scatter(x=steps.iterations, y=steps[metric], mode="lines+markers",
+                                       name="LiSSA after T steps", line=dict(color=COLORS[METHOD_NAMES["lissa"]])))
+            for r in base.itertuples():  # a trace, not an hline: hline annotations land off the line on log axes
+                fig.add_trace(go.Scatter(x=[steps.iterations.min(), steps.iterations.max()],
+                                         y=[getattr(r, metric)] * 2, mode="lines", name="DataInf",
+                                         line=dict(dash="dash", color=COLORS[METHOD_NAMES["datainf"]])))
             fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), height=380, xaxis_title="LiSSA steps T (log)",
-                              yaxis_title=SHORT[metric])
+                              yaxis_title=SHORT[metric], title=f"LiSSA after T steps ({level}, λ_c = {sweep_lc:g})",
+                              xaxis_type="log", yaxis_type="log" if metric in LOG_METRICS else "linear",
+                              legend=dict(orientation="h", y=-0.3))
             fig.update_xaxes(**LOG_AXIS)
             if metric in LOG_METRICS:
-                fig.update_yaxes(**LOG_AXIS)
+                fig.update_yaxes(**log_ticks(list(steps[metric]) + [getattr(r, metric) for r in base.itertuples()]))
             st.plotly_chart(fig, width="stretch", key="by_steps")
     with right:
         damp = rows[(rows.level == level) & (rows.method != "lissa_steps")]
         line(damp, "lambda_c", metric, "method name", f"{SHORT[metric]} vs damping ({level})", True,
-             metric in LOG_METRICS, "by_damping", "λ_c (log; larger = weaker damping)", height=380)
+             metric in LOG_METRICS, "by_damping", "λ_c (log; larger = weaker damping)", height=380, legend=False)
+        st.caption("Colours as in the chart above.")
 
     st.subheader("All measurements")
     table = rows.drop(columns=["method name"])

@@ -38,39 +38,46 @@ def _floor(noise: pd.DataFrame, measure: str) -> float | None:
 
 def param_vs_output(groups: pd.DataFrame, noise: pd.DataFrame, output: str) -> None:
     y_floor, x_floor = _floor(noise, NOISE_OF[output]), _floor(noise, "param_change")
-    pts = groups[groups[output].notna()].copy()
-    pts["removed"] = pts.kind.map(KIND_NAMES)
-    pts["inside the noise"] = pts.within_noise.map({True: "yes", False: "no"}).fillna("—")
-    fig = px.scatter(pts, x="param_change", y=output, color="removed", symbol="inside the noise",
-                     symbol_map={"yes": "circle-open", "no": "circle", "—": "diamond"},
-                     color_discrete_map={KIND_NAMES[k]: c for k, c in KIND_COLORS.items()},
-                     hover_data=["group", "n_removed"], title="Weight change vs output change")
+    pts = groups[groups[output].notna()]
+    fig = go.Figure()
+    for kind, color in KIND_COLORS.items():  # one trace per kind; hollow markers: inside the noise floor
+        d = pts[pts.kind == kind]
+        if d.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=d.param_change, y=d[output], mode="markers", name=KIND_NAMES[kind],
+            marker=dict(size=11, opacity=0.9, line=dict(width=2, color=color),
+                        color=["white" if w is True else color for w in d.within_noise],
+                        symbol="diamond" if kind == "noise" else "circle"),
+            customdata=d[["group", "n_removed"]].to_numpy(),
+            hovertemplate="%{customdata[0]} (%{customdata[1]} removed)<br>‖ΔW‖ %{x:.3g}, %{y:.3g}<extra></extra>"))
     if y_floor is not None:  # the band a reshuffle of the same data reaches
         lo = -y_floor if output in ("mean_dloss", "behaviour_change") else 0
         fig.add_hrect(y0=lo, y1=y_floor, fillcolor="#7f7f7f", opacity=0.15, line_width=0,
                       annotation_text="noise floor", annotation_position="top left")
     if x_floor is not None:
         fig.add_vline(x=x_floor, line_dash="dot", line_color="#7f7f7f")
-    fig.update_traces(marker=dict(size=10, opacity=0.85))
-    fig.update_layout(**LAYOUT, height=440, xaxis_title="‖ΔW‖ of the merged LoRA update, all modules",
-                      yaxis_title=OUTPUTS[output])
+    fig.update_layout(**LAYOUT, height=440, title="Weight change vs output change",
+                      xaxis_title="‖ΔW‖ of the merged LoRA update, all modules", yaxis_title=OUTPUTS[output])
     st.plotly_chart(fig, width="stretch", key="param_vs_output")
     rest = groups[(groups.kind != "noise") & groups[output].notna()]
     rho, r = correlation(rest.param_change, rest[output])
-    st.caption(f"Spearman {fmt(rho)}, Pearson {fmt(r)} over the {len(rest)} removals. Grey band: the noise floor "
-               "(largest change among the reshuffles of the full set); hollow markers: inside it.")
+    st.caption(f"Spearman {fmt(rho)}, Pearson {fmt(r)} over the {len(rest)} removals. Grey band and dotted line: the "
+               "noise floor (the largest change among the reshuffles of the full set, diamonds); white markers: a "
+               "removal whose mean |Δ test loss| is inside it.")
 
 
 def ba_norms(groups: pd.DataFrame) -> None:
-    g = groups.sort_values(["kind", "group_id"])
-    fig = px.bar(g, y="group", x="ba_norm_mean", error_x="ba_norm_std", color="kind", orientation="h",
-                 color_discrete_map=KIND_COLORS, hover_data={"description": True, "group": False},
+    g = groups.sort_values(["kind", "group_id"]).assign(removed=lambda d: d.kind.map(KIND_NAMES))
+    fig = px.bar(g, y="group", x="ba_norm_mean", error_x="ba_norm_std", color="removed", orientation="h",
+                 color_discrete_map={KIND_NAMES[k]: c for k, c in KIND_COLORS.items()},
+                 hover_data={"description": True, "group": False, "removed": False},
                  title="Per-module ‖BA‖_F of each retrained adapter")
-    fig.update_layout(**LAYOUT, height=max(320, 120 + 22 * len(g)), xaxis_title="‖B·A‖_F per module (mean ± std)",
+    fig.update_layout(**LAYOUT, height=max(320, 140 + 22 * len(g)), xaxis_title="‖B·A‖_F per module (mean ± std)",
                       yaxis_title="", yaxis=dict(autorange="reversed"))
     st.plotly_chart(fig, width="stretch", key="ba_norms")
     st.caption("‖B·A‖_F without α/r, as the authors' `delta.py` computes it; the merged update (α/r)·B·A is in the "
-               "table as merged_norm.")
+               "table as merged_norm. Hover a bar for the full description of the retraining.")
 
 
 def lds_chart(lds: pd.DataFrame) -> None:
@@ -87,14 +94,21 @@ def lds_chart(lds: pd.DataFrame) -> None:
     st.plotly_chart(fig, width="stretch", key="lds")
 
 
+SHORT_KINDS = {"single": "single", "label": "label", "random": "random k", "topk": "top k", "lds": "LDS"}
+
+
 def kind_heatmap(methods: pd.DataFrame) -> None:
     wide = methods.pivot(index="method", columns="kind", values="spearman")
-    wide = wide[[k for k in KIND_NAMES if k in wide.columns]].rename(columns=KIND_NAMES)
+    wide = wide[[k for k in SHORT_KINDS if k in wide.columns]].rename(columns=SHORT_KINDS)
     fig = px.imshow(wide, text_auto=".2f", zmin=-1, zmax=1, color_continuous_scale="RdBu", aspect="auto",
-                    title="Spearman of predicted vs actual Δ loss, per kind of removal")
-    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), height=max(300, 90 + 28 * len(wide)),
-                      xaxis_title="", yaxis_title="", coloraxis_colorbar=dict(title=""))
+                    title="Spearman per kind of removal")
+    fig.update_layout(margin=dict(l=10, r=10, t=60, b=10), height=max(300, 110 + 28 * len(wide)),
+                      xaxis_title="", yaxis_title="", coloraxis_showscale=False)  # values are in the cells
+    fig.update_xaxes(side="top", tickangle=0)
     st.plotly_chart(fig, width="stretch", key="kind_spearman")
+    st.caption("Predicted (sum of the removed samples' scores) vs actual Δ test loss over every (retraining, test "
+               "prompt) pair of one kind: single samples, whole labels, random k-sets, the methods' top k, LDS "
+               "subsets.")
 
 
 def counterfactual_chart(cf: pd.DataFrame) -> None:
@@ -146,8 +160,11 @@ def show(con, run: str) -> None:
     with right:
         ba_norms(groups)
     if not noise.empty:
-        st.caption("Noise floor per measure (largest and mean |change| over the reshuffles of the full set): "
-                   + "; ".join(f"{r.measure} ≤ {fmt(r.floor)} (mean {fmt(r.mean)})" for r in noise.itertuples()))
+        names = {"mean_abs_dloss": "mean |Δ test loss|", "kl_mean": "mean KL", "abs_behaviour_change":
+                 "|Δ behaviour rate|", "param_change": "‖ΔW‖"}
+        st.caption("Noise floor per measure (largest, and mean, over the reshuffles of the full set): "
+                   + "; ".join(f"{names.get(r.measure, r.measure)} ≤ {fmt(r.floor)} (mean {fmt(r.mean)})"
+                               for r in noise.itertuples()))
 
     st.subheader("Which method predicts what retraining does?")
     for sentence in lds_reading(lds) + counterfactual_reading(store.retrain_counterfactual_summary(con, run)):

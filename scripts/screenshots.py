@@ -1,6 +1,7 @@
 """Screenshots of every page as a user sees them, from a real browser (Debian chromium + Playwright).
 
     .venv/bin/python scripts/screenshots.py [--store data/influence.duckdb] [--run demo-smollm2-135m] [--out artifacts/screenshots]
+        [--width 1600] [--pages retraining,ihvp_error]
 
 Starts ``streamlit run app.py`` on a free port over the given store, opens each page by its own URL with the
 run in the query string, waits for the script run and the charts, and writes ``<out>/<page>.png``.
@@ -37,7 +38,11 @@ def main() -> None:
     ap.add_argument("--run", default="demo-smollm2-135m")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "screenshots"))
     ap.add_argument("--query", default="", help="extra query string, e.g. 'test=3&k=5'")
+    ap.add_argument("--width", type=int, default=1600, help="browser viewport width in px (check 1280 too)")
+    ap.add_argument("--height", type=int, default=1100, help="viewport height in px (taller shows more of a page)")
+    ap.add_argument("--pages", default="", help=f"comma list of pages (default all: {', '.join(PAGES)})")
     args = ap.parse_args()
+    pages = {k: v for k, v in PAGES.items() if not args.pages or k in args.pages.split(",")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -59,8 +64,8 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                                         headless=True, args=ARGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1100})
-            for name, path in PAGES.items():
+            page = browser.new_page(viewport={"width": args.width, "height": args.height})
+            for name, path in pages.items():
                 query = f"?run={args.run}" + (f"&{args.query}" if args.query else "")
                 page.goto(f"{url}/{path}{query}")
                 page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=120_000)

@@ -229,11 +229,16 @@ def lds_reading(lds: pd.DataFrame) -> list[str]:
     if len(m):
         best = m.iloc[0]
         overlap = [r.method for r in m.iloc[1:].itertuples() if r.lds_hi >= best.lds_lo]
+        names = ", ".join(f"**{esc(x)}**" for x in overlap[:4]) + (f" and {len(overlap) - 4} more"
+                                                                     if len(overlap) > 4 else "")
+        worst = m.iloc[-1]
         out.append(f"Linear datamodeling score over {M} random subsets keeping {fmt(100 * alpha)} % of the training "
                    f"set: best **{esc(best.method)}** with {fmt(best.lds)} (95 % interval {fmt(best.lds_lo)} to "
                    f"{fmt(best.lds_hi)})"
-                   + (f"; its interval overlaps {', '.join(f'**{esc(x)}**' for x in overlap)}, so this run does not "
-                      "separate them." if overlap else ", clear of every other method's interval."))
+                   + (f"; its interval overlaps those of {names}, so this run does not separate them"
+                      if overlap else ", clear of every other method's interval")
+                   + (f". Lowest: **{esc(worst.method)}** with {fmt(worst.lds)} ({fmt(worst.lds_lo)} to "
+                      f"{fmt(worst.lds_hi)})." if len(m) > 1 else "."))
     if M < LDS_MIN_SUBSETS:
         out.append(f"**Too few subsets for the interval to mean anything:** with M = {M}, each prompt's Spearman is "
                    f"taken over {M} points, so the LDS and its bootstrap interval are rough. Use at least "

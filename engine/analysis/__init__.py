@@ -2,7 +2,9 @@
 
 - ``ihvp``        (:mod:`engine.analysis.ihvp_error`): iHVP approximation error vs subset size, damping, steps.
 - ``convergence`` (:mod:`engine.analysis.convergence`): losses, generation accuracy, score stability per epoch.
-- ``retrain``     (:mod:`engine.analysis.retrain`): parameter change vs output change under group removal.
+- ``retrain``     (:mod:`engine.analysis.retrain`): parameter change vs output change under removal, next to the
+  noise floor of retraining; the LDS (:mod:`engine.analysis.lds`) and the counterfactual check; retrainings kept
+  in the retrain bank (:mod:`engine.analysis.bank`); tables in :mod:`engine.analysis.retrain_tables`.
 
 :func:`run_stages` is what the pipeline calls after scoring; it writes one Parquet file per table
 (:data:`TABLES`, the same columns as the store's tables) into the run folder.

@@ -90,5 +90,6 @@ def test_ihvp_charts_have_short_titles_and_readable_log_axes(analysis_store_env,
     titles = [f["layout"]["title"]["text"] for f in figs]
     assert all(len(t) <= 60 for t in titles), titles
     steps = next(f for f in figs if f["layout"]["title"]["text"].startswith("LiSSA after T steps"))
-    assert steps["layout"]["yaxis"]["type"] == "log" and steps["layout"]["yaxis"]["dtick"] == 1
-    assert steps["layout"]["yaxis"]["exponentformat"] == "power"
+    y = steps["layout"]["yaxis"]
+    assert y["type"] == "log" and len(y["tickvals"]) >= 3 and len(y["ticktext"]) == len(y["tickvals"])
+    assert steps["layout"]["xaxis"]["exponentformat"] == "power"

@@ -69,9 +69,13 @@ def test_noise_reading_counts_changes_inside_the_floor():
 
 def test_lds_reading_says_when_there_are_too_few_subsets():
     lds = pd.DataFrame({"method": ["a", "b", "c"], "lds": [0.3, 0.25, -0.1], "lds_lo": [0.1, 0.05, -0.3],
-                        "lds_hi": [0.5, 0.4, 0.1], "n_subsets": [8] * 3, "alpha": [0.5] * 3})
+                        "lds_hi": [0.5, 0.4, 0.05], "n_subsets": [8] * 3, "alpha": [0.5] * 3})
     text = " ".join(lds_reading(lds))
-    assert "best **a** with 0.3 (95 % interval 0.1 to 0.5)" in text and "overlaps **b**" in text
+    assert "best **a** with 0.3 (95 % interval 0.1 to 0.5)" in text and "overlaps those of **b**, so" in text
+    assert "Lowest: **c** with -0.1 (-0.3 to 0.05)" in text
+    five = pd.DataFrame({"method": list("abcdefg"), "lds": [0.5] * 7, "lds_lo": [0.1] * 7, "lds_hi": [0.9] * 7,
+                         "n_subsets": [50] * 7, "alpha": [0.5] * 7})
+    assert "**b**, **c**, **d**, **e** and 2 more" in " ".join(lds_reading(five))
     assert "Too few subsets for the interval to mean anything" in text and "M = 8" in text
     many = lds.assign(n_subsets=50, lds_lo=[0.28, 0.05, -0.3], lds_hi=[0.32, 0.26, 0.1])
     text = " ".join(lds_reading(many))
