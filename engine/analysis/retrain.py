@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from engine import metrics
-from engine.analysis.bank import RetrainBank, eval_key, state_digest
+from engine.analysis.bank import RetrainBank, eval_key
 from engine.analysis.lds import lds_subsets
 from engine.analysis.outputs import generation_report, loss_and_kl
 from engine.finetune import finetune, set_lora_state
@@ -322,8 +322,3 @@ def _worker(ctx: Context, jobs: list, out: Path, threads: int) -> None:  # pragm
         tmp.write_text(json.dumps(r), encoding="utf-8")
         tmp.rename(out / f"{i}.json")
     os._exit(code)
-
-
-def reference_digest(state: dict) -> str:
-    """Hash of the adapter the KL is measured against (part of a measurement's key)."""
-    return state_digest(state)
