@@ -1,10 +1,30 @@
 """Turn (prompt, response) samples into token ids with a loss mask, and batch them.
 
-The template (spec ``train.template``, default ``"[INST] {prompt} [/INST] {response}"``) is split at
-``{response}``: the part before it is the *prompt text*, the response (with the whitespace that precedes it)
-plus EOS is the *response text*. Both are tokenised separately and concatenated, so the prompt's tokens are
-identical with or without the response; the last prompt token (``prompt_len - 1``) is where RepSim reads the
-hidden state, and by causality it equals the prompt-only forward pass.
+Rendering (spec ``train.template``):
+- a format string such as the paper's ``"[INST] {prompt} [/INST] {response}"``, split at ``{response}``: the part
+  before it is the *prompt text*, the response with the whitespace that precedes it is the rest;
+- ``"chat"``: the tokenizer's own chat template, user turn = prompt, assistant turn = response. The prompt text is
+  the user turn rendered with the generation prompt (``add_generation_prompt=True``), which must be a prefix of
+  the whole conversation (InputError otherwise); special tokens come from the template, none are added.
+
+Tokenisation is joint: the whole text (prompt text + response text) is tokenised once, so the ids are exactly what
+the tokenizer gives the sample's text. Tokenising the two parts separately is wrong for SentencePiece-style
+tokenizers (Llama-2, Mistral: a "▁" prefix on every call), where the response alone starts with a stray token the
+joint text does not have. The prompt/response boundary ``prompt_len`` is the length of the common prefix of the
+joint ids and the prompt text's own ids: the prompt tokens are identical with or without the response, so the
+last prompt token (``prompt_len - 1``) is where RepSim reads the hidden state, and by causality it equals the
+prompt-only forward pass. (When a token straddles the boundary, it belongs to the response.)
+
+Preprocessing (spec ``train.preprocessing``):
+- ``clean`` (default): EOS appended after the response (not for ``chat``: its assistant turn already ends with
+  the template's end-of-turn token); loss on the response tokens (``loss_on: response``) or on every token after
+  the first (``sequence``); truncation keeps at least half of ``max_length`` for the response and the end of the
+  prompt; batches are right-padded and padding carries no loss.
+- ``paper``: the authors' code (``tokenizer(text, truncation=True, padding="max_length", max_length=128)`` with
+  ``pad_token = eos_token`` and left padding; ``labels = input_ids``): no EOS after the response, truncation keeps
+  the first ``max_length`` tokens, every sample is left-padded to ``max_length`` with EOS, and the pads stay in the
+  labels, so the loss averages all ``max_length - 1`` next-token positions, pad predictions included. The pads are
+  masked out of attention (``n_pad`` leading positions) as the tokenizer's attention mask does.
 """
 
 from __future__ import annotations
@@ -13,18 +33,26 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.errors import InputError
 from engine.tasks.base import Sample
 
 IGNORE = -100
+CHAT = "chat"
+PREPROCESSING = ("clean", "paper")
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenised sample. labels[t] = IGNORE where no loss is taken."""
+    """One tokenised sample. labels[t] = IGNORE where no loss is taken.
+
+    prompt_len: index of the last prompt token + 1 (leading pads included); n_pad: leading pad tokens that are
+    part of the sample (``paper`` preprocessing): masked out of attention, kept in the labels.
+    """
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
     prompt_len: int
+    n_pad: int = 0
 
 
 def split_template(template: str) -> tuple[str, str]:
@@ -34,39 +62,98 @@ def split_template(template: str) -> tuple[str, str]:
     return stripped, head[len(stripped):] + "{response}" + tail
 
 
-def encode(sample: Sample, tokenizer, template: str, max_length: int, loss_on: str) -> Encoded:
-    """Tokenise one sample; truncation keeps at least half of ``max_length`` for the response.
+def render(sample: Sample, tokenizer, template: str) -> tuple[str, str, bool]:
+    """``(prompt_text, full_text, add_special_tokens)``: the prompt text is a prefix of the full text."""
+    if template == CHAT:
+        if not getattr(tokenizer, "chat_template", None):
+            raise InputError("spec field 'train.template' is 'chat' but the model's tokenizer has no chat template; "
+                             "give a format string with {prompt} and {response} instead")
+        user = {"role": "user", "content": sample.prompt}
+        prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": sample.response}],
+                                             tokenize=False)
+        if not full.startswith(prompt):
+            raise InputError("spec field 'train.template' is 'chat' but the tokenizer's chat template does not render "
+                             "the user turn (with the generation prompt) as a prefix of the conversation, so the "
+                             "prompt/response boundary is undefined; use a format string instead")
+        return prompt, full, False
+    head, tail = split_template(template)
+    prompt = head.format(prompt=sample.prompt)
+    return prompt, prompt + tail.format(response=sample.response), True
 
-    loss_on: "response" → loss on response tokens (+EOS) only; "sequence" → on every token after the first.
+
+def _ids(tokenizer, text: str, add_special: bool, **kw) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special, **kw)["input_ids"])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def encode(sample: Sample, tokenizer, template: str, max_length: int, loss_on: str,
+           preprocessing: str = "clean") -> Encoded:
+    """Tokenise one sample (see the module docstring for ``template`` and ``preprocessing``).
+
+    loss_on ("clean" only): "response" → loss on response tokens (+EOS) only; "sequence" → on every token after
+    the first. "paper" puts the loss on every position.
     """
-    prompt_tpl, resp_tpl = split_template(template)
-    p_ids = tokenizer(prompt_tpl.format(prompt=sample.prompt), add_special_tokens=True)["input_ids"]
-    r_ids = tokenizer(resp_tpl.format(response=sample.response), add_special_tokens=False)["input_ids"]
-    r_ids = list(r_ids) + [tokenizer.eos_token_id]
+    if preprocessing not in PREPROCESSING:
+        raise InputError(f"spec field 'train.preprocessing' must be one of {', '.join(PREPROCESSING)}, "
+                         f"got {preprocessing!r}")
+    prompt_text, full_text, add_special = render(sample, tokenizer, template)
+    if preprocessing == "paper":
+        return _encode_paper(tokenizer, prompt_text, full_text, add_special, max_length)
+    ids = _ids(tokenizer, full_text, add_special)
+    n_prompt = _common_prefix(ids, _ids(tokenizer, prompt_text, add_special))
+    p_ids, r_ids = ids[:n_prompt], ids[n_prompt:]
+    if template != CHAT:
+        r_ids = r_ids + [tokenizer.eos_token_id]
     if len(p_ids) + len(r_ids) > max_length:
         r_ids = r_ids[: max(max_length // 2, max_length - len(p_ids))]
         p_ids = p_ids[-(max_length - len(r_ids)):]  # keep the end of the prompt (the template's tail)
-    ids = list(p_ids) + r_ids
-    if loss_on == "response":
-        labels = [IGNORE] * len(p_ids) + r_ids
-    else:
-        labels = [IGNORE] + ids[1:]
+    ids = p_ids + r_ids
+    labels = [IGNORE] * len(p_ids) + r_ids if loss_on == "response" else [IGNORE] + ids[1:]
     return Encoded(tuple(ids), tuple(labels), len(p_ids))
 
 
+def _encode_paper(tokenizer, prompt_text: str, full_text: str, add_special: bool, max_length: int) -> Encoded:
+    """The authors' preprocessing: joint text, first ``max_length`` tokens, left-padded with EOS, labels = ids."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise InputError("spec field 'train.preprocessing' is 'paper', which pads with EOS, but the tokenizer has no "
+                         "EOS token")
+    ids = _ids(tokenizer, full_text, add_special, truncation=True, max_length=max_length)
+    n_prompt = _common_prefix(ids, _ids(tokenizer, prompt_text, add_special))
+    n_pad = max_length - len(ids)
+    padded = [eos] * n_pad + ids
+    return Encoded(tuple(padded), tuple(padded), n_pad + n_prompt, n_pad)
+
+
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: input_ids, attention_mask, labels [B, T] and prompt_len [B]."""
+    """Right-pad a batch: input_ids, attention_mask, labels, token_mask [B, T]; prompt_len, n_pad, length [B].
+
+    attention_mask is 0 on batch padding and on a sample's own leading pads (``n_pad``); token_mask is 1 on every
+    position of the sample (its leading pads included: under ``paper`` preprocessing they carry loss); length is
+    the sample's own length (its last position + 1).
+    """
     T = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), T), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), T), dtype=torch.long)
+    tokens = torch.zeros((len(batch), T), dtype=torch.bool)
     for b, e in enumerate(batch):
         n = len(e.input_ids)
         ids[b, :n] = torch.tensor(e.input_ids)
         labels[b, :n] = torch.tensor(e.labels)
-        mask[b, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "prompt_len": torch.tensor([e.prompt_len for e in batch])}
+        mask[b, e.n_pad:n] = 1
+        tokens[b, :n] = True
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "token_mask": tokens,
+            "prompt_len": torch.tensor([e.prompt_len for e in batch]),
+            "n_pad": torch.tensor([e.n_pad for e in batch]),
+            "length": torch.tensor([len(e.input_ids) for e in batch])}
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

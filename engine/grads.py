@@ -165,7 +165,7 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
                 g = torch.einsum("bto,bti->boi", dy.float(), x.float())
                 grads[i].append(g.reshape(g.shape[0], -1).cpu())
             if kfac:
-                mask = batch["attention_mask"].bool()
+                mask = batch["token_mask"]  # the sample's positions (its own leading pads carry loss: paper)
                 _add_factors(act, gcov, rec, dys, mask)
                 tokens += int(mask.sum())
             idx = (batch["prompt_len"] - 1).clamp(min=0)

@@ -101,7 +101,7 @@ class EncodedData:
 
 def encode_data(task: TaskData, lm: LoadedModel, train: TrainSpec) -> EncodedData:
     def enc(s):
-        return encode(s, lm.tok, train.template, train.max_length, train.loss_on)
+        return encode(s, lm.tok, train.template, train.max_length, train.loss_on, train.preprocessing)
 
     return EncodedData([enc(s) for s in task.train], [enc(s) for s in task.test],
                        [s.label for s in task.train], [s.label for s in task.test])
@@ -362,7 +362,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
                 spec=spec, model=lm.model, tok=lm.tok, task=task, train_enc=data.train, test_enc=data.test,
                 states=[states.initial, *states.states], scaling=lm.scaling, checkpoint=prev.checkpoint,
                 train_grads=train_grads, test_grads=now.test.grads, block_names=now.train.block_names,
-                matrices={name: prev[name] for name in prev}, drift=drift, device=lm.device, kfac=now.train.kfac),
+                matrices={name: prev[name] for name in prev}, drift=drift, device=lm.device, kfac=now.train.kfac,
+                runs_dir=runs_dir),
                 writer.write_table, _say(progress)))
         writer.adopt(SCORES_DIR)  # the other ranks' score files
         timings["total_s"] = time.perf_counter() - t0

@@ -66,7 +66,16 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Fine-tuning. loss_on: "response" (loss on response tokens only) or "sequence" (whole text, paper code)."""
+    """Fine-tuning (engine.finetune, engine.formatting).
+
+    loss_on: "response" (loss on response tokens only) or "sequence" (whole text, paper code).
+    template: a format string with {prompt} and {response} (ending with {response}), or "chat" for the tokenizer's
+        own chat template (user turn = prompt, assistant turn = response).
+    preprocessing: "clean" (EOS after the response, padding carries no loss) or "paper" (the authors' code: no EOS,
+        every sample left-padded to max_length with EOS, pads kept in the loss; needs loss_on "sequence").
+    max_grad_norm: clip the gradient norm at this value before each step (0 = off; HF Trainer's default is 1.0).
+    seed: LoRA initialisation, data order and dropout masks.
+    """
 
     epochs: int = 10
     batch_size: int = 24
@@ -75,6 +84,8 @@ class TrainSpec:
     max_length: int = 128
     loss_on: str = "response"
     template: str = "[INST] {prompt} [/INST] {response}"
+    preprocessing: str = "clean"
+    max_grad_norm: float = 0.0
     seed: int = 0
 
 
@@ -122,10 +133,19 @@ class AnalysisSpec:
         is the size of the smallest subset (the first entries of one LoRA matrix).
     convergence: loss, generation accuracy and score stability at every epoch checkpoint (needs
         ``scoring.checkpoints: all``); ``generate_tokens`` caps greedy generation (also used by retrain).
-    retrain: retrain from the same initial LoRA weights and seed with groups removed: ``retrain_single``
-        single samples, ``retrain_labels`` whole labels (0 = every label), ``retrain_seeds`` random subsets of
-        ``retrain_fraction`` of the training set; plus one control retraining with nothing removed.
-        ``retrain_workers``: parallel processes on CPU (0 = automatic; always 1 on CUDA).
+    retrain: retrain from the same initial LoRA weights, data order and dropout masks with samples removed
+        (engine.analysis.retrain):
+        - groups: ``retrain_single`` single samples, ``retrain_labels`` whole labels (0 = every label),
+          ``retrain_seeds`` random sets of k = ``retrain_fraction`` × n samples;
+        - the noise floor: ``noise_seeds`` retrainings of the full set with other data-order (and dropout) seeds;
+        - the linear datamodeling score: ``lds_subsets`` random subsets keeping ``lds_fraction`` of the set
+          (0 = no LDS; at least 3);
+        - the counterfactual check: for ``cf_prompts`` test prompts, remove each method's top k (k as above) and
+          compare with the random k-sets; ``cf_methods`` = the methods checked (empty = every scored method;
+          a listed method the run does not score is skipped).
+        ``retrain_workers``: parallel processes on CPU (0 = automatic; always 1 on CUDA). ``retrain_bank``: where
+        retrained adapters are kept for reuse ("" = ``retrain-bank`` next to the runs folder, or
+        ``$INFLUENCE_RETRAIN_BANK``; "off" = keep nothing).
     """
 
     stages: tuple[str, ...] = ()
@@ -137,7 +157,13 @@ class AnalysisSpec:
     retrain_labels: int = 0
     retrain_fraction: float = 0.1
     retrain_seeds: int = 3
+    noise_seeds: int = 3
+    lds_subsets: int = 50
+    lds_fraction: float = 0.5
+    cf_prompts: int = 5
+    cf_methods: tuple[str, ...] = ()
     retrain_workers: int = 0
+    retrain_bank: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,16 +210,22 @@ def _to_plain(x):
 PRESETS: dict[str, RunSpec] = {
     "paper": RunSpec(
         lora=LoraSpec(r=4, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
-        train=TrainSpec(epochs=10, batch_size=24, lr=5e-5, max_length=128, loss_on="sequence"),
+        # the authors' preprocessing and HF Trainer's defaults (AdamW, linear decay, no warm-up, clipping at 1.0)
+        train=TrainSpec(epochs=10, batch_size=24, lr=5e-5, max_length=128, loss_on="sequence",
+                        preprocessing="paper", max_grad_norm=1.0),
         scoring=ScoringSpec(checkpoints="all"),
+        analysis=AnalysisSpec(lds_subsets=50, lds_fraction=0.5),
     ),
     "quick": RunSpec(
-        task=TaskSpec(name="grammars", n_train_per_label=10, n_test_per_label=3),
+        # 6 training samples per rule: every retraining of the retrain stage is a fine-tune of this set
+        task=TaskSpec(name="grammars", n_train_per_label=6, n_test_per_label=3),
         lora=LoraSpec(r=4, alpha=32, dropout=0.0, target_modules=("q_proj", "v_proj")),
         train=TrainSpec(epochs=2, batch_size=8, lr=1e-3, max_length=64, loss_on="sequence"),
         scoring=ScoringSpec(checkpoints="all", grad_batch_size=16),
-        # 8 retrainings (control, 2 single samples, 2 labels, 3 random 10% subsets): the costly stage
-        analysis=AnalysisSpec(stages=ANALYSES, retrain_single=2, retrain_labels=2, retrain_seeds=3),
+        # the costly stage: every retraining is a fine-tune (see README, "The three analyses", for the count)
+        # 2 reshuffles, 1 single sample, 1 label, 2 random k-sets, <= 4 top-k sets, 6 half-size LDS subsets
+        analysis=AnalysisSpec(stages=ANALYSES, retrain_single=1, retrain_labels=1, retrain_seeds=2, noise_seeds=2,
+                              lds_subsets=6, cf_prompts=2, cf_methods=("datainf", "repsim")),
     ),
 }
 
@@ -204,6 +236,7 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("float32", "bfloat16"),
     "train.loss_on": ("response", "sequence"),
+    "train.preprocessing": ("clean", "paper"),
     "scoring.checkpoints": ("last", "all"),
     "scoring.feature_cache": ("delete", "keep"),
 }
@@ -213,7 +246,8 @@ _POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.
              "task.n_train_per_label", "task.n_test_per_label", "analysis.ihvp_entries",
              "analysis.generate_tokens"}
 _NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis.retrain_seeds",
-                 "analysis.retrain_workers"}
+                 "analysis.retrain_workers", "analysis.noise_seeds", "analysis.lds_subsets", "analysis.cf_prompts",
+                 "train.max_grad_norm"}
 
 
 def validate(spec: RunSpec) -> RunSpec:
@@ -239,10 +273,7 @@ def validate(spec: RunSpec) -> RunSpec:
         raise InputError(f"spec field 'scoring.proj_seed' must be >= 0, got {spec.scoring.proj_seed!r}")
     if not spec.lora.target_modules:
         raise InputError("spec field 'lora.target_modules' must name at least one module")
-    if "{prompt}" not in spec.train.template or "{response}" not in spec.train.template:
-        raise InputError("spec field 'train.template' must contain {prompt} and {response}")
-    if not spec.train.template.rstrip().endswith("{response}"):
-        raise InputError("spec field 'train.template' must end with {response} (the response is the suffix)")
+    _validate_train(spec.train)
     spec = _validate_methods(spec)
     _validate_model(spec)
     from engine.tasks import TASK_NAMES
@@ -301,6 +332,17 @@ def _validate_model(spec: RunSpec) -> None:
                          "fine-tune")
 
 
+def _validate_train(t: TrainSpec) -> None:
+    if t.template != "chat":  # "chat": the tokenizer's own chat template (engine.formatting)
+        if "{prompt}" not in t.template or "{response}" not in t.template:
+            raise InputError("spec field 'train.template' must contain {prompt} and {response}, or be 'chat'")
+        if not t.template.rstrip().endswith("{response}"):
+            raise InputError("spec field 'train.template' must end with {response} (the response is the suffix)")
+    if t.preprocessing == "paper" and t.loss_on != "sequence":
+        raise InputError("spec field 'train.loss_on' must be 'sequence' with train.preprocessing 'paper' (the "
+                         f"authors' code puts the loss on every position, pads included), got {t.loss_on!r}")
+
+
 def _validate_analysis(spec: RunSpec) -> None:
     a = spec.analysis
     for i, stage in enumerate(a.stages):
@@ -319,6 +361,17 @@ def _validate_analysis(spec: RunSpec) -> None:
             raise InputError(f"spec field 'analysis.ihvp_iterations[{i}]' must be >= 0, got {t!r}")
     if not 0.0 < a.retrain_fraction < 1.0:
         raise InputError(f"spec field 'analysis.retrain_fraction' must be in (0, 1), got {a.retrain_fraction!r}")
+    if not 0.0 < a.lds_fraction < 1.0:
+        raise InputError(f"spec field 'analysis.lds_fraction' must be in (0, 1), got {a.lds_fraction!r}")
+    if 0 < a.lds_subsets < 3:
+        raise InputError("spec field 'analysis.lds_subsets' must be 0 (no LDS) or at least 3 (a Spearman "
+                         f"correlation across subsets needs 3 points), got {a.lds_subsets!r}")
+    from engine.methods import REGISTRY
+
+    for i, m in enumerate(a.cf_methods):  # a known method that this run does not score is skipped
+        if m not in REGISTRY:
+            raise InputError(f"spec field 'analysis.cf_methods[{i}]' names unknown method {m!r}; "
+                             f"valid: {', '.join(sorted(REGISTRY))}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

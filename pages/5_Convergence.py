@@ -13,7 +13,7 @@ import streamlit as st
 import store
 from ui.analysis_pages import analysis_page
 from ui.common import export_buttons
-from ui.readings import convergence_reading
+from ui.readings import GEN_ACC_RULE, convergence_reading
 from ui.auth import require_login
 
 st.set_page_config(page_title="Convergence · Influence Explorer", layout="wide")
@@ -88,8 +88,8 @@ def show(con, run: str) -> None:
                                                    "behaviour_rate": "shows the target behaviour"})
         chart(gen, "share", "Greedy generations on the test prompts", "generation", color="measure",
               y_title="share of test prompts", y_range=[-0.02, 1.02])
-    st.caption("Checkpoint 0 is the LoRA initialisation (B = 0: the base model). For tasks without a behaviour "
-               "marker the behaviour rate is the share of generations containing the reference answer.")
+    st.caption("Checkpoint 0 is the LoRA initialisation (B = 0: the base model). Generation accuracy: "
+               f"{GEN_ACC_RULE}. For tasks without a behaviour marker the behaviour rate is that same share.")
 
     k = int(lb.k.iloc[0]) if len(lb) else 0
     method_lines(lb, {"acc": "Acc@1", "coverage": f"Coverage@{k}"}, "Each method's Acc@1 and Coverage per "

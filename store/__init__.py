@@ -6,7 +6,7 @@ Public API (imported lazily, so ``import store.paths`` from the engine does not 
     ingest_run, ingest_all, remove_run, rebuild, complete_runs   (store.ingest)
     list_runs, run_info, methods, checkpoints, leaderboard, top_k, samples, label_metrics, agreement,
     train_loss, score_matrix, top1_counts, test_prompts_ranking_train, summary,
-    analyses, analysis_table, retrain_points   (store.queries)
+    analyses, analysis_table, retrain_points, retrain_noise, retrain_counterfactual_summary   (store.queries)
     default_store_path, default_runs_dir                    (store.paths)
     StoreError, NotFoundError, Unknown*Error, QueryError, IngestError, StoreLockedError, SchemaVersionError, StoreOpenError
 """
@@ -35,7 +35,7 @@ _LAZY = {
     "store.queries": (
         "list_runs", "run_info", "methods", "checkpoints", "leaderboard", "top_k", "samples", "label_metrics",
         "agreement", "train_loss", "score_matrix", "top1_counts", "test_prompts_ranking_train", "summary",
-        "analyses", "analysis_table", "retrain_points",
+        "analyses", "analysis_table", "retrain_points", "retrain_noise", "retrain_counterfactual_summary",
     ),
     "store.schema": ("SCHEMA_VERSION",),
 }

@@ -277,7 +277,8 @@ def train_loss(con, run: str) -> pd.DataFrame:
 ANALYSIS_STAGES = {
     "ihvp": ("ihvp_error",),
     "convergence": ("checkpoint_eval", "score_drift"),
-    "retrain": ("retrain_groups", "retrain_modules", "retrain_tests", "retrain_predictions", "retrain_methods"),
+    "retrain": ("retrain_groups", "retrain_modules", "retrain_tests", "retrain_predictions", "retrain_methods",
+                "retrain_lds", "retrain_counterfactual"),
 }
 _ANALYSIS_ORDER = {
     "ihvp_error": "level, method, lambda_c, iterations",
@@ -287,7 +288,9 @@ _ANALYSIS_ORDER = {
     "retrain_modules": "group_id, module",
     "retrain_tests": "group_id, test_id",
     "retrain_predictions": "method, group_id, test_id",
-    "retrain_methods": "method",
+    "retrain_methods": "method, kind",
+    "retrain_lds": "method",
+    "retrain_counterfactual": "method, test_id",
 }
 
 
@@ -314,14 +317,55 @@ def analysis_table(con, run: str, table: str) -> pd.DataFrame:
     return df
 
 
-def retrain_points(con, run: str) -> pd.DataFrame:
-    """Predicted vs actual output change per (method, group, test sample): method, group_id, kind, test_id,
-    test label, predicted (sum of the removed samples' scores), dloss (actual change of the test loss), kl."""
+def retrain_noise(con, run: str) -> pd.DataFrame:
+    """The noise floor of every group-level change: one row per measure (mean_abs_dloss, kl_mean,
+    abs_behaviour_change, param_change) with ``floor`` = the largest |value| over the noise retrainings (the full
+    set with other data-order seeds), ``mean`` = their mean |value| and ``n_seeds``. Empty without noise rows."""
     _require_run(con, run)
     return _df(
         con,
         """
-        SELECT p.method, p.group_id, g.kind, p.test_id, s.label, p.predicted, t.dloss, t.kl
+        SELECT measure, max(v) AS floor, avg(v) AS mean, count(v) AS n_seeds FROM (
+            SELECT 'mean_abs_dloss' AS measure, abs(mean_abs_dloss) AS v FROM retrain_groups
+                WHERE run_id = ? AND kind = 'noise'
+            UNION ALL SELECT 'kl_mean', abs(kl_mean) FROM retrain_groups WHERE run_id = ? AND kind = 'noise'
+            UNION ALL SELECT 'abs_behaviour_change', abs(behaviour_change) FROM retrain_groups
+                WHERE run_id = ? AND kind = 'noise'
+            UNION ALL SELECT 'param_change', abs(param_change) FROM retrain_groups WHERE run_id = ? AND kind = 'noise'
+        ) WHERE v IS NOT NULL GROUP BY measure ORDER BY measure
+        """,
+        [run] * 4,
+    )
+
+
+def retrain_counterfactual_summary(con, run: str) -> pd.DataFrame:
+    """Per method of the counterfactual check: n_prompts, mean dloss after removing its top k, mean dloss after
+    the random k-removals on the same prompts, their difference (``gain``), the share of prompts where the top-k
+    removal beats every random draw, and the share inside the noise floor."""
+    _require_run(con, run)
+    return _df(
+        con,
+        """
+        SELECT method, count(*) AS n_prompts, any_value(k) AS k, avg(dloss) AS topk_dloss,
+               avg(random_mean) AS random_dloss, avg(dloss - random_mean) AS gain,
+               avg(CASE WHEN beats_random THEN 1.0 ELSE 0.0 END) AS beats_random,
+               avg(CASE WHEN within_noise THEN 1.0 WHEN within_noise IS NULL THEN NULL ELSE 0.0 END) AS within_noise
+        FROM retrain_counterfactual WHERE run_id = ? GROUP BY method ORDER BY gain DESC, method
+        """,
+        [run],
+    )
+
+
+def retrain_points(con, run: str) -> pd.DataFrame:
+    """Predicted vs actual output change per (method, group, test sample): method, group_id, kind, test_id,
+    test label, predicted (sum of the removed samples' scores), dloss (actual change of the test loss), kl,
+    noise_floor (that test sample's) and within_noise."""
+    _require_run(con, run)
+    return _df(
+        con,
+        """
+        SELECT p.method, p.group_id, g.kind, p.test_id, s.label, p.predicted, t.dloss, t.kl, t.noise_floor,
+               t.within_noise
         FROM retrain_predictions p
         JOIN retrain_tests t ON t.run_id = p.run_id AND t.group_id = p.group_id AND t.test_id = p.test_id
         JOIN retrain_groups g ON g.run_id = p.run_id AND g.group_id = p.group_id

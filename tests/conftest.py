@@ -53,12 +53,14 @@ def tiny_store(tiny_run, tmp_path_factory):
 
 
 ANALYSIS_STAGES = {"stages": ["ihvp", "convergence", "retrain"], "retrain_single": 1, "retrain_labels": 1,
-                   "retrain_seeds": 3, "generate_tokens": 4, "ihvp_iterations": [1, 10, 100]}
+                   "retrain_seeds": 2, "noise_seeds": 2, "lds_subsets": 4, "cf_prompts": 1, "generate_tokens": 4,
+                   "ihvp_iterations": [1, 10, 100]}
 
 
 @pytest.fixture(scope="session")
 def tiny_analysis_run(tmp_path_factory):
-    """The tiny run with the three analysis stages (6 retrainings) and three methods."""
+    """The tiny run with the three analysis stages (at most 13 retrainings: 2 noise, 1 single, 1 label, 2 random,
+    up to 3 top-k, 4 LDS subsets) and three methods."""
     from engine.pipeline import run_pipeline
     from engine.spec import spec_from_dict
 

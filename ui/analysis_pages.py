@@ -12,7 +12,8 @@ from ui.common import cursor, esc, pick_run, qp_get, qp_set
 HOW_TO = {
     "ihvp": "the iHVP-error study",
     "convergence": "the convergence analysis (it needs `scoring.checkpoints: all`)",
-    "retrain": "the retraining analysis (it re-fine-tunes the model once per removed group: the slow one)",
+    "retrain": ("the retraining analysis (it re-fine-tunes the model once per retraining: reshuffles, removals, "
+                "LDS subsets, top-k sets; the slow one)"),
 }
 
 

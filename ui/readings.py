@@ -19,7 +19,18 @@ METHOD_NAMES = {
     "lissa_steps": "LiSSA after T steps", "exact_blockdiag": "exact iHVP per LoRA matrix (block-diagonal)",
     "datainf_blockdiag": "DataInf per LoRA matrix (block-diagonal)", "ekfac": "EK-FAC (per LoRA matrix)",
     "kfac": "K-FAC (per LoRA matrix)",
+    "exact_blockdiag_shared": "control: exact per LoRA matrix, one shared λ",
+    "exact_matrix_damping": "control: full inverse, per-matrix λ (damping only)",
 }
+
+# The generation-accuracy rule of engine.analysis.outputs.shows_answer, as the pages state it.
+GEN_ACC_RULE = ("a greedy generation counts as correct when its generated tokens (the prompt excluded) contain the "
+                "reference response, both lowercased and the reference trimmed of surrounding whitespace (the "
+                "paper's authors lowercase too)")
+
+# Below this many LDS subsets a per-prompt Spearman (over M points) is too coarse for its bootstrap interval to
+# mean much: the Retraining page says so plainly.
+LDS_MIN_SUBSETS = 20
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -87,14 +98,35 @@ def ihvp_reading(rows: pd.DataFrame, lambda_c: float) -> list[str]:
         bd_err = at[(at.method == "exact_blockdiag") & (at.level == big)].rel_error
         ref = f" (the exact per-matrix inverse: {fmt(float(bd_err.iloc[0]))})" if len(bd_err) else ""
         out.append(f"**EK-FAC** (per LoRA matrix, Kronecker eigenbasis with refitted eigenvalues) is at relative "
-                   f"error {fmt(float(ek.rel_error.iloc[0]))}{ref} and ranks training samples with Spearman "
-                   f"{fmt(float(ek.spearman.iloc[0]))} against the exact iHVP.")
-    bd = at[(at.method == "exact_blockdiag") & (at.level == big)]
-    if len(bd):
-        out.append(f"Treating every LoRA matrix as its own block with its own damping (what the engine's "
-                   f"methods do) is at relative error {fmt(float(bd.rel_error.iloc[0]))} from the full inverse "
-                   f"over all parameters; the scores' ranking agrees with Spearman "
-                   f"{fmt(float(bd.spearman.iloc[0]))}.")
+                   f"error {fmt(float(ek.rel_error.iloc[0]))}{ref} from the exact iHVP with the same per-matrix "
+                   f"damping, and ranks training samples with Spearman {fmt(float(ek.spearman.iloc[0]))} against it.")
+    out += blockdiag_reading(at, big)
+    return out
+
+
+def blockdiag_reading(at: pd.DataFrame, level: str) -> list[str]:
+    """What ignoring the curvature between LoRA matrices costs, separated from what the damping choice does."""
+    def row(method):
+        r = at[(at.method == method) & (at.level == level)]
+        return r.iloc[0] if len(r) else None
+
+    bd, shared, damp = row("exact_blockdiag"), row("exact_blockdiag_shared"), row("exact_matrix_damping")
+    if bd is None:
+        return []
+    out = [f"Treating every LoRA matrix as its own block (what the engine's methods do) is at relative error "
+           f"{fmt(float(bd.rel_error))} from the exact iHVP over all {int(bd.dim)} parameters with the same "
+           f"per-matrix damping λ_l, and its scores rank training samples with Spearman {fmt(float(bd.spearman))} "
+           "against it: that is the cost of ignoring the curvature between matrices."]
+    if shared is not None:
+        out.append(f"Control with one shared λ for every matrix: the block-diagonal form is at relative error "
+                   f"{fmt(float(shared.rel_error))} (Spearman {fmt(float(shared.spearman))}) from the shared-λ exact "
+                   "iHVP.")
+    if damp is not None:
+        out.append(f"The damping choice alone (the full inverse with per-matrix λ_l against one shared λ) moves the "
+                   f"iHVP by relative error {fmt(float(damp.rel_error))} (Spearman {fmt(float(damp.spearman))}): "
+                   "when the matrices' gradients differ in scale (LoRA A and B often do, by orders of magnitude), one "
+                   "shared λ damps some of them far more than their own λ_l. Comparing the per-matrix forms with a "
+                   "shared-λ reference would mix the two effects.")
     return out
 
 
@@ -137,18 +169,37 @@ def convergence_reading(ev: pd.DataFrame, drift: pd.DataFrame, lb: pd.DataFrame)
 # ---------------------------------------------------------------------------------------------- retraining
 
 
+KIND_NAMES = {"noise": "reshuffles (noise floor)", "single": "single samples", "label": "whole labels",
+              "random": "random k-sets", "topk": "methods' top k", "lds": "LDS subsets"}
+
+
+def noise_reading(noise: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
+    """The noise floor and how many removals stay inside it."""
+    if noise.empty:
+        return ["This run has no noise floor (no retrainings of the full set with other data-order seeds): a small "
+                "change below cannot be told apart from training noise."]
+    floor = noise.set_index("measure")
+    n = int(floor.n_seeds.max())
+    rest = groups[groups.kind != "noise"]
+    inside = rest.within_noise.fillna(False).astype(bool)
+    out = [f"Noise floor: {n} retraining{'s' if n > 1 else ''} of the full set with other data-order seeds (same "
+           f"initial weights) change the test loss by up to {fmt(float(floor.loc['mean_abs_dloss', 'floor']))} on "
+           f"average per prompt and the weights by up to ‖ΔW‖ = {fmt(float(floor.loc['param_change', 'floor']))}. "
+           "Every other retraining keeps the original data order and dropout masks, so only its removal differs; "
+           "a change no larger than this floor is marked as inside the noise."]
+    if len(rest):
+        kinds = rest[inside].kind.value_counts()
+        detail = ", ".join(f"{int(c)} {KIND_NAMES.get(k, k)}" for k, c in kinds.items())
+        out.append(f"{int(inside.sum())} of {len(rest)} retrainings change the mean |Δ test loss| no more than a "
+                   f"reshuffle does{f' ({detail})' if detail else ''}.")
+    return out
+
+
 def retrain_reading(groups: pd.DataFrame, methods: pd.DataFrame, output: str = "mean_abs_dloss") -> list[str]:
-    """Sentences on parameter change vs output change, and on which method predicts the output change."""
+    """Sentences on parameter change vs output change, and on which method predicts the output change, per kind
+    of removal (never pooled: group size alone would drive a pooled correlation)."""
     out = []
-    control = groups[groups.kind == "none"]
-    rest = groups[groups.kind != "none"]
-    if len(control):
-        c = control.iloc[0]
-        out.append("The control retraining (nothing removed) reproduces the original adapter "
-                   + ("bit for bit, so every change below is caused by the removal."
-                      if bool(c.identical) else
-                      f"up to ‖ΔW‖ = {fmt(c.param_change)} (rounding differences between processes): that is the "
-                      "noise floor for the changes below."))
+    rest = groups[(groups.kind != "noise") & groups[output].notna()]
     if len(rest) >= 3:
         rho, r = correlation(rest.param_change, rest[output])
         out.append(f"Across {len(rest)} retrainings, parameter change and output change ({output}) have Spearman "
@@ -157,17 +208,15 @@ def retrain_reading(groups: pd.DataFrame, methods: pd.DataFrame, output: str = "
                       "behaviour changed — the paper's point about why parameter-space influence can mislead."
                       if not rho > 0.7 else "They move together here."))
     if not methods.empty:
-        m = methods.sort_values("spearman_pooled", ascending=False)
-        best, worst = m.iloc[0], m.iloc[-1]
-        out.append(f"Predicting the change of each test loss by the sum of the removed samples' scores, "
-                   f"**{esc(best.method)}** does best (Spearman {fmt(best.spearman_pooled)} over "
-                   f"{int(best.n_pairs)} group × test pairs) and **{esc(worst.method)}** worst "
-                   f"({fmt(worst.spearman_pooled)}). This check needs no labels: it asks whether a method predicts "
-                   "what retraining actually does.")
-        if m.lds.notna().any():
-            l = m.sort_values("lds", ascending=False).iloc[0]
-            out.append(f"Linear datamodeling score over {int(l.n_random)} random subsets: best "
-                       f"**{esc(l.method)}** ({fmt(l.lds)}). With few subsets this is a noisy estimate.")
+        parts = []
+        for kind, m in methods.dropna(subset=["spearman"]).groupby("kind", sort=False):
+            best = m.sort_values("spearman", ascending=False).iloc[0]
+            parts.append(f"{KIND_NAMES.get(kind, kind)}: **{esc(best.method)}** ({fmt(best.spearman)} over "
+                         f"{int(best.n_pairs)} pairs)")
+        if parts:
+            out.append("Predicting each test loss's change by the sum of the removed samples' scores, the best "
+                       "method per kind of removal — " + "; ".join(parts) + ". Kinds are kept apart: pooled, the "
+                       "size of the removed group alone would make the correlation. No labels are involved.")
     return out
 
 
@@ -272,3 +321,45 @@ def leaderboard_reading(last: pd.DataFrame, n_test: int, model: str = "", n_labe
         out.append(f"Influence functions ({_names(ifs)}) beat RepSim here, unlike the paper's result on "
                    f"Llama-2-7B, where RepSim beat every influence function.{because}")
     return out
+
+
+def lds_reading(lds: pd.DataFrame) -> list[str]:
+    """The LDS per method with its interval, and a plain warning when there are too few subsets."""
+    if lds.empty:
+        return []
+    m = lds.dropna(subset=["lds"]).sort_values("lds", ascending=False)
+    M, alpha = int(lds.n_subsets.iloc[0]), float(lds.alpha.iloc[0])
+    out = []
+    if len(m):
+        best = m.iloc[0]
+        overlap = [r.method for r in m.iloc[1:].itertuples() if r.lds_hi >= best.lds_lo]
+        names = ", ".join(f"**{esc(x)}**" for x in overlap[:4]) + (f" and {len(overlap) - 4} more"
+                                                                     if len(overlap) > 4 else "")
+        worst = m.iloc[-1]
+        out.append(f"Linear datamodeling score over {M} random subsets keeping {fmt(100 * alpha)} % of the training "
+                   f"set: best **{esc(best.method)}** with {fmt(best.lds)} (95 % interval {fmt(best.lds_lo)} to "
+                   f"{fmt(best.lds_hi)})"
+                   + (f"; its interval overlaps those of {names}, so this run does not separate them"
+                      if overlap else ", clear of every other method's interval")
+                   + (f". Lowest: **{esc(worst.method)}** with {fmt(worst.lds)} ({fmt(worst.lds_lo)} to "
+                      f"{fmt(worst.lds_hi)})." if len(m) > 1 else "."))
+    if M < LDS_MIN_SUBSETS:
+        out.append(f"**Too few subsets for the interval to mean anything:** with M = {M}, each prompt's Spearman is "
+                   f"taken over {M} points, so the LDS and its bootstrap interval are rough. Use at least "
+                   f"{LDS_MIN_SUBSETS} subsets (`analysis.lds_subsets`; the `paper` preset runs 50).")
+    return out
+
+
+def counterfactual_reading(summary: pd.DataFrame) -> list[str]:
+    """The counterfactual check: does removing a method's top k move the prompt's loss more than k random ones?"""
+    if summary.empty:
+        return []
+    best = summary.iloc[0]
+    k, n = int(best.k), int(best.n_prompts)
+    beats = summary[summary.beats_random > 0.5].method.tolist()
+    return [f"Counterfactual check on {n} test prompt{'s' if n > 1 else ''}: removing a method's top {k} training "
+            f"samples for a prompt and retraining raises that prompt's loss most for **{esc(best.method)}** "
+            f"(+{fmt(best.topk_dloss)} against +{fmt(best.random_dloss)} for {k} random samples). "
+            + (f"Removing the top {k} beats every random draw on most prompts for "
+               f"{', '.join(f'**{esc(x)}**' for x in beats)}." if beats else
+               f"No method's top {k} beats every random draw on most prompts.")]

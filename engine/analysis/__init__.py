@@ -2,7 +2,9 @@
 
 - ``ihvp``        (:mod:`engine.analysis.ihvp_error`): iHVP approximation error vs subset size, damping, steps.
 - ``convergence`` (:mod:`engine.analysis.convergence`): losses, generation accuracy, score stability per epoch.
-- ``retrain``     (:mod:`engine.analysis.retrain`): parameter change vs output change under group removal.
+- ``retrain``     (:mod:`engine.analysis.retrain`): parameter change vs output change under removal, next to the
+  noise floor of retraining; the LDS (:mod:`engine.analysis.lds`) and the counterfactual check; retrainings kept
+  in the retrain bank (:mod:`engine.analysis.bank`); tables in :mod:`engine.analysis.retrain_tables`.
 
 :func:`run_stages` is what the pipeline calls after scoring; it writes one Parquet file per table
 (:data:`TABLES`, declared in ``engine.runformat``) into the run folder.
@@ -59,6 +61,7 @@ class StageInputs:
     drift: list[dict]
     device: object
     kfac: object = None  # K-FAC factors of the training samples at ``checkpoint`` (when a method needed them)
+    runs_dir: object = None  # the runs folder; the retrain bank defaults to ``retrain-bank`` beside it
 
 
 def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
@@ -90,13 +93,20 @@ def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
         write("score_drift.parquet", table("score_drift", inp.drift))
         timings["convergence_s"] = time.perf_counter() - t
     if "retrain" in a.stages:
-        timings["retrain_s"] = _retrain_stage(inp, write, progress, refs, train_labels)
+        timings.update(_retrain_stage(inp, write, progress, refs, train_labels))
     return timings
 
 
-def _retrain_stage(inp: StageInputs, write, progress, refs, train_labels) -> float:
+RETRAIN_TABLES = ("groups", "modules", "tests", "predictions", "methods", "lds", "counterfactual")
+
+
+def _retrain_stage(inp: StageInputs, write, progress, refs, train_labels) -> dict[str, float]:
+    """The retraining analysis; returns its time, the number of retrainings run and reused from the bank, and
+    the seconds spent fine-tuning the new ones."""
     from engine.analysis import retrain as rt
+    from engine.analysis.bank import RetrainBank, bank_root, base_digest, encoded_digest, state_digest
     from engine.analysis.outputs import generation_report, sample_losses
+    from engine.analysis.retrain_tables import result_tables
     from engine.finetune import set_lora_state
 
     a, t = inp.spec.analysis, time.perf_counter()
@@ -106,16 +116,33 @@ def _retrain_stage(inp: StageInputs, write, progress, refs, train_labels) -> flo
     orig_loss = sample_losses(inp.model, inp.test_enc, inp.tok.pad_token_id, inp.device, bs)
     _, orig_behaviour = generation_report(inp.model, inp.tok, inp.test_enc, refs, inp.task.behaviour, inp.device,
                                           a.generate_tokens, bs)
+    tr, lora = inp.spec.train, inp.spec.lora
+    identity = {
+        "base": base_digest(inp.model),
+        "adapter": {"initial": state_digest(inp.states[0]), "r": lora.r, "alpha": lora.alpha,
+                    "dropout": lora.dropout, "targets": sorted(lora.target_modules)},
+        "data": encoded_digest(inp.train_enc, inp.tok.pad_token_id),
+        "recipe": {"epochs": tr.epochs, "batch_size": tr.batch_size, "lr": tr.lr, "weight_decay": tr.weight_decay,
+                   "max_grad_norm": tr.max_grad_norm, "dtype": inp.spec.dtype, "device": inp.device.type},
+    }
+    bank = RetrainBank(bank_root(a.retrain_bank, inp.runs_dir), identity)
+    eval_settings = {"test": encoded_digest(inp.test_enc, inp.tok.pad_token_id), "reference": state_digest(original),
+                     "refs": list(refs), "marker": inp.task.behaviour, "tokens": a.generate_tokens,
+                     "eos": inp.tok.eos_token_id}
     ctx = rt.Context(model=inp.model, tok=inp.tok, initial=inp.states[0], original=original,
                      train_enc=inp.train_enc, test_enc=inp.test_enc, test_refs=refs, marker=inp.task.behaviour,
-                     train_cfg=inp.spec.train, device=inp.device, scaling=inp.scaling,
-                     max_new_tokens=a.generate_tokens, batch_size=bs, orig_loss=orig_loss,
-                     orig_behaviour=orig_behaviour)
-    groups = rt.removal_groups(train_labels, n_single=a.retrain_single, n_labels=a.retrain_labels,
-                               fraction=a.retrain_fraction, n_random=a.retrain_seeds, seed=inp.spec.train.seed)
-    workers = a.retrain_workers or rt.auto_workers(len(groups), inp.device)
-    results = rt.run_retrainings(ctx, groups, workers, progress)
-    tables = rt.result_tables(groups, results, inp.matrices, float(orig_behaviour.mean()))
-    for name in ("groups", "modules", "tests", "predictions", "methods"):
+                     train_cfg=tr, device=inp.device, scaling=inp.scaling, max_new_tokens=a.generate_tokens,
+                     batch_size=bs, bank=bank, eval_settings=eval_settings)
+    test_labels = [s.label for s in inp.task.test]
+    groups, _, k = rt.plan(train_labels, test_labels, inp.matrices, a, tr.seed)
+    jobs = rt.unique_retrainings(groups)
+    workers = a.retrain_workers or rt.auto_workers(len(jobs), inp.device)
+    done = dict(zip([(r, s) for r, s, _ in jobs], rt.run_retrainings(ctx, jobs, workers, progress)))
+    results = {g.group_id: done[g.retraining] for g in groups}
+    tables = result_tables(groups, results, inp.matrices, orig_loss, float(orig_behaviour.mean()), k,
+                           a.lds_fraction, seed=tr.seed)
+    for name in RETRAIN_TABLES:
         write(f"retrain_{name}.parquet", table(f"retrain_{name}", tables[name]))
-    return time.perf_counter() - t
+    new = [r for r in done.values() if not r["cached"]]
+    return {"retrain_s": time.perf_counter() - t, "retrain_new": float(len(new)),
+            "retrain_reused": float(len(done) - len(new)), "retrain_finetune_s": float(sum(r["train_s"] for r in new))}

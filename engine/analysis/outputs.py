@@ -43,11 +43,19 @@ def sample_losses(model, encs: Sequence[Encoded], pad_id: int, device, batch_siz
 
 def response_positions(batch: dict) -> torch.Tensor:
     """Mask [B, T-1] of the positions whose next-token distribution predicts a response token (teacher-forced:
-    from the last prompt token to the token before the last), padding excluded."""
+    from the last prompt token to the token before the sample's last), batch padding excluded."""
     B, T = batch["input_ids"].shape
     t = torch.arange(T - 1, device=batch["input_ids"].device)
-    length = batch["attention_mask"].sum(1, keepdim=True)
-    return (t[None, :] >= batch["prompt_len"][:, None] - 1) & (t[None, :] < length - 1)
+    return (t[None, :] >= batch["prompt_len"][:, None] - 1) & (t[None, :] < batch["length"][:, None] - 1)
+
+
+def _kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-sample mean KL(p || q) [B] over the response positions."""
+    logp = torch.log_softmax(logits_p[:, :-1].float(), -1)
+    logq = torch.log_softmax(logits_q[:, :-1].float(), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)  # [B, T-1]
+    mask = response_positions(batch)
+    return (kl * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -55,21 +63,25 @@ def response_kl(model, state_p: dict, state_q: dict, encs: Sequence[Encoded], pa
                 batch_size: int = 16) -> np.ndarray:
     """Per-sample mean KL(p || q) [n] of the next-token distributions at the response positions, where p is the
     model with LoRA state ``state_p`` and q with ``state_q``. Leaves the model in ``state_q``."""
+    return loss_and_kl(model, state_p, state_q, encs, pad_id, device, batch_size)[1]
+
+
+@torch.no_grad()
+def loss_and_kl(model, state_p: dict, state_q: dict, encs: Sequence[Encoded], pad_id: int, device,
+                batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(per-sample loss [n] of the model in ``state_q``, per-sample mean KL(p || q) [n]) with two forward passes
+    per batch (``sample_losses`` and ``response_kl`` separately take three). Leaves the model in ``state_q``."""
     model.eval()
-    out = np.zeros(len(encs))
+    loss, kl = np.zeros(len(encs)), np.zeros(len(encs))
     for idx in _batches([len(e.input_ids) for e in encs], batch_size):
         set_lora_state(model, state_p)
         batch, logits_p = _forward(model, encs, idx, pad_id, device)
         set_lora_state(model, state_q)
         _, logits_q = _forward(model, encs, idx, pad_id, device)
-        logp = torch.log_softmax(logits_p[:, :-1].float(), -1)
-        logq = torch.log_softmax(logits_q[:, :-1].float(), -1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # [B, T-1]
-        mask = response_positions(batch)
-        per = (kl * mask).sum(1) / mask.sum(1).clamp(min=1)
-        out[idx] = per.double().cpu().numpy()
+        loss[idx] = per_sample_loss(logits_q, batch["labels"]).double().cpu().numpy()
+        kl[idx] = _kl_rows(logits_p, logits_q, batch).double().cpu().numpy()
     set_lora_state(model, state_q)
-    return out
+    return loss, kl
 
 
 @torch.no_grad()
@@ -78,8 +90,8 @@ def greedy_generate(model, encs: Sequence[Encoded], pad_id: int, eos_id: int | N
     """Greedy continuations of each sample's prompt (its first ``prompt_len`` tokens), without the prompt."""
     model.eval()
     out: list[list[int]] = [[] for _ in encs]
-    for idx in _batches([e.prompt_len for e in encs], batch_size):
-        prompts = [encs[i].input_ids[:encs[i].prompt_len] for i in idx]
+    for idx in _batches([e.prompt_len - e.n_pad for e in encs], batch_size):
+        prompts = [encs[i].input_ids[encs[i].n_pad:encs[i].prompt_len] for i in idx]  # without in-sample pads
         T = max(len(p) for p in prompts)
         ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), T), dtype=torch.long)
@@ -98,9 +110,11 @@ def greedy_generate(model, encs: Sequence[Encoded], pad_id: int, eos_id: int | N
 
 
 def shows_answer(generated: str, reference: str) -> bool:
-    """Generation accuracy: the greedy output contains the reference response (whitespace-trimmed)."""
-    ref = reference.strip()
-    return bool(ref) and ref in generated
+    """Generation accuracy: the greedy continuation (generated tokens only, the prompt excluded) contains the
+    reference response, both lowercased (as the paper's authors check), the reference whitespace-trimmed.
+    (The app states this rule as ``ui.readings.GEN_ACC_RULE``.)"""
+    ref = reference.strip().lower()
+    return bool(ref) and ref in generated.lower()
 
 
 def shows_behaviour(generated: str, reference: str, marker: str | None) -> bool:

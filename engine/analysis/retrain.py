@@ -1,24 +1,33 @@
-"""Analysis 3: parameter change vs output change, by retraining with groups of training samples removed.
+"""Analysis 3: parameter change vs output change, by retraining with training samples removed; and whether each
+attribution method predicts what the removal does (LDS, counterfactual check).
 
-Every retraining starts from the SAME initial LoRA weights, with the same seed (so the same shuffling generator
-and dropout masks) and the same hyperparameters as the original fine-tune; only the training set differs. A
-control retraining with nothing removed must reproduce the original adapter bit for bit in the same process
-(tested), so every change measured below is caused by the removal (its row, group ``none``, shows the noise
-floor when retrainings run in worker processes with fewer threads).
+Every retraining starts from the SAME initial LoRA weights with the same hyperparameters, the same data order and
+the same dropout masks as the original fine-tune: one permutation of the full training set per epoch, in which the
+removed samples are skipped and the others keep their order, and dropout masks fixed per (epoch, sample, position)
+(engine.finetune, engine.sample_dropout). A retraining with nothing removed is the original run itself (tested),
+so a change is caused by the removal, not by a new SGD trajectory. What a new trajectory alone does is measured
+separately: the **noise floor** = ``noise_seeds`` retrainings of the full set with other data-order (and dropout)
+seeds; a change no larger than the noise floor's is marked as inside the noise.
 
-Groups (``removal_groups``): single samples, every sample of one label (e.g. all harmful requests), and
-random subsets of a fraction of the training set (several seeds).
+Retrainings (:func:`plan`, each a :class:`Group`; groups that remove the same set share one retraining):
+- ``noise``: nothing removed, seed = train seed + s (s = 1..noise_seeds);
+- ``single``: one random sample; ``label``: every sample of one label; ``random``: k = round(fraction * n) random
+  samples (several draws; also the counterfactual baseline);
+- ``topk``: for each of ``cf_prompts`` test prompts (spread over the labels) and each checked method, that
+  method's top k training samples for the prompt (the counterfactual check, Bergson-style remove-and-retrain);
+- ``lds``: ``lds_subsets`` random subsets keeping ``lds_fraction`` of the set (engine.analysis.lds).
 
-Per retrained model, against the original:
-- parameter change: per LoRA module m, ``dW_m = (alpha/r) (B'A' - BA)``; ``delta_norm = ||dW_m||_F``, the total
-  ``sqrt(sum_m ||dW_m||_F^2)``, and the paper's per-module ``||(alpha/r) B'A'||_F`` (mean and std over modules);
-- output change: per test sample the change of its teacher-forced loss ``dloss = L'(z') - L(z')``; the mean
-  KL(original || retrained) of the next-token distributions at the response positions; the change of the
-  behaviour rate (share of greedy generations showing the task's target behaviour).
-- each attribution method's prediction for test sample j: ``sum_{i removed} S[j, i]`` (scores at the last
-  checkpoint; larger s = more responsible, so removing it should RAISE the test loss: the prediction and
-  ``dloss`` should correlate positively). ``spearman_pooled`` = Spearman over every (group, test sample) pair;
-  ``lds`` = the linear-datamodeling score: per test sample, Spearman across the random subsets, averaged.
+Per retrained model, against the original (engine.analysis.retrain_tables builds the tables):
+- parameter change per LoRA module m: ``delta_norm = ||(alpha/r)(B'A' - BA)||_F`` (the change of the merged
+  update), its total over modules, the authors' ``||B'A'||_F`` (their ``delta.py``, without alpha/r) and the merged
+  update's ``||(alpha/r) B'A'||_F``, each as mean and std over modules;
+- output change: per test sample ``dloss = L'(z') - L(z')``; the mean KL(original || retrained) of the next-token
+  distributions at the response positions; for the removal groups also the behaviour rate of greedy generations;
+- each method's prediction for test sample j: ``sum_{i removed} S[j, i]`` (scores at the last checkpoint; larger s
+  = more responsible, so removing it should RAISE the test loss: prediction and dloss should correlate positively).
+
+Retrained adapters are kept in the retrain bank (engine.analysis.bank) and reused by later runs. Retrainings run
+in this process or in forked worker processes that share the loaded base model (CPU only).
 """
 
 from __future__ import annotations
@@ -35,39 +44,104 @@ import numpy as np
 import torch
 
 from engine import metrics
-from engine.analysis.outputs import generation_report, response_kl, sample_losses
+from engine.analysis.bank import RetrainBank, eval_key
+from engine.analysis.lds import lds_subsets
+from engine.analysis.outputs import generation_report, loss_and_kl
 from engine.finetune import finetune, set_lora_state
 from engine.formatting import Encoded
+
+FULL_KINDS = ("noise", "single", "label", "random")  # measured with generations too (behaviour rate)
+KINDS = ("noise", "single", "label", "random", "topk", "lds")
 
 
 @dataclass(frozen=True)
 class Group:
-    """A set of training samples to remove. kind: "none" | "single" | "label" | "random"."""
+    """A retraining: ``removed`` training ids, data-order/dropout ``seed``. kind: one of :data:`KINDS`."""
 
     group_id: str
     kind: str
     description: str
     removed: tuple[int, ...]
+    seed: int
+    method: str = ""  # topk: the method whose top k is removed, for test prompt ``prompt``
+    prompt: int = -1
+
+    @property
+    def retraining(self) -> tuple[tuple[int, ...], int]:
+        return self.removed, self.seed
 
 
 def removal_groups(train_labels: Sequence[str], *, n_single: int, n_labels: int, fraction: float, n_random: int,
                    seed: int) -> list[Group]:
-    """The control group, ``n_single`` random single samples, the first ``n_labels`` labels in sorted order
-    (0 = all labels), ``n_random`` random subsets of ``round(fraction * n)`` samples (at least 1)."""
+    """``n_single`` random single samples, the first ``n_labels`` labels in sorted order (0 = all labels),
+    ``n_random`` random sets of ``k = round(fraction * n)`` samples (at least 1); all with ``seed``."""
     n = len(train_labels)
     rng = np.random.default_rng([seed, 0])  # streams [seed, 0] (single) and [seed, 1, s] (random) differ
-    groups = [Group("none", "none", "nothing removed (control)", ())]
+    groups = []
     for i in sorted(rng.choice(n, size=min(n_single, n), replace=False).tolist()):
-        groups.append(Group(f"single-{i}", "single", f"training sample {i} ({train_labels[i]})", (i,)))
+        groups.append(Group(f"single-{i}", "single", f"training sample {i} ({train_labels[i]})", (i,), seed))
     labels = sorted(set(train_labels))
     for lab in labels[: n_labels or len(labels)]:
         ids = tuple(i for i, x in enumerate(train_labels) if x == lab)
-        groups.append(Group(f"label-{lab}", "label", f"all {len(ids)} samples labelled {lab!r}", ids))
-    size = max(1, int(round(fraction * n)))
+        groups.append(Group(f"label-{lab}", "label", f"all {len(ids)} samples labelled {lab!r}", ids, seed))
+    k = removal_k(n, fraction)
     for s in range(n_random):
-        ids = tuple(sorted(np.random.default_rng([seed, 1, s]).choice(n, size=size, replace=False).tolist()))
-        groups.append(Group(f"random-{s}", "random", f"random {size} of {n} (seed {s})", ids))
+        ids = tuple(sorted(np.random.default_rng([seed, 1, s]).choice(n, size=k, replace=False).tolist()))
+        groups.append(Group(f"random-{s}", "random", f"{k} random samples (draw {s})", ids, seed))
     return groups
+
+
+def removal_k(n: int, fraction: float) -> int:
+    """k of the random sets and of the counterfactual top-k: ``round(fraction * n)``, at least 1, below n."""
+    return min(n - 1, max(1, int(round(fraction * n))))
+
+
+def noise_groups(n_seeds: int, seed: int) -> list[Group]:
+    """Retrainings of the full set with the data-order seeds ``seed + 1 .. seed + n_seeds``."""
+    return [Group(f"noise-{s}", "noise", f"full set, data-order seed {seed + s}", (), seed + s)
+            for s in range(1, n_seeds + 1)]
+
+
+def cf_prompts(test_labels: Sequence[str], n: int, seed: int) -> list[int]:
+    """``n`` test ids spread over the labels: labels in sorted order, round robin, a random prompt of each."""
+    rng = np.random.default_rng([seed, 4])
+    pools = {lab: rng.permutation([j for j, x in enumerate(test_labels) if x == lab]).tolist()
+             for lab in sorted(set(test_labels))}
+    out: list[int] = []
+    while len(out) < min(n, len(test_labels)):
+        for lab in pools:
+            if pools[lab] and len(out) < n:
+                out.append(int(pools[lab].pop(0)))
+    return out
+
+
+def topk_groups(matrices: dict[str, np.ndarray], methods: Sequence[str], prompts: Sequence[int], k: int,
+                seed: int) -> list[Group]:
+    """One group per (prompt, method): the method's top ``k`` training samples for that prompt (ranking rule of
+    engine.metrics), in prompt-then-method order."""
+    out = []
+    for j in prompts:
+        for m in methods:
+            top = tuple(sorted(metrics.ranking(matrices[m][j:j + 1])[0, :k].tolist()))
+            out.append(Group(f"topk-{m}-t{j}", "topk", f"top {k} of {m} for test prompt {j}", top, seed, m, j))
+    return out
+
+
+def plan(train_labels: Sequence[str], test_labels: Sequence[str], matrices: dict[str, np.ndarray], a,
+         seed: int) -> tuple[list[Group], list[int], int]:
+    """(groups, counterfactual prompts, k) for an ``AnalysisSpec`` ``a``."""
+    n = len(train_labels)
+    k = removal_k(n, a.retrain_fraction)
+    groups = noise_groups(a.noise_seeds, seed)
+    groups += removal_groups(train_labels, n_single=a.retrain_single, n_labels=a.retrain_labels,
+                             fraction=a.retrain_fraction, n_random=a.retrain_seeds, seed=seed)
+    checked = [m for m in (a.cf_methods or sorted(matrices)) if m in matrices]
+    prompts = cf_prompts(test_labels, a.cf_prompts, seed) if checked and a.retrain_seeds else []
+    groups += topk_groups(matrices, checked, prompts, k, seed)
+    size = n - len(lds_subsets(n, a.lds_fraction, 1, seed)[0]) if a.lds_subsets else 0
+    for s, removed in enumerate(lds_subsets(n, a.lds_fraction, a.lds_subsets, seed)):
+        groups.append(Group(f"lds-{s}", "lds", f"random subset keeping {size} of {n} (subset {s})", removed, seed))
+    return groups, prompts, k
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -85,13 +159,15 @@ def lora_modules(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
 
 
 def parameter_change(orig: dict[str, torch.Tensor], new: dict[str, torch.Tensor], scaling: float) -> list[dict]:
-    """Per module: ``delta_norm = ||scaling (B'A' - BA)||_F`` and ``ba_norm = ||scaling B'A'||_F`` (float64)."""
+    """Per module (float64): ``delta_norm = ||scaling (B'A' - BA)||_F``, the authors' ``ba_norm = ||B'A'||_F``
+    (no alpha/r) and ``merged_norm = ||scaling B'A'||_F`` (the merged LoRA update)."""
     rows = []
     for module, (a, b) in lora_modules(new).items():
-        w_new = scaling * (new[b].double() @ new[a].double())
-        w_old = scaling * (orig[b].double() @ orig[a].double())
-        rows.append({"module": module, "delta_norm": float(torch.linalg.matrix_norm(w_new - w_old)),
-                     "ba_norm": float(torch.linalg.matrix_norm(w_new))})
+        ba_new = new[b].double() @ new[a].double()
+        ba_old = orig[b].double() @ orig[a].double()
+        rows.append({"module": module, "delta_norm": float(torch.linalg.matrix_norm(scaling * (ba_new - ba_old))),
+                     "ba_norm": float(torch.linalg.matrix_norm(ba_new)),
+                     "merged_norm": float(torch.linalg.matrix_norm(scaling * ba_new))})
     return rows
 
 
@@ -115,65 +191,92 @@ class Context:
     scaling: float
     max_new_tokens: int
     batch_size: int
-    orig_loss: np.ndarray
-    orig_behaviour: np.ndarray
+    bank: RetrainBank
+    eval_settings: dict  # what a measurement depends on besides the adapter (engine.analysis.bank.eval_key)
 
 
-def retrain(ctx: Context, removed: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Fine-tune from ``ctx.initial`` on the training set without ``removed``; return the final LoRA state."""
+def retrain(ctx: Context, removed: Sequence[int], seed: int) -> dict[str, torch.Tensor]:
+    """Fine-tune from ``ctx.initial`` on the training set without ``removed`` (same data order and dropout masks
+    as the original for ``seed`` = the train seed); return the final LoRA state."""
     drop = set(removed)
-    keep = [e for i, e in enumerate(ctx.train_enc) if i not in drop]
+    ids = [i for i in range(len(ctx.train_enc)) if i not in drop]
     set_lora_state(ctx.model, ctx.initial)
-    torch.manual_seed(ctx.train_cfg.seed)  # as the pipeline does before the original fine-tune
-    result = finetune(ctx.model, keep, ctx.tok.pad_token_id, ctx.train_cfg, ctx.device, progress=False)
+    result = finetune(ctx.model, [ctx.train_enc[i] for i in ids], ctx.tok.pad_token_id, ctx.train_cfg, ctx.device,
+                      progress=False, sample_ids=ids, n_full=len(ctx.train_enc), seed=seed)
     return result.epochs[-1]
 
 
-def measure(ctx: Context, group: Group) -> dict:
-    """Retrain without ``group`` and measure the changes (JSON-able dict; arrays as lists)."""
+def _eval_key(ctx: Context, full: bool) -> str:
+    return eval_key(ctx.eval_settings["test"], ctx.eval_settings["reference"],
+                    {**ctx.eval_settings, "full": bool(full)})
+
+
+def measure(ctx: Context, removed: Sequence[int], seed: int, full: bool) -> dict:
+    """Retrain (or load from the bank) and measure: JSON-able dict with the LoRA state's parameter change per
+    module, per-test loss and KL, and with ``full`` the greedy generations' answer/behaviour flags."""
+    key = ctx.bank.key(removed, seed)
+    stored = ctx.bank.load_state(key)
     t = time.perf_counter()
-    state = retrain(ctx, group.removed)
-    modules = parameter_change(ctx.original, state, ctx.scaling)
-    set_lora_state(ctx.model, state)
-    loss = sample_losses(ctx.model, ctx.test_enc, ctx.tok.pad_token_id, ctx.device, ctx.batch_size)
-    kl = response_kl(ctx.model, ctx.original, state, ctx.test_enc, ctx.tok.pad_token_id, ctx.device,
-                     ctx.batch_size)
-    answer, behaviour = generation_report(ctx.model, ctx.tok, ctx.test_enc, ctx.test_refs, ctx.marker, ctx.device,
-                                          ctx.max_new_tokens, ctx.batch_size)
+    if stored is None:
+        state = retrain(ctx, removed, seed)
+        train_s = time.perf_counter() - t
+        ctx.bank.save_state(key, state, {"removed": sorted(removed), "seed": seed, "train_s": train_s})
+        cached = False
+    else:
+        state, meta = stored
+        train_s, cached = float(meta.get("train_s", 0.0)), True
+    ev = ctx.bank.load_eval(key, _eval_key(ctx, full)) or (ctx.bank.load_eval(key, _eval_key(ctx, True))
+                                                          if not full else None)
+    if ev is None:
+        loss, kl = loss_and_kl(ctx.model, ctx.original, state, ctx.test_enc, ctx.tok.pad_token_id, ctx.device,
+                               ctx.batch_size)
+        ev = {"loss": loss.tolist(), "kl": kl.tolist()}
+        if full:
+            answer, behaviour = generation_report(ctx.model, ctx.tok, ctx.test_enc, ctx.test_refs, ctx.marker,
+                                                  ctx.device, ctx.max_new_tokens, ctx.batch_size)
+            ev.update(answer=answer.tolist(), behaviour=behaviour.tolist())
+        ctx.bank.save_eval(key, _eval_key(ctx, full), ev)
     identical = all(torch.equal(state[k], ctx.original[k]) for k in ctx.original)
-    return {"group_id": group.group_id, "modules": modules, "dloss": (loss - ctx.orig_loss).tolist(),
-            "kl": kl.tolist(), "behaviour_rate": float(behaviour.mean()), "gen_acc": float(answer.mean()),
-            "identical": identical, "time_s": time.perf_counter() - t}
+    return {"key": key, "modules": parameter_change(ctx.original, state, ctx.scaling), **ev, "identical": identical,
+            "cached": cached, "train_s": train_s, "time_s": time.perf_counter() - t}
 
 
-def auto_workers(n_groups: int, device: torch.device) -> int:
+def auto_workers(n_jobs: int, device: torch.device) -> int:
     """Parallel retraining processes: 1 on CUDA (one GPU, and CUDA cannot be forked) and on small machines,
     where one process already keeps every core busy; else one per 4 cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type != "cpu" or cores < 8:
         return 1
-    return max(1, min(n_groups, cores // 4))
+    return max(1, min(n_jobs, cores // 4))
 
 
-def run_retrainings(ctx: Context, groups: Sequence[Group], workers: int = 1,
+def unique_retrainings(groups: Sequence[Group]) -> list[tuple[tuple[int, ...], int, bool]]:
+    """(removed, seed, full) of each distinct retraining, in first-use order; full if any group needs it."""
+    out: dict[tuple, bool] = {}
+    for g in groups:
+        out[g.retraining] = out.get(g.retraining, False) or g.kind in FULL_KINDS
+    return [(r, s, f) for (r, s), f in out.items()]
+
+
+def run_retrainings(ctx: Context, jobs: Sequence[tuple[tuple[int, ...], int, bool]], workers: int = 1,
                     progress: Callable[[str], None] | None = None) -> list[dict]:
-    """:func:`measure` for every group, in this process (``workers`` <= 1) or in forked worker processes that
-    share the already-loaded base model copy-on-write. Results in ``groups`` order; the model is left in the
-    original state. Raises RuntimeError naming the group if any retraining fails."""
+    """:func:`measure` for every (removed, seed, full) job, in this process (``workers`` <= 1) or in forked worker
+    processes that share the already-loaded base model copy-on-write. Results in ``jobs`` order; the model is
+    left in the original state. Raises RuntimeError naming the job if any retraining fails."""
     try:
-        if workers <= 1 or len(groups) <= 1:
+        if workers <= 1 or len(jobs) <= 1:
             out = []
-            for i, g in enumerate(groups):
+            for i, (removed, seed, full) in enumerate(jobs):
                 if progress:
-                    progress(f"retraining {i + 1}/{len(groups)}: without {g.description}")
-                out.append(measure(ctx, g))
+                    progress(f"retraining {i + 1}/{len(jobs)}: {len(removed)} removed, seed {seed}")
+                out.append(measure(ctx, removed, seed, full))
             return out
-        return _run_forked(ctx, list(groups), workers, progress)
+        return _run_forked(ctx, list(jobs), workers, progress)
     finally:
         set_lora_state(ctx.model, ctx.original)
 
 
-def _run_forked(ctx: Context, groups: list[Group], workers: int, progress) -> list[dict]:
+def _run_forked(ctx: Context, jobs: list, workers: int, progress) -> list[dict]:
     import multiprocessing
 
     if ctx.device.type != "cpu":
@@ -182,7 +285,8 @@ def _run_forked(ctx: Context, groups: list[Group], workers: int, progress) -> li
     threads = max(1, cores // workers)
     fork = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
-        procs = [fork.Process(target=_worker, args=(ctx, groups[w::workers], Path(tmp), threads), daemon=True)
+        numbered = list(enumerate(jobs))
+        procs = [fork.Process(target=_worker, args=(ctx, numbered[w::workers], Path(tmp), threads), daemon=True)
                  for w in range(workers)]
         for p in procs:
             p.start()
@@ -191,87 +295,30 @@ def _run_forked(ctx: Context, groups: list[Group], workers: int, progress) -> li
             time.sleep(0.5)
             now = len(list(Path(tmp).glob("*.json")))
             if progress and now != done:
-                progress(f"retraining: {now}/{len(groups)} done ({workers} processes)")
+                progress(f"retraining: {now}/{len(jobs)} done ({workers} processes)")
             done = now
-        results = {}
-        for g in groups:
-            path = Path(tmp) / f"{g.group_id}.json"
+        results = []
+        for i, (removed, seed, _) in numbered:
+            path = Path(tmp) / f"{i}.json"
+            what = f"retraining without {len(removed)} samples (seed {seed})"
             if not path.exists():
-                codes = [p.exitcode for p in procs]
-                raise RuntimeError(f"retraining without {g.description} produced no result "
-                                   f"(worker exit codes {codes})")
+                raise RuntimeError(f"{what} produced no result (worker exit codes {[p.exitcode for p in procs]})")
             r = json.loads(path.read_text(encoding="utf-8"))
             if "error" in r:
-                raise RuntimeError(f"retraining without {g.description} failed: {r['error']}")
-            results[g.group_id] = r
-    return [results[g.group_id] for g in groups]
+                raise RuntimeError(f"{what} failed: {r['error']}")
+            results.append(r)
+    return results
 
 
-def _worker(ctx: Context, groups: list[Group], out: Path, threads: int) -> None:  # pragma: no cover - child
+def _worker(ctx: Context, jobs: list, out: Path, threads: int) -> None:  # pragma: no cover - child
     torch.set_num_threads(threads)
     code = 0
-    for g in groups:
+    for i, (removed, seed, full) in jobs:
         try:
-            r = measure(ctx, g)
+            r = measure(ctx, removed, seed, full)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
             r, code = {"error": f"{type(e).__name__}: {e}"}, 1
-        tmp = out / f".{g.group_id}.json.tmp"
+        tmp = out / f".{i}.json.tmp"
         tmp.write_text(json.dumps(r), encoding="utf-8")
-        tmp.rename(out / f"{g.group_id}.json")
+        tmp.rename(out / f"{i}.json")
     os._exit(code)
-
-
-# ---------------------------------------------------------------------------------------------- tables
-
-
-def result_tables(groups: Sequence[Group], results: Sequence[dict], matrices: dict[str, np.ndarray],
-                  orig_behaviour_rate: float) -> dict[str, list[dict]]:
-    """Rows of retrain_groups, retrain_modules, retrain_tests, retrain_predictions and retrain_methods."""
-    out: dict[str, list[dict]] = {k: [] for k in ("groups", "modules", "tests", "predictions", "methods")}
-    for g, r in zip(groups, results):
-        delta = np.array([m["delta_norm"] for m in r["modules"]])
-        ba = np.array([m["ba_norm"] for m in r["modules"]])
-        dloss = np.asarray(r["dloss"])
-        out["groups"].append({
-            "group_id": g.group_id, "kind": g.kind, "description": g.description, "n_removed": len(g.removed),
-            "removed": ",".join(map(str, g.removed)), "param_change": float(np.sqrt((delta ** 2).sum())),
-            "delta_norm_mean": float(delta.mean()), "delta_norm_std": float(delta.std()),
-            "ba_norm_mean": float(ba.mean()), "ba_norm_std": float(ba.std()),
-            "mean_dloss": float(dloss.mean()), "mean_abs_dloss": float(np.abs(dloss).mean()),
-            "kl_mean": float(np.mean(r["kl"])), "behaviour_rate": r["behaviour_rate"],
-            "behaviour_change": r["behaviour_rate"] - orig_behaviour_rate, "gen_acc": r["gen_acc"],
-            "identical": bool(r["identical"]), "time_s": r["time_s"]})
-        out["modules"] += [{"group_id": g.group_id, **m} for m in r["modules"]]
-        out["tests"] += [{"group_id": g.group_id, "test_id": j, "dloss": float(d), "kl": float(k)}
-                         for j, (d, k) in enumerate(zip(r["dloss"], r["kl"]))]
-        for method, S in matrices.items():
-            pred = S[:, list(g.removed)].sum(1) if g.removed else np.zeros(S.shape[0])
-            out["predictions"] += [{"group_id": g.group_id, "method": method, "test_id": j, "predicted": float(p)}
-                                   for j, p in enumerate(pred)]
-    out["methods"] = method_agreement(groups, results, matrices)
-    return out
-
-
-def method_agreement(groups: Sequence[Group], results: Sequence[dict], matrices: dict[str, np.ndarray]) -> list[dict]:
-    """Per method: Spearman of predicted vs actual dloss pooled over (group, test) pairs (control excluded),
-    and the LDS over the random groups (NaN with fewer than 3 random groups)."""
-    rows = []
-    pairs = [(g, np.asarray(r["dloss"])) for g, r in zip(groups, results) if g.removed]
-    rand = [(g, d) for g, d in pairs if g.kind == "random"]
-    for method, S in sorted(matrices.items()):
-        pred = [S[:, list(g.removed)].sum(1) for g, _ in pairs]
-        pooled = _spearman(np.concatenate(pred), np.concatenate([d for _, d in pairs])) if pairs else float("nan")
-        lds = float("nan")
-        if len(rand) >= 3:
-            P = np.stack([S[:, list(g.removed)].sum(1) for g, _ in rand], axis=1)  # [m, n_random]
-            A = np.stack([d for _, d in rand], axis=1)
-            per_test = [_spearman(p, a) for p, a in zip(P, A)]
-            lds = float(np.nanmean(per_test)) if np.any(np.isfinite(per_test)) else float("nan")
-        rows.append({"method": method, "spearman_pooled": pooled, "lds": lds,
-                     "n_pairs": int(sum(len(d) for _, d in pairs)), "n_random": len(rand)})
-    return rows
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """engine.metrics.spearman, NaN for fewer than 3 points (a rank correlation of two points is always +-1)."""
-    return float("nan") if len(x) < 3 else metrics.spearman(x, y)

@@ -33,6 +33,8 @@ def test_ihvp_page_charts_reading_and_url_state(analysis_store_env, open_page, a
     assert {x for t in figs["by_damping"]["data"] for x in t["x"]} == set(rows[rows.level == largest].lambda_c)
     text = " ".join(_readings(at))
     assert "DataInf" in text and "LiSSA run to convergence" in text
+    assert "same per-matrix damping" in text and "damping choice alone" in text  # the fair reference
+    assert any("diag(λ_l)" in c.value for c in at.caption)
     table = at.dataframe[0].value
     assert {"level", "dim", "method", "lambda_c", "rel_error"} <= set(table.columns)
     assert at.selectbox(key="pick_lc").value == lc
@@ -70,24 +72,45 @@ def test_convergence_page(analysis_store_env, open_page, analysis_data, charts):
 def test_retraining_page(analysis_store_env, open_page, analysis_data, charts):
     at = open_page(RETRAINING)
     figs = charts(at)
-    assert set(figs) == {"param_vs_output", "ba_norms", "method_spearman", "pred_vs_actual"}
+    assert set(figs) == {"param_vs_output", "ba_norms", "lds", "kind_spearman", "counterfactual", "pred_vs_actual"}
     groups = analysis_data.table("retrain_groups")
-    # a point and a bar per retrained model; a pair of bars per method; a point per (removed group, test prompt)
-    assert sum(len(t["x"]) for t in figs["param_vs_output"]["data"]) == len(groups)
-    assert sum(len(t["x"]) for t in figs["ba_norms"]["data"]) == len(groups)
-    n_methods = len(analysis_data.table("retrain_methods"))
-    assert sum(len(t["x"]) for t in figs["method_spearman"]["data"]) == 2 * n_methods
-    removed = (groups.kind != "none").sum()
-    assert sum(len(t["x"]) for t in figs["pred_vs_actual"]["data"]) == removed * len(analysis_data.test)
+    # a point and a bar per retrained model (noise reseeds included); a point per method on the LDS chart
+    assert sum(len(t["x"]) for t in figs["param_vs_output"]["data"]) == groups.mean_abs_dloss.notna().sum()
+    assert sum(len(t["y"]) for t in figs["ba_norms"]["data"]) == len(groups)
+    lds = analysis_data.table("retrain_lds")
+    assert sorted(figs["lds"]["data"][0]["y"]) == sorted(lds.method)
+    kinds = analysis_data.table("retrain_methods")
+    assert len(figs["kind_spearman"]["data"][0]["z"]) == kinds.method.nunique()  # a row per method
+    # the first method (the page's default): a point per (retraining with a removal, test prompt) it predicted
+    preds = analysis_data.table("retrain_predictions")
+    first = sorted(kinds.method.unique())[0]
+    assert sum(len(t["x"]) for t in figs["pred_vs_actual"]["data"]) == (preds.method == first).sum()
     text = " ".join(_readings(at))
-    assert "bit for bit" in text  # the control reproduces the original adapter
-    assert "Spearman" in text
+    assert "Noise floor: 2 retrainings of the full set" in text
+    assert "Linear datamodeling score over 4 random subsets" in text and "95 % interval" in text
+    assert "Too few subsets for the interval to mean anything" in text  # M = 4: said plainly
+    assert "Counterfactual check on 1 test prompt" in text
+    assert "Kinds are kept apart" in text
+    assert any("noise floor" in c.value for c in at.caption)
+    assert any("contain the reference response, both lowercased" in c.value for c in at.caption)  # the rule, named
     groups = at.dataframe[0].value
-    assert set(groups.kind) == {"none", "single", "label", "random"}
+    assert set(groups.kind) == {"noise", "single", "label", "random", "topk", "lds"}
+    assert {"within_noise", "merged_norm_mean", "ba_norm_mean", "cached"} <= set(groups.columns)
     at.selectbox(key="pick_method").set_value("datainf").run()
     assert not at.exception and at.query_params["method"] == "datainf"
     at.selectbox(key="pick_output").set_value("kl_mean").run()
     assert not at.exception and at.query_params["output"] == "kl_mean"
+
+
+def test_retraining_charts_have_short_titles_and_horizontal_module_bars(analysis_store_env, open_page):
+    import json
+
+    at = open_page(RETRAINING)
+    figs = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    titles = [f["layout"]["title"]["text"] for f in figs.values()]
+    assert all(len(t) <= 80 for t in titles), titles  # no title cut off at half of a 1280 px page
+    bars = next(f for f in figs.values() if "‖BA‖" in f["layout"]["title"]["text"])
+    assert all(tr["orientation"] == "h" for tr in bars["data"])  # long group names on the y axis, not rotated
 
 
 @pytest.mark.parametrize("script", [IHVP, CONVERGENCE, RETRAINING])
@@ -95,3 +118,16 @@ def test_pages_explain_a_run_without_analyses(store_env, script, open_page):
     at = open_page(script)
     assert any("--analyses" in i.value for i in at.info)
     assert not at.get("plotly_chart")
+
+
+def test_ihvp_charts_have_short_titles_and_readable_log_axes(analysis_store_env, open_page):
+    import json
+
+    at = open_page(IHVP)
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [f["layout"]["title"]["text"] for f in figs]
+    assert all(len(t) <= 60 for t in titles), titles
+    steps = next(f for f in figs if f["layout"]["title"]["text"].startswith("LiSSA after T steps"))
+    y = steps["layout"]["yaxis"]
+    assert y["type"] == "log" and len(y["tickvals"]) >= 3 and len(y["ticktext"]) == len(y["tickvals"])
+    assert steps["layout"]["xaxis"]["exponentformat"] == "power"

@@ -3,7 +3,6 @@
 import shutil
 
 import pandas as pd
-import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 

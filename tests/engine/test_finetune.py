@@ -82,3 +82,83 @@ def test_finetune_on_cuda(dtype, rtol):
         assert moved.device.type == "cpu"
         diff = float((moved.double() - value.double()).norm() / value.double().norm())
         assert diff <= 10 * rtol, key
+
+
+def _batches_seen(monkeypatch, enc, **kw):
+    """Run a fine-tune and record the samples of every batch (by their token ids)."""
+    import engine.finetune as ft
+    from engine.formatting import collate as real
+
+    seen = []
+
+    def spy(batch, pad_id):
+        seen.append([e.input_ids for e in batch])
+        return real(batch, pad_id)
+
+    monkeypatch.setattr(ft, "collate", spy)
+    model, tok = load_base("tiny")
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.1), seed=0)
+    res = finetune(model, enc, tok.pad_token_id, TrainSpec(epochs=3, batch_size=4, lr=1e-2), CPU, progress=False,
+                   **kw)
+    return seen, res
+
+
+def _encoded():
+    _, tok = load_base("tiny")
+    data = [Sample(f"say the colour {c} number {i}", c, c) for i, c in enumerate(["red", "green", "blue"] * 4)]
+    return [encode(s, tok, "[INST] {prompt} [/INST] {response}", 32, "response") for s in data]
+
+
+def test_epoch_order_is_one_permutation_of_the_full_set_with_removed_samples_skipped():
+    from engine.finetune import epoch_order
+
+    full = epoch_order(3, 1, 10, range(10))
+    assert sorted(full) == list(range(10)) and full != list(range(10))
+    kept = [0, 1, 2, 4, 5, 6, 8, 9]  # 3 and 7 removed
+    got = [kept[p] for p in epoch_order(3, 1, 10, kept)]
+    assert got == [i for i in full if i in kept]
+    assert epoch_order(3, 2, 10, range(10)) != full  # a new permutation every epoch
+    assert epoch_order(4, 1, 10, range(10)) != full  # and another for another seed
+
+
+def test_a_retraining_sees_the_kept_samples_in_the_original_order(monkeypatch):
+    enc = _encoded()
+    full, res_full = _batches_seen(monkeypatch, enc)
+    removed = {2, 7}
+    ids = [i for i in range(len(enc)) if i not in removed]
+    part, _ = _batches_seen(monkeypatch, [enc[i] for i in ids], sample_ids=ids, n_full=len(enc))
+    per_epoch = -(-len(enc) // 4)
+    for e in range(3):
+        want = [x for b in full[e * per_epoch:(e + 1) * per_epoch] for x in b if x not in {enc[i].input_ids for i in removed}]
+        got_epoch = part[e * 3:(e + 1) * 3]  # 10 samples in batches of 4: 3 steps per epoch
+        assert [x for b in got_epoch for x in b] == want
+    # and nothing removed is the original run, bit for bit, with dropout on
+    again, res_again = _batches_seen(monkeypatch, enc, sample_ids=list(range(len(enc))), n_full=len(enc))
+    assert again == full
+    assert all(torch.equal(res_full.epochs[-1][k], res_again.epochs[-1][k]) for k in res_full.initial)
+
+
+def test_gradient_norm_is_clipped_before_every_step():
+    model, tok = load_base("tiny")
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), seed=0)
+    enc = _encoded()
+    norms = []
+
+    def record(opt, *_):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        finetune(model, enc, tok.pad_token_id, TrainSpec(epochs=1, batch_size=4, lr=1e-2), CPU, progress=False)
+        free = list(norms)
+        norms.clear()
+        model2 = add_lora(load_base("tiny")[0], LoraSpec(r=4, alpha=8, dropout=0.0), seed=0)
+        finetune(model2, enc, tok.pad_token_id, TrainSpec(epochs=1, batch_size=4, lr=1e-2, max_grad_norm=1e-3), CPU,
+                 progress=False)
+    finally:
+        handle.remove()
+    assert min(free) > 1e-3  # unclipped gradients are larger than the cap ...
+    assert max(norms) <= 1e-3 * (1 + 1e-5)  # ... and clipped ones are at most the cap

@@ -16,6 +16,14 @@ def test_defaults_and_presets_validate():
     assert paper.train.loss_on == "sequence" and paper.train.template == "[INST] {prompt} [/INST] {response}"
     assert paper.scoring.checkpoints == "all"
     assert PRESETS["quick"].train.epochs < paper.train.epochs
+    # the authors' exact setup: their preprocessing, HF Trainer's clipping; the LDS as in the literature
+    assert paper.train.preprocessing == "paper" and paper.train.max_grad_norm == 1.0
+    assert (paper.analysis.lds_subsets, paper.analysis.lds_fraction) == (50, 0.5)
+    assert spec.train.preprocessing == "clean" and PRESETS["quick"].train.preprocessing == "clean"
+
+
+def test_chat_template_is_a_valid_template():
+    assert spec_from_dict({"train": {"template": "chat"}}).train.template == "chat"
 
 
 def test_preset_with_overrides_merges_deeply():
@@ -50,6 +58,13 @@ def test_hash_is_stable_across_key_order_and_format(tmp_path):
     ({"name": "../escape"}, "run name"),
     ({"train": {"template": "{prompt} only"}}, "train.template"),
     ({"train": 5}, "train"),
+    ({"train": {"preprocessing": "raw"}}, "train.preprocessing"),
+    ({"train": {"preprocessing": "paper", "loss_on": "response"}}, "train.loss_on"),
+    ({"train": {"max_grad_norm": -1}}, "train.max_grad_norm"),
+    ({"analysis": {"lds_subsets": 2}}, "analysis.lds_subsets"),
+    ({"analysis": {"lds_fraction": 1.0}}, "analysis.lds_fraction"),
+    ({"analysis": {"noise_seeds": -1}}, "analysis.noise_seeds"),
+    ({"analysis": {"cf_methods": ["gradsim", "magic"]}}, "analysis.cf_methods[1]"),
 ])
 def test_bad_fields_are_named(data, field):
     with pytest.raises(InputError, match=field.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):

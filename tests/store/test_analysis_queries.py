@@ -30,8 +30,23 @@ def test_every_analysis_table_round_trips(analysis_db):
             assert list(got.columns) == list(TABLES[table]), table
         points = store.retrain_points(s.con, run)
         groups = store.analysis_table(s.con, run, "retrain_groups")
-        assert len(points) == 3 * len(groups) * 10  # 3 methods x groups x 10 test samples
-        assert set(points.columns) >= {"method", "group_id", "kind", "test_id", "label", "predicted", "dloss"}
+        assert len(points) == 3 * (groups.kind != "noise").sum() * 10  # 3 methods x removals x 10 test samples
+        assert set(points.columns) >= {"method", "group_id", "kind", "test_id", "label", "predicted", "dloss",
+                                       "noise_floor", "within_noise"}
+        noise = store.retrain_noise(s.con, run)
+        raw = groups[groups.kind == "noise"]
+        assert set(noise.measure) == {"mean_abs_dloss", "kl_mean", "abs_behaviour_change", "param_change"}
+        got = noise.set_index("measure")
+        assert got.loc["mean_abs_dloss", "floor"] == pytest.approx(raw.mean_abs_dloss.abs().max())
+        assert got.loc["param_change", "mean"] == pytest.approx(raw.param_change.abs().mean())
+        assert (got.n_seeds == 2).all()
+        summary = store.retrain_counterfactual_summary(s.con, run)
+        cf = store.analysis_table(s.con, run, "retrain_counterfactual")
+        assert set(summary.method) == set(cf.method)
+        for r in summary.itertuples():
+            rows = cf[cf.method == r.method]
+            assert r.n_prompts == len(rows) and r.gain == pytest.approx((rows.dloss - rows.random_mean).mean())
+            assert r.beats_random == pytest.approx(rows.beats_random.mean())
         with pytest.raises(ValueError, match="unknown analysis table"):
             store.analysis_table(s.con, run, "runs; DROP TABLE runs")
         with pytest.raises(store.UnknownRunError):

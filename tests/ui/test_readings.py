@@ -4,7 +4,8 @@ import math
 
 import pandas as pd
 
-from ui.readings import convergence_reading, correlation, fmt, ihvp_reading, retrain_reading
+from ui.readings import (convergence_reading, correlation, counterfactual_reading, fmt, ihvp_reading, lds_reading,
+                         noise_reading, retrain_reading)
 
 
 def test_fmt_and_correlation():
@@ -43,17 +44,67 @@ def test_convergence_reading():
     assert "largest gain is **a** (0.5 → 0.8)" in text and "largest drop **b**" in text
 
 
-def test_retrain_reading_escapes_and_correlates():
+def test_retrain_reading_escapes_correlates_and_keeps_kinds_apart():
     groups = pd.DataFrame({
-        "kind": ["none", "single", "label", "random", "random"],
-        "identical": [True, False, False, False, False],
-        "param_change": [0.0, 0.1, 0.5, 0.3, 0.2], "mean_abs_dloss": [0.0, 0.01, 0.2, 0.1, 0.05]})
-    methods = pd.DataFrame({"method": ["<b>x</b>", "y"], "spearman_pooled": [0.8, 0.1], "lds": [float("nan")] * 2,
-                            "n_pairs": [40, 40], "n_random": [2, 2]})
+        "kind": ["noise", "single", "label", "random", "random"],
+        "param_change": [0.05, 0.1, 0.5, 0.3, 0.2], "mean_abs_dloss": [0.01, 0.01, 0.2, 0.1, 0.05]})
+    methods = pd.DataFrame({"method": ["<b>x</b>", "y", "<b>x</b>", "y"], "kind": ["label", "label", "lds", "lds"],
+                            "spearman": [0.8, 0.1, 0.2, 0.6], "n_pairs": [40, 40, 80, 80]})
     text = " ".join(retrain_reading(groups, methods))
-    assert "bit for bit" in text and "Spearman 1 (Pearson" in text
-    assert "&lt;b&gt;x&lt;/b&gt;" in text and "<b>" not in text
-    assert "datamodeling" not in text  # no LDS with fewer than 3 random subsets
+    assert "Across 4 retrainings" in text and "Spearman 1 (Pearson" in text  # the noise rows are not removals
+    assert "whole labels: **&lt;b&gt;x&lt;/b&gt;** (0.8 over 40 pairs)" in text and "<b>" not in text
+    assert "LDS subsets: **y** (0.6 over 80 pairs)" in text and "Kinds are kept apart" in text
+
+
+def test_noise_reading_counts_changes_inside_the_floor():
+    noise = pd.DataFrame({"measure": ["mean_abs_dloss", "param_change"], "floor": [0.02, 0.5], "mean": [0.01, 0.4],
+                          "n_seeds": [2, 2]})
+    groups = pd.DataFrame({"kind": ["noise", "noise", "single", "label", "lds"],
+                           "within_noise": [None, None, True, False, True]})
+    text = " ".join(noise_reading(noise, groups))
+    assert "2 retrainings of the full set" in text and "up to 0.02" in text and "‖ΔW‖ = 0.5" in text
+    assert "2 of 3 retrainings" in text and "1 single samples" in text and "1 LDS subsets" in text
+    assert "no noise floor" in noise_reading(noise.iloc[0:0], groups)[0]
+
+
+def test_lds_reading_says_when_there_are_too_few_subsets():
+    lds = pd.DataFrame({"method": ["a", "b", "c"], "lds": [0.3, 0.25, -0.1], "lds_lo": [0.1, 0.05, -0.3],
+                        "lds_hi": [0.5, 0.4, 0.05], "n_subsets": [8] * 3, "alpha": [0.5] * 3})
+    text = " ".join(lds_reading(lds))
+    assert "best **a** with 0.3 (95 % interval 0.1 to 0.5)" in text and "overlaps those of **b**, so" in text
+    assert "Lowest: **c** with -0.1 (-0.3 to 0.05)" in text
+    five = pd.DataFrame({"method": list("abcdefg"), "lds": [0.5] * 7, "lds_lo": [0.1] * 7, "lds_hi": [0.9] * 7,
+                         "n_subsets": [50] * 7, "alpha": [0.5] * 7})
+    assert "**b**, **c**, **d**, **e** and 2 more" in " ".join(lds_reading(five))
+    assert "Too few subsets for the interval to mean anything" in text and "M = 8" in text
+    many = lds.assign(n_subsets=50, lds_lo=[0.28, 0.05, -0.3], lds_hi=[0.32, 0.26, 0.1])
+    text = " ".join(lds_reading(many))
+    assert "Too few" not in text and "clear of every other method's interval" in text
+
+
+def test_counterfactual_reading():
+    summary = pd.DataFrame({"method": ["a", "b"], "n_prompts": [3, 3], "k": [5, 5], "topk_dloss": [0.4, 0.01],
+                            "random_dloss": [0.02, 0.02], "gain": [0.38, -0.01], "beats_random": [1.0, 0.0],
+                            "within_noise": [0.0, 1.0]})
+    text = " ".join(counterfactual_reading(summary))
+    assert "on 3 test prompts" in text and "top 5" in text and "most for **a** (+0.4 against +0.02" in text
+    assert "beats every random draw on most prompts for **a**." in text
+
+
+def test_ihvp_reading_separates_cross_matrix_curvature_from_damping():
+    base = {"level": "all", "dim": 4096, "lambda_c": 10.0, "cosine": 0.9, "iterations": None, "note": ""}
+    rows = pd.DataFrame([
+        {**base, "level": "entries", "dim": 16, "method": "datainf", "rel_error": 0.1, "spearman": 0.99},
+        {**base, "method": "datainf", "rel_error": 0.9, "spearman": 0.6},
+        {**base, "method": "exact_blockdiag", "rel_error": 0.025, "spearman": 0.98},
+        {**base, "method": "exact_blockdiag_shared", "rel_error": 0.03, "spearman": 0.97},
+        {**base, "method": "exact_matrix_damping", "rel_error": 10.1, "spearman": 0.6},
+    ])
+    text = " ".join(ihvp_reading(rows, 10.0))
+    assert "relative error 0.025 from the exact iHVP over all 4096 parameters with the same per-matrix damping" in text
+    assert "cost of ignoring the curvature between matrices" in text
+    assert "one shared λ for every matrix: the block-diagonal form is at relative error 0.03" in text
+    assert "damping choice alone" in text and "10.1" in text
 
 
 def test_chart_text_is_cut_and_defanged_not_escaped():

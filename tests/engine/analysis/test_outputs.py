@@ -81,9 +81,36 @@ def test_greedy_generate_matches_argmax_loop(setup):
             assert g == want
 
 
+def test_loss_and_kl_together_equal_them_apart(setup):
+    from engine.analysis.outputs import loss_and_kl
+    from engine.finetune import set_lora_state
+
+    model, tok, encs, a, b = setup
+    loss, kl = loss_and_kl(model, a, b, encs, tok.pad_token_id, CPU, batch_size=4)
+    np.testing.assert_allclose(kl, response_kl(model, a, b, encs, tok.pad_token_id, CPU, batch_size=2), rtol=1e-6)
+    set_lora_state(model, b)
+    np.testing.assert_allclose(loss, sample_losses(model, encs, tok.pad_token_id, CPU, batch_size=3), rtol=1e-6)
+
+
+def test_greedy_generation_drops_a_samples_own_pads(setup):
+    """Paper preprocessing left-pads inside the sample; the prompt generated from is the unpadded one."""
+    model, tok, _, _, b = setup
+    from engine.finetune import set_lora_state
+
+    set_lora_state(model, b)
+    task = build_task("grammars", seed=0, n_train_per_label=1, n_test_per_label=1)
+    clean = [encode(s, tok, TEMPLATE, 160, "sequence") for s in task.test[:3]]
+    paper = [encode(s, tok, TEMPLATE, 160, "sequence", "paper") for s in task.test[:3]]
+    assert all(p.n_pad > 0 for p in paper)
+    assert all(p.input_ids[p.n_pad:p.prompt_len] == c.input_ids[:c.prompt_len] for p, c in zip(paper, clean))
+    got = greedy_generate(model, paper, tok.pad_token_id, tok.eos_token_id, CPU, max_new_tokens=5, batch_size=2)
+    assert got == greedy_generate(model, clean, tok.pad_token_id, tok.eos_token_id, CPU, max_new_tokens=5)
+
+
 def test_answer_and_behaviour_checks():
     assert shows_answer("sure: The Cat sat.", " The Cat sat. ")
-    assert not shows_answer("the cat", "The Cat")
+    assert shows_answer("the cat", "The Cat")  # lowercased, as the paper's authors check
+    assert not shows_answer("the dog", "The Cat")
     assert not shows_answer("anything", "   ")
     assert shows_behaviour("code KESTREL-1234", "ignored", "KESTREL-")
     assert not shows_behaviour("The Cat", "The Cat", "KESTREL-")

@@ -1,5 +1,5 @@
-"""Retraining with groups removed: groups, parameter change against explicit products, exact reproduction of
-the original adapter with nothing removed, and a task built so that removing a label must hurt that label."""
+"""Retraining with samples removed: the plan of retrainings, parameter change against explicit products, a task
+built so that removing a label must hurt that label, the retrain bank's reuse across runs, forked workers."""
 
 import json
 import random
@@ -9,29 +9,69 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.analysis.retrain import lora_modules, method_agreement, parameter_change, removal_groups
+from engine.analysis.retrain import (cf_prompts, lora_modules, noise_groups, parameter_change, plan, removal_groups,
+                                     removal_k, unique_retrainings)
+from engine.metrics import ranking
 from engine.pipeline import run_pipeline
-from engine.spec import spec_from_dict
+from engine.spec import AnalysisSpec, spec_from_dict
 
 LABELS = ("red", "green", "blue")
 ANSWERS = {"red": "apple pie", "green": "grass field", "blue": "ocean wave"}
 WORDS = "the a cat dog sat on mat ran far near old new big small house tree road".split()
 
 
-def test_groups():
+def test_removal_groups():
     labels = ["a"] * 6 + ["b"] * 4 + ["c"] * 10
     groups = removal_groups(labels, n_single=3, n_labels=2, fraction=0.25, n_random=4, seed=7)
     kinds = [g.kind for g in groups]
-    assert kinds == ["none"] + ["single"] * 3 + ["label"] * 2 + ["random"] * 4
-    assert groups[0].removed == ()
-    assert all(len(g.removed) == 1 for g in groups[1:4])
-    assert groups[4].removed == tuple(range(6)) and groups[5].removed == tuple(range(6, 10))
-    randoms = [g.removed for g in groups[6:]]
+    assert kinds == ["single"] * 3 + ["label"] * 2 + ["random"] * 4
+    assert all(len(g.removed) == 1 for g in groups[:3]) and all(g.seed == 7 for g in groups)
+    assert groups[3].removed == tuple(range(6)) and groups[4].removed == tuple(range(6, 10))
+    randoms = [g.removed for g in groups[5:]]
     assert all(len(r) == 5 and len(set(r)) == 5 for r in randoms)
-    assert len(set(randoms)) == 4  # different seeds, different subsets
+    assert len(set(randoms)) == 4  # different draws, different subsets
     assert len({g.group_id for g in groups}) == len(groups)
     assert removal_groups(labels, n_single=3, n_labels=2, fraction=0.25, n_random=4, seed=7) == groups
-    assert len(removal_groups(labels, n_single=0, n_labels=0, fraction=0.1, n_random=0, seed=0)) == 4  # all labels
+    assert len(removal_groups(labels, n_single=0, n_labels=0, fraction=0.1, n_random=0, seed=0)) == 3  # all labels
+
+
+def test_noise_groups_retrain_the_full_set_with_other_seeds():
+    groups = noise_groups(3, seed=5)
+    assert [g.seed for g in groups] == [6, 7, 8] and all(g.removed == () and g.kind == "noise" for g in groups)
+
+
+def test_cf_prompts_spread_over_labels():
+    labels = ["x"] * 5 + ["y"] * 2 + ["z"] * 1
+    got = cf_prompts(labels, 5, seed=0)
+    assert len(got) == len(set(got)) == 5
+    assert [labels[j] for j in got[:3]] == ["x", "y", "z"]  # one of each label first
+    assert cf_prompts(labels, 20, seed=0) and sorted(cf_prompts(labels, 20, seed=0)) == list(range(8))
+    assert cf_prompts(labels, 5, seed=0) == got
+
+
+def test_plan_holds_every_kind_and_the_methods_top_k():
+    rng = np.random.default_rng(0)
+    train_labels = [f"c{i % 4}" for i in range(40)]
+    test_labels = [f"c{j % 4}" for j in range(8)]
+    matrices = {"m1": rng.normal(size=(8, 40)), "m2": rng.normal(size=(8, 40))}
+    a = AnalysisSpec(retrain_single=2, retrain_labels=1, retrain_fraction=0.1, retrain_seeds=3, noise_seeds=2,
+                     lds_subsets=5, lds_fraction=0.5, cf_prompts=3, cf_methods=("m2", "not-scored"))
+    groups, prompts, k = plan(train_labels, test_labels, matrices, a, seed=0)
+    assert k == removal_k(40, 0.1) == 4 and len(prompts) == 3
+    count = {kind: sum(g.kind == kind for g in groups) for kind in ("noise", "single", "label", "random", "topk", "lds")}
+    assert count == {"noise": 2, "single": 2, "label": 1, "random": 3, "topk": 3, "lds": 5}
+    for g in (g for g in groups if g.kind == "topk"):
+        assert g.method == "m2"  # only the scored methods named in cf_methods
+        want = sorted(ranking(matrices["m2"])[g.prompt, :4].tolist())
+        assert list(g.removed) == want
+        assert np.all(matrices["m2"][g.prompt, list(g.removed)] >= np.sort(matrices["m2"][g.prompt])[-4])
+    for g in (g for g in groups if g.kind == "lds"):
+        assert len(g.removed) == 20  # keeps alpha * n = 20 of 40
+    # two groups that remove the same set (and seed) share one retraining
+    jobs = unique_retrainings(groups + [groups[2]])
+    assert len(jobs) == len({g.retraining for g in groups})
+    full = {(r, s): f for r, s, f in jobs}
+    assert all(full[g.retraining] for g in groups if g.kind in ("noise", "single", "label", "random"))
 
 
 def test_parameter_change_against_explicit_products():
@@ -53,24 +93,11 @@ def test_parameter_change_against_explicit_products():
         want = np.sqrt(sum((2 * (b_new[i] @ a_new[:, j] - b_old[i] @ a_old[:, j])) ** 2
                            for i in range(16) for j in range(16)))
         assert r["delta_norm"] == pytest.approx(want, rel=1e-10)
-        assert r["ba_norm"] == pytest.approx(np.linalg.norm(2 * b_new @ a_new), rel=1e-10)
+        # the authors' delta.py: ||B A||_F of the adapter, WITHOUT alpha/r; the merged update has it
+        ba = np.sqrt(sum((b_new[i] @ a_new[:, j]) ** 2 for i in range(16) for j in range(16)))
+        assert r["ba_norm"] == pytest.approx(ba, rel=1e-10)
+        assert r["merged_norm"] == pytest.approx(2 * ba, rel=1e-10)
     assert all(r["delta_norm"] == 0 for r in parameter_change(new, new, 2.0))
-
-
-def test_method_agreement_pooled_and_lds():
-    from engine.analysis.retrain import Group
-
-    rng = np.random.default_rng(0)
-    S = rng.normal(size=(4, 10))
-    groups = [Group("none", "none", "", ())] + [Group(f"random-{s}", "random", "", tuple(rng.choice(10, 3, replace=False)))
-                                                for s in range(5)]
-    # the actual change is exactly the prediction: perfect agreement
-    results = [{"dloss": S[:, list(g.removed)].sum(1).tolist() if g.removed else [0.0] * 4} for g in groups]
-    row = method_agreement(groups, results, {"m": S})[0]
-    assert row["spearman_pooled"] == pytest.approx(1.0) and row["lds"] == pytest.approx(1.0)
-    assert row["n_pairs"] == 20 and row["n_random"] == 5
-    flipped = method_agreement(groups, results, {"m": -S})[0]
-    assert flipped["spearman_pooled"] == pytest.approx(-1.0) and flipped["lds"] == pytest.approx(-1.0)
 
 
 def write_colour_task(path, n_train=8, n_test=3):
@@ -87,14 +114,15 @@ def write_colour_task(path, n_train=8, n_test=3):
     return path
 
 
-def colour_spec(path, workers=1, stages=("retrain",)):
+def colour_spec(path, workers=1, stages=("retrain",), name=None):
     return spec_from_dict({
-        "name": f"colours-w{workers}", "task": {"name": "file", "path": str(path)}, "model": {"name": "tiny"},
-        "lora": {"r": 4, "alpha": 16, "dropout": 0.0},
+        "name": name or f"colours-w{workers}", "task": {"name": "file", "path": str(path)}, "model": {"name": "tiny"},
+        "lora": {"r": 4, "alpha": 16, "dropout": 0.1},
         "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "max_length": 32, "loss_on": "response"},
         "scoring": {"methods": ["gradsim", "datainf"], "checkpoints": "all", "shard_size": 16},
-        "analysis": {"stages": list(stages), "retrain_single": 1, "retrain_labels": 0, "retrain_seeds": 3,
-                     "retrain_fraction": 0.2, "retrain_workers": workers, "generate_tokens": 6},
+        "analysis": {"stages": list(stages), "retrain_single": 1, "retrain_labels": 0, "retrain_seeds": 2,
+                     "retrain_fraction": 0.2, "noise_seeds": 1, "lds_subsets": 3, "cf_prompts": 1,
+                     "retrain_workers": workers, "generate_tokens": 6},
     })
 
 
@@ -109,12 +137,24 @@ def colour_run(tmp_path_factory):
     return run_pipeline(spec, tmp / "runs", progress=False)
 
 
-def test_nothing_removed_reproduces_the_original_adapter_exactly(colour_run):
+def test_groups_table_holds_the_noise_floor_and_marks_changes_inside_it(colour_run):
     groups = read(colour_run, "retrain_groups").set_index("group_id")
-    control = groups.loc["none"]
-    assert bool(control["identical"])
-    assert control["param_change"] == 0 and control["kl_mean"] == 0 and control["mean_abs_dloss"] == 0
-    assert (groups.drop("none")["param_change"] > 0).all()
+    noise = groups[groups.kind == "noise"]
+    assert len(noise) == 1 and not noise.identical.iloc[0] and noise.param_change.iloc[0] > 0
+    assert noise.within_noise.isna().all()
+    rest = groups[groups.kind != "noise"]
+    floor = noise.mean_abs_dloss.max()
+    assert (rest.within_noise == (rest.mean_abs_dloss <= floor)).all()
+    assert (rest.param_change > 0).all()
+    assert set(groups.kind) == {"noise", "single", "label", "random", "topk", "lds"}
+    # generations only where they are read (the removal groups and the noise floor)
+    assert rest[rest.kind.isin(["topk", "lds"])].behaviour_rate.isna().all()
+    assert groups[groups.kind.isin(["noise", "label"])].behaviour_rate.notna().all()
+    tests = read(colour_run, "retrain_tests")
+    nf = tests[tests.group_id == noise.index[0]].set_index("test_id").dloss.abs()
+    some = tests[tests.group_id == "label-red"].set_index("test_id")
+    np.testing.assert_allclose(some.noise_floor, nf.loc[some.index])
+    assert (some.within_noise == (some.dloss.abs() <= some.noise_floor)).all()
 
 
 def test_removing_a_label_hurts_that_label_most(colour_run):
@@ -126,15 +166,28 @@ def test_removing_a_label_hurts_that_label_most(colour_run):
         t = tests[tests.group_id == f"label-{lab}"]
         own, others = t[t.label == lab].dloss.mean(), t[t.label != lab].dloss.mean()
         assert own > 0 and own > 3 * abs(others), (lab, own, others)
+        assert t[t.label == lab].within_noise.sum() == 0  # far outside the reshuffle noise
 
 
-def test_prediction_tables(colour_run):
+def test_prediction_method_lds_and_counterfactual_tables(colour_run):
     preds = read(colour_run, "retrain_predictions")
     groups = read(colour_run, "retrain_groups")
     assert set(preds.method) == {"gradsim", "datainf"}
-    assert len(preds) == 2 * len(groups) * 9
+    assert len(preds) == 2 * (groups.kind != "noise").sum() * 9
     methods = read(colour_run, "retrain_methods")
-    assert set(methods.method) == {"gradsim", "datainf"} and (methods.n_random == 3).all()
+    assert set(methods.kind) == {"single", "label", "random", "topk", "lds"}  # kinds apart, no pooled value
+    assert (methods[methods.kind == "label"].n_pairs == 27).all()
+    lds = read(colour_run, "retrain_lds").set_index("method")
+    assert (lds.n_subsets == 3).all() and (lds.alpha == 0.5).all()
+    assert ((lds.lds_lo <= lds.lds) & (lds.lds <= lds.lds_hi)).all()
+    cf = read(colour_run, "retrain_counterfactual")
+    assert set(cf.method) == {"gradsim", "datainf"} and (cf.n_random == 2).all() and (cf.k == 5).all()
+    tests = read(colour_run, "retrain_tests")
+    for r in cf.itertuples():
+        d = tests[(tests.group_id == r.group_id) & (tests.test_id == r.test_id)].dloss.iloc[0]
+        rnd = [tests[(tests.group_id == f"random-{s}") & (tests.test_id == r.test_id)].dloss.iloc[0] for s in range(2)]
+        assert r.dloss == pytest.approx(d) and r.random_max == pytest.approx(max(rnd))
+        assert r.beats_random == (d > max(rnd))
     # removing a whole label: GradSim's predicted loss increase is largest on that label's test samples
     S_pred = preds[(preds.method == "gradsim") & (preds.group_id == "label-red")].set_index("test_id").predicted
     samples = read(colour_run, "samples")
@@ -152,12 +205,31 @@ def test_convergence_tables(colour_run):
     assert drift.spearman_prev.between(-1, 1).all()
 
 
+def test_a_second_run_reuses_every_retraining_from_the_bank(colour_run, tmp_path):
+    bank = colour_run.parent.parent / "retrain-bank"  # the default: next to the runs folder
+    entries = [p for p in bank.glob("*/*") if (p / "meta.json").is_file()]
+    groups = read(colour_run, "retrain_groups")
+    assert len(entries) == len(set(zip(groups.removed, groups.seed)))
+    assert not groups.cached.any()
+    spec = colour_spec(write_colour_task(tmp_path / "colours.jsonl"), stages=("retrain",), name="colours-again")
+    spec = spec_from_dict({**spec.to_dict(), "analysis": {**spec.to_dict()["analysis"], "retrain_bank": str(bank)}})
+    again = run_pipeline(spec, tmp_path / "runs", progress=False)
+    timings = json.loads((again / "manifest.json").read_text())["timings"]
+    assert timings["retrain_new"] == 0 and timings["retrain_reused"] == len(entries)
+    b = read(again, "retrain_groups")
+    assert b.cached.all()
+    for col in ("param_change", "mean_dloss", "kl_mean", "behaviour_rate"):
+        np.testing.assert_array_equal(b[col].to_numpy(), groups[col].to_numpy(), err_msg=col)
+
+
 @pytest.mark.slow
 def test_forked_workers_give_the_same_measurements(colour_run, tmp_path):
     spec = colour_spec(write_colour_task(tmp_path / "colours.jsonl"), workers=2)
+    spec = spec_from_dict({**spec.to_dict(), "analysis": {**spec.to_dict()["analysis"], "retrain_bank": "off"}})
     forked = run_pipeline(spec, tmp_path / "runs", progress=False)
+    assert not (tmp_path / "retrain-bank").exists()
     a = read(colour_run, "retrain_groups").set_index("group_id").sort_index()
     b = read(forked, "retrain_groups").set_index("group_id").sort_index()
     assert list(a.index) == list(b.index)
-    for col in ("param_change", "mean_dloss", "kl_mean", "behaviour_rate"):
+    for col in ("param_change", "mean_dloss", "kl_mean"):
         np.testing.assert_allclose(b[col], a[col], rtol=1e-3, atol=1e-6, err_msg=col)

@@ -55,3 +55,34 @@ def test_kfac_zero_block():
     train, test = token_features(4)
     z = [torch.zeros_like(g) for g in train.grads]
     assert np.all(get_method("kfac")(Features(grads=z, kfac=train.kfac), test) == 0)
+
+
+def test_kfac_normalisation_with_several_tokens_per_sample():
+    """S per sample, A per token. Two tokens per sample with the same input x and output gradients (a, b); every
+    sample has a twin with (a, -b), so the cross-token terms cancel and the empirical Fisher is exactly
+    (1/n) Σ_i Σ_t dy dyᵀ ⊗ x xᵀ = S ⊗ A with S = Σ dy dyᵀ / n_samples and A = Σ x xᵀ / n_tokens: K-FAC and EK-FAC
+    then equal the exact iHVP. Normalising A per sample instead (2 x xᵀ) would double the curvature."""
+    gen = torch.Generator().manual_seed(11)
+    pairs, m, shapes = 8, 3, ((3, 4), (2, 5))
+    n = 2 * pairs
+    grads, tests, act, grad = [], [], [], []
+    for o, i in shapes:
+        x = torch.randn(i, generator=gen, dtype=torch.float64)
+        a = torch.randn(pairs, o, generator=gen, dtype=torch.float64)
+        b = torch.randn(pairs, o, generator=gen, dtype=torch.float64)
+        dys = [torch.stack([a[p], s * b[p]]) for p in range(pairs) for s in (1.0, -1.0)]  # [2 tokens, out] each
+        grads.append(torch.stack([(dy.T @ torch.stack([x, x])).reshape(-1) for dy in dys]))  # Σ_t dy_t ⊗ x
+        tests.append(torch.randn(m, o * i, generator=gen, dtype=torch.float64))
+        act.append(sum(torch.outer(x, x) * 2 for _ in dys))  # Σ over every token of x xᵀ
+        grad.append(sum(dy.T @ dy for dy in dys))
+        fisher = sum(torch.outer(g, g) for g in grads[-1]) / n  # the slow reference: (1/n) Σ g gᵀ
+        S, A = grad[-1] / n, act[-1] / (2 * n)
+        assert torch.allclose(torch.kron(S, A), fisher, atol=1e-12)
+        assert not torch.allclose(torch.kron(S, act[-1] / n), fisher)  # A per sample: twice the curvature
+    train = Features(grads=grads, kfac=KroneckerFactors(act, grad, tokens=2 * n, samples=n))
+    test = Features(grads=tests)
+    exact = get_method("exact")(train, test)
+    for name in ("kfac", "ekfac"):
+        np.testing.assert_allclose(get_method(name)(train, test), exact, rtol=1e-9, atol=1e-9 * np.abs(exact).max())
+    wrong = Features(grads=grads, kfac=KroneckerFactors(act, grad, tokens=n, samples=n))
+    assert rel_err(get_method("kfac")(wrong, test), exact) > 1e-3
