@@ -12,6 +12,7 @@ What a method reads (:attr:`MethodInfo.reads`) is one of the feature kinds of :m
 - ``proj``    seeded random projections of the gradients (its key: proj_dim, proj_seed, proj_kind)
 - ``rept``    RepT signatures (hidden state and d loss / d hidden state at the last prompt token)
 - ``history`` the gradients at every checkpoint up to the scored one, with their learning-rate weights
+- ``text``    the sample texts (prompt and response), for lexical baselines
 
 Score convention of every method: ``S[j, i]`` LARGER when training sample i is MORE responsible for test sample j
 (the paper's IF is -S).
@@ -26,7 +27,7 @@ from typing import Any, Mapping
 from engine.dataclass_io import check_rules, coerce, rule
 from engine.errors import InputError
 
-FEATURE_KINDS = ("grads", "reps", "kfac", "proj", "rept", "history")
+FEATURE_KINDS = ("grads", "reps", "kfac", "proj", "rept", "history", "text")
 # Projection kinds of engine.projection (declared here, torch-free, because parameters are validated here).
 PROJECTION_KINDS = ("rademacher", "gaussian", "orthogonal")
 # Parameters that the spec sets for every method that has them (scoring.lambda_c, proj_dim, proj_seed).
@@ -82,6 +83,22 @@ class ProjParams(Params):
 @dataclass(frozen=True)
 class DampedProjParams(ProjParams):
     lambda_c: float = field(default=10.0, metadata=rule(positive=True, help="DataInf's damping (unprojected)"))
+
+
+@dataclass(frozen=True)
+class RandomParams:
+    """The random baseline has no arithmetic to tune: only its seed."""
+
+    seed: int = field(default=0, metadata=rule(minimum=0, help="seed of the random scores"))
+
+
+@dataclass(frozen=True)
+class Bm25Params:
+    """Okapi BM25 (engine.lexical): term-frequency saturation k1 and length normalisation b."""
+
+    k1: float = field(default=1.5, metadata=rule(minimum=0.0, help="term-frequency saturation (0 = presence only)"))
+    b: float = field(default=0.75, metadata=rule(minimum=0.0, maximum=1.0,
+                                                 help="length normalisation in [0, 1] (0 = none)"))
 
 
 @dataclass(frozen=True)
@@ -180,11 +197,17 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
        "Gradient cosine on random projections of the gradients (k dims per LoRA block, seeded)."),
     _m("datainf_proj", {"proj"}, DampedProjParams,
        "DataInf on random projections of the gradients (k dims per LoRA block, seeded; unprojected damping)."),
+    _m("random", set(), RandomParams,
+       "Random baseline: seeded uniform scores, a function of (seed, test id, train id) only: where chance lies.",
+       "baseline"),
+    _m("bm25", {"text"}, Bm25Params,
+       "BM25 baseline: word overlap of the test prompt + response with each training sample (no model).",
+       "baseline"),
 )}
 
 METHOD_NAMES = tuple(sorted(CATALOG))
 DEFAULT_METHODS = ("gradsim", "gradcos", "tracin", "datainf", "lissa", "lissa_paper", "exact", "ekfac", "kfac",
-                   "repsim", "rept", "gradsim_proj", "gradcos_proj", "datainf_proj")
+                   "repsim", "rept", "gradsim_proj", "gradcos_proj", "datainf_proj", "random", "bm25")
 
 
 def method_info(name: str) -> MethodInfo:

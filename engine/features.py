@@ -4,6 +4,7 @@ Training samples are processed shard by shard (``scoring.shard_size``): one grad
 per-sample gradients, the prompt representations, the losses and, when planned, the K-FAC factor sums; each
 planned projection is applied to the shard right away, and the shard's full gradients are dropped unless the
 plan keeps them. Test samples go through the same pass in one piece. RepT signatures take a pass of their own.
+The texts (for lexical baselines) need no computation: the pipeline hands them over (:func:`sample_text`).
 
 Outputs are CPU float32 tensors in sample order; see :class:`SideFeatures`. :func:`method_features` then hands
 each method the :class:`engine.methods.Features` it reads.
@@ -38,6 +39,7 @@ class SideFeatures:
     kfac: KroneckerFactors | None = None
     projections: dict[ProjKey, ProjectedGrads] = field(default_factory=dict)
     rept: torch.Tensor | None = None
+    texts: tuple[str, ...] | None = None
 
     @property
     def n(self) -> int:
@@ -65,12 +67,20 @@ class PassSettings:
     progress: bool = True
 
 
+def sample_text(sample) -> str:
+    """The text of a sample that lexical baselines compare: its prompt, a newline, its response."""
+    return f"{sample.prompt}\n{sample.response}"
+
+
 def side_features(model, samples: list, run: PassSettings, plan: FeaturePlan, *, train: bool, keep_grads: bool,
-                  desc: str) -> SideFeatures:
+                  desc: str, texts: tuple[str, ...] | None = None) -> SideFeatures:
     """One side's features; the training side in shards of ``run.shard_size`` (test samples in one piece).
 
-    ``keep_grads``: keep the full gradients (else only their projections survive each shard).
+    ``keep_grads``: keep the full gradients (else only their projections survive each shard); ``texts``: the
+    samples' :func:`sample_text`, kept when the plan reads text.
     """
+    if plan.text and (texts is None or len(texts) != len(samples)):
+        raise ValueError("the feature plan reads the sample texts: pass one text per sample")
     shard = run.shard_size if train else max(1, len(samples))
     kfac = plan.kfac and train
     parts, projected = [], {k: [] for k in plan.projections}
@@ -92,22 +102,26 @@ def side_features(model, samples: list, run: PassSettings, plan: FeaturePlan, *,
                              progress=run.progress)
     return SideFeatures(grads=merged.grads if keep_grads else None, reps=merged.reps, loss=merged.loss,
                         block_names=merged.block_names, kfac=merged.kfac,
-                        projections={k: merge_projected(v) for k, v in projected.items()}, rept=rept)
+                        projections={k: merge_projected(v) for k, v in projected.items()}, rept=rept,
+                        texts=tuple(texts) if plan.text else None)
 
 
 def checkpoint_features(model, train_enc: list, test_enc: list, run: PassSettings, plan: FeaturePlan,
-                        checkpoint: int, weight: float, scored: bool) -> CheckpointFeatures:
+                        checkpoint: int, weight: float, scored: bool,
+                        texts: tuple[list[str], list[str]] | None = None) -> CheckpointFeatures:
     """The plan's features of both sides at one checkpoint (the adapter state is already set, eval mode).
 
     A checkpoint that is not scored (only TracIn's history reads it) gets full gradients and nothing else.
+    ``texts``: (train texts, test texts), :func:`sample_text` of every sample, needed when the plan reads text.
     """
     if not scored:
         plan = FeaturePlan(grads=True)
     keep = plan.keep_train_grads or not scored
+    train_texts, test_texts = texts if texts is not None else (None, None)
     train = side_features(model, train_enc, run, plan, train=True, keep_grads=keep,
-                          desc=f"train grads @{checkpoint}")
+                          desc=f"train grads @{checkpoint}", texts=train_texts)
     test = side_features(model, test_enc, run, plan, train=False, keep_grads=True,
-                         desc=f"test grads @{checkpoint}")
+                         desc=f"test grads @{checkpoint}", texts=test_texts)
     return CheckpointFeatures(checkpoint, weight, train, test)
 
 
@@ -125,6 +139,7 @@ def method_features(reads_proj: ProjKey | None, now: CheckpointFeatures,
         return Features(
             grads=s.grads, reps=s.reps, block_names=s.block_names, kfac=s.kfac, rept=s.rept,
             proj=s.projections.get(reads_proj) if reads_proj is not None else None,
-            history=tuple((c.weight, get(c).grads) for c in history if get(c).grads is not None))
+            history=tuple((c.weight, get(c).grads) for c in history if get(c).grads is not None),
+            texts=s.texts, size=s.n)
 
     return side(lambda c: c.train), side(lambda c: c.test)

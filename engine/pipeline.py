@@ -36,7 +36,7 @@ from engine.analysis import StageInputs, run_stages
 from engine.analysis.convergence import score_drift
 from engine.catalog import changed_params, method_info
 from engine.errors import InputError
-from engine.features import CheckpointFeatures, PassSettings, checkpoint_features, method_features
+from engine.features import CheckpointFeatures, PassSettings, checkpoint_features, method_features, sample_text
 from engine.finetune import add_lora, finetune, lora_state, set_lora_state
 from engine.formatting import Encoded, encode
 from engine.methods import get_method, score_in_shards
@@ -290,6 +290,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
     notes: list[str] = list(lm.user.warnings) if lm.user is not None else []
     run = PassSettings(lm.device, lm.tok.pad_token_id, spec.scoring.grad_batch_size, spec.scoring.shard_size,
                        progress)
+    texts = ([sample_text(s) for s in task.train], [sample_text(s) for s in task.test]) if plan.text else None
 
     with open_run(runs_dir, spec.run_name) as writer:
         writer.write_table("samples.parquet", samples_table(task))
@@ -315,7 +316,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             lm.model.eval()
             t = time.perf_counter()
             now = checkpoint_features(lm.model, data.train, data.test, run, plan, c, states.weights[c - 1],
-                                      scored=c in scored)
+                                      scored=c in scored, texts=texts)
             timings["features_s"] += time.perf_counter() - t
             if plan.history:
                 history.append(now)

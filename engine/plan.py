@@ -13,6 +13,8 @@ and never looks at a method's name. Feature kinds:
 - ``rept``    RepT signatures (an extra forward/backward pass per side)
 - ``history`` gradients at every checkpoint up to the scored one, with learning-rate weights (TracIn). With
               ``scoring.checkpoints: last`` this adds gradient passes at the earlier checkpoints (not scored).
+- ``text``    the sample texts (prompt and response) for lexical baselines: no computation, the pipeline hands
+              them over
 
 Nothing here imports torch.
 """
@@ -37,6 +39,7 @@ class FeaturePlan:
     projections: tuple[ProjKey, ...] = ()
     rept: bool = False
     history: bool = False
+    text: bool = False
 
     @property
     def keep_train_grads(self) -> bool:
@@ -54,7 +57,7 @@ class FeaturePlan:
     def to_dict(self) -> dict[str, Any]:
         """For the manifest."""
         return {"grads": self.grads, "reps": self.reps, "kfac": self.kfac, "rept": self.rept,
-                "history": self.history, "projections": [list(k) for k in self.projections]}
+                "history": self.history, "text": self.text, "projections": [list(k) for k in self.projections]}
 
 
 def plan_for(method_params: dict[str, Any], analyses: Iterable[str] = ()) -> FeaturePlan:
@@ -68,4 +71,4 @@ def plan_for(method_params: dict[str, Any], analyses: Iterable[str] = ()) -> Fea
         keys |= NEEDS[a]
     projections = tuple(sorted(k[1:] for k in keys if isinstance(k, tuple) and k[0] == "proj"))
     return FeaturePlan(grads="grads" in keys, reps="reps" in keys, kfac="kfac" in keys, projections=projections,
-                       rept="rept" in keys, history="history" in keys)
+                       rept="rept" in keys, history="history" in keys, text="text" in keys)

@@ -19,6 +19,7 @@ from engine.errors import InputError
 # imported for the registration side effect
 from . import datainf, ekfac, exact, gradcos, gradsim, kfac, lissa, lissa_paper, repsim, tracin  # noqa: F401
 from . import datainf_proj, gradcos_proj, gradsim_proj, rept  # noqa: F401  (registration side effect)
+from . import bm25, random_scores  # noqa: F401  (registration side effect: the baselines)
 from ._common import dot_queries
 from .base import REGISTRY, Features, Method, register
 
