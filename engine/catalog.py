@@ -115,7 +115,16 @@ class MethodInfo:
     """One attribution method as the rest of the system sees it (the implementation lives in engine.methods).
 
     reads: feature kinds (see the module docstring); params: its frozen parameter dataclass; family:
-    "gradient" (scores are dot products of per-sample gradients) or "representation".
+    "gradient" (scores are dot products of per-sample gradients), "representation" or "baseline" (no model:
+    chance and word overlap).
+
+    tokens: how a score splits over the training sample's tokens (``engine.token_attribution``). A LoRA block's
+    per-sample gradient is a sum over tokens, ``g_i = sum_t dy_t x_t^T``, so
+
+    - ``"linear"``: the training side is linear in ``g_i`` and token t's share is the score of ``g_it`` alone;
+    - ``"unit:<m>"``: the training side is method ``<m>``'s (linear) one scaled to unit length per sample, so
+      token t's share is ``<m>``'s share divided by the sample's norm there (gradient cosine);
+    - None: the score is not a sum over the training sample's tokens (representations, baselines).
     """
 
     name: str
@@ -123,6 +132,18 @@ class MethodInfo:
     params: type
     description: str
     family: str = "gradient"
+    tokens: str | None = None
+
+    @property
+    def has_self_influence(self) -> bool:
+        """Whether s(z_i, z_i) says something: a bilinear score ``<Q(g_i), g_i>`` ("linear" tokens); a cosine
+        (unit-length training side) is 1 for every sample, and representations and baselines have none."""
+        return self.tokens == "linear"
+
+    @property
+    def linear_part(self) -> str | None:
+        """For a ``"unit:<m>"`` method, ``<m>``; else None."""
+        return self.tokens.split(":", 1)[1] if self.tokens and self.tokens.startswith("unit:") else None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -162,16 +183,18 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _m(name, reads, params, description, family="gradient") -> MethodInfo:
+def _m(name, reads, params, description, family="gradient", tokens="linear") -> MethodInfo:
     assert set(reads) <= set(FEATURE_KINDS), reads
-    return MethodInfo(name, frozenset(reads), params, description, family)
+    return MethodInfo(name, frozenset(reads), params, description, family,
+                      tokens if family == "gradient" else None)
 
 
 CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     _m("gradsim", {"grads"}, Params,
        "Gradient similarity (paper: gradient match): s = sum_l <g_l(z'), g_l(z_i)>, no Hessian."),
     _m("gradcos", {"grads"}, Params,
-       "Gradient cosine: GradSim on unit-length gradients, s = <g(z'), g(z_i)> / (|g(z')| |g(z_i)|)."),
+       "Gradient cosine: GradSim on unit-length gradients, s = <g(z'), g(z_i)> / (|g(z')| |g(z_i)|).",
+       tokens="unit:gradsim"),
     _m("tracin", {"history"}, Params,
        "TracIn over the checkpoints: s = sum_c eta_c <g^c(z'), g^c(z_i)> (every checkpoint up to the scored one)."),
     _m("datainf", {"grads"}, DampedParams,
@@ -194,7 +217,8 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     _m("gradsim_proj", {"proj"}, ProjParams,
        "GradSim on random projections of the gradients (k dims per LoRA block, seeded): scales to 100k samples."),
     _m("gradcos_proj", {"proj"}, ProjParams,
-       "Gradient cosine on random projections of the gradients (k dims per LoRA block, seeded)."),
+       "Gradient cosine on random projections of the gradients (k dims per LoRA block, seeded).",
+       tokens="unit:gradsim_proj"),
     _m("datainf_proj", {"proj"}, DampedProjParams,
        "DataInf on random projections of the gradients (k dims per LoRA block, seeded; unprojected damping)."),
     _m("random", set(), RandomParams,
