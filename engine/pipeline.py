@@ -10,6 +10,8 @@ its own (on shards, in other processes)::
     for every checkpoint the feature plan needs (engine.plan: the union of what methods and analyses read):
         checkpoint_features(...) -> CheckpointFeatures   engine.features
         score_checkpoint(...) -> ScoredCheckpoint        every method, shard by shard, written as it goes
+    self_influence_stage(...)                            s(z_i, z_i) at the last scored checkpoint (plan-gated)
+    checks_stage(...)                                    numerical self-checks (spec.checks, on by default)
     Evaluation (engine.tables) -> the analyses (engine.analysis.run_stages) -> commit (manifest, atomic rename)
 
 No method name appears here: what is computed follows from the plan. Bad input raises InputError before
@@ -43,7 +45,7 @@ from engine.methods import get_method, score_in_shards
 from engine.models import load_base, resolve_device
 from engine.plan import FeaturePlan, plan_for
 from engine.runfolder import RunWriter, open_run
-from engine.runformat import CHECKPOINTS_DIR, scores_file
+from engine.runformat import CHECKPOINTS_DIR, scores_file, table
 from engine.spec import RunSpec, TaskSpec, TrainSpec
 from engine.tables import Evaluation, loss_table, samples_table, scores_table
 from engine.tasks.base import TaskData
@@ -253,6 +255,36 @@ def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: Check
     return ScoredCheckpoint(c, matrices, notes)
 
 
+def self_influence_stage(methods: list[ScoringMethod], now: CheckpointFeatures,
+                         history: list[CheckpointFeatures]) -> list[dict]:
+    """``self_influence`` rows (method, checkpoint, train_id, score) at checkpoint ``now`` for every method whose
+    self-influence means something (the catalog's rule); the queries are the training samples themselves."""
+    from engine.self_influence import self_influence
+
+    rows = []
+    for m in methods:
+        if not method_info(m.name).has_self_influence:
+            continue
+        train_x, _ = method_features(m.proj_key, now, history)
+        diag = self_influence(m.name, m.params, train_x)
+        rows += [{"method": m.name, "checkpoint": now.checkpoint, "train_id": i, "score": float(v)}
+                 for i, v in enumerate(diag)]
+    return rows
+
+
+def checks_stage(spec: RunSpec, lm: LoadedModel, data: EncodedData, checkpoint: int, finite: list) -> list[dict]:
+    """``checks`` rows: the padding check (and, for a bfloat16 run, the bfloat16 vs float32 check) with the
+    adapter state of ``checkpoint`` already set, plus the ``finite`` rows collected while scoring."""
+    from engine import checks
+
+    rows = checks.padding_rows(lm.model, data.train, lm.tok.pad_token_id, lm.device, checkpoint,
+                               spec.checks.samples, spec.dtype)
+    if spec.dtype == "bfloat16":
+        rows += checks.bf16_rows(lm.model, data.train, data.test, lm.tok.pad_token_id, lm.device, checkpoint,
+                                 spec.checks.rows, spec.checks.columns, spec.scoring.grad_batch_size)
+    return [r.as_dict() for r in rows + finite]
+
+
 def run_methods(spec: RunSpec) -> list[ScoringMethod]:
     """The spec's methods with their parameter objects (checked, so a bad value fails before any work)."""
     for name in spec.scoring.methods:
@@ -261,7 +293,7 @@ def run_methods(spec: RunSpec) -> list[ScoringMethod]:
 
 
 def feature_plan(spec: RunSpec, methods: list[ScoringMethod]) -> FeaturePlan:
-    return plan_for({m.name: m.params for m in methods}, spec.analysis.stages)
+    return plan_for({m.name: m.params for m in methods}, spec.analysis.stages, spec.scoring.self_influence)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -308,6 +340,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
         ev = Evaluation(data.train_labels, data.test_labels, k)
         timings["features_s"] = timings["scoring_s"] = 0.0
         drift: list[dict] = []  # score_drift rows (convergence analysis)
+        finite: list = []  # the checks' finite-share rows, collected while scoring
         history: list[CheckpointFeatures] = []
         last: ScoredCheckpoint | None = None
         now: CheckpointFeatures | None = None
@@ -328,11 +361,32 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             for name, S in result.matrices.items():
                 ev.add(name, c, S)
             ev.add_agreement(c, result.matrices)
+            if spec.checks.enabled:
+                from engine.checks import finite_rows
+
+                finite += finite_rows(result.matrices, c)
             if "convergence" in spec.analysis.stages and last is not None:
                 drift += [score_drift(name, c, last.matrices[name], S) for name, S in result.matrices.items()]
             last = result
             timings["scoring_s"] += time.perf_counter() - t
         ev.write(writer)
+        if plan.self_influence:
+            t = time.perf_counter()
+            writer.write_table("self_influence.parquet", table("self_influence", self_influence_stage(methods, now,
+                                                                                                      history)))
+            timings["self_influence_s"] = time.perf_counter() - t
+        if spec.checks.enabled:
+            t = time.perf_counter()
+            set_lora_state(lm.model, states.states[last.checkpoint - 1])
+            lm.model.eval()
+            rows = checks_stage(spec, lm, data, last.checkpoint, finite)
+            writer.write_table("checks.parquet", table("checks", rows))
+            notes += [f"self-check failed: {r['check']} {r['subject']} {r['metric']} = {r['value']:.4g} "
+                      f"(needs {r['op']} {r['threshold']:.4g})" for r in rows if not r["passed"]]
+            timings["checks_s"] = time.perf_counter() - t
+            checks_failed = sum(not r["passed"] for r in rows)
+        else:
+            checks_failed = None
         if spec.analysis.stages:
             timings.update(run_stages(StageInputs(
                 spec=spec, model=lm.model, tok=lm.tok, task=task, train_enc=data.train, test_enc=data.test,
@@ -341,7 +395,10 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                 matrices=last.matrices, drift=drift, device=lm.device, kfac=now.train.kfac), writer.write_table,
                 _say(progress)))
         timings["total_s"] = time.perf_counter() - t0
-        return writer.commit(_manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes))
+        manifest = _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes)
+        if checks_failed is not None:
+            manifest["checks_failed"] = checks_failed
+        return writer.commit(manifest)
 
 
 def _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes) -> dict:

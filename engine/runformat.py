@@ -8,6 +8,7 @@ Layout of ``<runs_dir>/<run_name>/`` (every table is one Parquet file, ``scores`
     samples.parquet          the train and test samples
     scores/*.parquet         long-form score rows; file names ``<method>-ckpt<c>-shard<s>.parquet`` by convention
     metrics.parquet, label_metrics.parquet, agreement.parquet, train_loss.parquet
+    self_influence.parquet, checks.parquet   (absent in runs written before them)
     <analysis>.parquet       the analysis tables (empty or absent when the analysis did not run)
     checkpoints/epoch-<e>/   peft adapter (safetensors + adapter_config.json) per checkpoint; not ingested
 
@@ -96,6 +97,13 @@ _CORE = [
        ("checkpoint", "method_a", "method_b", "k"), "mean per-test Spearman and top-k overlap of two methods"),
     _t("train_loss", {"epoch": _I, "step": _I, "loss": _F}, ("step", "epoch"),
        "fine-tuning loss per step (empty when the run did not fine-tune)"),
+    _t("self_influence", {"method": _S, "checkpoint": _I, "train_id": _I, "score": _F},
+       ("method", "checkpoint", "train_id"), "s(z_i, z_i) of every training sample (engine.self_influence), for "
+       "the methods where it means something, at the last scored checkpoint"),
+    _t("checks", {"check": _S, "subject": _S, "checkpoint": _I, "metric": _S, "value": _F, "op": _S,
+                  "threshold": _F, "passed": _B, "note": _S},
+       ("check", "subject", "metric", "checkpoint"), "numerical self-checks (engine.checks): passed = value op "
+       "threshold"),
 ]
 
 _ANALYSIS = [
@@ -156,6 +164,7 @@ MANIFEST_FIELDS: dict[str, str] = {
     "timings": "seconds per stage",
     "warnings": "one line per method or stage that warned",
     "analyses": "analysis stages that ran",
+    "checks_failed": "number of failed numerical self-checks (absent when the checks did not run)",
 }
 
 

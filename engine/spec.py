@@ -84,7 +84,8 @@ class ScoringSpec:
 
     lambda_c, proj_dim, proj_seed are set for every method that has such a parameter; ``params`` sets any
     parameter of one method (``params: {lissa: {tol: 1.0e-5}}``), declared in ``engine.catalog``; the spec keeps
-    only values that differ from the defaults.
+    only values that differ from the defaults. self_influence: also score every training sample against itself
+    (``engine.self_influence``) at the last scored checkpoint, for the methods where that means something.
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -97,6 +98,7 @@ class ScoringSpec:
     proj_dim: int = 128
     proj_seed: int = 0
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    self_influence: bool = True
 
     def method_params(self, name: str):
         """The parameter object of method ``name`` in this run (``engine.catalog.resolve_params``)."""
@@ -136,6 +138,18 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class ChecksSpec:
+    """Numerical self-checks (``engine.checks``), on by default: ``samples`` training samples for the padding
+    check; with ``dtype: bfloat16``, ``rows`` test samples scored against ``columns`` training samples in
+    bfloat16 and float32; every score matrix's share of finite entries."""
+
+    enabled: bool = True
+    samples: int = 4
+    rows: int = 3
+    columns: int = 48
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """A whole run. device: "auto" | "cpu" | "cuda"; dtype: "float32" | "bfloat16" (training compute)."""
 
@@ -146,6 +160,7 @@ class RunSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    checks: ChecksSpec = field(default_factory=ChecksSpec)
     device: str = "auto"
     dtype: str = "float32"
 
@@ -204,7 +219,7 @@ _CHOICES = {
 _POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.max_length",
              "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim",
              "task.n_train_per_label", "task.n_test_per_label", "analysis.ihvp_entries",
-             "analysis.generate_tokens"}
+             "analysis.generate_tokens", "checks.samples", "checks.rows", "checks.columns"}
 _NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis.retrain_seeds",
                  "analysis.retrain_workers"}
 

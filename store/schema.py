@@ -14,7 +14,7 @@ import duckdb
 from engine import runformat
 from store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 3  # 2: the analysis tables; 3: bootstrap intervals in metrics
+SCHEMA_VERSION = 4  # 2: the analysis tables; 3: bootstrap intervals in metrics; 4: self_influence, checks
 
 # table -> ({column: sql type} as in the Parquet file, sort key used when loading): from the one declaration of
 # the run-folder format (engine.runformat), which imports neither torch nor DuckDB.
