@@ -1,6 +1,6 @@
 """Numerical self-checks of a run: figures that catch silent numerical failure, stored with the run.
 
-Three checks (rows of the ``checks`` table, :mod:`engine.runformat`), each against a threshold:
+Three kinds of check (rows of the ``checks`` table, :mod:`engine.runformat`), each against a threshold:
 
 - ``padding``: per-sample gradients of a few training samples taken one at a time (no padding) and together in
   one right-padded batch, as the features stage takes them. Per sample: the cosine of the two gradients (all
@@ -36,7 +36,7 @@ FINITE_SHARE = 1.0
 
 @dataclass(frozen=True)
 class CheckRow:
-    check: str
+    kind: str
     subject: str
     checkpoint: int
     metric: str
@@ -52,7 +52,7 @@ class CheckRow:
         return self.value >= self.threshold if self.op == ">=" else self.value <= self.threshold
 
     def as_dict(self) -> dict:
-        return {"check": self.check, "subject": self.subject, "checkpoint": self.checkpoint, "metric": self.metric,
+        return {"kind": self.kind, "subject": self.subject, "checkpoint": self.checkpoint, "metric": self.metric,
                 "value": float(self.value), "op": self.op, "threshold": float(self.threshold),
                 "passed": self.passed, "note": self.note}
 

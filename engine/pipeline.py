@@ -381,7 +381,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
             lm.model.eval()
             rows = checks_stage(spec, lm, data, last.checkpoint, finite)
             writer.write_table("checks.parquet", table("checks", rows))
-            notes += [f"self-check failed: {r['check']} {r['subject']} {r['metric']} = {r['value']:.4g} "
+            notes += [f"self-check failed: {r['kind']} {r['subject']} {r['metric']} = {r['value']:.4g} "
                       f"(needs {r['op']} {r['threshold']:.4g})" for r in rows if not r["passed"]]
             timings["checks_s"] = time.perf_counter() - t
             checks_failed = sum(not r["passed"] for r in rows)

@@ -61,6 +61,7 @@ class Table:
     analysis: bool = False
     doc: str = ""
     optional: tuple[str, ...] = ()  # columns added later: run folders written before them read as NULL
+    stage: bool = False  # written by an optional stage only: absent when it did not run (or the run predates it)
 
     @property
     def file(self) -> str:
@@ -99,11 +100,11 @@ _CORE = [
        "fine-tuning loss per step (empty when the run did not fine-tune)"),
     _t("self_influence", {"method": _S, "checkpoint": _I, "train_id": _I, "score": _F},
        ("method", "checkpoint", "train_id"), "s(z_i, z_i) of every training sample (engine.self_influence), for "
-       "the methods where it means something, at the last scored checkpoint"),
-    _t("checks", {"check": _S, "subject": _S, "checkpoint": _I, "metric": _S, "value": _F, "op": _S,
+       "the methods where it means something, at the last scored checkpoint", stage=True),
+    _t("checks", {"kind": _S, "subject": _S, "checkpoint": _I, "metric": _S, "value": _F, "op": _S,
                   "threshold": _F, "passed": _B, "note": _S},
-       ("check", "subject", "metric", "checkpoint"), "numerical self-checks (engine.checks): passed = value op "
-       "threshold"),
+       ("kind", "subject", "metric", "checkpoint"), "numerical self-checks (engine.checks): passed = value op "
+       "threshold", stage=True),
 ]
 
 _ANALYSIS = [
@@ -134,8 +135,10 @@ _ANALYSIS = [
 ]
 
 TABLES: dict[str, Table] = {t.name: t for t in _CORE + [
-    Table(t.name, t.columns, t.key, t.nullable_keys, True, t.doc, t.optional) for t in _ANALYSIS]}
+    Table(t.name, t.columns, t.key, t.nullable_keys, True, t.doc, t.optional, True) for t in _ANALYSIS]}
 ANALYSIS_TABLES: tuple[str, ...] = tuple(t.name for t in _ANALYSIS)
+# tables that only an optional stage writes (the analyses, self-influence, the self-checks): a run may lack them
+STAGE_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES.values() if t.stage)
 
 # Manifest fields a pipeline run writes (imported runs write the subset that applies). RunWriter.commit adds
 # format, status, created, versions and files.

@@ -21,6 +21,7 @@ SCHEMA_VERSION = 4  # 2: the analysis tables; 3: bootstrap intervals in metrics;
 PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     name: (t.sql_columns(), t.key) for name, t in runformat.TABLES.items()}
 ANALYSIS_TABLES = runformat.ANALYSIS_TABLES  # empty for runs without analysis stages
+STAGE_TABLES = runformat.STAGE_TABLES  # empty for runs without the optional stage that writes them
 # Key columns that may hold NULL (ihvp_error.iterations is NULL for methods run with their own defaults).
 NULLABLE_KEYS = {(name, c) for name, t in runformat.TABLES.items() for c in t.nullable_keys}
 # Columns older run folders may lack (loaded as NULL).
