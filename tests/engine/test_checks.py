@@ -134,7 +134,7 @@ def test_the_run_stores_checks_and_self_influence(tiny_run):
     import json
 
     rows = pq.read_table(tiny_run / "checks.parquet").to_pandas()
-    assert set(rows.check) == {"padding", "finite"} and rows.passed.all()
+    assert set(rows.kind) == {"padding", "finite"} and rows.passed.all()
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert manifest["checks_failed"] == 0 and manifest["feature_plan"]["self_influence"]
     si = pq.read_table(tiny_run / "self_influence.parquet").to_pandas()
