@@ -13,7 +13,7 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from ui import demo_job
+from ui import demo_job, run_checks
 from ui.common import esc, get_store
 from ui.auth import read_only, require_login
 
@@ -95,6 +95,7 @@ def show_heatmaps(con) -> None:
 def show_runs(s: store.Store) -> None:
     con = s.cursor()
     runs = store.list_runs(con)
+    run_checks.flag_failing(con)  # ui.run_checks: runs whose numerical self-checks fail
     show_heatmaps(con)
     st.markdown("Open in the explorer: " + " · ".join(
         f"[{esc(r)}](Explore?run={esc(r)})" for r in runs.run_id))
@@ -106,6 +107,7 @@ def show_runs(s: store.Store) -> None:
     )
     run = st.selectbox("Run", runs.run_id.tolist(), key="run")
     info = store.run_info(con, run)
+    run_checks.show(con, run)
     with st.expander(f"Spec and versions of {run}"):
         st.caption(f"spec hash {info.get('spec_hash', '')}")
         st.json({"spec": info.get("spec"), "versions": info.get("versions")}, expanded=1)

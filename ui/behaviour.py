@@ -136,10 +136,10 @@ def group_heatmap(cells: pd.DataFrame, metric: str, by: str, key: str) -> None:
     grid.index = [chart_text(v, 40) for v in grid.index]
     grid.columns = [chart_text(v, 40) for v in grid.columns]
     scale = "Blues" if metric == "share" else "RdBu"
-    kw = {"zmin": 0, "zmax": 1} if metric == "share" else {"color_continuous_midpoint": 0.0}
+    kw = {"zmin": 0} if metric == "share" else {"color_continuous_midpoint": 0.0}
     fig = px.imshow(grid, text_auto=fmt, aspect="auto", color_continuous_scale=scale, **kw,
                     labels={"x": f"test {by}", "y": f"training {by}", "color": metric})
-    fig.update_layout(height=max(320, 34 * len(grid) + 140), margin=dict(l=10, r=10, t=40, b=10),
-                      title=f"{title}: training {by} (rows) × test {by} (columns)")
+    fig.update_layout(height=max(320, 34 * len(grid) + 200), margin=dict(l=10, r=10, t=10, b=10))
     fig.update_xaxes(side="top", tickangle=-30)
+    st.markdown(f"**{esc(title)}**: training {esc(by)} (rows) × test {esc(by)} (columns)")
     st.plotly_chart(fig, width="stretch", key=key)
