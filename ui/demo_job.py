@@ -6,13 +6,13 @@ next refresh. ``<store dir>/demo.pid`` and ``demo.log`` survive page reloads and
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 from engine.jobs import tail_text
+from ui import processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,19 +23,7 @@ def _files(store_path: Path) -> tuple[Path, Path]:
 
 def running_pid(store_path: Path) -> int | None:
     """The pid of a demo still running, else None."""
-    pid_file, _ = _files(store_path)
-    try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    try:  # a finished child stays a zombie until reaped; reap it so it counts as done
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return None
-    except ChildProcessError:
-        pass
-    return pid
+    return processes.running_pid(_files(store_path)[0])
 
 
 def launch(store_path: Path, model: str, analyses: str = "all") -> int:

@@ -7,7 +7,6 @@ page reloads. The job writes only result files (:mod:`engine.token_files`); the 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from engine.jobs import tail_text
 from engine.token_files import run_dir
+from ui import processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,17 +27,8 @@ def _files(tokens_dir: Path, run: str) -> tuple[Path, Path, Path]:
 def running(tokens_dir: Path, run: str) -> dict | None:
     """The request of this run's token job while it runs (``checkpoint``, ``train_ids``), else None."""
     pid_file, req_file, _ = _files(tokens_dir, run)
-    try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+    if processes.running_pid(pid_file) is None:
         return None
-    try:  # a finished child stays a zombie until reaped; reap it so it counts as done
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return None
-    except ChildProcessError:
-        pass
     try:
         return json.loads(req_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
-from streamlit.testing.v1 import AppTest
 
 from engine.token_files import TokenResult, manifest_id, result_path
 from store.paths import REPO_ROOT
@@ -32,22 +30,13 @@ def _write_result(run: str, train_id: int, n_test: int = 10) -> Path:
     return path
 
 
-def _page(**params) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = str(value)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def _html(at) -> str:
     return next(m.value for m in at.markdown if "white-space:pre-wrap" in m.value)
 
 
-def test_a_stored_result_is_drawn_escaped_with_its_top_tokens(store_env):
+def test_a_stored_result_is_drawn_escaped_with_its_top_tokens(store_env, open_page):
     _write_result(store_env, 7)
-    at = _page(test=3, train=7, methods="datainf,repsim,gradsim", tokm="datainf")
+    at = open_page(PAGE, test=3, train=7, methods="datainf,repsim,gradsim", tokm="datainf")
     assert at.selectbox(key="tokm").value == "datainf" and at.selectbox(key="tokm").options == [
         "datainf", "gradsim"]
     html = _html(at)
@@ -65,10 +54,10 @@ def test_a_stored_result_is_drawn_escaped_with_its_top_tokens(store_env):
     assert not at.exception and at.query_params["tokm"] == "gradsim"
 
 
-def test_a_missing_result_offers_the_job(store_env, monkeypatch):
+def test_a_missing_result_offers_the_job(store_env, monkeypatch, open_page):
     launched = []
     monkeypatch.setattr(token_job, "launch", lambda store, tokens, run, ck, ids: launched.append((run, ck, ids)))
-    at = _page(test=3, train=5, k=3)
+    at = open_page(PAGE, test=3, train=5, k=3)
     button = at.button(key="tok_compute")
     assert "Compute token shares" in button.label
     button.click().run()
@@ -79,8 +68,8 @@ def test_a_missing_result_offers_the_job(store_env, monkeypatch):
     assert set(ids[1:]) == {int(i) for t in ranked for i in t.train_id} - {5}
 
 
-def test_read_only_offers_no_job(store_env, monkeypatch):
+def test_read_only_offers_no_job(store_env, monkeypatch, open_page):
     monkeypatch.setenv("INFLUENCE_READ_ONLY", "1")
-    at = _page(test=3, train=5)
+    at = open_page(PAGE, test=3, train=5)
     assert not [b for b in at.button if b.key == "tok_compute"]
     assert any("read-only" in c.value for c in at.caption)

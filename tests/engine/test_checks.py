@@ -20,12 +20,7 @@ TPL = "[INST] {prompt} [/INST] {response}"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(dtype=torch.float32):
@@ -41,7 +36,7 @@ def _model(dtype=torch.float32):
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(one_torch_thread):
     model, tok = _model()
     rows = [Sample(f"what is {i} plus {i}" + " please" * (i % 4), " ".join(["the answer is", str(2 * i)] * (1 + i % 3)),
                    "x") for i in range(8)]

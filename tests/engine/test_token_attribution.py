@@ -30,17 +30,11 @@ def _randomise(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread avoids thread hand-offs on the busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def setting(_one_thread):
+def setting(one_torch_thread):
     """A tiny LoRA model at two 'checkpoints' (two random adapter states), 8 train and 3 test samples."""
     model, tok = load_base("tiny")
     model = add_lora(model, LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=("q_proj", "v_proj")), seed=0)
