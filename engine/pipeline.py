@@ -37,6 +37,7 @@ from engine import metrics
 from engine.analysis import StageInputs, run_stages
 from engine.analysis.convergence import score_drift
 from engine.catalog import changed_params, method_info
+from engine.checks import finite_rows
 from engine.errors import InputError
 from engine.features import CheckpointFeatures, PassSettings, checkpoint_features, method_features, sample_text
 from engine.finetune import add_lora, finetune, lora_state, set_lora_state
@@ -285,6 +286,32 @@ def checks_stage(spec: RunSpec, lm: LoadedModel, data: EncodedData, checkpoint: 
     return [r.as_dict() for r in rows + finite]
 
 
+def after_scoring(writer: RunWriter, spec: RunSpec, plan: FeaturePlan, lm: LoadedModel, data: EncodedData,
+                  states: AdapterStates, methods: list[ScoringMethod], now: CheckpointFeatures,
+                  history: list[CheckpointFeatures], checkpoint: int, finite: list, timings: dict,
+                  notes: list) -> dict:
+    """The stages after scoring that write tables of their own, at the last scored ``checkpoint``: self-influence
+    (when the plan has it) and the numerical self-checks (``spec.checks``). Adds their timings and the failed
+    checks' warnings; returns the manifest fields they add."""
+    if plan.self_influence:
+        t = time.perf_counter()
+        writer.write_table("self_influence.parquet", table("self_influence", self_influence_stage(methods, now,
+                                                                                                  history)))
+        timings["self_influence_s"] = time.perf_counter() - t
+    if not spec.checks.enabled:
+        return {}
+    t = time.perf_counter()
+    set_lora_state(lm.model, states.states[checkpoint - 1])
+    lm.model.eval()
+    rows = checks_stage(spec, lm, data, checkpoint, finite)
+    writer.write_table("checks.parquet", table("checks", rows))
+    failed = [r for r in rows if not r["passed"]]
+    notes += [f"self-check failed: {r['kind']} {r['subject']} {r['metric']} = {r['value']:.4g} "
+              f"(needs {r['op']} {r['threshold']:.4g})" for r in failed]
+    timings["checks_s"] = time.perf_counter() - t
+    return {"checks_failed": len(failed)}
+
+
 def run_methods(spec: RunSpec) -> list[ScoringMethod]:
     """The spec's methods with their parameter objects (checked, so a bad value fails before any work)."""
     for name in spec.scoring.methods:
@@ -362,31 +389,14 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                 ev.add(name, c, S)
             ev.add_agreement(c, result.matrices)
             if spec.checks.enabled:
-                from engine.checks import finite_rows
-
                 finite += finite_rows(result.matrices, c)
             if "convergence" in spec.analysis.stages and last is not None:
                 drift += [score_drift(name, c, last.matrices[name], S) for name, S in result.matrices.items()]
             last = result
             timings["scoring_s"] += time.perf_counter() - t
         ev.write(writer)
-        if plan.self_influence:
-            t = time.perf_counter()
-            writer.write_table("self_influence.parquet", table("self_influence", self_influence_stage(methods, now,
-                                                                                                      history)))
-            timings["self_influence_s"] = time.perf_counter() - t
-        if spec.checks.enabled:
-            t = time.perf_counter()
-            set_lora_state(lm.model, states.states[last.checkpoint - 1])
-            lm.model.eval()
-            rows = checks_stage(spec, lm, data, last.checkpoint, finite)
-            writer.write_table("checks.parquet", table("checks", rows))
-            notes += [f"self-check failed: {r['kind']} {r['subject']} {r['metric']} = {r['value']:.4g} "
-                      f"(needs {r['op']} {r['threshold']:.4g})" for r in rows if not r["passed"]]
-            timings["checks_s"] = time.perf_counter() - t
-            checks_failed = sum(not r["passed"] for r in rows)
-        else:
-            checks_failed = None
+        extra = after_scoring(writer, spec, plan, lm, data, states, methods, now, history, last.checkpoint, finite,
+                              timings, notes)
         if spec.analysis.stages:
             timings.update(run_stages(StageInputs(
                 spec=spec, model=lm.model, tok=lm.tok, task=task, train_enc=data.train, test_enc=data.test,
@@ -395,10 +405,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True) -> Path:
                 matrices=last.matrices, drift=drift, device=lm.device, kfac=now.train.kfac), writer.write_table,
                 _say(progress)))
         timings["total_s"] = time.perf_counter() - t0
-        manifest = _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes)
-        if checks_failed is not None:
-            manifest["checks_failed"] = checks_failed
-        return writer.commit(manifest)
+        return writer.commit({**_manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes), **extra})
 
 
 def _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes) -> dict:
