@@ -15,8 +15,6 @@ Shapes: ``Features.texts`` (n train, m test) -> S [m, n] float64 >= 0; larger = 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from engine.errors import InputError
@@ -30,6 +28,4 @@ def bm25(train: Features, test: Features, p) -> np.ndarray:
     if train.texts is None or test.texts is None:
         raise InputError("bm25 needs the texts of the training and test samples (Features.texts)")
     from engine.lexical import bm25_scores
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import: keep the run's log quiet
     return np.asarray(bm25_scores(list(train.texts), list(test.texts), k1=p.k1, b=p.b), dtype=np.float64)
