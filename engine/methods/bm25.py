@@ -28,4 +28,5 @@ def bm25(train: Features, test: Features, p) -> np.ndarray:
     if train.texts is None or test.texts is None:
         raise InputError("bm25 needs the texts of the training and test samples (Features.texts)")
     from engine.lexical import bm25_scores
+
     return np.asarray(bm25_scores(list(train.texts), list(test.texts), k1=p.k1, b=p.b), dtype=np.float64)
