@@ -19,7 +19,7 @@ import store
 from engine import jobs, workers
 from engine.demo import DEMO_TASKS
 from engine.spec import ANALYSES
-from ui import demo_job
+from ui import demo_job, run_checks
 from ui.auth import current_user, read_only, require_login
 from ui.common import esc, get_store
 from ui.readings import leaderboard_reading
@@ -228,6 +228,7 @@ def leaderboard_chart(last: pd.DataFrame, chance: float) -> go.Figure:
 def show_runs(s: store.Store) -> None:
     con = s.cursor()
     runs = store.list_runs(con)
+    run_checks.flag_failing(con)  # ui.run_checks: runs whose numerical self-checks fail
     board = store.leaderboard(con)
     show_heatmaps(board)
     show_readings(con, runs, board)
@@ -241,6 +242,7 @@ def show_runs(s: store.Store) -> None:
     )
     run = st.selectbox("Run", runs.run_id.tolist(), key="run")
     info = store.run_info(con, run)
+    run_checks.show(con, run)
     with st.expander(f"Spec and versions of {run}"):
         st.caption(f"spec hash {info.get('spec_hash', '')}")
         st.json({"spec": info.get("spec"), "versions": info.get("versions")}, expanded=1)

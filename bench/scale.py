@@ -36,7 +36,9 @@ def run_one(model: str, n: int, n_test: int, methods: list[str] | None, memory_m
             "lora": {"r": 4, "alpha": 32, "dropout": 0.0},
             "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3, "max_length": 48, "loss_on": "sequence"},
             "scoring": {"checkpoints": "last", "shard_size": shard, "grad_batch_size": 32,
-                        "feature_memory_mb": memory_mb, **({"methods": methods} if methods else {})}}
+                        "feature_memory_mb": memory_mb, **({"methods": methods} if methods else {}),
+                        # self-influence of a preconditioned method costs as much as n test prompts: not here
+                        "self_influence": False}}
     path = work / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "engine", "run", str(path), "--store", str(work / "s.duckdb"), "--quiet",

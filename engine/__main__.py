@@ -3,7 +3,8 @@
 Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] [--task grammars|harmful_s] |
 attribute --model BASE --adapter DIR [--checkpoints DIR ...] --dataset PATH [--methods a,b] [--name RUN] |
 import-dataset PATH --name NAME | import-scores --dataset PATH --scores CSV --method NAME --run NAME |
-report --run NAME [--k K] [--json] | ingest | rebuild-store | worker [--once]. run, demo and attribute take
+report --run NAME [--k K] [--json] | ingest | rebuild-store | worker [--once] |
+tokens --run NAME --checkpoint C --train I[,J...] [--methods a,b]. run, demo and attribute take
 ``--analyses LIST``; run and attribute also run under torchrun. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
 ``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
 Bad input prints ``error: ...`` (no traceback) and exits with status 2.
@@ -225,6 +226,26 @@ def cmd_rebuild_store(args) -> None:
     print(f"rebuilt {_store_path(args)} from {_runs_dir(args)}")
 
 
+def _id_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_tokens(args) -> None:
+    from engine.token_attribution import attribute_tokens
+    from engine.token_files import default_tokens_dir
+
+    folder = _runs_dir(args) / args.run
+    tokens_dir = Path(args.tokens_dir) if args.tokens_dir else default_tokens_dir(_store_path(args))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    paths = attribute_tokens(folder, args.checkpoint, _id_list(args.train, "--train"), tokens_dir, methods,
+                             device=args.device, progress=not args.quiet)
+    for p in paths:
+        print(f"wrote {p}")
+
+
 def cmd_worker(args) -> None:
     from engine.jobs import default_jobs_dir, job_command, worker_loop
 
@@ -308,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("rebuild-store", parents=[common], help="recreate the store from the run folders")
     s.set_defaults(fn=cmd_rebuild_store)
+
+    s = sub.add_parser("tokens", parents=[common],
+                       help="token-level attribution: each training token's share of the scores of one run")
+    s.add_argument("--run", required=True, help="run name (a folder in the runs directory)")
+    s.add_argument("--checkpoint", type=int, required=True, help="a scored checkpoint of the run")
+    s.add_argument("--train", required=True, metavar="I[,J...]", help="training sample id(s)")
+    s.add_argument("--methods", help="comma-separated methods (default: every method of the run)")
+    s.add_argument("--tokens-dir", help="where results go (default $INFLUENCE_TOKENS or tokens/ next to the store)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's own")
+    s.set_defaults(fn=cmd_tokens)
 
     s = sub.add_parser("worker", parents=[common],
                        help="claim queued jobs (submitted from the app's Jobs page) and run them, oldest first")

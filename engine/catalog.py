@@ -12,6 +12,7 @@ What a method reads (:attr:`MethodInfo.reads`) is one of the feature kinds of :m
 - ``proj``    seeded random projections of the gradients (its key: proj_dim, proj_seed, proj_kind)
 - ``rept``    RepT signatures (hidden state and d loss / d hidden state at the last prompt token)
 - ``history`` the gradients at every checkpoint up to the scored one, with their learning-rate weights
+- ``text``    the sample texts (prompt and response), for lexical baselines
 
 Score convention of every method: ``S[j, i]`` LARGER when training sample i is MORE responsible for test sample j
 (the paper's IF is -S).
@@ -26,7 +27,7 @@ from typing import Any, Mapping
 from engine.dataclass_io import check_rules, coerce, rule
 from engine.errors import InputError
 
-FEATURE_KINDS = ("grads", "reps", "kfac", "proj", "rept", "history")
+FEATURE_KINDS = ("grads", "reps", "kfac", "proj", "rept", "history", "text")
 # Projection kinds of engine.projection (declared here, torch-free, because parameters are validated here).
 PROJECTION_KINDS = ("rademacher", "gaussian", "orthogonal")
 # Parameters that the spec sets for every method that has them (scoring.lambda_c, proj_dim, proj_seed).
@@ -85,6 +86,22 @@ class DampedProjParams(ProjParams):
 
 
 @dataclass(frozen=True)
+class RandomParams:
+    """The random baseline has no arithmetic to tune: only its seed."""
+
+    seed: int = field(default=0, metadata=rule(minimum=0, help="seed of the random scores"))
+
+
+@dataclass(frozen=True)
+class Bm25Params:
+    """Okapi BM25 (engine.lexical): term-frequency saturation k1 and length normalisation b."""
+
+    k1: float = field(default=1.5, metadata=rule(minimum=0.0, help="term-frequency saturation (0 = presence only)"))
+    b: float = field(default=0.75, metadata=rule(minimum=0.0, maximum=1.0,
+                                                 help="length normalisation in [0, 1] (0 = none)"))
+
+
+@dataclass(frozen=True)
 class ReptParams(Params):
     balance: bool = field(default=False, metadata=rule(
         help="scale the hidden state and its gradient to unit length before joining (not in the authors' code)"))
@@ -98,7 +115,16 @@ class MethodInfo:
     """One attribution method as the rest of the system sees it (the implementation lives in engine.methods).
 
     reads: feature kinds (see the module docstring); params: its frozen parameter dataclass; family:
-    "gradient" (scores are dot products of per-sample gradients) or "representation".
+    "gradient" (scores are dot products of per-sample gradients), "representation" or "baseline" (no model:
+    chance and word overlap).
+
+    tokens: how a score splits over the training sample's tokens (``engine.token_attribution``). A LoRA block's
+    per-sample gradient is a sum over tokens, ``g_i = sum_t dy_t x_t^T``, so
+
+    - ``"linear"``: the training side is linear in ``g_i`` and token t's share is the score of ``g_it`` alone;
+    - ``"unit:<m>"``: the training side is method ``<m>``'s (linear) one scaled to unit length per sample, so
+      token t's share is ``<m>``'s share divided by the sample's norm there (gradient cosine);
+    - None: the score is not a sum over the training sample's tokens (representations, baselines).
     """
 
     name: str
@@ -106,6 +132,18 @@ class MethodInfo:
     params: type
     description: str
     family: str = "gradient"
+    tokens: str | None = None
+
+    @property
+    def has_self_influence(self) -> bool:
+        """Whether s(z_i, z_i) says something: a bilinear score ``<Q(g_i), g_i>`` ("linear" tokens); a cosine
+        (unit-length training side) is 1 for every sample, and representations and baselines have none."""
+        return self.tokens == "linear"
+
+    @property
+    def linear_part(self) -> str | None:
+        """For a ``"unit:<m>"`` method, ``<m>``; else None."""
+        return self.tokens.split(":", 1)[1] if self.tokens and self.tokens.startswith("unit:") else None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -145,16 +183,18 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _m(name, reads, params, description, family="gradient") -> MethodInfo:
+def _m(name, reads, params, description, family="gradient", tokens="linear") -> MethodInfo:
     assert set(reads) <= set(FEATURE_KINDS), reads
-    return MethodInfo(name, frozenset(reads), params, description, family)
+    return MethodInfo(name, frozenset(reads), params, description, family,
+                      tokens if family == "gradient" else None)
 
 
 CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     _m("gradsim", {"grads"}, Params,
        "Gradient similarity (paper: gradient match): s = sum_l <g_l(z'), g_l(z_i)>, no Hessian."),
     _m("gradcos", {"grads"}, Params,
-       "Gradient cosine: GradSim on unit-length gradients, s = <g(z'), g(z_i)> / (|g(z')| |g(z_i)|)."),
+       "Gradient cosine: GradSim on unit-length gradients, s = <g(z'), g(z_i)> / (|g(z')| |g(z_i)|).",
+       tokens="unit:gradsim"),
     _m("tracin", {"history"}, Params,
        "TracIn over the checkpoints: s = sum_c eta_c <g^c(z'), g^c(z_i)> (every checkpoint up to the scored one)."),
     _m("datainf", {"grads"}, DampedParams,
@@ -177,14 +217,21 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     _m("gradsim_proj", {"proj"}, ProjParams,
        "GradSim on random projections of the gradients (k dims per LoRA block, seeded): scales to 100k samples."),
     _m("gradcos_proj", {"proj"}, ProjParams,
-       "Gradient cosine on random projections of the gradients (k dims per LoRA block, seeded)."),
+       "Gradient cosine on random projections of the gradients (k dims per LoRA block, seeded).",
+       tokens="unit:gradsim_proj"),
     _m("datainf_proj", {"proj"}, DampedProjParams,
        "DataInf on random projections of the gradients (k dims per LoRA block, seeded; unprojected damping)."),
+    _m("random", set(), RandomParams,
+       "Random baseline: seeded uniform scores, a function of (seed, test id, train id) only: where chance lies.",
+       "baseline"),
+    _m("bm25", {"text"}, Bm25Params,
+       "BM25 baseline: word overlap of the test prompt + response with each training sample (no model).",
+       "baseline"),
 )}
 
 METHOD_NAMES = tuple(sorted(CATALOG))
 DEFAULT_METHODS = ("gradsim", "gradcos", "tracin", "datainf", "lissa", "lissa_paper", "exact", "ekfac", "kfac",
-                   "repsim", "rept", "gradsim_proj", "gradcos_proj", "datainf_proj")
+                   "repsim", "rept", "gradsim_proj", "gradcos_proj", "datainf_proj", "random", "bm25")
 
 
 def method_info(name: str) -> MethodInfo:

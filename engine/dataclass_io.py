@@ -20,13 +20,14 @@ from engine.errors import InputError
 
 
 def rule(*, positive: bool = False, minimum: float | None = None, choices: tuple | None = None,
-         help: str = "") -> dict:
+         help: str = "", maximum: float | None = None) -> dict:
     """Field metadata: ``dataclasses.field(default=..., metadata=rule(positive=True, help="..."))``.
 
-    positive: > 0; minimum: >= that value; choices: one of these; help: one line for forms and docs.
+    positive: > 0; minimum: >= that value; maximum: <= that value; choices: one of these; help: one line for
+    forms and docs.
     None passes every rule (for ``X | None`` fields None means "automatic").
     """
-    return {"positive": positive, "minimum": minimum, "choices": choices, "help": help}
+    return {"positive": positive, "minimum": minimum, "maximum": maximum, "choices": choices, "help": help}
 
 
 def check_rules(obj, where: str = "", label: str = "spec field") -> None:
@@ -48,6 +49,8 @@ def check_rules(obj, where: str = "", label: str = "spec field") -> None:
                 raise InputError(f"{name} must be positive, got {value!r}")
             if m.get("minimum") is not None and value < m["minimum"]:
                 raise InputError(f"{name} must be >= {m['minimum']}, got {value!r}")
+            if m.get("maximum") is not None and value > m["maximum"]:
+                raise InputError(f"{name} must be <= {m['maximum']}, got {value!r}")
 
 
 def build(cls, data: Any, where: str = "", label: str = "spec field"):

@@ -7,6 +7,8 @@ planned projection is applied to the shard right away, and the shard's full grad
 plan keeps them. Each shard is written to the cache as soon as it is done (:func:`ensure_features`), so memory
 is bounded by one shard and a killed run resumes from its finished shards. Test samples go through the same pass
 (one part per process). RepT signatures take a pass of their own.
+The sample texts (for lexical baselines) need no computation: the pipeline hands them over with
+:func:`load_checkpoint` (``engine.tasks.difficulty.sample_text`` of each sample).
 
 :func:`load_checkpoint` gives the scoring stage the cached training shards as a
 :class:`~engine.methods.train_data.TrainData` and the test side in memory; :func:`method_features` hands each
@@ -100,12 +102,14 @@ def side_features(model, samples: list, run: PassSettings, plan: FeaturePlan, *,
 @dataclass
 class CheckpointData:
     """One checkpoint's features for scoring: the training side as TrainData (this process's shards, read from the
-    feature cache), the test side in memory, and the checkpoint's TracIn weight."""
+    feature cache), the test side in memory, and the checkpoint's TracIn weight. texts: (training texts, test
+    texts) of every sample when the plan reads text (lexical baselines), else None."""
 
     checkpoint: int
     weight: float
     train: TrainData
     test: SideFeatures
+    texts: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -148,8 +152,10 @@ def ensure_features(cache: FeatureCache, checkpoint: int, model, train_enc: list
 
 
 def load_checkpoint(cache: FeatureCache, checkpoint: int, weight: float, n_train: int, n_test: int,
-                    run: PassSettings, plan: FeaturePlan, dist, lru: TensorLRU, scored: bool) -> CheckpointData:
-    """The cached features of ``checkpoint`` as :class:`CheckpointData` (training shards of this process)."""
+                    run: PassSettings, plan: FeaturePlan, dist, lru: TensorLRU, scored: bool,
+                    texts: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> CheckpointData:
+    """The cached features of ``checkpoint`` as :class:`CheckpointData` (training shards of this process);
+    ``texts``: (training texts, test texts), handed through when the plan reads text."""
     if not scored:
         plan = FeaturePlan(grads=True)
     bounds = shard_bounds(n_train, run.shard_size)
@@ -175,7 +181,7 @@ def load_checkpoint(cache: FeatureCache, checkpoint: int, weight: float, n_train
             projections = {k: load_features(path, lru, (), h, k).proj for k in plan.projections}
             loss = lru.get(path, ["loss"])["loss"]
             parts.append(SideFeatures(f.grads, f.reps, loss, f.block_names, None, projections, f.rept))
-    return CheckpointData(checkpoint, weight, train, _concat(parts))
+    return CheckpointData(checkpoint, weight, train, _concat(parts), texts if plan.text else None)
 
 
 def _concat(parts: list[SideFeatures]) -> SideFeatures:
@@ -194,11 +200,12 @@ def method_features(proj_key: ProjKey | None, now: CheckpointData, history: list
     ``proj_key``), and the history of checkpoints up to ``now`` (TracIn)."""
     from engine.methods import Features
 
-    train = dataclasses.replace(now.train, history=[(c.weight, c.train) for c in history])
+    train_texts, test_texts = now.texts if now.texts is not None else (None, None)
+    train = dataclasses.replace(now.train, history=[(c.weight, c.train) for c in history], texts=train_texts)
     s = now.test
     test = Features(grads=s.grads, reps=s.reps, block_names=s.block_names, rept=s.rept,
                     proj=s.projections.get(proj_key) if proj_key is not None else None,
-                    history=tuple((c.weight, c.test.grads) for c in history))
+                    history=tuple((c.weight, c.test.grads) for c in history), texts=test_texts, size=s.n)
     return train, test
 
 

@@ -207,3 +207,30 @@ def features_in_shards(model, samples: list[Encoded], pad_id: int, device: torch
                              f"{desc} [{i}:{min(i + shard_size, len(samples))}]", progress, kfac)
              for i in range(0, len(samples), shard_size)]
     return merge_features(parts)
+
+
+def token_gradients(model, sample: Encoded, pad_id: int, device: torch.device) -> tuple[list[torch.Tensor], float]:
+    """Per-token gradient rows of ONE sample's loss (the mean over its loss tokens, as :func:`sample_features`).
+
+    Returns ``(rows, loss)``: ``rows[l]`` [T, d_l] float32 (CPU), row t = ``vec(dy_t x_t^T)`` for LoRA block l,
+    with x_t the block's input and dy_t the loss gradient w.r.t. its output at position t (row-major
+    ``weight.flatten()`` order). Summed over t the rows are the sample's gradient (``sample_features``' row): the
+    LoRA weight acts on every position separately, so position t's rows are its share of the gradient — what
+    the loss gains through the weight's action on token t's activations. The model must be in eval mode.
+    """
+    if model.training:
+        raise RuntimeError("per-token gradients need model.eval() (dropout off) to be exact")
+    blocks = lora_blocks(model)
+    if not blocks:
+        raise RuntimeError("model has no LoRA blocks")
+    batch = {k: v.to(device) for k, v in collate([sample], pad_id).items()}
+    with _Recorder(blocks) as rec:
+        loss, _ = _sparse_loss(model, batch)
+        dys = torch.autograd.grad(loss.sum(), rec.outputs, allow_unused=True)
+        rows = []
+        for i, (x, dy) in enumerate(zip(rec.inputs, dys)):
+            if dy is None:
+                dy = torch.zeros(*x.shape[:2], blocks[i][1].out_features, device=x.device)
+            g = torch.einsum("to,ti->toi", dy[0].float(), x[0].float())
+            rows.append(g.reshape(g.shape[0], -1).cpu())
+    return rows, float(loss.detach()[0])

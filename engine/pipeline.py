@@ -12,6 +12,8 @@ its own (on shards, in other processes)::
         load_checkpoint(...) -> CheckpointData           the cached shards as TrainData, the test side in memory
         score_checkpoint(...)                            every method, shard by shard, written as it goes
         Evaluation (engine.tables)                       metrics and agreement from the stored scores
+    self_influence_stage(...)                            s(z_i, z_i) at the last scored checkpoint (plan-gated)
+    checks_stage(...)                                    numerical self-checks (spec.checks, on by default)
     the analyses (engine.analysis.run_stages) -> commit (manifest, atomic rename)
 
 No method name appears here: what is computed follows from the plan. Bad input raises InputError before
@@ -39,6 +41,7 @@ from engine import metrics
 from engine.analysis import StageInputs, run_stages
 from engine.analysis.convergence import score_drift
 from engine.catalog import changed_params, method_info
+from engine.checks import finite_rows
 from engine.errors import InputError
 from engine.distributed import Dist
 from engine.feature_cache import FeatureCache, TensorLRU, cache_root, feature_key
@@ -50,10 +53,11 @@ from engine.methods import get_method, score_in_shards
 from engine.models import load_base, resolve_device
 from engine.plan import FeaturePlan, plan_for
 from engine.runfolder import RunWriter, open_run
-from engine.runformat import CHECKPOINTS_DIR, SCORES_DIR, scores_file
+from engine.runformat import CHECKPOINTS_DIR, SCORES_DIR, scores_file, table
 from engine.spec import RunSpec, TaskSpec, TrainSpec
 from engine.tables import Evaluation, ScoreMatrices, loss_table, samples_table, scores_table
 from engine.tasks.base import TaskData
+from engine.tasks.difficulty import sample_text
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +256,51 @@ def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: Check
     return notes
 
 
+def self_influence_stage(methods: list[ScoringMethod], now: CheckpointData, history: list[CheckpointData],
+                         dist: Dist) -> list[dict] | None:
+    """``self_influence`` rows (method, checkpoint, train_id, score) at checkpoint ``now`` for every method whose
+    self-influence means something (the catalog's rule); the queries are the training samples themselves. Each
+    process takes its own shards and the rows are summed over processes; rank 0 gets the rows, the others None."""
+    from engine.self_influence import self_influence
+
+    rows = []
+    for m in methods:
+        if not method_info(m.name).has_self_influence:
+            continue
+        train_x, _ = method_features(m.proj_key, now, history)
+        diag = dist.comm.reduce(torch.as_tensor(self_influence(m.name, m.params, train_x, m.proj_key)))
+        rows += [{"method": m.name, "checkpoint": now.checkpoint, "train_id": i, "score": float(v)}
+                 for i, v in enumerate(diag.tolist())]
+    return rows if dist.main else None
+
+
+def checks_stage(writer: RunWriter, spec: RunSpec, lm: LoadedModel, data: EncodedData, states: AdapterStates,
+                 checkpoint: int, finite: list, timings: dict, notes: list) -> dict:
+    """The numerical self-checks (``spec.checks``, :mod:`engine.checks`) at the last scored ``checkpoint``: the
+    padding check (and, for a bfloat16 run, bfloat16 vs float32) with that adapter state set, plus the ``finite``
+    rows collected while scoring; writes ``checks.parquet``, adds the failed checks to ``notes`` and the time to
+    ``timings``. Returns the manifest fields it adds."""
+    if not spec.checks.enabled:
+        return {}
+    from engine import checks
+
+    t = time.perf_counter()
+    set_lora_state(lm.model, states.states[checkpoint - 1])
+    lm.model.eval()
+    rows = checks.padding_rows(lm.model, data.train, lm.tok.pad_token_id, lm.device, checkpoint,
+                               spec.checks.samples, spec.dtype)
+    if spec.dtype == "bfloat16":
+        rows += checks.bf16_rows(lm.model, data.train, data.test, lm.tok.pad_token_id, lm.device, checkpoint,
+                                 spec.checks.rows, spec.checks.columns, spec.scoring.grad_batch_size)
+    rows = [r.as_dict() for r in rows + finite]
+    writer.write_table("checks.parquet", table("checks", rows))
+    failed = [r for r in rows if not r["passed"]]
+    notes += [f"self-check failed: {r['kind']} {r['subject']} {r['metric']} = {r['value']:.4g} "
+              f"(needs {r['op']} {r['threshold']:.4g})" for r in failed]
+    timings["checks_s"] = time.perf_counter() - t
+    return {"checks_failed": len(failed)}
+
+
 def run_methods(spec: RunSpec) -> list[ScoringMethod]:
     """The spec's methods with their parameter objects (checked, so a bad value fails before any work)."""
     for name in spec.scoring.methods:
@@ -260,7 +309,7 @@ def run_methods(spec: RunSpec) -> list[ScoringMethod]:
 
 
 def feature_plan(spec: RunSpec, methods: list[ScoringMethod]) -> FeaturePlan:
-    return plan_for({m.name: m.params for m in methods}, spec.analysis.stages)
+    return plan_for({m.name: m.params for m in methods}, spec.analysis.stages, spec.scoring.self_influence)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -299,6 +348,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
     cache = open_cache(spec, task, lm, runs_dir)
     lru = TensorLRU(spec.scoring.feature_memory_mb << 20)
     owner = dist.broadcast_int(os.getpid())  # rank 0 owns the run folder; the others write into it
+    texts = (tuple(sample_text(s.prompt, s.response) for s in task.train),
+             tuple(sample_text(s.prompt, s.response) for s in task.test)) if plan.text else None
 
     with open_run(runs_dir, spec.run_name, owner_pid=owner) as writer:
         t = time.perf_counter()
@@ -321,6 +372,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
         drift: list[dict] = []  # score_drift rows (convergence analysis)
         history: list[CheckpointData] = []
         prev = now = None
+        finite: list = []  # the checks' finite-share rows, collected while scoring
         for c in needed:
             set_lora_state(lm.model, states.states[c - 1])
             lm.model.eval()
@@ -329,7 +381,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
             shards["computed"] += done
             shards["reused"] += kept
             now = load_checkpoint(cache, c, states.weights[c - 1], len(task.train), len(task.test), run, plan, dist,
-                                  lru, c in scored)
+                                  lru, c in scored, texts)
             timings["features_s"] += time.perf_counter() - t
             if plan.history:
                 history.append(now)
@@ -346,16 +398,24 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
                 for name in matrices:
                     ev.add(name, c, matrices[name])
                 ev.add_agreement(c, matrices)
+                if spec.checks.enabled:
+                    finite += finite_rows(matrices, c)
                 if "convergence" in spec.analysis.stages and prev is not None:
                     drift += [score_drift(name, c, prev[name], matrices[name]) for name in matrices]
                 prev = matrices
                 timings["metrics_s"] += time.perf_counter() - t
         counts = dist.comm.reduce(torch.tensor([shards["computed"], shards["reused"]], dtype=torch.long))
         shards = {"computed": int(counts[0]), "reused": int(counts[1])}  # over every rank
+        t = time.perf_counter()
+        self_rows = self_influence_stage(methods, now, history, dist) if plan.self_influence else None
         if not dist.main:
             dist.barrier()  # rank 0 commits
             return None
+        if self_rows is not None:
+            writer.write_table("self_influence.parquet", table("self_influence", self_rows))
+            timings["self_influence_s"] = time.perf_counter() - t
         ev.write(writer)
+        extra = checks_stage(writer, spec, lm, data, states, now.checkpoint, finite, timings, notes)
         if spec.analysis.stages:
             train_grads = materialize(now.train) if plan.grads and "ihvp" in spec.analysis.stages else None
             timings.update(run_stages(StageInputs(
@@ -367,8 +427,8 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
                 writer.write_table, _say(progress)))
         writer.adopt(SCORES_DIR)  # the other ranks' score files
         timings["total_s"] = time.perf_counter() - t0
-        folder = writer.commit(_manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes, dist,
-                                         shards))
+        folder = writer.commit({**_manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes, dist,
+                                            shards), **extra})
     dist.barrier()
     if spec.scoring.feature_cache == "delete":
         cache.remove()

@@ -13,6 +13,8 @@ and never looks at a method's name. Feature kinds:
 - ``rept``    RepT signatures (an extra forward/backward pass per side)
 - ``history`` gradients at every checkpoint up to the scored one, with learning-rate weights (TracIn). With
               ``scoring.checkpoints: last`` this adds gradient passes at the earlier checkpoints (not scored).
+- ``text``    the sample texts (prompt and response) for lexical baselines: no computation, the pipeline hands
+              them over
 
 Nothing here imports torch.
 """
@@ -29,7 +31,9 @@ ProjKey = tuple[int, int, str]  # (proj_dim, proj_seed, proj_kind)
 
 @dataclass(frozen=True)
 class FeaturePlan:
-    """What to compute at each checkpoint. ``projections``: the distinct projection keys, sorted."""
+    """What to compute at each checkpoint. ``projections``: the distinct projection keys, sorted.
+    ``self_influence``: whether the self-influence stage runs (asked for, and some method has a meaningful one:
+    ``engine.catalog.MethodInfo.has_self_influence``); it reads the same features as the methods."""
 
     grads: bool = False
     reps: bool = False
@@ -37,6 +41,8 @@ class FeaturePlan:
     projections: tuple[ProjKey, ...] = ()
     rept: bool = False
     history: bool = False
+    text: bool = False
+    self_influence: bool = False
 
     @property
     def keep_train_grads(self) -> bool:
@@ -54,11 +60,14 @@ class FeaturePlan:
     def to_dict(self) -> dict[str, Any]:
         """For the manifest."""
         return {"grads": self.grads, "reps": self.reps, "kfac": self.kfac, "rept": self.rept,
-                "history": self.history, "projections": [list(k) for k in self.projections]}
+                "history": self.history, "text": self.text, "self_influence": self.self_influence,
+                "projections": [list(k) for k in self.projections]}
 
 
-def plan_for(method_params: dict[str, Any], analyses: Iterable[str] = ()) -> FeaturePlan:
-    """The union of what the methods (name -> parameter object) and analyses read."""
+def plan_for(method_params: dict[str, Any], analyses: Iterable[str] = (), self_influence: bool = False
+             ) -> FeaturePlan:
+    """The union of what the methods (name -> parameter object) and analyses read; ``self_influence``: whether it
+    is asked for (the plan runs it only if a method has one)."""
     from engine.analysis import NEEDS
 
     keys: set = set()
@@ -68,4 +77,5 @@ def plan_for(method_params: dict[str, Any], analyses: Iterable[str] = ()) -> Fea
         keys |= NEEDS[a]
     projections = tuple(sorted(k[1:] for k in keys if isinstance(k, tuple) and k[0] == "proj"))
     return FeaturePlan(grads="grads" in keys, reps="reps" in keys, kfac="kfac" in keys, projections=projections,
-                       rept="rept" in keys, history="history" in keys)
+                       rept="rept" in keys, history="history" in keys, text="text" in keys,
+                       self_influence=self_influence and any(method_info(n).has_self_influence for n in method_params))

@@ -8,6 +8,7 @@ Layout of ``<runs_dir>/<run_name>/`` (every table is one Parquet file, ``scores`
     samples.parquet          the train and test samples
     scores/*.parquet         long-form score rows; file names ``<method>-ckpt<c>-shard<s>.parquet`` by convention
     metrics.parquet, label_metrics.parquet, agreement.parquet, train_loss.parquet
+    self_influence.parquet, checks.parquet   (absent in runs written before them)
     <analysis>.parquet       the analysis tables (empty or absent when the analysis did not run)
     checkpoints/epoch-<e>/   peft adapter (safetensors + adapter_config.json) per checkpoint; not ingested
 
@@ -60,6 +61,7 @@ class Table:
     analysis: bool = False
     doc: str = ""
     optional: tuple[str, ...] = ()  # columns added later: run folders written before them read as NULL
+    stage: bool = False  # written by an optional stage only: absent when it did not run (or the run predates it)
 
     @property
     def file(self) -> str:
@@ -96,6 +98,13 @@ _CORE = [
        ("checkpoint", "method_a", "method_b", "k"), "mean per-test Spearman and top-k overlap of two methods"),
     _t("train_loss", {"epoch": _I, "step": _I, "loss": _F}, ("step", "epoch"),
        "fine-tuning loss per step (empty when the run did not fine-tune)"),
+    _t("self_influence", {"method": _S, "checkpoint": _I, "train_id": _I, "score": _F},
+       ("method", "checkpoint", "train_id"), "s(z_i, z_i) of every training sample (engine.self_influence), for "
+       "the methods where it means something, at the last scored checkpoint", stage=True),
+    _t("checks", {"kind": _S, "subject": _S, "checkpoint": _I, "metric": _S, "value": _F, "op": _S,
+                  "threshold": _F, "passed": _B, "note": _S},
+       ("kind", "subject", "metric", "checkpoint"), "numerical self-checks (engine.checks): passed = value op "
+       "threshold", stage=True),
 ]
 
 _ANALYSIS = [
@@ -140,8 +149,10 @@ _ANALYSIS = [
 ]
 
 TABLES: dict[str, Table] = {t.name: t for t in _CORE + [
-    Table(t.name, t.columns, t.key, t.nullable_keys, True, t.doc, t.optional) for t in _ANALYSIS]}
+    Table(t.name, t.columns, t.key, t.nullable_keys, True, t.doc, t.optional, True) for t in _ANALYSIS]}
 ANALYSIS_TABLES: tuple[str, ...] = tuple(t.name for t in _ANALYSIS)
+# tables that only an optional stage writes (the analyses, self-influence, the self-checks): a run may lack them
+STAGE_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES.values() if t.stage)
 
 # Manifest fields a pipeline run writes (imported runs write the subset that applies). RunWriter.commit adds
 # format, status, created, versions and files.
@@ -170,6 +181,7 @@ MANIFEST_FIELDS: dict[str, str] = {
     "timings": "seconds per stage",
     "warnings": "one line per method or stage that warned",
     "analyses": "analysis stages that ran",
+    "checks_failed": "number of failed numerical self-checks (absent when the checks did not run)",
 }
 
 

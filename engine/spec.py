@@ -95,7 +95,8 @@ class ScoringSpec:
 
     lambda_c, proj_dim, proj_seed are set for every method that has such a parameter; ``params`` sets any
     parameter of one method (``params: {lissa: {tol: 1.0e-5}}``), declared in ``engine.catalog``; the spec keeps
-    only values that differ from the defaults.
+    only values that differ from the defaults. self_influence: also score every training sample against itself
+    (``engine.self_influence``) at the last scored checkpoint, for the methods where that means something.
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -113,6 +114,8 @@ class ScoringSpec:
     feature_cache: str = "delete"
     # tensors read back from the cache stay in memory while under this many MB (a small run: all of them)
     feature_memory_mb: int = 256
+    # s(z_i, z_i) of every training sample (engine.self_influence) for the methods where it means something
+    self_influence: bool = True
 
     def method_params(self, name: str):
         """The parameter object of method ``name`` in this run (``engine.catalog.resolve_params``)."""
@@ -167,6 +170,18 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class ChecksSpec:
+    """Numerical self-checks (``engine.checks``), on by default: ``samples`` training samples for the padding
+    check; with ``dtype: bfloat16``, ``rows`` test samples scored against ``columns`` training samples in
+    bfloat16 and float32; every score matrix's share of finite entries."""
+
+    enabled: bool = True
+    samples: int = 4
+    rows: int = 3
+    columns: int = 48
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """A whole run. device: "auto" | "cpu" | "cuda"; dtype: "float32" | "bfloat16" (training compute)."""
 
@@ -177,6 +192,7 @@ class RunSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    checks: ChecksSpec = field(default_factory=ChecksSpec)
     device: str = "auto"
     dtype: str = "float32"
 
@@ -244,7 +260,7 @@ _POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.
              "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim",
              "scoring.feature_memory_mb",
              "task.n_train_per_label", "task.n_test_per_label", "analysis.ihvp_entries",
-             "analysis.generate_tokens"}
+             "analysis.generate_tokens", "checks.samples", "checks.rows", "checks.columns"}
 _NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis.retrain_seeds",
                  "analysis.retrain_workers", "analysis.noise_seeds", "analysis.lds_subsets", "analysis.cf_prompts",
                  "train.max_grad_norm"}

@@ -19,6 +19,7 @@ import streamlit as st
 import store
 from ui.common import chart_text, cursor, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
+from ui import token_view
 
 st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
 require_login()
@@ -352,6 +353,9 @@ def main() -> None:
     first = next(iter(tables.values()), None)
     default_train = int(first.train_id.iloc[0]) if first is not None and len(first) else None
     drill(con, run, ck, methods, k, train, default_train)
+    trid = st.session_state.get("train", default_train)
+    if trid is not None:  # the token view of the drilled-into sample (ui.token_view)
+        token_view.section(con, run, info, ck, tid, int(trid), methods, tables)
     export(tables, run, ck, tid, k)
 
 

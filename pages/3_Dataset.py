@@ -19,6 +19,7 @@ from engine import metrics
 from engine.tasks.difficulty import length_stats, lexical_shortcut, sample_text
 from ui.common import chart_text, cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
+from ui import self_influence_view
 
 st.set_page_config(page_title="Dataset · Influence Explorer", layout="wide")
 require_login()
@@ -166,5 +167,6 @@ try:
         show_composition(all_samples)
         show_topk(con, run, ck, info, all_samples[all_samples.split == "train"].reset_index(drop=True))
         show_difficulty(run, all_samples)
+        self_influence_view.section(con, run)  # ui.self_influence_view
 except store.StoreError as e:
     st.error(f"The store could not be read: {e}")

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
 PAGES = {"home": "", "explore": "Explore", "compare": "Compare_methods", "dataset": "Dataset",
-         "ihvp_error": "iHVP_error", "convergence": "Convergence", "retraining": "Retraining", "jobs": "Jobs"}
+         "ihvp_error": "iHVP_error", "convergence": "Convergence", "retraining": "Retraining", "jobs": "Jobs",
+         "behaviour": "Behaviour"}
 
 
 def free_port() -> int:

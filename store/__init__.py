@@ -6,7 +6,8 @@ Public API (imported lazily, so ``import store.paths`` from the engine does not 
     ingest_run, ingest_all, remove_run, rebuild, complete_runs   (store.ingest)
     list_runs, run_info, methods, checkpoints, leaderboard, top_k, samples, label_metrics, agreement,
     train_loss, score_matrix, top1_counts, test_prompts_ranking_train, summary,
-    analyses, analysis_table, retrain_points, retrain_noise, retrain_counterfactual_summary   (store.queries)
+    analyses, analysis_table, retrain_points, retrain_noise, retrain_counterfactual_summary, behaviour_scores,
+    group_influence, GROUP_COLUMNS, self_influence, self_influence_sets, checks, check_status   (store.queries)
     default_store_path, default_runs_dir                    (store.paths)
     StoreError, NotFoundError, Unknown*Error, QueryError, IngestError, StoreLockedError, SchemaVersionError, StoreOpenError
 """
@@ -36,6 +37,8 @@ _LAZY = {
         "list_runs", "run_info", "methods", "checkpoints", "leaderboard", "top_k", "samples", "label_metrics",
         "agreement", "train_loss", "score_matrix", "top1_counts", "test_prompts_ranking_train", "summary",
         "analyses", "analysis_table", "retrain_points", "retrain_noise", "retrain_counterfactual_summary",
+        "behaviour_scores", "group_influence", "GROUP_COLUMNS", "self_influence", "self_influence_sets", "checks",
+        "check_status",
     ),
     "store.schema": ("SCHEMA_VERSION",),
 }

@@ -14,14 +14,15 @@ import duckdb
 from engine import runformat
 from store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 4  # 2: the analysis tables; 3: bootstrap intervals in metrics; 4: noise floor, LDS with interval,
-#                      counterfactual, fair iHVP reference, retrain bank
+SCHEMA_VERSION = 5  # 2: the analysis tables; 3: bootstrap intervals in metrics; 4: noise floor, LDS with interval,
+#                      counterfactual, fair iHVP reference, retrain bank; 5: self_influence, checks
 
 # table -> ({column: sql type} as in the Parquet file, sort key used when loading): from the one declaration of
 # the run-folder format (engine.runformat), which imports neither torch nor DuckDB.
 PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     name: (t.sql_columns(), t.key) for name, t in runformat.TABLES.items()}
 ANALYSIS_TABLES = runformat.ANALYSIS_TABLES  # empty for runs without analysis stages
+STAGE_TABLES = runformat.STAGE_TABLES  # empty for runs without the optional stage that writes them
 # Key columns that may hold NULL (ihvp_error.iterations is NULL for methods run with their own defaults).
 NULLABLE_KEYS = {(name, c) for name, t in runformat.TABLES.items() for c in t.nullable_keys}
 # Columns older run folders may lack (loaded as NULL).

@@ -19,6 +19,7 @@ from engine.errors import InputError
 # imported for the registration side effect
 from . import datainf, ekfac, exact, gradcos, gradsim, kfac, lissa, lissa_paper, repsim, tracin  # noqa: F401
 from . import datainf_proj, gradcos_proj, gradsim_proj, rept  # noqa: F401  (registration side effect)
+from . import bm25, random_scores  # noqa: F401  (registration side effect: the baselines)
 from ._common import dot_queries
 from .base import REGISTRY, Features, Method, register
 from .train_data import TrainData, as_train_data
@@ -58,6 +59,11 @@ def score_in_shards(
             isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1):
         raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
     data = as_train_data(train, shard_size)
+    if method.queries is None:  # not a sum of per-sample dot products (the baselines): the whole matrix at once
+        S = np.asarray(method.score(data, test, p), dtype=np.float64)  # [n_test, n]: columns are global ids
+        for start, stop in data.bounds:
+            yield start, stop, S[:, start:stop]
+        return
     Q = method.queries(data, test, p)
     for start, stop, shard in data.shards():
         yield start, stop, dot_queries(Q, method.train_side(shard, p))

@@ -50,6 +50,10 @@ class Features:
         methods; None when not computed (those methods then project ``grads`` themselves).
     rept: ``[n, 2h]`` float32 RepT parts (``engine.rep_grads``): hidden state at the last prompt token, then
         d loss / d that hidden state; None when not computed.
+    texts: the samples' texts (``engine.tasks.difficulty.sample_text``: prompt, newline, response), read by
+        lexical baselines; None when not planned.
+    size: the number of samples, set by the pipeline whatever else is computed (a method that reads no feature,
+        such as the random baseline, still needs it); None = count from the features.
     """
 
     grads: list[torch.Tensor] | None = None
@@ -59,9 +63,15 @@ class Features:
     kfac: KroneckerFactors | None = None
     proj: ProjectedGrads | None = None
     rept: torch.Tensor | None = None
+    texts: tuple[str, ...] | None = None
+    size: int | None = None
 
     @property
     def n(self) -> int:
+        if self.size is not None:
+            return int(self.size)
+        if self.texts is not None:
+            return len(self.texts)
         if self.grads:
             return int(self.grads[0].shape[0])
         if self.reps is not None:

@@ -43,7 +43,8 @@ class TrainData:
     (or projected) block widths, ``()`` when there are no gradients; block_names; kfac: K-FAC factor sums over
     every training sample (or None); device: where loaded tensors live (the default compute device);
     history: for TracIn, ``[(weight_c, TrainData_c), ...]`` of the checkpoints up to the scored one;
-    memo: per-object cache of derived statistics (e.g. Gram factors), shared by the methods of one call.
+    memo: per-object cache of derived statistics (e.g. Gram factors), shared by the methods of one call;
+    texts: the texts of ALL n training samples (lexical baselines), or None.
     """
 
     n: int
@@ -57,15 +58,17 @@ class TrainData:
     comm: Comm = field(default_factory=Comm)
     memo: dict = field(default_factory=dict)
     views: dict = field(default_factory=dict)  # key -> TrainData (e.g. projections), made once
+    texts: tuple[str, ...] | None = None
 
     @property
     def n_blocks(self) -> int:
         return len(self.widths)
 
-    def shard(self, i: int) -> Features:
+    def shard(self, i: int, proj_key=None) -> Features:
         """Every feature of local shard ``i`` (rows ``bounds[i]``), with the same rows' gradients at the history
-        checkpoints (TracIn) when there is a history."""
-        f = self.loader(i, None)
+        checkpoints (TracIn) when there is a history; ``proj_key``: which projection goes in ``Features.proj``
+        (None: the loader's default)."""
+        f = self.loader(i, None) if proj_key is None else self.loader(i, None, proj_key)
         if self.history and not f.history:
             f = replace(f, history=tuple((w, td.loader(i, None).grads) for w, td in self.history))
         return f
@@ -100,7 +103,7 @@ class TrainData:
         device = _device_of(f)
         history = [(w, TrainData.of(Features(grads=gs, block_names=f.block_names), shard_size))
                    for w, gs in f.history]
-        return TrainData(n, bounds, loader, widths, f.block_names, f.kfac, device, history)
+        return TrainData(n, bounds, loader, widths, f.block_names, f.kfac, device, history, texts=f.texts)
 
     def with_loader(self, loader, widths, **changes) -> TrainData:
         """The same shards with another loader (a derived view); statistics memo not shared."""
@@ -116,7 +119,8 @@ def slice_features(f: Features, start: int, stop: int, blocks: tuple[int, ...] |
     proj = f.proj.rows(start, stop) if f.proj is not None else None
     history = tuple((w, [g[start:stop] for g in gs]) for w, gs in f.history)
     return Features(grads=grads, reps=None if f.reps is None else f.reps[start:stop], block_names=f.block_names,
-                    history=history, kfac=f.kfac, proj=proj, rept=None if f.rept is None else f.rept[start:stop])
+                    history=history, kfac=f.kfac, proj=proj, rept=None if f.rept is None else f.rept[start:stop],
+                    texts=None if f.texts is None else f.texts[start:stop], size=len(range(start, min(stop, f.n))))
 
 
 def _device_of(f: Features) -> torch.device:

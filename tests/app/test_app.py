@@ -32,8 +32,10 @@ def test_store_with_a_run_shows_runs_and_leaderboard(monkeypatch, tmp_path, tiny
     at = _app(monkeypatch, tmp_path / "s.duckdb")  # the app ingests the run folder it finds
     assert at.metric[0].value == "1"
     assert at.selectbox(key="run").value == tiny_run.name
-    board = at.dataframe[1].value
-    assert {"gradsim", "datainf", "lissa", "exact", "repsim"} <= set(board.method)
+    # the run's leaderboard: the table with a row per (method, checkpoint) (the runs list and the self-checks
+    # come before it)
+    board = next(d.value for d in at.dataframe if {"method", "acc"} <= set(d.value.columns))
+    assert {"gradsim", "datainf", "lissa", "exact", "repsim", "random", "bm25"} <= set(board.method)
     assert any("chance level" in m.value for m in at.markdown)
 
 

@@ -13,6 +13,15 @@ def wait_for_app(page, timeout=90_000):
     page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=timeout)
 
 
+def choose_option(page, box, option: str) -> None:
+    """Open the selectbox whose combobox is ``box`` and pick the option whose text is ``option``: typed first,
+    as a user would, because a long list is virtualised and shows only its first entries."""
+    box.click()
+    page.keyboard.type(option)
+    page.get_by_role("option").filter(has_text=option).first.click()
+    wait_for_app(page)
+
+
 def screenshot(page, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"

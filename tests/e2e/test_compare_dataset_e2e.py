@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from e2e_helpers import screenshot, wait_for_app
+from e2e_helpers import choose_option, screenshot, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -13,8 +13,7 @@ PLOT = "[data-testid='stPlotlyChart'] .main-svg"
 
 def _choose(page, label: str, option: str) -> None:
     """Open the selectbox labelled ``label`` and pick ``option``."""
-    page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    choose_option(page, page.get_by_role("combobox", name=label, exact=True), option)
 
 
 def _tall_screenshot(page, name: str) -> None:

@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from e2e_helpers import screenshot, wait_for_app
+from e2e_helpers import choose_option, screenshot, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -47,11 +47,7 @@ def test_explore_reads_url_and_reacts_to_k(page, app_url, test3):
 
 def _choose(page, key: str, option_text: str) -> None:
     """Open the selectbox with widget key ``key`` and click the first option starting with ``option_text``."""
-    box = page.locator(f".st-key-{key}").get_by_role("combobox")
-    box.click()
-    page.keyboard.type(option_text)  # the list is long and virtualised: filter it as a user would
-    page.get_by_role("option").filter(has_text=option_text).first.click()
-    wait_for_app(page)
+    choose_option(page, page.locator(f".st-key-{key}").get_by_role("combobox"), option_text)
 
 
 def test_explore_pick_prompt_drill_and_export(page, app_url, tmp_path, test3):

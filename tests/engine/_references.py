@@ -34,13 +34,16 @@ def lora_weights(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 def loop_gradients(model, samples, device) -> tuple[list[str], list[torch.Tensor]]:
     """Per-sample LoRA gradients: block names and, per block, ``[n, out*in]`` float32 (``weight.grad`` flattened
-    row-major). One forward and one backward per sample."""
+    row-major). One forward and one backward per sample, its own leading pads (if any) masked out of attention."""
     weights = lora_weights(model)
     rows: list[list[torch.Tensor]] = [[] for _ in weights]
     for s in samples:
         ids = list(s.input_ids)
         model.zero_grad(set_to_none=True)
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0]
+        # a sample's own leading pads (``paper`` preprocessing, n_pad > 0) are masked out of attention
+        mask = [0] * s.n_pad + [1] * (len(ids) - s.n_pad)
+        logits = model(input_ids=torch.tensor([ids], device=device),
+                       attention_mask=torch.tensor([mask], device=device)).logits[0]
         positions = [t for t in range(1, len(ids)) if s.labels[t] != NO_LABEL]
         _mean_token_loss(logits, ids, positions).backward()
         for i, (_, w) in enumerate(weights):

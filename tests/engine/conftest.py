@@ -4,11 +4,13 @@
   gets a "▁" prefix (normalizer ``Prepend("▁")`` + spaces as "▁", split before each "▁"), BOS added. Tokenising
   " joyful" on its own therefore starts with a stray "▁" token that the joint text "... [/INST] joyful" lacks.
 - ``chat_tokenizer`` (:func:`with_chat_template`): the tiny byte-level BPE tokenizer plus ChatML special tokens and a chat template.
+- ``one_torch_thread``: one intra-op torch thread for a module of tiny-model tests.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 CORPUS = ["[INST] how do you feel today [/INST] joyful", "i feel joyful and happy", "sad angry afraid surprised joy",
           "[INST] name the emotion [/INST] sadness", "the cat sat on the mat and was happy"] * 20
@@ -51,3 +53,13 @@ def sp_tokenizer():
 @pytest.fixture
 def chat_tokenizer():
     return with_chat_template()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny-model tests: with the CPU shared by other processes, torch's
+    thread hand-offs cost more than the arithmetic (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

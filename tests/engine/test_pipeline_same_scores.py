@@ -19,9 +19,14 @@ def _sorted(table):
     return table.to_pandas().sort_values(KEY).reset_index(drop=True)
 
 
+def _known(df, old):
+    """The rows of the methods the golden files know."""
+    return df[df.method.isin(set(old.method))].reset_index(drop=True)
+
+
 def test_scores_equal_the_pipeline_before_the_rebuild(tiny_run):
-    new = _sorted(pq.read_table(tiny_run / "scores"))
     old = _sorted(pq.read_table(DATA / "tiny_scores_before_stages.parquet"))
+    new = _known(_sorted(pq.read_table(tiny_run / "scores")), old)
     assert sorted(new.method.unique()) == sorted(old.method.unique())
     assert len(new) == len(old)
     np.testing.assert_array_equal(new[KEY].to_numpy(), old[KEY].to_numpy())
@@ -35,8 +40,9 @@ def test_scores_equal_the_pipeline_before_the_rebuild(tiny_run):
 def test_metrics_equal_the_pipeline_before_the_rebuild(tiny_run):
     cols = ["method", "checkpoint", "k", "acc", "coverage", "auprc", "chance_acc", "chance_coverage",
             "best_coverage", "n_distinct_top1"]
-    new = pq.read_table(tiny_run / "metrics.parquet").to_pandas()[cols].sort_values(["method", "checkpoint"])
     old = pq.read_table(DATA / "tiny_metrics_before_stages.parquet").to_pandas()[cols].sort_values(
+        ["method", "checkpoint"])
+    new = _known(pq.read_table(tiny_run / "metrics.parquet").to_pandas()[cols], old).sort_values(
         ["method", "checkpoint"])
     np.testing.assert_array_equal(new[["method", "checkpoint", "k", "n_distinct_top1"]].to_numpy(),
                                   old[["method", "checkpoint", "k", "n_distinct_top1"]].to_numpy())

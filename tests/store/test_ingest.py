@@ -15,7 +15,7 @@ import pytest
 from store import ingest, queries
 from store.db import Store
 from store.errors import IngestError
-from store.schema import ANALYSIS_TABLES, RUN_TABLES
+from store.schema import RUN_TABLES, STAGE_TABLES
 
 N_TABLES = RUN_TABLES  # runs, score_sets, samples, scores, metrics, label_metrics, agreement, train_loss
 
@@ -49,8 +49,8 @@ def test_ingest_is_idempotent(store, runs_dir, make_run):
     assert first["scores"] == 2 * 2 * d.n_train * d.n_test
     assert first["samples"] == d.n_train + d.n_test
     assert first["runs"] == 1 and first["score_sets"] == 4 and first["metrics"] == 4
-    assert all(n > 0 for t, n in first.items() if t not in ANALYSIS_TABLES)
-    assert all(first[t] == 0 for t in ANALYSIS_TABLES)  # this run has no analysis stages
+    assert all(n > 0 for t, n in first.items() if t not in STAGE_TABLES)
+    assert all(first[t] == 0 for t in STAGE_TABLES)  # this run has no analysis, self-influence or check stages
 
 
 def test_scores_loaded_sorted(store, runs_dir, make_run):

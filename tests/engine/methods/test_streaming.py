@@ -23,7 +23,13 @@ def _inputs(name, seed=0):
     if "rept" in CATALOG[name].reads:
         gen = torch.Generator().manual_seed(seed + 1)
         return Features(rept=torch.randn(30, 6, generator=gen)), Features(rept=torch.randn(4, 6, generator=gen))
-    return make_features(seed, n=30, dims=(5, 20, 40))
+    train, test = make_features(seed, n=30, dims=(5, 20, 40))
+    if "text" in CATALOG[name].reads:  # the BM25 baseline: texts that share words to a varying degree
+        words = "red green blue cat dog sun moon tree rock wave".split()
+        text = lambda i: " ".join(words[(i * k) % len(words)] for k in range(1, 2 + i % 4))  # noqa: E731
+        return (Features(texts=tuple(text(i) for i in range(30))),
+                Features(texts=tuple(text(i + 3) for i in range(4))))
+    return train, test
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))

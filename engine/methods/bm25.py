@@ -1,0 +1,32 @@
+"""The BM25 baseline: word overlap between each test sample and each training sample, no model involved.
+
+Formula: Okapi BM25 as :mod:`engine.lexical` computes it (its docstring gives tokenisation and formula), with the
+training texts as documents and each test text as the query:
+
+    s(z_i, z') = BM25(query = text(z'), document = text(z_i); k1, b)
+
+where ``text`` is the prompt and the response (``engine.tasks.difficulty.sample_text``). DATE-LM and TrackStar find
+that BM25 beats gradient methods on some tasks: an attribution method that cannot beat it explains nothing beyond
+shared words. Document frequencies are over all training texts, so there is no two-phase form (the pipeline
+computes the matrix once and slices it into shards).
+
+Shapes: ``Features.texts`` (n train, m test) -> S [m, n] float64 >= 0; larger = more lexical overlap = ranked higher.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import InputError
+
+from .base import Features, register
+
+
+@register("bm25")
+def bm25(train: Features, test: Features, p) -> np.ndarray:
+    """BM25 scores -> float64 [n_test, n_train]; p: :class:`engine.catalog.Bm25Params` (k1, b)."""
+    if train.texts is None or test.texts is None:
+        raise InputError("bm25 needs the texts of the training and test samples (Features.texts)")
+    from engine.lexical import bm25_scores
+
+    return np.asarray(bm25_scores(list(train.texts), list(test.texts), k1=p.k1, b=p.b), dtype=np.float64)
