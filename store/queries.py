@@ -64,7 +64,8 @@ def list_runs(con) -> pd.DataFrame:
 
 def run_info(con, run: str) -> dict:
     """Everything known about one run: the ``runs`` columns with spec/labels/versions parsed from JSON, plus
-    ``methods``, ``checkpoints`` and ``n_scores``. Raises :class:`UnknownRunError`."""
+    ``methods``, ``checkpoints``, ``n_scores`` and ``stored_k`` (the ranks per test prompt kept in ``topk``).
+    Raises :class:`UnknownRunError`."""
     _require_run(con, run)
     df = _df(con, "SELECT * FROM runs WHERE run_id = ?", [run])
     info = {k: _plain(v) for k, v in df.iloc[0].items()}
@@ -73,6 +74,8 @@ def run_info(con, run: str) -> dict:
     info["methods"] = methods(con, run)
     info["checkpoints"] = checkpoints(con, run)
     info["n_scores"] = int(_one(con, "SELECT coalesce(sum(n_rows), 0) FROM score_sets WHERE run_id = ?", [run]))
+    # how many ranks per test prompt the topk table holds for every score set (None without scores)
+    info["stored_k"] = _one(con, "SELECT min(top_k) FROM score_sets WHERE run_id = ?", [run])
     return info
 
 
