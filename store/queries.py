@@ -154,10 +154,10 @@ def per_test_hits(con, run: str, method: str, checkpoint: int, k: int) -> pd.Dat
     """Per test sample of one score set: test_id, top1_same (its first-ranked training sample has its label) and
     n_same (how many of its top ``k`` do). Acc@1 and Coverage@k are their means (n_same / k); a paired
     comparison of two methods resamples these rows together (``engine.metrics.paired_bootstrap_ci``)."""
-    _require_scores(con, run, method, checkpoint)
+    stored = _require_scores(con, run, method, checkpoint)
     k = _positive(k, "k")
     ckpt = int(checkpoint)
-    in_table = k <= _stored_k(con, run, method, ckpt)
+    in_table = k <= stored
     sql = (f"WITH {_todo_one()}, {_ranked_cte(in_table)}, {_PER_TEST_CTE} "
            "SELECT test_id, top1_same, n_same FROM per_test ORDER BY test_id")
     return _read(con, run, sql, {"run": run, "method": method, "ckpt": ckpt, "k": k},
@@ -428,10 +428,10 @@ def top_k(con, run: str, method: str, checkpoint: int, test_id: int, k: int) -> 
     """The ``k`` training samples ranked highest for one test sample: rank (1-based), train_id, score, prompt,
     response, label, same_label (train label == test label). Ties: lowest train_id first. From ``topk`` when k is
     within the stored ranks, else from the score files in place (one prompt's rows)."""
-    _require_scores(con, run, method, checkpoint)
+    stored = _require_scores(con, run, method, checkpoint)
     _require_sample(con, run, "test", test_id)
     ckpt, k = int(checkpoint), _positive(k, "k")
-    in_table = k <= _stored_k(con, run, method, ckpt)
+    in_table = k <= stored
     if in_table:
         ranked = ("(SELECT rank, train_id, score FROM topk WHERE run_id = $run AND method = $method "
                   "AND checkpoint = $ckpt AND test_id = $test AND rank <= $k)")
@@ -524,9 +524,9 @@ def topk_counts(con, run: str, method: str, checkpoint: int, k: int) -> pd.DataF
     """For every training sample (train_id order): n, in how many test samples' top ``k`` it is (by the one
     ranking), and n_top1, how many rank it first. From ``topk`` when k is within the stored ranks, else ranked in
     place from the score files (a heap of k per test prompt: memory n_test x k)."""
-    _require_scores(con, run, method, checkpoint)
+    stored = _require_scores(con, run, method, checkpoint)
     ckpt, k = int(checkpoint), _positive(k, "k")
-    in_table = k <= _stored_k(con, run, method, ckpt)
+    in_table = k <= stored
     sql = f"""
         WITH {_todo_one()}, {_ranked_cte(in_table)},
         counts AS (SELECT train_id, count(*) AS n, count(*) FILTER (WHERE rnk = 1) AS n_top1 FROM ranked
@@ -544,10 +544,10 @@ def test_prompts_ranking_train(con, run: str, method: str, checkpoint: int, trai
     """Test samples that have training sample ``train_id`` in their top ``k``: test_id, rank (of the training
     sample for that test sample), score, prompt, response, label, same_label; best rank first. From ``topk`` when
     k is within the stored ranks, else from the score files in place (a scan of the whole score set)."""
-    _require_scores(con, run, method, checkpoint)
+    stored = _require_scores(con, run, method, checkpoint)
     _require_sample(con, run, "train", train_id)
     ckpt, k = int(checkpoint), _positive(k, "k")
-    in_table = k <= _stored_k(con, run, method, ckpt)
+    in_table = k <= stored
     if in_table:
         ranks = ("ranks AS (SELECT test_id, rank, score FROM topk WHERE run_id = $run AND method = $method "
                  "AND checkpoint = $ckpt AND train_id = $train AND rank <= $k)")
@@ -614,24 +614,21 @@ def _require_method(con, run: str, method: str) -> None:
         raise UnknownMethodError(run, method, methods(con, run))
 
 
-def _require_scores(con, run: str, method: str, checkpoint: int) -> None:
-    """Raise unless ``run`` has scores for ``method`` at ``checkpoint``."""
-    _require_run(con, run)
-    _require_method(con, run, method)
+def _require_scores(con, run: str, method: str, checkpoint: int) -> int:
+    """Raise unless ``run`` has scores for ``method`` at ``checkpoint``; return the ranks per test prompt its
+    ``topk`` rows hold. One query on the common path; the failure path finds out what is unknown."""
     try:
         ckpt = int(checkpoint)
     except (TypeError, ValueError):
         ckpt = None
-    if ckpt is None or _one(
-        con, "SELECT count(*) FROM score_sets WHERE run_id = ? AND method = ? AND checkpoint = ?", [run, method, ckpt]
-    ) == 0:
-        raise UnknownCheckpointError(run, method, checkpoint, checkpoints(con, run, method))
-
-
-def _stored_k(con, run: str, method: str, checkpoint: int) -> int:
-    """How many ranks per test prompt ``topk`` holds for this score set (k up to it is answered from there)."""
-    return int(_one(con, "SELECT max(top_k) FROM score_sets WHERE run_id = ? AND method = ? AND checkpoint = ?",
-                    [run, method, int(checkpoint)]))
+    if isinstance(run, str) and isinstance(method, str) and ckpt is not None:
+        top = _one(con, "SELECT max(top_k) FROM score_sets WHERE run_id = ? AND method = ? AND checkpoint = ?",
+                   [run, method, ckpt])
+        if top is not None:
+            return int(top)
+    _require_run(con, run)
+    _require_method(con, run, method)
+    raise UnknownCheckpointError(run, method, checkpoint, checkpoints(con, run, method))
 
 
 def _score_files(con, run: str, method: str, checkpoint: int) -> list[str]:
