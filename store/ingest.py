@@ -304,15 +304,22 @@ def _top_k(value) -> int:
 
 
 def _check_sample_counts(con: duckdb.DuckDBPyConnection, run_id: str, manifest: dict, folder: Path) -> None:
-    """samples.parquet must hold n_train train and n_test test rows, as the manifest says."""
-    rows = dict(con.execute("SELECT split, count(*) FROM samples WHERE run_id = ? GROUP BY split", [run_id]).fetchall())
+    """samples.parquet must hold n_train train and n_test test rows, as the manifest says, with the ids 0..n-1 of
+    each split once each (the format's rule, which the queries build on)."""
+    rows = {split: (n, distinct, lo, hi) for split, n, distinct, lo, hi in con.execute(
+        "SELECT split, count(*), count(DISTINCT sample_id), min(sample_id), max(sample_id) FROM samples "
+        "WHERE run_id = ? GROUP BY split", [run_id]).fetchall()}
     for split in ("train", "test"):
+        n, distinct, lo, hi = rows.get(split, (0, 0, None, None))
         want = manifest.get(f"n_{split}")
-        if want is not None and rows.get(split, 0) != int(want):
+        if want is not None and n != int(want):
             raise IngestError(
-                f"run {run_id!r}: {folder / 'samples.parquet'} has {rows.get(split, 0)} {split} rows, "
+                f"run {run_id!r}: {folder / 'samples.parquet'} has {n} {split} rows, "
                 f"manifest says n_{split} = {want}"
             )
+        if n and not (distinct == n and lo == 0 and hi == n - 1):
+            raise IngestError(f"run {run_id!r}: the {split} sample ids of {folder / 'samples.parquet'} are not "
+                              f"0..{n - 1}, each once (found {distinct} distinct ids from {lo} to {hi})")
 
 
 def _insert_run_row(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, sha: str) -> None:

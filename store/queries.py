@@ -490,6 +490,10 @@ def score_matrix(con, run: str, method: str, checkpoint: int) -> np.ndarray:
 def _positions(sorted_ids: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
     """Index of each value in ``sorted_ids`` and whether it is there at all."""
     values = np.asarray(values)
+    n = len(sorted_ids)
+    if n and sorted_ids[0] == 0 and sorted_ids[-1] == n - 1:  # ids 0..n-1 (sorted, distinct): a value is its index
+        ok = (values >= 0) & (values < n)
+        return np.where(ok, values, 0), ok
     pos = np.searchsorted(sorted_ids, values)
     clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
     ok = (pos < len(sorted_ids)) & (sorted_ids[clipped] == values) if len(sorted_ids) else np.zeros(len(values), bool)
@@ -667,10 +671,9 @@ def _require_sample(con, run: str, split: str, sample_id: int) -> None:
 
 
 def _ids(con, run: str, split: str) -> np.ndarray:
-    got = _c(con).execute(
-        "SELECT sample_id FROM samples WHERE run_id = ? AND split = ? ORDER BY sample_id", [run, split]
-    ).fetchnumpy()
-    return np.asarray(got["sample_id"], dtype=np.int64)
+    """The sample ids of one split, sorted: 0..n-1 (ingest refuses a run whose ids are not)."""
+    return np.arange(_one(con, "SELECT count(*) FROM samples WHERE run_id = ? AND split = ?", [run, split]),
+                     dtype=np.int64)
 
 
 def _integer(value, name: str) -> int:

@@ -205,6 +205,21 @@ def test_sample_count_mismatch(store, runs_dir, make_run):
     assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
 
 
+@pytest.mark.parametrize("change", ["shift", "duplicate"])
+def test_sample_ids_must_count_from_zero(store, runs_dir, make_run, change):
+    """The queries place scores by sample id: ids of a split other than 0..n-1, each once, are refused."""
+    d = make_run(runs_dir, "r")
+    path = d.folder / "samples.parquet"
+    t = pq.read_table(path)
+    ids = t.column("sample_id").to_numpy().copy()
+    train = np.flatnonzero(t.column("split").to_numpy(zero_copy_only=False) == "train")
+    ids[train] = ids[train] + 1 if change == "shift" else np.minimum(ids[train], d.n_train - 2)
+    pq.write_table(t.set_column(t.schema.get_field_index("sample_id"), "sample_id", pa.array(ids, pa.int32())), path)
+    with pytest.raises(IngestError, match=r"train sample ids of .*samples\.parquet are not 0\.\.11, each once"):
+        ingest.ingest_run(store.con, d.folder)
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
+
+
 def test_ingest_all_non_strict_skips_failures(store, runs_dir, caplog, make_run):
     make_run(runs_dir, "good")
     make_run(runs_dir, "bad", extra_files={"scores/zz.parquet": _bad_scores_table()})
