@@ -22,7 +22,7 @@ from engine.spec import ANALYSES
 from ui import demo_job, run_checks
 from ui.auth import current_user, read_only, require_login
 from ui.common import esc, get_store
-from ui.readings import leaderboard_reading
+from ui.readings import difference_reading, leaderboard_reading
 
 st.set_page_config(page_title="Influence Explorer", layout="wide")
 require_login()
@@ -194,8 +194,24 @@ def run_reading(con, run: str, board: pd.DataFrame) -> list[str]:
     spec = info.get("spec") or {}
     epochs = (spec.get("train") or {}).get("epochs") if info.get("kind", "pipeline") != "imported" else None
     last = board[board.checkpoint == board.checkpoint.max()]
-    return leaderboard_reading(last, int(info.get("n_test") or 0), model=str(info.get("model") or ""),
-                               n_labels=len(info.get("labels") or []) or None, epochs=epochs)
+    out = leaderboard_reading(last, int(info.get("n_test") or 0), model=str(info.get("model") or ""),
+                              n_labels=len(info.get("labels") or []) or None, epochs=epochs)
+    return out + noise_readings(con, run, last)
+
+
+def noise_readings(con, run: str, last: pd.DataFrame) -> list[str]:
+    """Whether the best method's Acc@1 lead over the runner-up, and over RepSim, is more than the noise of the
+    test set (paired bootstrap over the same test prompts, ``ui.readings.difference_reading``)."""
+    rows = last.dropna(subset=["acc"]).sort_values(["acc", "method"], ascending=[False, True])
+    if len(rows) < 2:
+        return []
+    best, ck, k = rows.method.iloc[0], int(rows.checkpoint.iloc[0]), int(rows.k.iloc[0])
+    others = [rows.method.iloc[1]] + (["repsim"] if "repsim" in set(rows.method.iloc[2:]) else [])
+    try:
+        top1 = {m: store.per_test_hits(con, run, m, ck, k).top1_same.to_numpy() for m in [best, *others]}
+    except store.StoreError:  # metrics without score files (nothing to resample)
+        return []
+    return [difference_reading(best, m, top1[best], top1[m]) for m in others]
 
 
 def show_readings(con, runs: pd.DataFrame, board: pd.DataFrame) -> None:

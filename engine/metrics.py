@@ -266,11 +266,13 @@ def topk_counts(S, k: int) -> np.ndarray:
 
 
 def agreement(S_a, S_b, k: int) -> dict:
-    """How much two methods agree, per test sample, averaged over test samples.
+    """How much two methods agree, per test sample and averaged over test samples.
 
-    spearman: mean over test samples of :func:`spearman_rows`; a row without a defined correlation (a NaN
-      score, a constant row) is left out of the mean (NaN when every row is).
-    overlap: mean ``|top-k of a  intersect  top-k of b| / k`` (ranking rule of this module).
+    spearman_per_test: ``[n_test]`` :func:`spearman_rows` of the two matrices (NaN for a row without a defined
+      correlation: a NaN score, a constant row).
+    overlap_per_test: ``[n_test]`` ``|top-k of a  intersect  top-k of b| / k`` (ranking rule of this module).
+    spearman: mean of spearman_per_test, undefined rows left out (NaN when every row is); overlap: mean of
+      overlap_per_test.
     """
     A, B = _matrix(S_a), _matrix(S_b)
     if A.shape != B.shape:
@@ -279,8 +281,9 @@ def agreement(S_a, S_b, k: int) -> dict:
     rhos = np.concatenate([spearman_rows(A[rows], B[rows]) for rows in _row_chunks(*A.shape)])
     spearman = float(np.nanmean(rhos)) if np.any(~np.isnan(rhos)) else float("nan")
     ta, tb = top_k_rows(A, k), top_k_rows(B, k)
-    overlap = float(np.mean([np.intersect1d(x, y).size / k for x, y in zip(ta, tb)]))
-    return {"spearman": spearman, "overlap": overlap}
+    overlaps = np.array([np.intersect1d(x, y).size / k for x, y in zip(ta, tb)])
+    return {"spearman": spearman, "overlap": float(overlaps.mean()), "spearman_per_test": rhos,
+            "overlap_per_test": overlaps}
 
 
 def per_test_hits(S, train_labels: Sequence[str], test_labels: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:

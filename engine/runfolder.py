@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.runformat import (  # noqa: F401  (the readers, re-exported for callers of this module)
     FORMAT_VERSION, MANIFEST, check_run_name, checked_manifest, is_complete, list_complete_runs, pid_alive,
-    read_manifest,
+    read_manifest, table_of_file,
 )
+from engine.score_layout import merge_score_shards, write_options
 
 TMP_TAG, OLD_TAG = ".tmp-", ".old-"  # hidden siblings ``.<name><tag><pid>``: a run being written, a replaced run
 
@@ -54,11 +56,22 @@ class RunWriter:
         self.final = final
         self.files: dict[str, int] = {}
 
-    def write_table(self, relpath: str, table: pa.Table) -> None:
-        """Write ``table`` as Parquet at ``relpath`` (relative to the run folder)."""
+    def write_table(self, relpath: str, table: pa.Table, row_group_size: int | None = None) -> None:
+        """Write ``table`` as Parquet at ``relpath`` (relative to the run folder).
+
+        A score file (``scores/``, test-major as :func:`engine.tables.scores_table` builds it) gets row groups of
+        whole test prompts (``row_group_size`` None: :func:`engine.score_layout.write_options`), so the store can
+        read one prompt's rows without decoding the others; other tables use ``row_group_size`` or pyarrow's
+        default."""
         path = self.tmp / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path, compression="zstd")
+        options = {"compression": "zstd"}
+        if table_of_file(relpath) == "scores" and table.num_rows:
+            n_tests = pc.count_distinct(table.column("test_id")).as_py()
+            options = write_options(table.num_rows // max(1, n_tests))
+        if row_group_size is not None:
+            options["row_group_size"] = row_group_size
+        pq.write_table(table, path, **options)
         self.files[relpath] = table.num_rows
 
     def adopt(self, folder: str) -> None:
@@ -75,7 +88,12 @@ class RunWriter:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def commit(self, manifest: dict) -> Path:
+    def commit(self, manifest: dict, *, merge_scores: bool = True) -> Path:
+        """Write the manifest and rename the run into place. ``merge_scores``: first merge each method's score
+        shards at a checkpoint into one file sorted by test prompt (:func:`engine.score_layout.merge_score_shards`);
+        False keeps the shards as written (the layout of run folders written before the merge)."""
+        if merge_scores:
+            self.files = merge_score_shards(self.tmp, self.files)
         manifest = {
             "format": FORMAT_VERSION,
             "status": "complete",

@@ -6,8 +6,8 @@ Layout of ``<runs_dir>/<run_name>/`` (every table is one Parquet file, ``scores`
 
     manifest.json            written last (see MANIFEST_FIELDS)
     samples.parquet          the train and test samples
-    scores/*.parquet         long-form score rows; file names ``<method>-ckpt<c>-shard<s>.parquet`` by convention
-    metrics.parquet, label_metrics.parquet, agreement.parquet, train_loss.parquet
+    scores/*.parquet         long-form score rows; ``<method>-ckpt<c>.parquet`` by convention (see "Score files")
+    metrics.parquet, label_metrics.parquet, agreement.parquet, test_agreement.parquet, train_loss.parquet
     self_influence.parquet, checks.parquet   (absent in runs written before them)
     <analysis>.parquet       the analysis tables (empty or absent when the analysis did not run)
     checkpoints/epoch-<e>/   peft adapter (safetensors + adapter_config.json) per checkpoint; not ingested
@@ -15,6 +15,13 @@ Layout of ``<runs_dir>/<run_name>/`` (every table is one Parquet file, ``scores`
 ``checkpoint`` is the 1-based index of the adapter state that produced the scores, in training order (an epoch
 of our fine-tuning, or the n-th checkpoint of a user's adapter); 0 means "not from a checkpoint" (imported
 scores). Score sign: larger = training sample more responsible for the test sample (the paper's IF is -score).
+
+Score files: the store reads them in place (it never copies them), so their physical layout is part of the format.
+A writer writes one file per (method, checkpoint, training shard), test-major; :meth:`RunWriter.commit
+<engine.runfolder.RunWriter.commit>` merges a method's shards into ONE file per (method, checkpoint) sorted by
+(test_id, train_id), whose row groups hold whole test prompts (:func:`scores_rows_per_group`): one prompt's full
+row is then one row group of one file, found from the row-group statistics. Readers accept any other layout
+(run folders written before the merge, foreign writers): any number of files, any order, only slower.
 
 Column types are named once in :data:`TYPES` and mapped to Arrow (for writing) and SQL (for the store).
 Atomicity: a run is written into a hidden sibling ``.<run_name>.tmp-<pid>`` and renamed into place after
@@ -96,6 +103,11 @@ _CORE = [
        ("method", "checkpoint", "k", "label"), "the metrics over the test samples of one label"),
     _t("agreement", {"checkpoint": _I, "method_a": _S, "method_b": _S, "k": _I, "spearman": _F, "overlap": _F},
        ("checkpoint", "method_a", "method_b", "k"), "mean per-test Spearman and top-k overlap of two methods"),
+    _t("test_agreement", {"checkpoint": _I, "method_a": _S, "method_b": _S, "k": _I, "test_id": _I,
+                          "spearman": _F, "overlap": _F},
+       ("checkpoint", "method_a", "method_b", "k", "test_id"),
+       "per test sample: Spearman and top-k overlap of two methods' score rows (engine.metrics.agreement); "
+       "an optional table: run folders written before it lack the file"),
     _t("train_loss", {"epoch": _I, "step": _I, "loss": _F}, ("step", "epoch"),
        "fine-tuning loss per step (empty when the run did not fine-tune)"),
     _t("self_influence", {"method": _S, "checkpoint": _I, "train_id": _I, "score": _F},
@@ -210,6 +222,19 @@ def table_of_file(relpath: str) -> str | None:
         return "scores"
     name = relpath.removesuffix(".parquet")
     return name if name in TABLES else None
+
+
+# Target rows per row group of a score file. Row groups hold whole test prompts, so a per-prompt read decodes one
+# row group; fewer, larger groups cost less to prune. Measured on 1000 prompts x 100k training samples (bench/
+# store.py): 1 prompt per group (1000 groups) ~1.7x slower to read one prompt than 2 prompts per group.
+SCORES_ROW_GROUP_ROWS = 1 << 18
+
+
+def scores_rows_per_group(n_per_test: int) -> int:
+    """Rows per row group of a score file holding ``n_per_test`` rows per test prompt: a whole number of prompts
+    (at least one), about :data:`SCORES_ROW_GROUP_ROWS` rows."""
+    n = max(1, int(n_per_test))
+    return n * max(1, SCORES_ROW_GROUP_ROWS // n)
 
 
 def scores_file(method: str, checkpoint: int, shard: int | None = None) -> str:

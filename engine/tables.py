@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import metrics
-from engine.runformat import table
+from engine.runformat import TABLES, table
 from engine.tasks.base import TaskData
 
 
@@ -28,7 +28,7 @@ def samples_table(task: TaskData) -> pa.Table:
 def scores_table(method: str, checkpoint: int, S: np.ndarray, train_offset: int = 0) -> pa.Table:
     """Long form of a score block S [n_test, n_shard]: method, checkpoint, test_id, train_id, score (float32)."""
     m, n = S.shape
-    return table("scores", method=pa.array([method] * (m * n), pa.string()),
+    return table("scores", method=pa.repeat(method, m * n),
                  checkpoint=np.full(m * n, checkpoint, np.int32),
                  test_id=np.repeat(np.arange(m, dtype=np.int32), n),
                  train_id=np.tile(np.arange(train_offset, train_offset + n, dtype=np.int32), m),
@@ -52,6 +52,7 @@ class Evaluation:
         self.metrics: list[dict] = []
         self.per_label: list[dict] = []
         self.agreement: list[dict] = []
+        self.test_agreement: dict[str, list] = {c: [] for c in TABLES["test_agreement"].columns}  # columns
 
     def add(self, method: str, checkpoint: int, S: np.ndarray) -> dict:
         row, labels = metrics.summarize_with_labels(S, self.train_labels, self.test_labels, k=self.k)
@@ -67,11 +68,17 @@ class Evaluation:
             ag = metrics.agreement(matrices[a], matrices[b], k=self.k)
             self.agreement.append({"checkpoint": checkpoint, "method_a": a, "method_b": b, "k": self.k,
                                    "spearman": float(ag["spearman"]), "overlap": float(ag["overlap"])})
+            n = len(ag["spearman_per_test"])  # one row per test sample: what the Compare page lists
+            for column, values in (("checkpoint", [checkpoint] * n), ("method_a", [a] * n), ("method_b", [b] * n),
+                                   ("k", [self.k] * n), ("test_id", range(n)),
+                                   ("spearman", ag["spearman_per_test"]), ("overlap", ag["overlap_per_test"])):
+                self.test_agreement[column].extend(values)
 
     def write(self, writer) -> None:
         writer.write_table("metrics.parquet", table("metrics", self.metrics))
         writer.write_table("label_metrics.parquet", table("label_metrics", self.per_label))
         writer.write_table("agreement.parquet", table("agreement", self.agreement))
+        writer.write_table("test_agreement.parquet", table("test_agreement", **self.test_agreement))
 
 
 class ScoreMatrices:

@@ -108,13 +108,6 @@ TABLE_COLUMNS = {
 }
 
 
-@st.cache_resource(max_entries=6, show_spinner=False)
-def _matrix(db: str, run: str, stamp: str, method: str, checkpoint: int) -> np.ndarray:
-    """The score matrix of one method and checkpoint, kept across reruns (keyed by store file and ingest time,
-    so a re-ingested run is reloaded). Shared between sessions: never modified."""
-    return store.score_matrix(cursor(), run, method, checkpoint)
-
-
 # ---------------------------------------------------------------------------------------------- sections
 
 
@@ -202,26 +195,23 @@ def rankings(con, run: str, ck: int, methods: list[str], tid: int, k: int, test_
     return tables
 
 
-def distribution(con, run: str, ck: int, methods: list[str], tid: int, info: dict,
-                 tests: pd.DataFrame, train: pd.DataFrame, test_label) -> None:
+def distribution(con, run: str, ck: int, methods: list[str], tid: int, train: pd.DataFrame, test_label) -> None:
     st.subheader("Score distribution by training label")
     st.caption("Every training sample's score for this test prompt, one box per label; the test prompt's own "
                "label should stand out on the right. Each method has its own scale.")
-    test_ids = np.sort(tests.sample_id.astype(int).to_numpy())
-    row = int(np.searchsorted(test_ids, tid))
     train_sorted = train.sort_values("sample_id")
     parts = []
     for method in methods:
-        try:
-            mat = _matrix(str(store.default_store_path()), run, str(info.get("ingested_at")), method, ck)
+        try:  # this prompt's full row (one row group of the run folder's score file), in train sample-id order
+            row = store.score_row(con, run, method, ck, tid)
         except store.StoreError as e:
             st.warning(f"No score distribution for {method}: {e}")
             continue
-        if row >= mat.shape[0] or mat.shape[1] != len(train_sorted):
+        if len(row) != len(train_sorted):
             continue
         parts.append(pd.DataFrame({
             "method": method, "train_id": train_sorted.sample_id.to_numpy(), "label": train_sorted.label.to_numpy(),
-            "score": mat[row], "same label": np.where(train_sorted.label.to_numpy() == test_label, "same", "different"),
+            "score": row, "same label": np.where(train_sorted.label.to_numpy() == test_label, "same", "different"),
         }))
     if not parts:
         st.info("No scores to plot.")
@@ -349,7 +339,7 @@ def main() -> None:
         st.info("Pick at least one method in the sidebar.")
         return
     tables = rankings(con, run, ck, methods, tid, k, row.label, train)
-    distribution(con, run, ck, methods, tid, info, tests, train, row.label)
+    distribution(con, run, ck, methods, tid, train, row.label)
     first = next(iter(tables.values()), None)
     default_train = int(first.train_id.iloc[0]) if first is not None and len(first) else None
     drill(con, run, ck, methods, k, train, default_train)

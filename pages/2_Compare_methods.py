@@ -122,8 +122,8 @@ def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:
     if a == b:
         st.warning("Method A and method B are the same; pick two different methods.")
 
-    S_a = store.score_matrix(con, run, a, ck)  # rows/columns in sample-id order, like samples()
-    S_b = store.score_matrix(con, run, b, ck)
+    row_a = store.score_row(con, run, a, ck, tid)  # this prompt's scores, in train sample-id order like samples()
+    row_b = store.score_row(con, run, b, ck, tid)
     row = test_ids.index(tid)
     test_label = test.label.iloc[row]
     st.markdown(f"**Test prompt #{tid}** (label *{md_literal(test_label, 80)}*): "
@@ -132,8 +132,8 @@ def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:
     same = (train.label == test_label).to_numpy()
     pts = pd.DataFrame({
         "train_id": train.sample_id.astype(int).to_numpy(),
-        a if a != b else f"{a} (A)": S_a[row],
-        b if a != b else f"{b} (B)": S_b[row],
+        a if a != b else f"{a} (A)": row_a,
+        b if a != b else f"{b} (B)": row_b,
         "label": [chart_text(v, 60) for v in train.label],
         "prompt": [chart_text(v, 100) for v in train.prompt],
         "same label": np.where(same, "same label as test", "other label"),
@@ -147,26 +147,54 @@ def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
     left, right = st.columns([3, 2])
     left.plotly_chart(fig, width="stretch", key="scatter")
-    rho = metrics.spearman(S_a[row], S_b[row])
+    rho = metrics.spearman(row_a, row_b)
     right.metric(f"Spearman ({a} vs {b}) for this prompt", "n/a" if np.isnan(rho) else f"{rho:.3f}")
-    right.metric(f"Top-{k} overlap for this prompt", f"{len(top_set(S_a[row], k) & top_set(S_b[row], k)) / k:.2f}")
+    right.metric(f"Top-{k} overlap for this prompt", f"{len(top_set(row_a, k) & top_set(row_b, k)) / k:.2f}")
     right.caption("Each point is a training sample. Red points share the test prompt's label: a good method "
                   "scores them highest.")
 
-    show_disagreement(run, ck, a, b, k, test, S_a, S_b)
+    show_disagreement(con, run, ck, a, b, k, test)
 
 
-def show_disagreement(run: str, ck: int, a: str, b: str, k: int, test: pd.DataFrame, S_a: np.ndarray,
-                      S_b: np.ndarray) -> None:
+FALLBACK_SCORES = 2_000_000  # runs without stored per-prompt agreement: recompute it up to this many scores per method
+
+
+def per_prompt_agreement(con, run: str, ck: int, a: str, b: str, k: int, test: pd.DataFrame) -> pd.DataFrame | None:
+    """Per test prompt: test_id, spearman and overlap of the two methods' rows, and the k of the overlap. As the
+    run stored it; for a run written before that, recomputed from two prompts' rows at a time when the run is
+    small enough; None otherwise."""
+    rows = store.test_agreement(con, run, ck, a, b)
+    if not rows.empty:
+        return rows
+    info = store.run_info(con, run)
+    if int(info.get("n_test") or 0) * int(info.get("n_train") or 0) > FALLBACK_SCORES:
+        return None
+    out = []
+    for tid in test.sample_id.astype(int):
+        x, y = store.score_row(con, run, a, ck, tid), store.score_row(con, run, b, ck, tid)
+        out.append({"test_id": tid, "spearman": metrics.spearman(x, y),
+                    "overlap": len(top_set(x, k) & top_set(y, k)) / k, "k": k})
+    return pd.DataFrame(out)
+
+
+def show_disagreement(con, run: str, ck: int, a: str, b: str, k: int, test: pd.DataFrame) -> None:
     st.subheader(f"Where {a} and {b} disagree most")
+    if a == b:
+        return
+    rows = per_prompt_agreement(con, run, ck, a, b, k, test)
+    if rows is None:
+        st.info("This run was written before per-prompt agreement was stored with it, and is too large to "
+                "recompute it here; run it again to list the prompts where the methods disagree.")
+        return
+    k = int(rows.k.iloc[0]) if len(rows) else k
     table = pd.DataFrame({
         "test_id": test.sample_id.astype(int).to_numpy(),
-        "spearman": metrics.spearman_rows(S_a, S_b),
-        f"overlap@{k}": [len(top_set(x, k) & top_set(y, k)) / k for x, y in zip(S_a, S_b)],
         "label": test.label.to_numpy(),
         "prompt": test.prompt.to_numpy(),
         "response": test.response.to_numpy(),
-    }).sort_values(["spearman", "test_id"], na_position="last", kind="stable").reset_index(drop=True)
+    }).merge(rows.rename(columns={"overlap": f"overlap@{k}"}).drop(columns="k"), on="test_id", how="left")
+    table = table[["test_id", "spearman", f"overlap@{k}", "label", "prompt", "response"]]
+    table = table.sort_values(["spearman", "test_id"], na_position="last", kind="stable").reset_index(drop=True)
     st.caption("Test prompts ordered by the Spearman correlation of the two methods' score rows, lowest first "
                "(NaN: a row is constant or missing).")
     st.dataframe(table, hide_index=True, width="stretch", key="disagreement",

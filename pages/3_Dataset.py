@@ -15,7 +15,6 @@ import plotly.express as px
 import streamlit as st
 
 import store
-from engine import metrics
 from engine.tasks.difficulty import length_stats, lexical_shortcut, sample_text
 from ui.common import chart_text, cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
 from ui.auth import require_login
@@ -83,33 +82,35 @@ def show_topk(con, run: str, ck: int, info: dict, train: pd.DataFrame) -> None:
         st.info("No method has scores at this checkpoint.")
         return
     n_train = len(train)
+    k_max = max(1, min(n_train, int(info.get("stored_k") or n_train)))  # the ranks the store keeps per prompt
     c1, c2, _ = st.columns([2, 1, 3])
     wanted = qp_get("method", names[0])
     method = c1.selectbox("Method", names, index=names.index(wanted) if wanted in names else 0, key="method")
-    k_default = max(1, min(int(info.get("k_default") or 1), n_train))
+    k_default = max(1, min(int(info.get("k_default") or 1), k_max))
     k_wanted = qp_get("k", k_default, int)
-    k_wanted = k_wanted if 1 <= k_wanted <= n_train else k_default
-    k = int(c2.number_input("k", min_value=1, max_value=n_train, value=k_wanted, step=1, key="k"))
+    k_wanted = k_wanted if 1 <= k_wanted <= k_max else k_default
+    k = int(c2.number_input("k", min_value=1, max_value=k_max, value=k_wanted, step=1, key="k"))
     qp_set(method=method, k=k)
 
-    S = store.score_matrix(con, run, method, ck)  # columns in train sample-id order, like samples()
-    n_test = S.shape[0]
-    counts = metrics.topk_counts(S, k)
-    top1 = store.top1_counts(con, run, method, ck)[["train_id", "n_top1"]]
+    # per training sample: in how many test prompts' top k it is, and how many rank it first (from the store's
+    # top-k table, never the score matrix)
+    counts = store.topk_counts(con, run, method, ck, k).set_index("train_id")
+    n_test = int(info.get("n_test") or 0)
+    ids = train.sample_id.astype(int).to_numpy()
+    n_topk = counts.n.reindex(ids, fill_value=0).to_numpy()
     table = pd.DataFrame({
-        "train_id": train.sample_id.astype(int).to_numpy(),
-        f"n_top{k}": counts,
-        "share": counts / max(n_test, 1),
+        "train_id": ids,
+        f"n_top{k}": n_topk,
+        "share": n_topk / max(n_test, 1),
+        "n_top1": counts.n_top1.reindex(ids, fill_value=0).to_numpy(),
         "label": train.label.to_numpy(),
         "prompt": train.prompt.to_numpy(),
         "response": train.response.to_numpy(),
-    }).merge(top1, on="train_id", how="left")
-    table["n_top1"] = table["n_top1"].fillna(0).astype(int)
-    table = table[["train_id", f"n_top{k}", "share", "n_top1", "label", "prompt", "response"]]
+    })
     table = table.sort_values([f"n_top{k}", "n_top1", "train_id"], ascending=[False, False, True],
                               kind="stable").reset_index(drop=True)
     even = n_test * k / n_train
-    never = int((counts == 0).sum())
+    never = int((n_topk == 0).sum())
     st.caption(f"{method} at checkpoint {ck}: in how many of the {n_test} test prompts' top {k} each training "
                f"sample appears (an even spread would be {even:.1f} each); {never} of {n_train} training samples "
                "are never in a top k. n_top1: how many test prompts rank it first.")

@@ -5,11 +5,13 @@ Public API (imported lazily, so ``import store.paths`` from the engine does not 
     Store, open_store, open_or_rebuild                      (store.db)
     ingest_run, ingest_all, remove_run, rebuild, complete_runs   (store.ingest)
     list_runs, run_info, methods, checkpoints, leaderboard, top_k, samples, label_metrics, agreement,
-    train_loss, score_matrix, top1_counts, test_prompts_ranking_train, summary,
-    analyses, analysis_table, retrain_points, retrain_noise, retrain_counterfactual_summary, behaviour_scores,
-    group_influence, GROUP_COLUMNS, self_influence, self_influence_sets, checks, check_status   (store.queries)
+    test_agreement, train_loss, score_row, score_matrix, top1_counts, topk_counts, test_prompts_ranking_train,
+    per_test_hits, summary, analyses, analysis_table, retrain_points, retrain_noise, retrain_counterfactual_summary,
+    behaviour_scores, group_influence, GROUP_COLUMNS, self_influence, self_influence_sets, checks, check_status
+    (store.queries; pages never call score_matrix: it loads a whole matrix)
     default_store_path, default_runs_dir                    (store.paths)
-    StoreError, NotFoundError, Unknown*Error, QueryError, IngestError, StoreLockedError, SchemaVersionError, StoreOpenError
+    StoreError, NotFoundError, Unknown*Error, QueryError, IngestError, RunFilesError, StoreLockedError,
+    SchemaVersionError, StoreOpenError
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from store.errors import (  # noqa: F401  (no duckdb import in errors/paths)
     IngestError,
     NotFoundError,
     QueryError,
+    RunFilesError,
     SchemaVersionError,
     StoreError,
     StoreLockedError,
@@ -35,17 +38,17 @@ _LAZY = {
     "store.ingest": ("ingest_run", "ingest_all", "remove_run", "rebuild", "complete_runs"),
     "store.queries": (
         "list_runs", "run_info", "methods", "checkpoints", "leaderboard", "top_k", "samples", "label_metrics",
-        "agreement", "train_loss", "score_matrix", "top1_counts", "test_prompts_ranking_train", "summary",
-        "analyses", "analysis_table", "retrain_points", "retrain_noise", "retrain_counterfactual_summary",
-        "behaviour_scores", "group_influence", "GROUP_COLUMNS", "self_influence", "self_influence_sets", "checks",
-        "check_status",
+        "agreement", "test_agreement", "train_loss", "score_row", "score_matrix", "top1_counts", "topk_counts",
+        "test_prompts_ranking_train", "per_test_hits", "summary", "analyses", "analysis_table", "retrain_points",
+        "retrain_noise", "retrain_counterfactual_summary", "behaviour_scores", "group_influence", "GROUP_COLUMNS",
+        "self_influence", "self_influence_sets", "checks", "check_status",
     ),
     "store.schema": ("SCHEMA_VERSION",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
-    "IngestError", "NotFoundError", "QueryError", "SchemaVersionError", "StoreError", "StoreLockedError",
+    "IngestError", "NotFoundError", "QueryError", "RunFilesError", "SchemaVersionError", "StoreError", "StoreLockedError",
     "UnknownCheckpointError", "UnknownMethodError", "UnknownRunError", "UnknownSampleError",
     "default_runs_dir", "default_store_path", *_WHERE,
 ]

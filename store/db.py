@@ -20,7 +20,7 @@ import duckdb
 from store import ingest as _ingest
 from store.errors import SchemaVersionError, StoreError, StoreLockedError
 from store.paths import default_runs_dir, default_store_path
-from store.schema import check_schema, ensure_schema
+from store.schema import TOP_K, check_schema, ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class Store:
 
     ``Store(path, read_only=False)``; ``path`` defaults to :func:`store.paths.default_store_path`,
     ``":memory:"`` gives a throw-away database. Read-write opens create the parent folder and the tables;
-    read-only opens check the schema version. Use as a context manager or call :meth:`close`.
+    read-only opens check the schema version. ``top_k``: training samples kept per test prompt by this store's
+    ingests (default :data:`store.schema.TOP_K`). Use as a context manager or call :meth:`close`.
     """
 
     def __init__(
@@ -47,9 +48,11 @@ class Store:
         *,
         memory_limit: str | None = None,
         threads: int | None = None,
+        top_k: int = TOP_K,
     ):
         self.path = Path(path) if path is not None else default_store_path()
         self.read_only = read_only
+        self.top_k = top_k
         self._write_lock = threading.Lock()
         in_memory = str(path) == ":memory:"
         if not read_only and not in_memory:
@@ -57,6 +60,9 @@ class Store:
         config = {"memory_limit": memory_limit or default_memory_limit(), "threads": threads or default_threads()}
         self.con = connect(":memory:" if in_memory else self.path, read_only=read_only, config=config)
         try:
+            # Score files are read in place: cache their Parquet footers (DuckDB re-validates a cached footer
+            # against the file, so a re-run that replaces a file is read afresh). GLOBAL: cursors share it.
+            self.con.execute("SET GLOBAL parquet_metadata_cache = true")
             (check_schema if read_only else ensure_schema)(self.con, str(self.path))
         except BaseException:
             self.con.close()
@@ -69,13 +75,13 @@ class Store:
     def ingest_run(self, folder: str | os.PathLike) -> bool:
         """:func:`store.ingest.ingest_run` (then ``CHECKPOINT``), serialised across threads."""
         with self._write_lock:
-            return _ingest.ingest_run(self.con, folder)
+            return _ingest.ingest_run(self.con, folder, top_k=self.top_k)
 
     def ingest_all(self, runs_dir: str | os.PathLike | None = None, **kw) -> list[str]:
         """:func:`store.ingest.ingest_all` on ``runs_dir`` (default: :func:`default_runs_dir` of this file)."""
         runs_dir = runs_dir if runs_dir is not None else default_runs_dir(self.path)
         with self._write_lock:
-            return _ingest.ingest_all(self.con, runs_dir, **kw)
+            return _ingest.ingest_all(self.con, runs_dir, **{"top_k": self.top_k, **kw})
 
     def close(self) -> None:
         self.con.close()

@@ -42,6 +42,17 @@ class QueryError(StoreError, ValueError):
     an integer); the message names the argument."""
 
 
+class RunFilesError(StoreError):
+    """A query that reads a run's score files in place (they are not copied into the database) found them missing
+    or unreadable: the run folder was moved, deleted or damaged after it was ingested."""
+
+    def __init__(self, run: str, what: str):
+        super().__init__(
+            f"run {run!r}: {what}. The store reads score matrices from the run folder: put the folder back, or "
+            "rebuild the database from the run folders that exist (python -m engine rebuild-store)")
+        self.run = run
+
+
 class IngestError(StoreError):
     """A run folder could not be ingested; nothing of that run was written.
 

@@ -8,8 +8,10 @@ cannot be loaded (corrupt Parquet, missing columns, sample counts that disagree 
 :class:`~store.errors.IngestError` naming the run and file; nothing of that run is visible afterwards.
 
 Each run is loaded in ONE transaction: delete the run's old rows (re-run), bulk ``INSERT ... SELECT FROM
-read_parquet(?)`` for every table, then the ``runs`` row carrying the manifest's sha256, which is what makes a
-second ingest of the same folder a no-op.
+read_parquet(?)`` for every table but ``scores``, then the ``runs`` row carrying the manifest's sha256, which is
+what makes a second ingest of the same folder a no-op. The score files are not copied: ingest checks them (types,
+no NULL keys), records which file holds which (method, checkpoint) in ``score_files``, and computes ``topk`` (the
+best ``top_k`` training samples per test prompt) from them; queries read the rest in place.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import duckdb
 import pyarrow.parquet as pq
 
 from engine.runformat import MANIFEST, pid_alive, read_manifest, table_of_file
-from store.errors import IngestError
+from store.errors import IngestError, QueryError
 from store.paths import default_runs_dir
-from store.schema import OPTIONAL_COLUMNS, PARQUET_TABLES, RUN_TABLES
+from store.queries import _rank_key
+from store.schema import FILE_TABLES, OPTIONAL_COLUMNS, RUN_TABLES, TOP_K
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +50,18 @@ class _LoadFailed(Exception):
 # ---------------------------------------------------------------------------------------------- public API
 
 
-def ingest_run(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, *, checkpoint: bool = True) -> bool:
+def ingest_run(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, *, checkpoint: bool = True,
+               top_k: int = TOP_K) -> bool:
     """Ingest one run folder; return True if rows were written, False if there was nothing to do.
 
     Nothing to do = the folder is not a complete run (see module docstring), or the run is already ingested
     with the same manifest sha256. A changed manifest (the run was re-run) replaces all the run's rows.
     Raises :class:`IngestError` (naming the file) if a complete folder cannot be loaded; then nothing of that
     run changed. ``checkpoint``: run ``CHECKPOINT`` afterwards so the data is in the main file, not the WAL.
+    ``top_k``: training samples kept per test prompt in ``topk`` (a run ingested earlier with another value is
+    kept as it is until its folder changes; :func:`rebuild` applies a new value everywhere).
     """
+    top_k = _top_k(top_k)
     folder = Path(folder).resolve()
     for _ in range(_ATTEMPTS):
         manifest = _read_manifest(folder)
@@ -65,7 +72,7 @@ def ingest_run(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, *, che
         if sha is None or _stored_sha(con, folder.name) == sha:
             return False
         try:
-            _load_run(con, folder, manifest, sha)
+            _load_run(con, folder, manifest, sha, top_k)
         except (_FolderChanged, IngestError) as e:
             # A re-run replaced the folder while we read it: what failed was a mix of two runs (e.g. sample
             # counts that disagree with the manifest we started from), not a bad folder. Start again.
@@ -81,7 +88,8 @@ def ingest_run(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, *, che
 
 
 def ingest_all(
-    con: duckdb.DuckDBPyConnection, runs_dir: str | os.PathLike, *, strict: bool = True, prune: bool = False
+    con: duckdb.DuckDBPyConnection, runs_dir: str | os.PathLike, *, strict: bool = True, prune: bool = False,
+    top_k: int = TOP_K,
 ) -> list[str]:
     """Ingest every complete run folder in ``runs_dir``; return the names of the runs that were (re)loaded.
 
@@ -95,7 +103,7 @@ def ingest_all(
     ingested, failures = [], {}
     for folder in folders:
         try:
-            if ingest_run(con, folder, checkpoint=False):
+            if ingest_run(con, folder, checkpoint=False, top_k=top_k):
                 ingested.append(folder.name)
         except IngestError as e:
             failures[folder.name] = str(e)
@@ -137,7 +145,7 @@ def rebuild(
     _remove_db_files(tmp)
     try:
         with Store(tmp, **store_kw) as store:
-            ingested = ingest_all(store.con, runs_dir, strict=strict)
+            ingested = ingest_all(store.con, runs_dir, strict=strict, top_k=store.top_k)
             store.con.execute("CHECKPOINT")
         _remove_db_files(db_path, keep_main=True)  # a stale WAL must never be replayed onto the new file
         os.replace(tmp, db_path)
@@ -168,7 +176,7 @@ def _read_manifest(folder: Path) -> dict | None:
         return None
 
 
-def _load_run(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, sha: str) -> None:
+def _load_run(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, sha: str, top_k: int) -> None:
     """Replace the run's rows in one transaction; on any error roll back and raise IngestError."""
     run_id = folder.name
     files = _table_files(folder, manifest)
@@ -178,7 +186,8 @@ def _load_run(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, sha:
         _delete_run(con, run_id)
         for table, paths in files.items():
             _insert_table(con, run_id, table, paths)
-        _insert_score_sets(con, run_id)
+        _insert_score_sets(con, run_id, top_k)
+        _insert_topk(con, run_id, top_k)
         _check_sample_counts(con, run_id, manifest, folder)
         if _manifest_sha(folder) != sha:
             raise _FolderChanged
@@ -210,7 +219,7 @@ def _table_files(folder: Path, manifest: dict) -> dict[str, list[str]]:
 def _check_columns(run_id: str, files: dict[str, list[str]]) -> None:
     """Every file has the columns its table needs (reads Parquet footers only)."""
     for table, paths in files.items():
-        needed = [c for c in PARQUET_TABLES[table][0] if c not in OPTIONAL_COLUMNS[table]]
+        needed = [c for c in FILE_TABLES[table][0] if c not in OPTIONAL_COLUMNS[table]]
         for path in paths:
             try:
                 names = set(pq.read_schema(path).names)
@@ -225,57 +234,92 @@ def _select_list(table: str, present: set[str] | None = None) -> str:
     """``CAST(col AS type) AS col, ...`` for a table's Parquet columns (identifiers are our constants); an optional
     column the files lack (``present``) is NULL."""
     return ", ".join(f"CAST({c if present is None or c in present else 'NULL'} AS {t}) AS {c}"
-                     for c, t in PARQUET_TABLES[table][0].items())
+                     for c, t in FILE_TABLES[table][0].items())
 
 
 def _insert_table(con: duckdb.DuckDBPyConnection, run_id: str, table: str, paths: list[str]) -> None:
-    """Bulk-load ``paths`` into ``table``, sorted by the table's key.
-
-    ``scores`` is loaded one (method, checkpoint) at a time, each sorted by (test_id, train_id): the same
-    physical order as one big sort on all four keys, but sorting integers per group is ~3x faster than a
-    sort that compares method strings, and Parquet statistics let each pass skip other methods' files.
-    """
-    columns, order = PARQUET_TABLES[table]
+    """Bulk-load ``paths`` into ``table``, sorted by the table's key; for ``scores``, check the files and record
+    them in ``score_files`` instead (their rows stay in the run folder)."""
+    columns, order = FILE_TABLES[table]
     present = None
     if OPTIONAL_COLUMNS[table]:  # every file of such a table is written by one writer: the first one tells
         present = set(pq.read_schema(paths[0]).names)
-    insert = (f"INSERT INTO {table} (run_id, {', '.join(columns)}) "
-              f"SELECT CAST(? AS VARCHAR), {_select_list(table, present)} ")
     try:
-        if table != "scores":
-            con.execute(f"{insert} FROM read_parquet(?) ORDER BY {', '.join(order)}", [run_id, paths])
+        if table == "scores":
+            _register_score_files(con, run_id, paths)
             return
-        groups = con.execute(
-            "SELECT DISTINCT method, checkpoint FROM read_parquet(?) ORDER BY method, checkpoint", [paths]
-        ).fetchall()
-        for method, checkpoint in groups:
-            con.execute(
-                f"{insert} FROM read_parquet(?) WHERE method IS NOT DISTINCT FROM ? "
-                "AND checkpoint IS NOT DISTINCT FROM ? ORDER BY test_id, train_id",  # NULL keys -> NOT NULL error
-                [run_id, paths, method, checkpoint],
-            )
+        con.execute(f"INSERT INTO {table} (run_id, {', '.join(columns)}) "
+                    f"SELECT CAST(? AS VARCHAR), {_select_list(table, present)} "
+                    f"FROM read_parquet(?) ORDER BY {', '.join(order)}", [run_id, paths])
     except duckdb.Error as e:
         raise _LoadFailed(table, paths, e) from e
 
 
-def _insert_score_sets(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+def _register_score_files(con: duckdb.DuckDBPyConnection, run_id: str, paths: list[str]) -> None:
+    """One pass over the score files: every value casts to its declared type and no key is NULL (else the load
+    fails, naming the file); then one ``score_files`` row per (file, method, checkpoint) with its row count."""
+    key = FILE_TABLES["scores"][1]
+    rows = con.execute(
+        f"""SELECT filename, method, checkpoint, count(*), count(*) FILTER (WHERE {' OR '.join(f'{c} IS NULL'
+                                                                                          for c in key)}),
+                   count(score)  -- keeps the score cast from being optimised away: every value must cast
+            FROM (SELECT {_select_list("scores")}, filename FROM read_parquet(?, filename = true))
+            GROUP BY ALL""", [paths]).fetchall()
+    bad = sorted({r[0] for r in rows if r[4]})
+    if bad:
+        raise duckdb.ConstraintException(f"NULL in a key column ({', '.join(key)}) of {', '.join(bad)}")
+    con.executemany("INSERT INTO score_files VALUES (?, ?, ?, ?, ?)", [[run_id, m, c, f, n] for f, m, c, n, _, _ in rows])
+
+
+def _insert_score_sets(con: duckdb.DuckDBPyConnection, run_id: str, top_k: int) -> None:
     con.execute(
-        "INSERT INTO score_sets SELECT run_id, method, checkpoint, count(*) "
-        "FROM scores WHERE run_id = ? GROUP BY run_id, method, checkpoint",
-        [run_id],
+        "INSERT INTO score_sets SELECT run_id, method, checkpoint, sum(n_rows), ? "
+        "FROM score_files WHERE run_id = ? GROUP BY run_id, method, checkpoint",
+        [top_k, run_id],
     )
 
 
+def _insert_topk(con: duckdb.DuckDBPyConnection, run_id: str, top_k: int) -> None:
+    """``topk`` of every (method, checkpoint) of the run, from its score files: per test prompt the ``top_k``
+    best training samples by the one ranking key (``max_by`` with n keeps a bounded heap per prompt: memory
+    n_test x top_k, not the matrix), loaded sorted by (test_id, rank)."""
+    sets = con.execute("SELECT method, checkpoint, list(path ORDER BY path) FROM score_files WHERE run_id = ? "
+                       "GROUP BY method, checkpoint ORDER BY method, checkpoint", [run_id]).fetchall()
+    for method, ckpt, files in sets:
+        con.execute(
+            f"""INSERT INTO topk
+                WITH rows AS (SELECT {_select_list("scores")} FROM read_parquet($files)
+                              WHERE method = $method AND checkpoint = $ckpt),
+                tops AS (SELECT test_id, max_by({{'train_id': train_id, 'score': score}}, {_rank_key()}, $k) AS top
+                         FROM rows GROUP BY test_id),
+                ranked AS (SELECT test_id, unnest(top) AS t, generate_subscripts(top, 1) AS rnk FROM tops)
+                SELECT $run, $method, $ckpt, test_id, rnk, t.train_id, t.score FROM ranked ORDER BY test_id, rnk""",
+            {"files": files, "method": method, "ckpt": ckpt, "k": top_k, "run": run_id})
+
+
+def _top_k(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise QueryError(f"top_k must be a positive integer, got {value!r}")
+    return value
+
+
 def _check_sample_counts(con: duckdb.DuckDBPyConnection, run_id: str, manifest: dict, folder: Path) -> None:
-    """samples.parquet must hold n_train train and n_test test rows, as the manifest says."""
-    rows = dict(con.execute("SELECT split, count(*) FROM samples WHERE run_id = ? GROUP BY split", [run_id]).fetchall())
+    """samples.parquet must hold n_train train and n_test test rows, as the manifest says, with the ids 0..n-1 of
+    each split once each (the format's rule, which the queries build on)."""
+    rows = {split: (n, distinct, lo, hi) for split, n, distinct, lo, hi in con.execute(
+        "SELECT split, count(*), count(DISTINCT sample_id), min(sample_id), max(sample_id) FROM samples "
+        "WHERE run_id = ? GROUP BY split", [run_id]).fetchall()}
     for split in ("train", "test"):
+        n, distinct, lo, hi = rows.get(split, (0, 0, None, None))
         want = manifest.get(f"n_{split}")
-        if want is not None and rows.get(split, 0) != int(want):
+        if want is not None and n != int(want):
             raise IngestError(
-                f"run {run_id!r}: {folder / 'samples.parquet'} has {rows.get(split, 0)} {split} rows, "
+                f"run {run_id!r}: {folder / 'samples.parquet'} has {n} {split} rows, "
                 f"manifest says n_{split} = {want}"
             )
+        if n and not (distinct == n and lo == 0 and hi == n - 1):
+            raise IngestError(f"run {run_id!r}: the {split} sample ids of {folder / 'samples.parquet'} are not "
+                              f"0..{n - 1}, each once (found {distinct} distinct ids from {lo} to {hi})")
 
 
 def _insert_run_row(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, sha: str) -> None:
@@ -294,7 +338,7 @@ def _insert_run_row(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict
 
 def _load_error(con: duckdb.DuckDBPyConnection, run_id: str, folder: Path, e: _LoadFailed) -> IngestError:
     """Name the file that failed: probe each file of the failed table on its own (after the rollback)."""
-    columns, key = PARQUET_TABLES[e.table]
+    columns, key = FILE_TABLES[e.table]
     casts = ", ".join(f"count(CAST({c} AS {t}))" for c, t in columns.items() if c not in OPTIONAL_COLUMNS[e.table])
     null_keys = " OR ".join(f"{c} IS NULL" for c in key)
     culprit = e.paths[0] if len(e.paths) == 1 else None

@@ -11,6 +11,8 @@ Both are :class:`~store.errors.StoreError`, which the CLI and the pages show as 
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import duckdb
 import numpy as np
@@ -22,6 +24,7 @@ from engine.metrics import bootstrap_ci
 from store.errors import (
     NotFoundError,
     QueryError,
+    RunFilesError,
     UnknownCheckpointError,
     UnknownMethodError,
     UnknownRunError,
@@ -63,7 +66,8 @@ def list_runs(con) -> pd.DataFrame:
 
 def run_info(con, run: str) -> dict:
     """Everything known about one run: the ``runs`` columns with spec/labels/versions parsed from JSON, plus
-    ``methods``, ``checkpoints`` and ``n_scores``. Raises :class:`UnknownRunError`."""
+    ``methods``, ``checkpoints``, ``n_scores`` and ``stored_k`` (the ranks per test prompt kept in ``topk``).
+    Raises :class:`UnknownRunError`."""
     _require_run(con, run)
     df = _df(con, "SELECT * FROM runs WHERE run_id = ?", [run])
     info = {k: _plain(v) for k, v in df.iloc[0].items()}
@@ -72,6 +76,8 @@ def run_info(con, run: str) -> dict:
     info["methods"] = methods(con, run)
     info["checkpoints"] = checkpoints(con, run)
     info["n_scores"] = int(_one(con, "SELECT coalesce(sum(n_rows), 0) FROM score_sets WHERE run_id = ?", [run]))
+    # how many ranks per test prompt the topk table holds for every score set (None without scores)
+    info["stored_k"] = _one(con, "SELECT min(top_k) FROM score_sets WHERE run_id = ?", [run])
     return info
 
 
@@ -118,19 +124,22 @@ def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFra
     intervals over the test samples (NaN only for a run that has metrics but no scores).
 
     ``k`` None: each run's ``k_default``. The stored metrics row for that k is used when there is one
-    (``source = 'stored'``); otherwise (a custom k) everything but AUPRC is computed in SQL from the scores
-    (``source = 'computed'``): coverage@k = sum over test samples of same-label training samples among its top
-    k / (n_test * k); best_coverage = mean of min(k, #same-label train) / k; chance = mean share of same-label
-    training samples. k is clipped to [1, n_train].
+    (``source = 'stored'``); otherwise (a custom k) everything but AUPRC is computed in SQL from the rankings
+    (``source = 'computed'``): from ``topk`` when k is within the stored ranks, else from the score files in
+    place. coverage@k = sum over test samples of same-label training samples among its top k / (n_test * k);
+    best_coverage = mean of min(k, #same-label train) / k; chance = mean share of same-label training samples.
+    k is clipped to [1, n_train].
     """
     if run is not None:
         _require_run(con, run)
     if k is not None:
         k = _positive(k, "k")
-    kmax = k if k is not None else _one(
-        con, "SELECT coalesce(max(k_default), 1) FROM runs WHERE $run IS NULL OR run_id = $run", {"run": run}
-    )
-    df = _df(con, _LEADERBOARD_SQL, {"run": run, "k": k, "kmax": max(1, int(kmax))})
+    stored = _df(con, f"WITH {_REQUEST_CTES} SELECT * FROM stored ORDER BY run_id, method, checkpoint",
+                 {"run": run, "k": k})
+    todo = _c(con).execute(f"WITH {_REQUEST_CTES} SELECT * FROM todo ORDER BY run_id, method, checkpoint",
+                           {"run": run, "k": k}).fetchall()
+    df = pd.concat([stored, _computed(con, todo)], ignore_index=True) if todo else stored
+    df = df.sort_values(["run_id", "method", "checkpoint"], kind="stable").reset_index(drop=True)
     # intervals: stored with the metrics by the pipeline; for a custom k (or a run written before intervals)
     # bootstrapped here from the per-test hits, with the same rule (engine.metrics.bootstrap_ci)
     for i in df.index[df.acc_lo.isna()]:
@@ -147,9 +156,14 @@ def per_test_hits(con, run: str, method: str, checkpoint: int, k: int) -> pd.Dat
     """Per test sample of one score set: test_id, top1_same (its first-ranked training sample has its label) and
     n_same (how many of its top ``k`` do). Acc@1 and Coverage@k are their means (n_same / k); a paired
     comparison of two methods resamples these rows together (``engine.metrics.paired_bootstrap_ci``)."""
-    _require_scores(con, run, method, checkpoint)
+    stored = _require_scores(con, run, method, checkpoint)
     k = _positive(k, "k")
-    return _df(con, _PER_TEST_SQL, {"run": run, "method": method, "ckpt": int(checkpoint), "k": k, "kmax": k})
+    ckpt = int(checkpoint)
+    in_table = k <= stored
+    sql = (f"WITH {_todo_one()}, {_ranked_cte(in_table)}, {_PER_TEST_CTE} "
+           "SELECT test_id, top1_same, n_same FROM per_test ORDER BY test_id")
+    return _read(con, run, sql, {"run": run, "method": method, "ckpt": ckpt, "k": k},
+                 None if in_table else _score_files(con, run, method, ckpt))
 
 
 def _has_scores(con, run: str, method: str, checkpoint: int) -> bool:
@@ -157,34 +171,10 @@ def _has_scores(con, run: str, method: str, checkpoint: int) -> bool:
                      [run, method, int(checkpoint)]))
 
 
-# Per test sample of every (run, method, checkpoint, k) in a CTE named ``todo``: its top-k training ids (the one
-# ranking key), how many share its label (n_same), whether the first does (top1_same), and which it is (top1).
-_PER_TEST_CTES = f"""
-tops AS (  -- top $kmax training ids per test sample, best first (max_by with n is a per-group top-N)
-    SELECT sc.run_id, sc.method, sc.checkpoint, sc.test_id, any_value(t.k) AS k,
-           max_by(sc.train_id, {_rank_key("sc")}, $kmax) AS top
-    FROM scores sc JOIN todo t USING (run_id, method, checkpoint)
-    GROUP BY sc.run_id, sc.method, sc.checkpoint, sc.test_id
-),
-ranked AS (
-    SELECT run_id, method, checkpoint, test_id, k,
-           unnest(top[1:k]) AS train_id, generate_subscripts(top[1:k], 1) AS rnk
-    FROM tops
-),
-per_test AS (
-    SELECT r.run_id, r.method, r.checkpoint, r.test_id, any_value(r.k) AS k, any_value(te.label) AS test_label,
-           count(*) FILTER (WHERE tr.label = te.label) AS n_same,
-           coalesce(bool_or(r.rnk = 1 AND tr.label = te.label), false) AS top1_same,
-           any_value(r.train_id) FILTER (WHERE r.rnk = 1) AS top1
-    FROM ranked r
-    LEFT JOIN samples te ON te.run_id = r.run_id AND te.split = 'test' AND te.sample_id = r.test_id
-    LEFT JOIN samples tr ON tr.run_id = r.run_id AND tr.split = 'train' AND tr.sample_id = r.train_id
-    GROUP BY r.run_id, r.method, r.checkpoint, r.test_id
-)
-"""
-
-_LEADERBOARD_SQL = f"""
-WITH req AS (
+# What a leaderboard asks for: every (run, method, checkpoint) with its k (``req``), the stored metrics rows that
+# answer it (``stored``), and the score sets left to compute (``todo``, with the ranks kept in topk).
+_REQUEST_CTES = """
+req AS (
     SELECT c.run_id, c.method, c.checkpoint,
            CAST(least(greatest(coalesce($k, r.k_default), 1), greatest(r.n_train, 1)) AS INTEGER) AS k
     FROM (SELECT run_id, method, checkpoint FROM score_sets
@@ -200,11 +190,57 @@ stored AS (
     QUALIFY row_number() OVER (PARTITION BY q.run_id, q.method, q.checkpoint) = 1
 ),
 todo AS (
-    SELECT q.* FROM req q SEMI JOIN score_sets s USING (run_id, method, checkpoint)
+    SELECT q.run_id, q.method, q.checkpoint, q.k, s.top_k FROM req q JOIN score_sets s USING (run_id, method, checkpoint)
     WHERE NOT EXISTS (SELECT 1 FROM stored s
                       WHERE s.run_id = q.run_id AND s.method = q.method AND s.checkpoint = q.checkpoint)
+)
+"""
+
+
+def _todo_one() -> str:
+    """CTE ``todo`` of one score set (``$run``, ``$method``, ``$ckpt``) at ``$k``."""
+    return ("todo AS (SELECT CAST($run AS VARCHAR) AS run_id, CAST($method AS VARCHAR) AS method, "
+            "CAST($ckpt AS INTEGER) AS checkpoint, CAST($k AS INTEGER) AS k)")
+
+
+def _ranked_cte(in_table: bool) -> str:
+    """CTE ``ranked`` (run_id, method, checkpoint, test_id, k, train_id, rnk): the top k training samples of every
+    test prompt of the score sets in ``todo`` (run_id, method, checkpoint, k), by the one ranking key.
+
+    ``in_table``: read ``topk`` (every set of ``todo`` has k <= its stored ranks). Otherwise ``todo`` is ONE set
+    whose score files are ``$files``, ranked in place (``max_by`` with n: a heap of k per test prompt)."""
+    if in_table:
+        return """ranked AS (
+    SELECT t.run_id, t.method, t.checkpoint, tk.test_id, t.k, tk.train_id, tk.rank AS rnk
+    FROM todo t JOIN topk tk ON tk.run_id = t.run_id AND tk.method = t.method AND tk.checkpoint = t.checkpoint
+    WHERE tk.rank <= t.k
+)"""
+    return f"""tops AS (
+    SELECT test_id, max_by(train_id, {_rank_key()}, $k) AS top FROM {_in_place()} GROUP BY test_id
 ),
-{_PER_TEST_CTES},
+ranked AS (
+    SELECT t.run_id, t.method, t.checkpoint, tops.test_id, t.k, unnest(tops.top) AS train_id,
+           generate_subscripts(tops.top, 1) AS rnk
+    FROM tops, todo t
+)"""
+
+
+# Per test sample of every set in ``ranked``: how many of its top k share its label (n_same), whether the first
+# does (top1_same), and which it is (top1).
+_PER_TEST_CTE = """
+per_test AS (
+    SELECT r.run_id, r.method, r.checkpoint, r.test_id, any_value(r.k) AS k, any_value(te.label) AS test_label,
+           count(*) FILTER (WHERE tr.label = te.label) AS n_same,
+           coalesce(bool_or(r.rnk = 1 AND tr.label = te.label), false) AS top1_same,
+           any_value(r.train_id) FILTER (WHERE r.rnk = 1) AS top1
+    FROM ranked r
+    LEFT JOIN samples te ON te.run_id = r.run_id AND te.split = 'test' AND te.sample_id = r.test_id
+    LEFT JOIN samples tr ON tr.run_id = r.run_id AND tr.split = 'train' AND tr.sample_id = r.train_id
+    GROUP BY r.run_id, r.method, r.checkpoint, r.test_id
+)
+"""
+
+_COMPUTED_SELECT = """
 label_n AS (
     SELECT run_id, label, count(*) AS n FROM samples
     WHERE split = 'train' AND run_id IN (SELECT run_id FROM todo) GROUP BY run_id, label
@@ -226,8 +262,6 @@ auprc AS (
     SELECT run_id, method, checkpoint, any_value(auprc) AS auprc FROM metrics
     WHERE run_id IN (SELECT run_id FROM todo) GROUP BY run_id, method, checkpoint
 )
-SELECT * FROM stored
-UNION ALL
 SELECT c.run_id, c.method, c.checkpoint, c.k, c.acc, c.coverage, a.auprc, c.chance_acc,
        c.chance_acc AS chance_coverage, c.best_coverage, c.n_distinct_top1, 'computed' AS source,
        NULL::DOUBLE AS acc_lo, NULL::DOUBLE AS acc_hi, NULL::DOUBLE AS coverage_lo, NULL::DOUBLE AS coverage_hi
@@ -235,13 +269,24 @@ FROM computed c LEFT JOIN auprc a USING (run_id, method, checkpoint)
 ORDER BY run_id, method, checkpoint
 """
 
-_PER_TEST_SQL = f"""
-WITH todo AS (
-    SELECT $run AS run_id, $method AS method, CAST($ckpt AS INTEGER) AS checkpoint, CAST($k AS INTEGER) AS k
-),
-{_PER_TEST_CTES}
-SELECT test_id, top1_same, n_same FROM per_test ORDER BY test_id
-"""
+
+def _computed(con, todo: list[tuple]) -> pd.DataFrame:
+    """The computed leaderboard rows of ``todo`` (run_id, method, checkpoint, k, top_k): the sets whose k is within
+    their stored ranks in one query over ``topk``, each other set in place from its score files."""
+    parts = []
+    small = [t for t in todo if t[3] <= t[4]]
+    if small:
+        lists = {"runs": [t[0] for t in small], "methods": [t[1] for t in small], "ckpts": [t[2] for t in small],
+                 "ks": [t[3] for t in small]}
+        sql = ("WITH todo AS (SELECT unnest($runs) AS run_id, unnest($methods) AS method, "
+               "CAST(unnest($ckpts) AS INTEGER) AS checkpoint, CAST(unnest($ks) AS INTEGER) AS k), "
+               f"{_ranked_cte(True)}, {_PER_TEST_CTE}, {_COMPUTED_SELECT}")
+        parts.append(_df(con, sql, lists))
+    for run, method, ckpt, k, _ in (t for t in todo if t[3] > t[4]):
+        sql = f"WITH {_todo_one()}, {_ranked_cte(False)}, {_PER_TEST_CTE}, {_COMPUTED_SELECT}"
+        parts.append(_read(con, run, sql, {"run": run, "method": method, "ckpt": ckpt, "k": k},
+                           _score_files(con, run, method, ckpt)))
+    return pd.concat(parts, ignore_index=True)
 
 
 def label_metrics(con, run: str, method: str | None = None, checkpoint: int | None = None) -> pd.DataFrame:
@@ -410,52 +455,91 @@ def escape_like(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- scores
+# Pages read rankings (``topk``), one prompt's full row, or aggregates computed here; only :func:`score_matrix`
+# (tests, benchmarks, the CLI) loads a whole matrix, and no page may call it.
+
+# The score rows of one (method, checkpoint) read in place from its files ``$files``; filters go on the raw file
+# columns, so DuckDB prunes row groups by their statistics (a merged file's row group holds whole prompts).
+_IN_PLACE_SQL = ("(SELECT CAST(test_id AS INTEGER) AS test_id, CAST(train_id AS INTEGER) AS train_id, "
+                 "CAST(score AS FLOAT) AS score FROM read_parquet($files) "
+                 "WHERE method = $method AND checkpoint = $ckpt{where})")
+
+
+def _in_place(where: str = "") -> str:
+    """The in-place relation, with more conditions on the raw columns (``where``: constant text + parameters)."""
+    return _IN_PLACE_SQL.format(where=where)
 
 
 def top_k(con, run: str, method: str, checkpoint: int, test_id: int, k: int) -> pd.DataFrame:
     """The ``k`` training samples ranked highest for one test sample: rank (1-based), train_id, score, prompt,
-    response, label, same_label (train label == test label). Ties: lowest train_id first."""
-    _require_scores(con, run, method, checkpoint)
+    response, label, same_label (train label == test label). Ties: lowest train_id first. From ``topk`` when k is
+    within the stored ranks, else from the score files in place (one prompt's rows)."""
+    stored = _require_scores(con, run, method, checkpoint)
     _require_sample(con, run, "test", test_id)
-    return _df(
-        con,
-        f"""
-        SELECT row_number() OVER (ORDER BY {_rank_key("s")} DESC)
-                 AS rank,
-               s.train_id, s.score, tr.prompt, tr.response, tr.label,
+    ckpt, k = int(checkpoint), _positive(k, "k")
+    in_table = k <= stored
+    if in_table:
+        ranked = ("(SELECT rank, train_id, score FROM topk WHERE run_id = $run AND method = $method "
+                  "AND checkpoint = $ckpt AND test_id = $test AND rank <= $k)")
+    else:
+        ranked = (f"(SELECT CAST(row_number() OVER (ORDER BY {_rank_key()} DESC) AS INTEGER) AS rank, train_id, "
+                  f"score FROM (SELECT train_id, score FROM {_in_place(' AND test_id = $test')} "
+                  f"ORDER BY {_rank_key()} DESC LIMIT $k))")
+    sql = f"""
+        SELECT s.rank, s.train_id, s.score, tr.prompt, tr.response, tr.label,
                coalesce(tr.label = te.label, false) AS same_label
-        FROM (SELECT train_id, score FROM scores
-              WHERE run_id = $run AND method = $method AND checkpoint = $ckpt AND test_id = $test
-              ORDER BY {_rank_key()} DESC LIMIT $k) s
+        FROM {ranked} s
         LEFT JOIN samples tr ON tr.run_id = $run AND tr.split = 'train' AND tr.sample_id = s.train_id
         LEFT JOIN samples te ON te.run_id = $run AND te.split = 'test' AND te.sample_id = $test
-        ORDER BY rank
-        """,
-        {"run": run, "method": method, "ckpt": int(checkpoint), "test": _integer(test_id, "test_id"), "k": _positive(k, "k")},
-    )
+        ORDER BY s.rank
+        """
+    params = {"run": run, "method": method, "ckpt": ckpt, "test": _integer(test_id, "test_id"), "k": k}
+    return _read(con, run, sql, params, None if in_table else _score_files(con, run, method, ckpt))
+
+
+def score_row(con, run: str, method: str, checkpoint: int, test_id: int) -> np.ndarray:
+    """One test sample's scores over every training sample: float32 ``[n_train]`` in training sample-id order
+    (NaN where a score is missing), i.e. row ``test_id`` of :func:`score_matrix`, read in place from the run
+    folder (one row group of a merged score file)."""
+    _require_scores(con, run, method, checkpoint)
+    _require_sample(con, run, "test", test_id)
+    ckpt = int(checkpoint)
+    sql = f"SELECT train_id, score FROM {_in_place(' AND test_id = $test')}"
+    got = _read(con, run, sql, {"method": method, "ckpt": ckpt, "test": _integer(test_id, "test_id")},
+                _score_files(con, run, method, ckpt), numpy=True)
+    train_ids = _ids(con, run, "train")
+    out = np.full(len(train_ids), np.nan, dtype=np.float32)
+    cols, ok = _positions(train_ids, got["train_id"])
+    out[cols[ok]] = np.asarray(got["score"], dtype=np.float32)[ok]
+    return out
 
 
 def score_matrix(con, run: str, method: str, checkpoint: int) -> np.ndarray:
     """The dense float32 score matrix ``[n_test, n_train]`` (rows/columns in sample-id order; NaN where a
-    score is missing). Loads every score of that method and checkpoint into memory."""
+    score is missing), read from the score files in place. Loads every score of that method and checkpoint into
+    memory: for tests, benchmarks and the CLI, never for a page (they use :func:`top_k`, :func:`score_row` and
+    the aggregates)."""
     _require_scores(con, run, method, checkpoint)
+    ckpt = int(checkpoint)
     test_ids = _ids(con, run, "test")
     train_ids = _ids(con, run, "train")
-    df = _df(
-        con,
-        "SELECT test_id, train_id, score FROM scores WHERE run_id = ? AND method = ? AND checkpoint = ?",
-        [run, method, int(checkpoint)],
-    )
+    got = _read(con, run, f"SELECT test_id, train_id, score FROM {_in_place()}", {"method": method, "ckpt": ckpt},
+                _score_files(con, run, method, ckpt), numpy=True)
     out = np.full((len(test_ids), len(train_ids)), np.nan, dtype=np.float32)
-    rows, row_ok = _positions(test_ids, df["test_id"].to_numpy())
-    cols, col_ok = _positions(train_ids, df["train_id"].to_numpy())
+    rows, row_ok = _positions(test_ids, got["test_id"])
+    cols, col_ok = _positions(train_ids, got["train_id"])
     ok = row_ok & col_ok  # scores of ids missing from samples are dropped
-    out[rows[ok], cols[ok]] = df["score"].to_numpy(dtype=np.float32)[ok]
+    out[rows[ok], cols[ok]] = np.asarray(got["score"], dtype=np.float32)[ok]
     return out
 
 
-def _positions(sorted_ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _positions(sorted_ids: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
     """Index of each value in ``sorted_ids`` and whether it is there at all."""
+    values = np.asarray(values)
+    n = len(sorted_ids)
+    if n and sorted_ids[0] == 0 and sorted_ids[-1] == n - 1:  # ids 0..n-1 (sorted, distinct): a value is its index
+        ok = (values >= 0) & (values < n)
+        return np.where(ok, values, 0), ok
     pos = np.searchsorted(sorted_ids, values)
     clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
     ok = (pos < len(sorted_ids)) & (sorted_ids[clipped] == values) if len(sorted_ids) else np.zeros(len(values), bool)
@@ -464,15 +548,15 @@ def _positions(sorted_ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, 
 
 def top1_counts(con, run: str, method: str, checkpoint: int) -> pd.DataFrame:
     """For every training sample, how many test samples rank it first (n_top1, share of test samples), with its
-    prompt/response/label; most frequent first. One dominant row = the "one sample explains everything" failure."""
+    prompt/response/label; most frequent first. One dominant row = the "one sample explains everything" failure.
+    From ``topk`` (rank 1)."""
     _require_scores(con, run, method, checkpoint)
     return _df(
         con,
-        f"""
+        """
         WITH top1 AS (
-            SELECT test_id, max_by(train_id, {_rank_key()}) AS train_id FROM scores
-            WHERE run_id = $run AND method = $method AND checkpoint = $ckpt
-            GROUP BY test_id
+            SELECT test_id, train_id FROM topk
+            WHERE run_id = $run AND method = $method AND checkpoint = $ckpt AND rank = 1
         )
         SELECT tr.sample_id AS train_id, count(t.test_id) AS n_top1,
                count(t.test_id) / greatest((SELECT count(*) FROM top1), 1) AS share,
@@ -486,24 +570,47 @@ def top1_counts(con, run: str, method: str, checkpoint: int) -> pd.DataFrame:
     )
 
 
+def topk_counts(con, run: str, method: str, checkpoint: int, k: int) -> pd.DataFrame:
+    """For every training sample (train_id order): n, in how many test samples' top ``k`` it is (by the one
+    ranking), and n_top1, how many rank it first. From ``topk`` when k is within the stored ranks, else ranked in
+    place from the score files (a heap of k per test prompt: memory n_test x k)."""
+    stored = _require_scores(con, run, method, checkpoint)
+    ckpt, k = int(checkpoint), _positive(k, "k")
+    in_table = k <= stored
+    sql = f"""
+        WITH {_todo_one()}, {_ranked_cte(in_table)},
+        counts AS (SELECT train_id, count(*) AS n, count(*) FILTER (WHERE rnk = 1) AS n_top1 FROM ranked
+                   GROUP BY train_id)
+        SELECT tr.sample_id AS train_id, coalesce(c.n, 0) AS n, coalesce(c.n_top1, 0) AS n_top1
+        FROM samples tr LEFT JOIN counts c ON c.train_id = tr.sample_id
+        WHERE tr.run_id = $run AND tr.split = 'train'
+        ORDER BY train_id
+        """
+    return _read(con, run, sql, {"run": run, "method": method, "ckpt": ckpt, "k": k},
+                 None if in_table else _score_files(con, run, method, ckpt))
+
+
 def test_prompts_ranking_train(con, run: str, method: str, checkpoint: int, train_id: int, k: int) -> pd.DataFrame:
     """Test samples that have training sample ``train_id`` in their top ``k``: test_id, rank (of the training
-    sample for that test sample), score, prompt, response, label, same_label; best rank first."""
-    _require_scores(con, run, method, checkpoint)
+    sample for that test sample), score, prompt, response, label, same_label; best rank first. From ``topk`` when
+    k is within the stored ranks, else from the score files in place (a scan of the whole score set)."""
+    stored = _require_scores(con, run, method, checkpoint)
     _require_sample(con, run, "train", train_id)
-    return _df(
-        con,
-        f"""
-        WITH blk AS (
-            SELECT test_id, train_id, score FROM scores
-            WHERE run_id = $run AND method = $method AND checkpoint = $ckpt
-        ),
+    ckpt, k = int(checkpoint), _positive(k, "k")
+    in_table = k <= stored
+    if in_table:
+        ranks = ("ranks AS (SELECT test_id, rank, score FROM topk WHERE run_id = $run AND method = $method "
+                 "AND checkpoint = $ckpt AND train_id = $train AND rank <= $k)")
+    else:
+        ranks = f"""blk AS (SELECT * FROM {_in_place()}),
         t AS (SELECT test_id, train_id, score FROM blk WHERE train_id = $train),
         ranks AS (  -- 1 + how many training samples rank above it, by the one ranking key
             SELECT t.test_id, any_value(t.score) AS score,
                    1 + count(*) FILTER (WHERE {_rank_key("b")} > {_rank_key("t")}) AS rank
             FROM t JOIN blk b USING (test_id) GROUP BY t.test_id
-        )
+        )"""
+    sql = f"""
+        WITH {ranks}
         SELECT r.test_id, r.rank, r.score, te.prompt, te.response, te.label,
                coalesce(te.label = tr.label, false) AS same_label
         FROM ranks r
@@ -511,8 +618,23 @@ def test_prompts_ranking_train(con, run: str, method: str, checkpoint: int, trai
         LEFT JOIN samples tr ON tr.run_id = $run AND tr.split = 'train' AND tr.sample_id = $train
         WHERE r.rank <= $k
         ORDER BY r.rank, r.test_id
-        """,
-        {"run": run, "method": method, "ckpt": int(checkpoint), "train": _integer(train_id, "train_id"), "k": _positive(k, "k")},
+        """
+    params = {"run": run, "method": method, "ckpt": ckpt, "train": _integer(train_id, "train_id"), "k": k}
+    return _read(con, run, sql, params, None if in_table else _score_files(con, run, method, ckpt))
+
+
+def test_agreement(con, run: str, checkpoint: int, method_a: str, method_b: str) -> pd.DataFrame:
+    """Per test sample, how far two methods agree at ``checkpoint``: test_id, spearman (of their score rows),
+    overlap (of their top k), k; test_id order. As the run stored it (``engine.metrics.agreement``; the pair in
+    either order). Empty when the run holds no such rows (written before per-test agreement was stored, or a
+    method paired with itself)."""
+    _require_run(con, run)
+    return _df(
+        con,
+        "SELECT test_id, spearman, overlap, k FROM test_agreement WHERE run_id = $run AND checkpoint = $ckpt "
+        "AND ((method_a = $a AND method_b = $b) OR (method_a = $b AND method_b = $a)) "
+        "QUALIFY k = min(k) OVER () ORDER BY test_id",
+        {"run": run, "ckpt": _integer(checkpoint, "checkpoint"), "a": method_a, "b": method_b},
     )
 
 
@@ -542,18 +664,50 @@ def _require_method(con, run: str, method: str) -> None:
         raise UnknownMethodError(run, method, methods(con, run))
 
 
-def _require_scores(con, run: str, method: str, checkpoint: int) -> None:
-    """Raise unless ``run`` has scores for ``method`` at ``checkpoint``."""
-    _require_run(con, run)
-    _require_method(con, run, method)
+def _require_scores(con, run: str, method: str, checkpoint: int) -> int:
+    """Raise unless ``run`` has scores for ``method`` at ``checkpoint``; return the ranks per test prompt its
+    ``topk`` rows hold. One query on the common path; the failure path finds out what is unknown."""
     try:
         ckpt = int(checkpoint)
     except (TypeError, ValueError):
         ckpt = None
-    if ckpt is None or _one(
-        con, "SELECT count(*) FROM score_sets WHERE run_id = ? AND method = ? AND checkpoint = ?", [run, method, ckpt]
-    ) == 0:
-        raise UnknownCheckpointError(run, method, checkpoint, checkpoints(con, run, method))
+    if isinstance(run, str) and isinstance(method, str) and ckpt is not None:
+        top = _one(con, "SELECT max(top_k) FROM score_sets WHERE run_id = ? AND method = ? AND checkpoint = ?",
+                   [run, method, ckpt])
+        if top is not None:
+            return int(top)
+    _require_run(con, run)
+    _require_method(con, run, method)
+    raise UnknownCheckpointError(run, method, checkpoint, checkpoints(con, run, method))
+
+
+def _score_files(con, run: str, method: str, checkpoint: int) -> list[str]:
+    """The score files holding a set's rows, checked to exist: :class:`RunFilesError` naming the run and a missing
+    file when the run folder was moved or deleted after it was ingested."""
+    rows = _c(con).execute("SELECT path FROM score_files WHERE run_id = ? AND method = ? AND checkpoint = ? "
+                           "ORDER BY path", [run, method, int(checkpoint)]).fetchall()
+    paths = [r[0] for r in rows]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise RunFilesError(run, f"its score file {missing[0]} is gone ({len(missing)} of {len(paths)} missing)")
+    return paths
+
+
+def _read(con, run: str, sql: str, params: dict, files: list[str] | None = None, numpy: bool = False):
+    """Run ``sql`` with the parameters it names (``files``: the score files it reads in place, as ``$files``);
+    a DataFrame, or a dict of numpy arrays with ``numpy``. A score file that cannot be read raises
+    :class:`RunFilesError` naming the run, not a DuckDB error."""
+    if files is not None:
+        params = {**params, "files": files}
+    used = set(re.findall(r"\$(\w+)", sql))
+    params = {name: value for name, value in params.items() if name in used}
+    try:
+        result = _c(con).execute(sql, params)
+        return result.fetchnumpy() if numpy else result.df()
+    except (duckdb.IOException, duckdb.InvalidInputException) as e:
+        if files is None:
+            raise
+        raise RunFilesError(run, f"its score files could not be read ({type(e).__name__}: {e})") from e
 
 
 def _require_sample(con, run: str, split: str, sample_id: int) -> None:
@@ -563,10 +717,9 @@ def _require_sample(con, run: str, split: str, sample_id: int) -> None:
 
 
 def _ids(con, run: str, split: str) -> np.ndarray:
-    rows = _c(con).execute(
-        "SELECT sample_id FROM samples WHERE run_id = ? AND split = ? ORDER BY sample_id", [run, split]
-    ).fetchall()
-    return np.asarray([r[0] for r in rows], dtype=np.int64)
+    """The sample ids of one split, sorted: 0..n-1 (ingest refuses a run whose ids are not)."""
+    return np.arange(_one(con, "SELECT count(*) FROM samples WHERE run_id = ? AND split = ?", [run, split]),
+                     dtype=np.int64)
 
 
 def _integer(value, name: str) -> int:
@@ -644,12 +797,10 @@ def behaviour_scores(con, run: str, method: str, checkpoint: int, query_ids, con
     both = sorted(set(query) & set(control))
     if both:
         raise ValueError(f"test sample(s) {both[:10]} are in both the query and the control group")
-    return _df(
-        con,
-        f"""
+    ckpt = int(checkpoint)
+    sql = f"""
         WITH blk AS (
-            SELECT train_id, test_id, score FROM scores
-            WHERE run_id = $run AND method = $method AND checkpoint = $ckpt
+            SELECT train_id, test_id, score FROM {_in_place(" AND test_id IN (SELECT unnest($tests))")}
         ),
         q AS (SELECT train_id, avg(score) AS m FROM blk WHERE test_id IN (SELECT unnest($query)) GROUP BY train_id),
         c AS (SELECT train_id, avg(score) AS m FROM blk WHERE test_id IN (SELECT unnest($control)) GROUP BY train_id),
@@ -662,10 +813,10 @@ def behaviour_scores(con, run: str, method: str, checkpoint: int, query_ids, con
                coalesce(s.control_mean, 'NaN'::DOUBLE) AS control_mean, tr.label, tr.prompt, tr.response
         FROM s LEFT JOIN samples tr ON tr.run_id = $run AND tr.split = 'train' AND tr.sample_id = s.train_id
         ORDER BY rank
-        """,
-        {"run": run, "method": method, "ckpt": int(checkpoint), "query": query, "control": control or [-1],
-         "has_control": bool(control)},
-    )
+        """
+    params = {"run": run, "method": method, "ckpt": ckpt, "query": query, "control": control or [-1],
+              "tests": query + control, "has_control": bool(control)}
+    return _read(con, run, sql, params, _score_files(con, run, method, ckpt))
 
 
 def group_influence(con, run: str, method: str, checkpoint: int, by: str = "label") -> pd.DataFrame:
@@ -677,27 +828,24 @@ def group_influence(con, run: str, method: str, checkpoint: int, by: str = "labe
     if by not in GROUP_COLUMNS:
         raise ValueError(f"cannot group by {by!r}; sample columns to group by: {', '.join(GROUP_COLUMNS)}")
     _require_scores(con, run, method, checkpoint)
-    # ``by`` is one of our constant column names (checked above), never user text
-    return _df(
-        con,
-        f"""
+    ckpt = int(checkpoint)
+    # ``by`` is one of our constant column names (checked above), never user text; one pass over the score files
+    sql = f"""
         WITH cells AS (
             SELECT tr.{by} AS train_group, te.{by} AS test_group, sum(s.score) AS total, avg(s.score) AS mean,
                    sum(greatest(s.score, 0)) AS positive, count(*) AS n_pairs,
                    count(DISTINCT s.train_id) AS n_train, count(DISTINCT s.test_id) AS n_test
-            FROM scores s
-            JOIN samples tr ON tr.run_id = s.run_id AND tr.split = 'train' AND tr.sample_id = s.train_id
-            JOIN samples te ON te.run_id = s.run_id AND te.split = 'test' AND te.sample_id = s.test_id
-            WHERE s.run_id = $run AND s.method = $method AND s.checkpoint = $ckpt AND NOT isnan(s.score)
+            FROM {_in_place(" AND NOT isnan(score)")} s
+            JOIN samples tr ON tr.run_id = $run AND tr.split = 'train' AND tr.sample_id = s.train_id
+            JOIN samples te ON te.run_id = $run AND te.split = 'test' AND te.sample_id = s.test_id
             GROUP BY ALL
         )
         SELECT train_group, test_group, total, mean, positive,
                positive / nullif(sum(positive) OVER (PARTITION BY test_group), 0) AS share,
                n_pairs, n_train, n_test
         FROM cells ORDER BY test_group, train_group
-        """,
-        {"run": run, "method": method, "ckpt": int(checkpoint)},
-    )
+        """
+    return _read(con, run, sql, {"run": run, "method": method, "ckpt": ckpt}, _score_files(con, run, method, ckpt))
 
 
 # ---------------------------------------------------------------------------------------------- self-influence, checks

@@ -1,10 +1,14 @@
-"""The DuckDB schema: one table per run-folder Parquet file (plus ``run_id``), ``runs``, ``score_sets``.
+"""The DuckDB schema: the small run-folder tables copied in (plus ``run_id``), ``runs``, ``score_sets``,
+``score_files`` and ``topk``. The score matrices are NOT copied: they stay in the run folder's Parquet and are
+read in place (``read_parquet`` on the files of the run folder ``runs.folder`` listed in ``score_files``).
 
-Every table is keyed by ``run_id`` (the run folder's name). The Parquet-backed tables are described once in
+Every table is keyed by ``run_id`` (the run folder's name). The copied tables are described once in
 :data:`PARQUET_TABLES` (column name -> SQL type, from ``engine.runformat``); :mod:`store.ingest` builds its
-``INSERT ... SELECT ... FROM read_parquet(?)`` statements from the same description. No primary keys or
-indexes on the big tables: ART indexes slow bulk loads, and ``scores`` is loaded sorted by
-(run_id, method, checkpoint, test_id) so that DuckDB's automatic min/max zonemaps make per-test lookups fast.
+``INSERT ... SELECT ... FROM read_parquet(?)`` statements from the same description. ``topk`` holds, per (run,
+method, checkpoint, test prompt), the :data:`TOP_K` best training samples (the ranking of ``store.queries``),
+computed at ingest from the Parquet: what the pages read most is answered without touching the big files. No
+primary keys or indexes: ART indexes slow bulk loads, and ``topk`` is loaded sorted by (run_id, method,
+checkpoint, test_id, rank) so that DuckDB's automatic min/max zonemaps make per-prompt lookups fast.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ import duckdb
 from engine import runformat
 from store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 5  # 2: the analysis tables; 3: bootstrap intervals in metrics; 4: noise floor, LDS with interval,
-#                      counterfactual, fair iHVP reference, retrain bank; 5: self_influence, checks
+SCHEMA_VERSION = 6  # 2: the analysis tables; 3: bootstrap intervals in metrics; 4: noise floor, LDS with interval,
+#                      counterfactual, fair iHVP reference, retrain bank; 5: self_influence, checks; 6: scores read
+#                      in place from the run folders, topk, test_agreement
 
-# table -> ({column: sql type} as in the Parquet file, sort key used when loading): from the one declaration of
+TOP_K = 200  # training samples kept per (run, method, checkpoint, test prompt) in ``topk`` (fewer if n_train is)
+
+# Run-folder tables read in place from the run folder, never copied into the database.
+IN_PLACE_TABLES = ("scores",)
+# every run-folder table -> ({column: sql type} as in the Parquet file, sort key): from the one declaration of
 # the run-folder format (engine.runformat), which imports neither torch nor DuckDB.
-PARQUET_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+FILE_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     name: (t.sql_columns(), t.key) for name, t in runformat.TABLES.items()}
+# the ones copied into DuckDB tables of the same name, loaded sorted by their key
+PARQUET_TABLES = {name: v for name, v in FILE_TABLES.items() if name not in IN_PLACE_TABLES}
 ANALYSIS_TABLES = runformat.ANALYSIS_TABLES  # empty for runs without analysis stages
 STAGE_TABLES = runformat.STAGE_TABLES  # empty for runs without the optional stage that writes them
 # Key columns that may hold NULL (ihvp_error.iterations is NULL for methods run with their own defaults).
@@ -55,14 +66,39 @@ CREATE TABLE IF NOT EXISTS score_sets (
     run_id VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
     checkpoint INTEGER NOT NULL,
+    n_rows BIGINT,
+    top_k INTEGER NOT NULL           -- ranks kept per test prompt in topk: min(TOP_K, training samples scored)
+)
+"""
+
+# Which score files (absolute paths inside runs.folder, as ingested) hold the rows of a (run, method, checkpoint).
+SCORE_FILES_DDL = """
+CREATE TABLE IF NOT EXISTS score_files (
+    run_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    checkpoint INTEGER NOT NULL,
+    path VARCHAR NOT NULL,
     n_rows BIGINT
+)
+"""
+
+# The best score_sets.top_k training samples per test prompt, rank 1 first (ties: lowest train_id; NaN last).
+TOPK_DDL = """
+CREATE TABLE IF NOT EXISTS topk (
+    run_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    checkpoint INTEGER NOT NULL,
+    test_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    train_id INTEGER NOT NULL,
+    score FLOAT
 )
 """
 
 VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
 # Tables holding per-run rows, in the order ingest deletes/inserts them.
-RUN_TABLES = ("runs", "score_sets", *PARQUET_TABLES)
+RUN_TABLES = ("runs", "score_sets", "score_files", "topk", *PARQUET_TABLES)
 
 
 def table_ddl(table: str) -> str:
@@ -93,7 +129,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: str = "") -> None:
         raise _version_error(path, version)
     con.execute("BEGIN TRANSACTION")
     try:
-        for ddl in (VERSION_DDL, RUNS_DDL, SCORE_SETS_DDL, *(table_ddl(t) for t in PARQUET_TABLES)):
+        for ddl in (VERSION_DDL, RUNS_DDL, SCORE_SETS_DDL, SCORE_FILES_DDL, TOPK_DDL,
+                    *(table_ddl(t) for t in PARQUET_TABLES)):
             con.execute(ddl)
         if version is None:
             con.execute("DELETE FROM schema_version")

@@ -323,6 +323,21 @@ def leaderboard_reading(last: pd.DataFrame, n_test: int, model: str = "", n_labe
     return out
 
 
+def difference_reading(a: str, b: str, top1_a, top1_b) -> str:
+    """One sentence: is method ``a``'s Acc@1 lead over ``b`` more than the noise of the test set? ``top1_a`` and
+    ``top1_b``: per test prompt, whether its top-1 training sample has its label (the same prompts, in the same
+    order); the 95 % interval of the difference is a paired bootstrap over the prompts
+    (``engine.metrics.paired_bootstrap_ci``). An interval that holds 0 is "within noise"."""
+    x, y = np.asarray(top1_a, dtype=float), np.asarray(top1_b, dtype=float)
+    diff = float((x - y).mean()) if x.size else float("nan")
+    lo, hi = metrics.paired_bootstrap_ci(x, y)
+    span = f"Acc@1 {'+' if diff >= 0 else ''}{fmt(diff, 2)}, 95 % interval [{fmt(lo, 2)}, {fmt(hi, 2)}]"
+    head = f"**{esc(a)}** vs **{esc(b)}**: {span} over the {_prompts(x.size)} (paired bootstrap)"
+    if not (lo <= 0 <= hi):
+        return f"{head}: more than the noise of this test set."
+    return f"{head}: **within noise** — this run does not tell them apart; more test prompts would."
+
+
 def lds_reading(lds: pd.DataFrame) -> list[str]:
     """The LDS per method with its interval, and a plain warning when there are too few subsets."""
     if lds.empty:

@@ -114,3 +114,37 @@ def test_a_queued_demo_without_a_worker_says_so(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path / "s.duckdb")
     assert any("no worker is running" in w.value for w in at.warning)
     assert at.button(key="demo_start_worker").label == "Start a worker"
+
+
+def test_the_reading_says_whether_the_best_lead_is_within_noise(monkeypatch, tmp_path, tiny_run):
+    """The home page's noise sentence for the best method against the runner-up, with the paired bootstrap interval
+    of the per-prompt top-1 hits, each recomputed here from the run's score files (highest score first, ties to
+    the lower train id)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from engine.metrics import paired_bootstrap_ci
+    from ui.readings import fmt
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / tiny_run.name)
+    at = _app(monkeypatch, tmp_path / "s.duckdb")
+    samples = pq.read_table(tiny_run / "samples.parquet").to_pandas()
+    train = samples[samples.split == "train"].set_index("sample_id").label
+    test = samples[samples.split == "test"].set_index("sample_id").label
+    scores = pq.read_table(tiny_run / "scores").to_pandas()
+    last = scores[scores.checkpoint == scores.checkpoint.max()]
+    top1 = {}
+    for method, rows in last.groupby("method"):
+        hits = []
+        for test_id, row in rows.groupby("test_id"):
+            best = max(zip(row.score, row.train_id), key=lambda st: (st[0], -st[1]))[1]
+            hits.append(float(train[best] == test[test_id]))
+        top1[method] = np.array(hits)
+    order = sorted(top1, key=lambda m: (-top1[m].mean(), m))
+    a, b = order[0], order[1]
+    lo, hi = paired_bootstrap_ci(top1[a], top1[b])
+    text = " ".join(m.value for m in at.markdown)
+    assert f"**{a}** vs **{b}**: Acc@1 +{fmt(top1[a].mean() - top1[b].mean(), 2)}, 95 % interval " \
+           f"[{fmt(lo, 2)}, {fmt(hi, 2)}] over the {len(test)} prompts" in text
+    assert ("within noise" in text) == (lo <= 0 <= hi)

@@ -35,6 +35,32 @@ def test_compare_page_renders_heatmaps_scatter_and_disagreement(store_env, open_
     assert len(at.get("download_button")) == 2  # CSV + Parquet
 
 
+def test_compare_page_on_a_run_written_before_per_prompt_agreement(monkeypatch, tmp_path, tiny_run, open_page):
+    """A run folder without test_agreement.parquet (the older format): the disagreement table is recomputed from
+    two prompts' score rows at a time, and equals the stored one of the same run."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    def table(data, older: bool):
+        folder = data / "runs" / tiny_run.name
+        shutil.copytree(tiny_run, folder)
+        if older:
+            (folder / "test_agreement.parquet").unlink()
+            m = json.loads((folder / "manifest.json").read_text())
+            del m["files"]["test_agreement.parquet"]
+            (folder / "manifest.json").write_text(json.dumps(m))
+        monkeypatch.setenv("INFLUENCE_STORE", str(data / "s.duckdb"))
+        monkeypatch.setenv("INFLUENCE_RUNS", str(data / "runs"))
+        st.cache_resource.clear()
+        return open_page(COMPARE, a="gradsim", b="repsim").dataframe[0].value
+
+    old, new = table(tmp_path / "old", True), table(tmp_path / "new", False)
+    assert len(old) == len(new) and old.spearman.notna().any()
+    pd.testing.assert_frame_equal(old, new, check_exact=False, rtol=1e-9)
+
+
 def test_compare_page_honours_url_state(store_env, open_page, tiny_data):
     at = open_page(COMPARE, run=store_env, ckpt="1", a="exact", b="lissa", test="3")
     assert at.selectbox(key="ckpt").value == 1

@@ -84,6 +84,8 @@ def test_hand_agreement():
     # spearman: -1, +1, constant row left out -> 0; overlap: {0,1}v{3,2}=0, {3,2}v{3,2}=1, {0,1}v{0,1}=1
     assert out["spearman"] == pytest.approx(0.0)
     assert out["overlap"] == pytest.approx(2 / 3)
+    np.testing.assert_allclose(out["spearman_per_test"], [-1.0, 1.0, np.nan])
+    np.testing.assert_allclose(out["overlap_per_test"], [0.0, 1.0, 1.0])
 
 
 def test_hand_spearman_with_ties():
@@ -181,6 +183,8 @@ def test_random_agreement_against_scipy_and_loops(seed):
     assert out["spearman"] == pytest.approx(np.mean(rhos), rel=1e-12)
     overlaps = [len(set(loop_rank(a)[:k]) & set(loop_rank(b)[:k])) / k for a, b in zip(A, B)]
     assert out["overlap"] == pytest.approx(np.mean(overlaps), rel=1e-12)
+    np.testing.assert_allclose(out["spearman_per_test"], rhos, rtol=1e-12)  # the per-test values behind the means
+    np.testing.assert_allclose(out["overlap_per_test"], overlaps, rtol=1e-12)
 
 
 def test_chance_matches_random_rankings_on_average():
@@ -259,4 +263,5 @@ def test_metrics_in_row_chunks_equal_one_chunk(monkeypatch):
     monkeypatch.setattr(M, "_CHUNK_ELEMENTS", 300 * 2)  # two rows per chunk
     chunked = (M.summarize_with_labels(A, tr, te, 7), M.agreement(A, B, 7), M.top_k_rows(A, 7).tolist(),
                M.n_distinct_top1(A))
-    assert chunked == whole
+    plain = lambda t: (t[0], {k: np.asarray(v).tolist() for k, v in t[1].items()}, *t[2:])  # noqa: E731
+    np.testing.assert_equal(plain(chunked), plain(whole))

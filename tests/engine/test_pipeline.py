@@ -31,8 +31,11 @@ def test_run_folder_is_complete_and_consistent(tiny_run, tiny_spec):
     assert (samples.split == "train").sum() == 30 and (samples.split == "test").sum() == 10
     scores = pq.read_table(tiny_run / "scores")
     assert scores.num_rows == len(m["methods"]) * 2 * 30 * 10
-    # shard_size 16 splits 30 training samples into 2 files per method and checkpoint
-    assert len(list((tiny_run / "scores").glob("datainf-ckpt2-shard*.parquet"))) == 2
+    # shard_size 16 scores 30 training samples in 2 shards per method and checkpoint; the commit merged them
+    # into one file sorted by test prompt (engine.score_layout)
+    assert [p.name for p in (tiny_run / "scores").glob("datainf-ckpt2*.parquet")] == ["datainf-ckpt2.parquet"]
+    one = pq.read_table(tiny_run / "scores" / "datainf-ckpt2.parquet").to_pandas()
+    assert list(zip(one.test_id, one.train_id)) == [(j, i) for j in range(10) for i in range(30)]
     for e in range(3):
         assert (tiny_run / f"checkpoints/epoch-{e}/adapter_model.safetensors").is_file()
     loss = pq.read_table(tiny_run / "train_loss.parquet").to_pandas()
@@ -52,6 +55,15 @@ def test_metrics_match_scores(tiny_run):
     ag = pq.read_table(tiny_run / "agreement.parquet").to_pandas()
     n = len(mt.method.unique())
     assert len(ag) == 2 * n * (n - 1) // 2
+    # per test prompt, the Spearman and top-k overlap of each pair of rows; the agreement rows are their means
+    per = pq.read_table(tiny_run / "test_agreement.parquet").to_pandas()
+    assert len(per) == len(ag) * len(te)
+    for r in ag.itertuples():
+        rows = per[(per.checkpoint == r.checkpoint) & (per.method_a == r.method_a) & (per.method_b == r.method_b)]
+        A, B = _scores(tiny_run, r.method_a, r.checkpoint), _scores(tiny_run, r.method_b, r.checkpoint)
+        assert rows.test_id.tolist() == list(range(len(te)))
+        np.testing.assert_allclose(rows.spearman, [metrics.spearman(a, b) for a, b in zip(A, B)], rtol=1e-12)
+        assert rows.spearman.mean() == pytest.approx(r.spearman) and rows.overlap.mean() == pytest.approx(r.overlap)
 
 
 def test_scores_equal_a_direct_method_call(tiny_run, tiny_spec):

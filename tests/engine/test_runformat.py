@@ -4,13 +4,14 @@ import pyarrow as pa
 import pytest
 
 from engine import runformat
-from store.schema import PARQUET_TABLES
+from store.schema import FILE_TABLES, IN_PLACE_TABLES, PARQUET_TABLES
 
 
 def test_the_store_schema_is_the_declared_format():
-    assert list(PARQUET_TABLES) == list(runformat.TABLES)
+    assert list(FILE_TABLES) == list(runformat.TABLES)
+    assert list(PARQUET_TABLES) == [t for t in runformat.TABLES if t not in IN_PLACE_TABLES] and "scores" not in PARQUET_TABLES
     for name, t in runformat.TABLES.items():
-        cols, key = PARQUET_TABLES[name]
+        cols, key = FILE_TABLES[name]
         assert list(cols) == list(t.columns) and key == t.key
         assert set(t.key) <= set(t.columns)
 

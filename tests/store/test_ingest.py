@@ -14,10 +14,10 @@ import pytest
 
 from store import ingest, queries
 from store.db import Store
-from store.errors import IngestError
-from store.schema import RUN_TABLES, STAGE_TABLES
+from store.errors import IngestError, QueryError
+from store.schema import RUN_TABLES, STAGE_TABLES, TOP_K
 
-N_TABLES = RUN_TABLES  # runs, score_sets, samples, scores, metrics, label_metrics, agreement, train_loss
+N_TABLES = RUN_TABLES  # runs, score_sets, score_files, topk, samples, metrics, label_metrics, agreement, ...
 
 
 def counts(con, run: str | None = None) -> dict[str, int]:
@@ -46,18 +46,51 @@ def test_ingest_is_idempotent(store, runs_dir, make_run):
     assert ingest.ingest_run(store.con, d.folder) is False
     assert ingest.ingest_all(store.con, runs_dir) == []
     assert counts(store.con) == first
-    assert first["scores"] == 2 * 2 * d.n_train * d.n_test
+    # scores stay in the run folder: the database keeps where they are and each prompt's top k (here: all 12)
+    assert first["topk"] == 2 * 2 * d.n_test * min(TOP_K, d.n_train)
+    assert store.con.execute("SELECT sum(n_rows) FROM score_sets").fetchone()[0] == 2 * 2 * d.n_train * d.n_test
+    assert first["score_files"] == 2 * 2 * 2  # two shard files per (method, checkpoint), one set each
     assert first["samples"] == d.n_train + d.n_test
     assert first["runs"] == 1 and first["score_sets"] == 4 and first["metrics"] == 4
-    assert all(n > 0 for t, n in first.items() if t not in STAGE_TABLES)
+    # the synthetic run has the format of folders written before per-test agreement: no test_agreement.parquet
+    assert all(n > 0 for t, n in first.items() if t not in STAGE_TABLES and t != "test_agreement")
+    assert first["test_agreement"] == 0
     assert all(first[t] == 0 for t in STAGE_TABLES)  # this run has no analysis, self-influence or check stages
 
 
-def test_scores_loaded_sorted(store, runs_dir, make_run):
+def test_topk_loaded_sorted_and_the_scores_not_copied(store, runs_dir, make_run):
     make_run(runs_dir, "r1", shards=3)
     store.ingest_all(runs_dir)
-    rows = store.con.execute("SELECT method, checkpoint, test_id, train_id FROM scores").fetchall()
-    assert rows == sorted(rows)
+    rows = store.con.execute("SELECT method, checkpoint, test_id, rank FROM topk").fetchall()
+    assert rows == sorted(rows)  # the physical order that lets zonemaps skip to one prompt
+    tables = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert "scores" not in tables
+
+
+@pytest.mark.parametrize("top_k", [1, 4, 12, 50])
+def test_topk_is_each_prompts_best_training_samples(store, runs_dir, make_run, ref, top_k):
+    """topk holds, per (method, checkpoint, test prompt), the min(top_k, n_train) best training samples in rank
+    order, with their scores, by the ranking rule (ties -> lower train id; NaN last)."""
+    d = make_run(runs_dir, "r1", n_train=12, n_test=4, ties=True, nans=0.1, seed=9)
+    assert ingest.ingest_run(store.con, d.folder, top_k=top_k)
+    assert store.con.execute("SELECT DISTINCT top_k FROM score_sets").fetchall() == [(top_k,)]
+    for (method, ckpt), S in d.scores.items():
+        order = ref.rank_order(np.where(np.isnan(S), -np.inf, S))  # NaN last, and lower index first among NaNs
+        for j in range(d.n_test):
+            got = store.con.execute("SELECT rank, train_id, score FROM topk WHERE method = ? AND checkpoint = ? "
+                                    "AND test_id = ? ORDER BY rank", [method, ckpt, j]).fetchall()
+            want = order[j, :top_k]
+            assert [r[0] for r in got] == list(range(1, len(want) + 1))
+            assert [r[1] for r in got] == want.tolist()
+            np.testing.assert_array_equal(np.array([r[2] for r in got], np.float32), S[j, want])
+
+
+def test_bad_top_k_is_refused(store, runs_dir, make_run):
+    d = make_run(runs_dir, "r1")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(QueryError, match="top_k must be a positive integer"):
+            ingest.ingest_run(store.con, d.folder, top_k=bad)
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
 
 
 def test_reingest_after_rerun_replaces_rows(store, runs_dir, make_run):
@@ -67,7 +100,7 @@ def test_reingest_after_rerun_replaces_rows(store, runs_dir, make_run):
     d2 = make_run(runs_dir, "r1", n_train=9, methods=("repsim",), checkpoints=(3,), seed=2)
     assert store.ingest_all(runs_dir) == ["r1"]
     c = counts(store.con, "r1")
-    assert c["runs"] == 1 and c["scores"] == 9 * d2.n_test and c["samples"] == 9 + d2.n_test
+    assert c["runs"] == 1 and c["topk"] == 9 * d2.n_test and c["samples"] == 9 + d2.n_test
     assert queries.methods(store.con, "r1") == ["repsim"]
     assert store.con.execute("SELECT manifest_sha256 FROM runs").fetchone()[0] != sha1
     np.testing.assert_array_equal(queries.score_matrix(store.con, "r1", "repsim", 3), d2.scores[("repsim", 3)])
@@ -172,6 +205,21 @@ def test_sample_count_mismatch(store, runs_dir, make_run):
     assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
 
 
+@pytest.mark.parametrize("change", ["shift", "duplicate"])
+def test_sample_ids_must_count_from_zero(store, runs_dir, make_run, change):
+    """The queries place scores by sample id: ids of a split other than 0..n-1, each once, are refused."""
+    d = make_run(runs_dir, "r")
+    path = d.folder / "samples.parquet"
+    t = pq.read_table(path)
+    ids = t.column("sample_id").to_numpy().copy()
+    train = np.flatnonzero(t.column("split").to_numpy(zero_copy_only=False) == "train")
+    ids[train] = ids[train] + 1 if change == "shift" else np.minimum(ids[train], d.n_train - 2)
+    pq.write_table(t.set_column(t.schema.get_field_index("sample_id"), "sample_id", pa.array(ids, pa.int32())), path)
+    with pytest.raises(IngestError, match=r"train sample ids of .*samples\.parquet are not 0\.\.11, each once"):
+        ingest.ingest_run(store.con, d.folder)
+    assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
+
+
 def test_ingest_all_non_strict_skips_failures(store, runs_dir, caplog, make_run):
     make_run(runs_dir, "good")
     make_run(runs_dir, "bad", extra_files={"scores/zz.parquet": _bad_scores_table()})
@@ -203,7 +251,7 @@ def test_odd_run_names_are_data_not_sql(store, runs_dir, make_run):
     top = [queries.top_k(store.con, name, "gradsim", 1, 0, 3) for name in (evil, "plain")]
     assert top[0].equals(top[1])
     ingest.remove_run(store.con, evil)
-    assert counts(store.con, "plain")["scores"] > 0
+    assert counts(store.con, "plain")["topk"] > 0
 
 
 # ---------------------------------------------------------------------------------------------- rebuild
@@ -235,7 +283,7 @@ def test_rebuild_over_corrupt_or_missing_db(runs_dir, db_path, make_run):
     assert ingest.rebuild(db_path, runs_dir) == ["a"]
     assert not db_path.with_name(db_path.name + ".wal").exists()
     with Store(db_path) as s:
-        assert counts(s.con, "a")["scores"] > 0
+        assert counts(s.con, "a")["topk"] > 0
     missing = db_path.with_name("fresh.duckdb")
     assert ingest.rebuild(missing, runs_dir) == ["a"] and missing.exists()
 

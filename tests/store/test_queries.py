@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from store import queries as q
+from store.db import Store
+from store.schema import TOP_K
 from store.errors import (
     NotFoundError,
     UnknownCheckpointError,
@@ -15,9 +17,28 @@ from store.errors import (
 )
 
 
+@pytest.fixture(params=[3, TOP_K], ids=["topk3", f"topk{TOP_K}"])
+def store_k(request, db_path):
+    """A store keeping the top 3 (most k below are then answered in place from the score files) or the default
+    top k (every k of these small runs is then answered from the topk table)."""
+    with Store(db_path, top_k=request.param) as s:
+        yield s
+
+
 @pytest.fixture
-def loaded(store, runs_dir, make_run):
-    """Two ingested runs; ``tied`` has many tied scores. Returns (con, {name: RunData})."""
+def loaded(store_k, runs_dir, make_run):
+    """Two ingested runs; ``tied`` has many tied scores. Returns (con, {name: RunData}). For the tests of
+    rankings: run once with each stored top k."""
+    return _load(store_k, runs_dir, make_run)
+
+
+@pytest.fixture
+def loaded_once(store, runs_dir, make_run):
+    """:func:`loaded` with the default top k only, for the tests that do not rank."""
+    return _load(store, runs_dir, make_run)
+
+
+def _load(store, runs_dir, make_run):
     prompts = {0: "50% off everything", 1: "500 offers", 2: "snake_case name", 3: "snakeXcase name",
                4: "back\\slash", 5: "x'; DROP TABLE scores; -- said O'Brien"}
     runs = {
@@ -28,8 +49,8 @@ def loaded(store, runs_dir, make_run):
     return store.con, runs
 
 
-def test_list_runs_and_info(loaded):
-    con, runs = loaded
+def test_list_runs_and_info(loaded_once):
+    con, runs = loaded_once
     df = q.list_runs(con)
     assert sorted(df["run_id"]) == ["plain", "tied"]
     row = df.set_index("run_id").loc["plain"]
@@ -42,15 +63,15 @@ def test_list_runs_and_info(loaded):
     assert info["versions"]["engine"]
 
 
-def test_methods_checkpoints(loaded):
-    con, _ = loaded
+def test_methods_checkpoints(loaded_once):
+    con, _ = loaded_once
     assert q.methods(con, "plain") == ["gradsim", "repsim"]
     assert q.checkpoints(con, "plain") == [1, 2]
     assert q.checkpoints(con, "plain", "repsim") == [1, 2]
 
 
-def test_summary(loaded):
-    con, runs = loaded
+def test_summary(loaded_once):
+    con, runs = loaded_once
     s = q.summary(con)
     assert s["runs"] == 2 and s["methods"] == 3 and s["score_sets"] == 8
     assert s["samples"] == sum(d.n_train + d.n_test for d in runs.values())
@@ -166,8 +187,8 @@ def test_test_prompts_ranking_train(loaded, ref, k):
         assert df["same_label"].tolist() == [bool(d.test_labels[j] == d.train_labels[train_id]) for _, j in want]
 
 
-def test_samples_filters(loaded):
-    con, runs = loaded
+def test_samples_filters(loaded_once):
+    con, runs = loaded_once
     d = runs["plain"]
     df = q.samples(con, "plain")
     assert len(df) == d.n_train + d.n_test and df["split"].iloc[0] == "train"
@@ -187,16 +208,16 @@ def test_samples_filters(loaded):
     ("'; DROP TABLE scores; --", ["x'; DROP TABLE scores; -- said O'Brien"]),
     ("o'brien", ["x'; DROP TABLE scores; -- said O'Brien"]),
 ])
-def test_search_is_literal(loaded, term, expected):
-    con, _ = loaded
+def test_search_is_literal(loaded_once, term, expected):
+    con, _ = loaded_once
     df = q.samples(con, "tied", split="train", search=term)
     assert df["prompt"].tolist() == expected
-    assert con.execute("SELECT count(*) FROM scores").fetchone()[0] > 0
+    assert con.execute("SELECT count(*) FROM topk").fetchone()[0] > 0
 
 
-def test_injection_in_names_is_harmless(loaded):
-    con, _ = loaded
-    before = con.execute("SELECT count(*) FROM scores").fetchone()[0]
+def test_injection_in_names_is_harmless(loaded_once):
+    con, _ = loaded_once
+    before = con.execute("SELECT count(*) FROM topk").fetchone()[0]
     evil = "tied' OR '1'='1"
     for call in (lambda: q.run_info(con, evil), lambda: q.top_k(con, evil, "gradsim", 1, 0, 3),
                  lambda: q.samples(con, "x'; DROP TABLE samples; --"), lambda: q.leaderboard(con, run=evil)):
@@ -205,7 +226,7 @@ def test_injection_in_names_is_harmless(loaded):
     with pytest.raises(UnknownMethodError):
         q.top_k(con, "tied", "gradsim' OR 1=1 --", 1, 0, 3)
     assert q.samples(con, "tied", label="x' OR '1'='1").empty
-    assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == before
+    assert con.execute("SELECT count(*) FROM topk").fetchone()[0] == before
     assert len(q.list_runs(con)) == 2
 
 
@@ -228,8 +249,8 @@ def test_unknown_names_raise_lookup_errors(loaded):
             fn(con, "nope")
 
 
-def test_label_metrics_agreement_train_loss(loaded):
-    con, runs = loaded
+def test_label_metrics_agreement_train_loss(loaded_once):
+    con, runs = loaded_once
     lm = q.label_metrics(con, "tied")
     assert set(lm["method"]) == {"datainf", "gradsim"} and set(lm["label"]) <= {"alpha", "beta", "gamma"}
     one = q.label_metrics(con, "tied", method="gradsim", checkpoint=2)
@@ -249,10 +270,11 @@ def test_queries_accept_store_object(store, runs_dir, make_run):
 
 
 @pytest.mark.parametrize("k", [None, 1, 3, 8])
-def test_consistent_with_engine_metrics_including_nan_scores(store, runs_dir, make_run, k):
+def test_consistent_with_engine_metrics_including_nan_scores(store_k, runs_dir, make_run, k):
     """Rankings and metrics agree with engine.metrics (ties -> lowest index, NaN last)."""
     from engine import metrics
 
+    store = store_k
     d = make_run(runs_dir, "nan", n_train=12, n_test=6, seed=5, ties=True, nans=0.2, write_metrics=False)
     store.ingest_all(runs_dir)
     for row in q.leaderboard(store.con, k=k).itertuples():
@@ -291,14 +313,40 @@ def test_leaderboard_intervals_are_the_bootstrap_of_the_per_test_hits(loaded, re
         assert row.acc_lo <= row.acc <= row.acc_hi
 
 
-def test_run_folders_written_before_intervals_still_load_and_get_them(loaded):
+def test_run_folders_written_before_intervals_still_load_and_get_them(loaded_once):
     """The synthetic runs' metrics.parquet has no acc_lo/... columns (the format before intervals): it ingests
     (optional columns read as NULL) and the leaderboard bootstraps the intervals from the scores."""
     import pyarrow.parquet as pq
 
-    con, runs = loaded
+    con, runs = loaded_once
     folder = con.execute("SELECT folder FROM runs WHERE run_id = 'tied'").fetchone()[0]
     assert "acc_lo" not in pq.read_schema(f"{folder}/metrics.parquet").names
     df = q.leaderboard(con, run="tied")
     assert set(df.source) == {"stored"} and df[["acc_lo", "acc_hi", "coverage_lo", "coverage_hi"]].notna().all().all()
     assert ((df.acc_lo <= df.acc) & (df.acc <= df.acc_hi)).all()
+
+
+def test_score_row_is_one_row_of_the_matrix(loaded):
+    con, runs = loaded
+    for name, d in runs.items():
+        for (method, ckpt), S in d.scores.items():
+            for test_id in range(d.n_test):
+                row = q.score_row(con, name, method, ckpt, test_id)
+                assert row.dtype == np.float32 and row.shape == (d.n_train,)
+                np.testing.assert_array_equal(row, S[test_id])
+    with pytest.raises(UnknownSampleError, match="no test sample with id 99"):
+        q.score_row(con, "tied", "gradsim", 1, 99)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 15, 40])
+def test_topk_counts_match_numpy(loaded, ref, k):
+    """How often each training sample is in a test prompt's top k (and first): from topk for k within the stored
+    ranks, ranked in place beyond; against counting over the numpy ranking."""
+    con, runs = loaded
+    d = runs["tied"]
+    for (method, ckpt), S in d.scores.items():
+        order = ref.rank_order(S)
+        df = q.topk_counts(con, "tied", method, ckpt, k)
+        assert df["train_id"].tolist() == list(range(d.n_train))
+        assert df["n"].tolist() == [int((order[:, :k] == i).sum()) for i in range(d.n_train)]
+        assert df["n_top1"].tolist() == [int((order[:, 0] == i).sum()) for i in range(d.n_train)]

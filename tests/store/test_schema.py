@@ -22,11 +22,13 @@ def test_tables_and_columns():
     assert con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
     for table, (cols, _) in PARQUET_TABLES.items():
         assert _columns(con, table) == ["run_id", *cols]
-    assert _columns(con, "scores") == ["run_id", "method", "checkpoint", "test_id", "train_id", "score"]
+    assert "scores" not in PARQUET_TABLES and _columns(con, "scores") == []  # read in place, never copied
+    assert _columns(con, "topk") == ["run_id", "method", "checkpoint", "test_id", "rank", "train_id", "score"]
+    assert _columns(con, "score_files") == ["run_id", "method", "checkpoint", "path", "n_rows"]
     assert "manifest_sha256" in _columns(con, "runs") and "spec_hash" in _columns(con, "runs")
     types = dict(con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'scores'").fetchall())
-    assert types["score"] == "FLOAT" and types["test_id"] == "INTEGER"
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'topk'").fetchall())
+    assert types["score"] == "FLOAT" and types["test_id"] == "INTEGER" and types["rank"] == "INTEGER"
 
 
 def test_version_mismatch(db_path):

@@ -179,3 +179,18 @@ def test_leaderboard_reading_when_repsim_wins_or_nothing_beats_chance():
     assert "Influence functions" not in text and "as in the paper" not in text
     assert leaderboard_reading(_board({}), 10) == [] and leaderboard_reading(_board({"a": 0.5}), 0) == []
     assert "&lt;x&gt;" in " ".join(leaderboard_reading(_board({"<x>": 0.9, "repsim": 0.2}), 20))
+
+
+def test_difference_reading_says_when_a_lead_is_within_noise():
+    from ui.readings import difference_reading
+
+    # 20 prompts, a lead of 1 prompt: the paired bootstrap interval of the difference holds 0
+    a = [1] * 11 + [0] * 9
+    b = [1] * 10 + [0] * 10
+    close = difference_reading("exact", "repsim", a, b)
+    assert "**exact** vs **repsim**: Acc@1 +0.05" in close and "20 prompts" in close and "**within noise**" in close
+    # every prompt right against every prompt wrong: the interval is [1, 1]
+    far = difference_reading("exact", "random", [1] * 20, [0] * 20)
+    assert "Acc@1 +1, 95 % interval [1, 1]" in far and "more than the noise" in far
+    # a lead of the second method reads as a negative difference
+    assert "Acc@1 -0.05" in difference_reading("repsim", "exact", b, a)
