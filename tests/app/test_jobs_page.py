@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine import jobs
 from store.paths import REPO_ROOT
+from ui.navigation import PAGES
 
 JOBS = REPO_ROOT / "pages" / "7_Jobs.py"
 HOME = REPO_ROOT / "app.py"
@@ -103,7 +104,8 @@ AUTH = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie
                  "server_metadata_url": "http://localhost:9/.well-known/openid-configuration"}}
 
 
-APP_PAGES = [HOME, *sorted((REPO_ROOT / "pages").glob("*.py"))]  # Streamlit's pages: app.py and pages/*.py
+# the entry point and every page of its navigation (ui.navigation), so a new page cannot be missed
+APP_PAGES = [HOME, *(REPO_ROOT / p.file for p in PAGES)]
 
 
 def _leaves(node):
@@ -117,7 +119,9 @@ def _leaves(node):
 
 
 def test_the_page_list_is_the_apps():
-    assert len(APP_PAGES) >= 8 and all("require_login()" in p.read_text() for p in APP_PAGES)
+    assert sorted(APP_PAGES[1:]) == sorted((REPO_ROOT / "pages").glob("*.py"))  # every page file is navigable
+    assert len(APP_PAGES) >= 9 and all("require_login()" in p.read_text() for p in APP_PAGES)
+    assert "st.navigation(" in HOME.read_text()
 
 
 @pytest.mark.parametrize("script", APP_PAGES, ids=lambda p: p.stem)

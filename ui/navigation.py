@@ -1,0 +1,39 @@
+"""The app's pages as the sidebar shows them: named, with icons, in three groups (``st.navigation``).
+
+One declaration, read by ``app.py`` (the entry point) and by the tests: each page keeps the URL path it had as a
+``pages/`` file (``/Explore``, ``/Compare_methods``, ...), so old links and their query parameters keep working.
+No Streamlit import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    file: str  # relative to the repository root
+    title: str  # the sidebar name
+    url_path: str  # "" for the home page (served at "/")
+    icon: str  # a Material Symbols name, as st.Page takes it
+
+
+NAVIGATION: dict[str, tuple[PageInfo, ...]] = {
+    "Results": (
+        PageInfo("pages/0_Home.py", "Home", "", ":material/home:"),
+        PageInfo("pages/1_Explore.py", "Explore", "Explore", ":material/search:"),
+        PageInfo("pages/2_Compare_methods.py", "Compare methods", "Compare_methods", ":material/compare_arrows:"),
+        PageInfo("pages/3_Dataset.py", "Dataset", "Dataset", ":material/table_rows:"),
+        PageInfo("pages/8_Behaviour.py", "Behaviour", "Behaviour", ":material/group_work:"),
+    ),
+    "Analyses": (
+        PageInfo("pages/4_iHVP_error.py", "iHVP error", "iHVP_error", ":material/functions:"),
+        PageInfo("pages/5_Convergence.py", "Convergence", "Convergence", ":material/trending_down:"),
+        PageInfo("pages/6_Retraining.py", "Retraining", "Retraining", ":material/replay:"),
+    ),
+    "Jobs": (
+        PageInfo("pages/7_Jobs.py", "Jobs", "Jobs", ":material/play_circle:"),
+    ),
+}
+
+PAGES: tuple[PageInfo, ...] = tuple(p for group in NAVIGATION.values() for p in group)
