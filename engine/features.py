@@ -159,19 +159,7 @@ def load_checkpoint(cache: FeatureCache, checkpoint: int, weight: float, n_train
     if not scored:
         plan = FeaturePlan(grads=True)
     bounds = shard_bounds(n_train, run.shard_size)
-    mine = dist.shards(len(bounds))
-    paths = [cache.train_file(checkpoint, i) for i in mine]
-    headers = [read_header(p) for p in paths]
-    top = read_header(cache.train_file(checkpoint, 0))
-    key0 = plan.projections[0] if plan.projections else None
-
-    def loader(j: int, blocks, proj_key=None):
-        return load_features(paths[j], lru, blocks, headers[j], proj_key if proj_key is not None else key0)
-
-    train = TrainData(n_train, [bounds[i] for i in mine], loader,
-                      tuple(top["widths"]) if top["contents"]["grads"] else (), tuple(top["block_names"]),
-                      kfac_totals(paths, headers, dist.comm.reduce, cache.train_file(checkpoint, 0)),
-                      torch.device("cpu"), comm=dist.comm)
+    train = _train_data(cache, checkpoint, n_train, bounds, dist.shards(len(bounds)), plan, lru, dist.comm)
     parts = []
     for a, b in test_ranges(n_test, dist):
         if b > a:
@@ -182,6 +170,34 @@ def load_checkpoint(cache: FeatureCache, checkpoint: int, weight: float, n_train
             loss = lru.get(path, ["loss"])["loss"]
             parts.append(SideFeatures(f.grads, f.reps, loss, f.block_names, None, projections, f.rept))
     return CheckpointData(checkpoint, weight, train, _concat(parts), texts if plan.text else None)
+
+
+def _train_data(cache: FeatureCache, checkpoint: int, n_train: int, bounds: list[tuple[int, int]], shards: list[int],
+                plan: FeaturePlan, lru: TensorLRU, comm) -> TrainData:
+    """TrainData over the cached training ``shards`` (indices into ``bounds``) at ``checkpoint``; the K-FAC factor
+    sums are summed with ``comm`` (over the processes, each holding its own shards)."""
+    paths = [cache.train_file(checkpoint, i) for i in shards]
+    headers = [read_header(p) for p in paths]
+    top = read_header(cache.train_file(checkpoint, 0))
+    key0 = plan.projections[0] if plan.projections else None
+
+    def loader(j: int, blocks, proj_key=None):
+        return load_features(paths[j], lru, blocks, headers[j], proj_key if proj_key is not None else key0)
+
+    return TrainData(n_train, [bounds[i] for i in shards], loader,
+                     tuple(top["widths"]) if top["contents"]["grads"] else (), tuple(top["block_names"]),
+                     kfac_totals(paths, headers, comm.reduce, cache.train_file(checkpoint, 0)), torch.device("cpu"),
+                     comm=comm)
+
+
+def all_train_shards(cache: FeatureCache, checkpoint: int, n_train: int, shard_size: int, plan: FeaturePlan,
+                     lru: TensorLRU) -> TrainData:
+    """Every training shard at ``checkpoint``, whichever process computed it (the cache is shared): what one
+    process reads for a study that needs the whole training set in one place (the iHVP study under torchrun)."""
+    from engine.methods.train_data import Comm
+
+    bounds = shard_bounds(n_train, shard_size)
+    return _train_data(cache, checkpoint, n_train, bounds, list(range(len(bounds))), plan, lru, Comm())
 
 
 def _concat(parts: list[SideFeatures]) -> SideFeatures:

@@ -38,15 +38,15 @@ import torch
 from safetensors.torch import save_file
 
 from engine import metrics
-from engine.analysis import StageInputs, run_stages
+from engine.analysis import StageInputs, run_stages, spread_retrainings
 from engine.analysis.convergence import score_drift
 from engine.catalog import changed_params, method_info
 from engine.checks import finite_rows
 from engine.errors import InputError
 from engine.distributed import Dist
 from engine.feature_cache import FeatureCache, TensorLRU, cache_root, feature_key
-from engine.features import (CheckpointData, PassSettings, ensure_features, load_checkpoint, materialize,
-                             method_features)
+from engine.features import (CheckpointData, PassSettings, all_train_shards, ensure_features, load_checkpoint,
+                             materialize, method_features)
 from engine.finetune import add_lora, finetune, lora_state, set_lora_state
 from engine.formatting import Encoded, encode
 from engine.methods import get_method, score_in_shards
@@ -408,6 +408,14 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
         shards = {"computed": int(counts[0]), "reused": int(counts[1])}  # over every rank
         t = time.perf_counter()
         self_rows = self_influence_stage(methods, now, history, dist) if plan.self_influence else None
+        if dist.world_size > 1 and "retrain" in spec.analysis.stages:  # every process takes its share of the
+            matrices = prev if dist.main else ScoreMatrices(  # retrainings into the bank; rank 0 finds them there
+                writer.tmp, now.checkpoint, [m.name for m in methods], len(task.test), len(task.train), lru.budget)
+            t_spread = time.perf_counter()
+            spread_retrainings(_stage_inputs(spec, lm, task, data, states, now, None, matrices, drift, runs_dir),
+                               dist.rank, dist.world_size, _say(progress))
+            dist.barrier()
+            timings["retrain_spread_s"] = time.perf_counter() - t_spread
         if not dist.main:
             dist.barrier()  # rank 0 commits
             return None
@@ -417,14 +425,13 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
         ev.write(writer)
         extra = checks_stage(writer, spec, lm, data, states, now.checkpoint, finite, timings, notes)
         if spec.analysis.stages:
-            train_grads = materialize(now.train) if plan.grads and "ihvp" in spec.analysis.stages else None
-            timings.update(run_stages(StageInputs(
-                spec=spec, model=lm.model, tok=lm.tok, task=task, train_enc=data.train, test_enc=data.test,
-                states=[states.initial, *states.states], scaling=lm.scaling, checkpoint=prev.checkpoint,
-                train_grads=train_grads, test_grads=now.test.grads, block_names=now.train.block_names,
-                matrices={name: prev[name] for name in prev}, drift=drift, device=lm.device, kfac=now.train.kfac,
-                runs_dir=runs_dir),
-                writer.write_table, _say(progress)))
+            train_grads = None
+            if plan.grads and "ihvp" in spec.analysis.stages:  # the study reads every training gradient
+                every = now.train if dist.world_size == 1 else all_train_shards(
+                    cache, now.checkpoint, len(task.train), spec.scoring.shard_size, plan, lru)
+                train_grads = materialize(every)
+            timings.update(run_stages(_stage_inputs(spec, lm, task, data, states, now, train_grads, prev, drift,
+                                                    runs_dir), writer.write_table, _say(progress)))
         writer.adopt(SCORES_DIR)  # the other ranks' score files
         timings["total_s"] = time.perf_counter() - t0
         folder = writer.commit({**_manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes, dist,
@@ -433,6 +440,17 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
     if spec.scoring.feature_cache == "delete":
         cache.remove()
     return folder
+
+
+def _stage_inputs(spec, lm: LoadedModel, task: TaskData, data: EncodedData, states: AdapterStates,
+                  now: CheckpointData, train_grads, matrices, drift: list, runs_dir: Path) -> StageInputs:
+    """What the analyses read, at the last scored checkpoint ``now`` (``matrices``: its score matrices)."""
+    return StageInputs(
+        spec=spec, model=lm.model, tok=lm.tok, task=task, train_enc=data.train, test_enc=data.test,
+        states=[states.initial, *states.states], scaling=lm.scaling, checkpoint=now.checkpoint,
+        train_grads=train_grads, test_grads=now.test.grads, block_names=now.train.block_names,
+        matrices={name: matrices[name] for name in matrices}, drift=drift, device=lm.device, kfac=now.train.kfac,
+        runs_dir=runs_dir)
 
 
 def open_cache(spec: RunSpec, task: TaskData, lm: LoadedModel, runs_dir: Path) -> FeatureCache:

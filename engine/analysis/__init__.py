@@ -93,30 +93,20 @@ def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
         write("score_drift.parquet", table("score_drift", inp.drift))
         timings["convergence_s"] = time.perf_counter() - t
     if "retrain" in a.stages:
-        timings.update(_retrain_stage(inp, write, progress, refs, train_labels))
+        timings.update(_retrain_stage(inp, write, progress, refs))
     return timings
 
 
 RETRAIN_TABLES = ("groups", "modules", "tests", "predictions", "methods", "lds", "counterfactual")
 
 
-def _retrain_stage(inp: StageInputs, write, progress, refs, train_labels) -> dict[str, float]:
-    """The retraining analysis; returns its time, the number of retrainings run and reused from the bank, and
-    the seconds spent fine-tuning the new ones."""
+def _retrain_setup(inp: StageInputs, refs):
+    """The retraining context (model, data, recipe, bank) and plan: ``(ctx, groups, k, jobs)``."""
     from engine.analysis import retrain as rt
     from engine.analysis.bank import RetrainBank, bank_root, base_digest, encoded_digest, state_digest
-    from engine.analysis.outputs import generation_report, sample_losses
-    from engine.analysis.retrain_tables import result_tables
-    from engine.finetune import set_lora_state
 
-    a, t = inp.spec.analysis, time.perf_counter()
-    bs = inp.spec.scoring.grad_batch_size
+    a, tr, lora = inp.spec.analysis, inp.spec.train, inp.spec.lora
     original = inp.states[-1]
-    set_lora_state(inp.model, original)
-    orig_loss = sample_losses(inp.model, inp.test_enc, inp.tok.pad_token_id, inp.device, bs)
-    _, orig_behaviour = generation_report(inp.model, inp.tok, inp.test_enc, refs, inp.task.behaviour, inp.device,
-                                          a.generate_tokens, bs)
-    tr, lora = inp.spec.train, inp.spec.lora
     identity = {
         "base": base_digest(inp.model),
         "adapter": {"initial": state_digest(inp.states[0]), "r": lora.r, "alpha": lora.alpha,
@@ -132,10 +122,46 @@ def _retrain_stage(inp: StageInputs, write, progress, refs, train_labels) -> dic
     ctx = rt.Context(model=inp.model, tok=inp.tok, initial=inp.states[0], original=original,
                      train_enc=inp.train_enc, test_enc=inp.test_enc, test_refs=refs, marker=inp.task.behaviour,
                      train_cfg=tr, device=inp.device, scaling=inp.scaling, max_new_tokens=a.generate_tokens,
-                     batch_size=bs, bank=bank, eval_settings=eval_settings)
-    test_labels = [s.label for s in inp.task.test]
-    groups, _, k = rt.plan(train_labels, test_labels, inp.matrices, a, tr.seed)
-    jobs = rt.unique_retrainings(groups)
+                     batch_size=inp.spec.scoring.grad_batch_size, bank=bank, eval_settings=eval_settings)
+    groups, _, k = rt.plan([s.label for s in inp.task.train], [s.label for s in inp.task.test], inp.matrices, a,
+                           tr.seed)
+    return ctx, groups, k, rt.unique_retrainings(groups)
+
+
+def spread_retrainings(inp: StageInputs, rank: int, world_size: int, progress) -> int:
+    """Under torchrun, before rank 0 runs the analyses: this process runs its share of the retrainings (every
+    ``world_size``-th, from ``rank``) into the retrain bank, where rank 0's retrain stage then finds them all; the
+    caller waits for every process after. Returns how many this process measured (0 without a bank: then rank 0
+    retrains alone)."""
+    from engine.analysis import retrain as rt
+
+    if world_size <= 1 or "retrain" not in inp.spec.analysis.stages:
+        return 0
+    ctx, _, _, jobs = _retrain_setup(inp, [s.response for s in inp.task.test])
+    if ctx.bank.root is None:
+        return 0
+    mine = jobs[rank::world_size]
+    workers = inp.spec.analysis.retrain_workers or rt.auto_workers(len(mine), inp.device)
+    rt.run_retrainings(ctx, mine, workers, progress)
+    return len(mine)
+
+
+def _retrain_stage(inp: StageInputs, write, progress, refs) -> dict[str, float]:
+    """The retraining analysis; returns its time, the number of retrainings run and reused from the bank, and
+    the seconds spent fine-tuning the new ones."""
+    from engine.analysis import retrain as rt
+    from engine.analysis.outputs import generation_report, sample_losses
+    from engine.analysis.retrain_tables import result_tables
+    from engine.finetune import set_lora_state
+
+    a, t = inp.spec.analysis, time.perf_counter()
+    bs = inp.spec.scoring.grad_batch_size
+    tr = inp.spec.train
+    set_lora_state(inp.model, inp.states[-1])
+    orig_loss = sample_losses(inp.model, inp.test_enc, inp.tok.pad_token_id, inp.device, bs)
+    _, orig_behaviour = generation_report(inp.model, inp.tok, inp.test_enc, refs, inp.task.behaviour, inp.device,
+                                          a.generate_tokens, bs)
+    ctx, groups, k, jobs = _retrain_setup(inp, refs)
     workers = a.retrain_workers or rt.auto_workers(len(jobs), inp.device)
     done = dict(zip([(r, s) for r, s, _ in jobs], rt.run_retrainings(ctx, jobs, workers, progress)))
     results = {g.group_id: done[g.retraining] for g in groups}

@@ -127,3 +127,35 @@ def test_a_killed_rank_leaves_no_complete_run(tmp_path):
     assert proc.wait(timeout=300) != 0
     runs = data / "runs"
     assert list_complete_runs(runs) == [] and not (runs / "killed").exists()
+
+
+ANALYSES = {"stages": ["ihvp", "retrain"], "retrain_single": 1, "retrain_labels": 0, "retrain_seeds": 1,
+            "noise_seeds": 1, "lds_subsets": 3, "cf_prompts": 0, "generate_tokens": 2, "ihvp_iterations": [1, 10]}
+
+
+def test_two_processes_share_the_retrainings_and_give_the_same_analyses(tmp_path):
+    """Under torchrun every process runs its share of the retrainings into the retrain bank and rank 0 finds them
+    all there; the iHVP study reads every training shard whichever rank computed it. Both give the tables of one
+    process."""
+    def spec(name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**SPEC, "name": name, "analysis": ANALYSES,
+                                        "scoring": {**SPEC["scoring"], "methods": ["gradsim", "datainf"]}}))
+        return path
+
+    one = _run(spec("one"), tmp_path / "one")
+    two = _run(spec("two"), tmp_path / "two", nproc=2)
+    for name, key in (("ihvp_error", ["level", "method", "lambda_c", "iterations"]), ("retrain_groups", ["group_id"])):
+        a = pq.read_table(one / f"{name}.parquet").to_pandas().sort_values(key).reset_index(drop=True)
+        b = pq.read_table(two / f"{name}.parquet").to_pandas().sort_values(key).reset_index(drop=True)
+        assert len(a) == len(b) > 0
+        numeric = [c for c in a.columns if a[c].dtype.kind == "f" and not c.startswith("time") and c != "train_s"]
+        np.testing.assert_allclose(b[numeric].to_numpy(float), a[numeric].to_numpy(float), rtol=1e-5, atol=1e-9,
+                                   err_msg=name)
+    t1, t2 = read_manifest(one)["timings"], read_manifest(two)["timings"]
+    jobs = int(t1["retrain_new"] + t1["retrain_reused"])
+    assert jobs >= 3 and t1["retrain_new"] == jobs  # one process retrains everything itself ...
+    assert t2["retrain_new"] == 0 and t2["retrain_reused"] == jobs  # ... two: rank 0 finds every one in the bank
+    assert "retrain_spread_s" in t2
+    banked = list((tmp_path / "two" / "retrain-bank").glob("*/*/meta.json"))
+    assert len(banked) == jobs
