@@ -1,6 +1,6 @@
 """Influence Explorer — Streamlit entry point: the sidebar navigation over the pages (``ui.navigation``).
 
-Run with ``streamlit run app.py`` (``make run`` also starts a worker). The home page is ``pages/0_Home.py``;
+Run with ``streamlit run app.py`` (``make run`` also starts a worker). The home page is ``app_pages/0_Home.py``;
 every page keeps its URL (``/Explore?run=...``). Sign-in (when configured) is checked here, before any page runs,
 and again by each page (which also runs on its own in the tests).
 """

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ["app.py", "pages/1_Explore.py", "pages/2_Compare_methods.py", "pages/3_Dataset.py"]
+PAGES = ["app.py", "app_pages/1_Explore.py", "app_pages/2_Compare_methods.py", "app_pages/3_Dataset.py"]
 
 
 def main() -> None:

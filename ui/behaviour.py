@@ -18,7 +18,7 @@ import streamlit as st
 
 import store
 from engine.concentration import concentration
-from ui.common import chart_text, esc, qp_get, qp_set
+from ui.common import chart_text, esc, md, qp_get, qp_set
 
 MODES = {"label": "by label", "search": "by search", "ids": "test ids"}
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -80,7 +80,7 @@ def pick_group(con, run: str, tests: pd.DataFrame, key: str, title: str, optiona
     qp_set(**{f"{key}_by": by, key: text or None})
     ids, error = parse_ids(text, set(tests.sample_id.astype(int)))
     if error:
-        st.warning(f"Test ids: {esc(error)}")
+        st.warning(f"Test ids: {md(error)}")
         return [], "invalid ids"
     return ids, f"{len(ids)} pasted id(s)"
 

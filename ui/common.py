@@ -1,4 +1,4 @@
-"""Store access and URL-backed state shared by ``app.py`` and every page in ``pages/``.
+"""Store access and URL-backed state shared by ``app.py`` and every page in ``app_pages/``.
 
 State lives in the URL (``st.query_params``): run, checkpoint, method(s), test prompt, k. A page reads its
 initial widget values from the URL and writes them back on change, so a copied link reproduces the view

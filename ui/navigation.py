@@ -1,8 +1,10 @@
 """The app's pages as the sidebar shows them: named, with icons, in three groups (``st.navigation``).
 
 One declaration, read by ``app.py`` (the entry point) and by the tests: each page keeps the URL path it had as a
-``pages/`` file (``/Explore``, ``/Compare_methods``, ...), so old links and their query parameters keep working.
-No Streamlit import here.
+file of the legacy ``pages/`` folder (``/Explore``, ``/Compare_methods``, ...), so old links and their query
+parameters keep working. The files live in ``app_pages/``: a folder named ``pages/`` beside the entry point would
+make Streamlit serve a first visit to ``/Explore`` in its legacy mode, without this navigation. No Streamlit
+import here.
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ class PageInfo:
 
 NAVIGATION: dict[str, tuple[PageInfo, ...]] = {
     "Results": (
-        PageInfo("pages/0_Home.py", "Home", "", ":material/home:"),
-        PageInfo("pages/1_Explore.py", "Explore", "Explore", ":material/search:"),
-        PageInfo("pages/2_Compare_methods.py", "Compare methods", "Compare_methods", ":material/compare_arrows:"),
-        PageInfo("pages/3_Dataset.py", "Dataset", "Dataset", ":material/table_rows:"),
-        PageInfo("pages/8_Behaviour.py", "Behaviour", "Behaviour", ":material/group_work:"),
+        PageInfo("app_pages/0_Home.py", "Home", "", ":material/home:"),
+        PageInfo("app_pages/1_Explore.py", "Explore", "Explore", ":material/search:"),
+        PageInfo("app_pages/2_Compare_methods.py", "Compare methods", "Compare_methods", ":material/compare_arrows:"),
+        PageInfo("app_pages/3_Dataset.py", "Dataset", "Dataset", ":material/table_rows:"),
+        PageInfo("app_pages/8_Behaviour.py", "Behaviour", "Behaviour", ":material/group_work:"),
     ),
     "Analyses": (
-        PageInfo("pages/4_iHVP_error.py", "iHVP error", "iHVP_error", ":material/functions:"),
-        PageInfo("pages/5_Convergence.py", "Convergence", "Convergence", ":material/trending_down:"),
-        PageInfo("pages/6_Retraining.py", "Retraining", "Retraining", ":material/replay:"),
+        PageInfo("app_pages/4_iHVP_error.py", "iHVP error", "iHVP_error", ":material/functions:"),
+        PageInfo("app_pages/5_Convergence.py", "Convergence", "Convergence", ":material/trending_down:"),
+        PageInfo("app_pages/6_Retraining.py", "Retraining", "Retraining", ":material/replay:"),
     ),
     "Jobs": (
-        PageInfo("pages/7_Jobs.py", "Jobs", "Jobs", ":material/play_circle:"),
+        PageInfo("app_pages/7_Jobs.py", "Jobs", "Jobs", ":material/play_circle:"),
     ),
 }
 

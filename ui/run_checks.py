@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import store
-from ui.common import esc
+from ui.common import esc, md
 
 KINDS = {
     "padding": "Per-sample gradients alone vs in a padded batch",
@@ -22,7 +22,7 @@ def flag_failing(con) -> None:
     bad = status[status.n_failed > 0]
     if bad.empty:
         return
-    lines = "; ".join(f"**{esc(r.run_id)}**: {int(r.n_failed)} of {int(r.n_checks)} failed ({esc(r.failed)})"
+    lines = "; ".join(f"**{esc(r.run_id)}**: {int(r.n_failed)} of {int(r.n_checks)} failed ({md(r.failed)})"
                       for r in bad.itertuples())
     st.warning(f"⚠ Numerical self-checks fail — scores of these runs may be noise: {lines}. "
                "Open the run below for the figures.")

@@ -20,7 +20,7 @@ from engine.catalog import method_info
 from engine.token_files import TokenResult, default_tokens_dir, manifest_id, no_token_view, result_path
 from ui import token_job
 from ui.auth import read_only
-from ui.common import esc, qp_get, qp_set
+from ui.common import esc, md, qp_get, qp_set
 
 POSITIVE = (33, 102, 172)  # blue: the token raises the score (makes the sample look more responsible)
 NEGATIVE = (214, 96, 77)  # red: the token lowers it
@@ -190,4 +190,4 @@ def _progress(tokens_dir: Path, run: str, ck: int, trid: int, job: dict) -> None
         st.rerun()
     mine = job.get("checkpoint") == ck and trid in job.get("train_ids", [])
     what = "this sample" if mine else f"training samples {job.get('train_ids')} at checkpoint {job.get('checkpoint')}"
-    st.info(f"Computing token shares of {what}: {esc(token_job.last_line(tokens_dir, run)) or 'starting…'}")
+    st.info(f"Computing token shares of {what}: {md(token_job.last_line(tokens_dir, run)) or 'starting…'}")

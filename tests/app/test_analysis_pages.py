@@ -3,9 +3,9 @@
 import pytest
 from store.paths import REPO_ROOT
 
-IHVP = REPO_ROOT / "pages" / "4_iHVP_error.py"
-CONVERGENCE = REPO_ROOT / "pages" / "5_Convergence.py"
-RETRAINING = REPO_ROOT / "pages" / "6_Retraining.py"
+IHVP = REPO_ROOT / "app_pages" / "4_iHVP_error.py"
+CONVERGENCE = REPO_ROOT / "app_pages" / "5_Convergence.py"
+RETRAINING = REPO_ROOT / "app_pages" / "6_Retraining.py"
 
 
 def _readings(at) -> list[str]:

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from store.paths import REPO_ROOT
 
-PAGE = REPO_ROOT / "pages" / "8_Behaviour.py"
+PAGE = REPO_ROOT / "app_pages" / "8_Behaviour.py"
 
 
 def _run_matrix(folder, method, ck):

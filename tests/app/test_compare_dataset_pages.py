@@ -5,8 +5,8 @@ import streamlit as st
 
 from store.paths import REPO_ROOT
 
-COMPARE = REPO_ROOT / "pages" / "2_Compare_methods.py"
-DATASET = REPO_ROOT / "pages" / "3_Dataset.py"
+COMPARE = REPO_ROOT / "app_pages" / "2_Compare_methods.py"
+DATASET = REPO_ROOT / "app_pages" / "3_Dataset.py"
 
 
 # ---------------------------------------------------------------------------------------------- compare

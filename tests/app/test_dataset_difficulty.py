@@ -4,7 +4,7 @@ from engine.tasks import build_task
 from engine.tasks.difficulty import length_stats, task_shortcut
 from store.paths import REPO_ROOT
 
-DATASET = REPO_ROOT / "pages" / "3_Dataset.py"
+DATASET = REPO_ROOT / "app_pages" / "3_Dataset.py"
 
 
 def test_difficulty_panel_shows_the_shortcut_rate_and_lengths(store_env, open_page, tiny_spec):

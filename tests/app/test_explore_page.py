@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from store.paths import REPO_ROOT
 
-PAGE = str(REPO_ROOT / "pages" / "1_Explore.py")
+PAGE = str(REPO_ROOT / "app_pages" / "1_Explore.py")
 
 
 def _unescaped(markdown: str) -> str:

@@ -14,7 +14,7 @@ from engine.spec import PRESETS
 from store.paths import REPO_ROOT
 from ui.spec_form import changes, param_changes, param_fields
 
-JOBS = REPO_ROOT / "pages" / "7_Jobs.py"
+JOBS = REPO_ROOT / "app_pages" / "7_Jobs.py"
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_no_page_imports_torch(tmp_path):
     code = (
         "import sys, pathlib\n"
         "from streamlit.testing.v1 import AppTest\n"
-        "pages = [pathlib.Path('app.py'), *sorted(pathlib.Path('pages').glob('*.py'))]\n"
+        "pages = [pathlib.Path('app.py'), *sorted(pathlib.Path('app_pages').glob('*.py'))]\n"
         "for p in pages:\n"
         "    at = AppTest.from_file(str(p), default_timeout=120).run()\n"
         "    assert not at.exception, (p, at.exception)\n"

@@ -9,7 +9,7 @@ from engine import jobs
 from store.paths import REPO_ROOT
 from ui.navigation import PAGES
 
-JOBS = REPO_ROOT / "pages" / "7_Jobs.py"
+JOBS = REPO_ROOT / "app_pages" / "7_Jobs.py"
 HOME = REPO_ROOT / "app.py"
 
 
@@ -119,7 +119,7 @@ def _leaves(node):
 
 
 def test_the_page_list_is_the_apps():
-    assert sorted(APP_PAGES[1:]) == sorted((REPO_ROOT / "pages").glob("*.py"))  # every page file is navigable
+    assert sorted(APP_PAGES[1:]) == sorted((REPO_ROOT / "app_pages").glob("*.py"))  # every page file is navigable
     assert len(APP_PAGES) >= 9 and all("require_login()" in p.read_text() for p in APP_PAGES)
     assert "st.navigation(" in HOME.read_text()
 

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from store.paths import REPO_ROOT
 
-JOBS = REPO_ROOT / "pages" / "7_Jobs.py"
+JOBS = REPO_ROOT / "app_pages" / "7_Jobs.py"
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from engine.runformat import table
 from store.paths import REPO_ROOT
 
-DATASET = REPO_ROOT / "pages" / "3_Dataset.py"
+DATASET = REPO_ROOT / "app_pages" / "3_Dataset.py"
 
 
 def test_dataset_page_ranks_self_influence(store_env, open_page, tiny_run):

@@ -11,7 +11,7 @@ from engine.token_files import TokenResult, manifest_id, result_path
 from store.paths import REPO_ROOT
 from ui import token_job
 
-PAGE = str(REPO_ROOT / "pages" / "1_Explore.py")
+PAGE = str(REPO_ROOT / "app_pages" / "1_Explore.py")
 PIECES = ["Determine", " <b>rule</b>", ":", " the", " cat", " [/INST]", " Reverse", "<|endoftext|>"]
 
 

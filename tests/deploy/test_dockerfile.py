@@ -102,7 +102,7 @@ def test_dockerignore_is_an_allowlist_of_what_the_app_imports():
              if x.strip() and not x.startswith("#")]
     assert lines[0] == "*"
     allowed = {x[1:].rstrip("/") for x in lines if x.startswith("!")}
-    assert {"app.py", "pages", "ui", "engine", "store", "requirements.txt"} <= allowed
+    assert {"app.py", "app_pages", "ui", "engine", "store", "requirements.txt"} <= allowed
     assert not allowed & {".venv", "data", "tests", "artifacts"}
 
 

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import start_app, stop
-from e2e_helpers import REPO, wait_for_app
+from e2e_helpers import wait_for_app
+from ui.navigation import PAGES as NAVIGATION_PAGES
 
 pytestmark = pytest.mark.browser
 
@@ -70,7 +71,7 @@ def hostile_app(tiny_analysis_run, tiny_spec, tmp_path_factory):
     stop(proc)
 
 
-PAGES = [("", "app")] + [("/" + p.stem.split("_", 1)[1], p.stem) for p in sorted((REPO / "pages").glob("*.py"))]
+PAGES = [("/" + p.url_path if p.url_path else "", p.title) for p in NAVIGATION_PAGES]  # every page, by its URL
 
 
 @pytest.mark.parametrize("path, name", PAGES, ids=[name for _, name in PAGES])
@@ -87,7 +88,7 @@ def test_dataset_text_is_shown_as_text(page, hostile_app, path, name):
     made = {sel: n for sel in INJECTED if (n := page.locator(sel).count())}
     assert made == {}, made
     # where the page shows a sample's text, it shows it literally
-    if name in ("1_Explore", "2_Compare_methods"):
+    if name in ("Explore", "Compare methods"):
         assert SCRIPT in text and "**xssmd**" in text, text[:3000]
-    if name == "7_Jobs":
+    if name == "Jobs":
         assert SCRIPT in text and "**xssmsg**" in text, text[:3000]

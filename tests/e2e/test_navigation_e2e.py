@@ -3,10 +3,19 @@ query parameters included."""
 
 import pytest
 
+from conftest import start_app, stop
 from e2e_helpers import wait_for_app
 from ui.navigation import NAVIGATION, PAGES
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def fresh_app(app_data):
+    """A new app process over the shared test data, stopped after the test."""
+    proc, url = start_app(app_data)
+    yield url
+    stop(proc)
 
 
 def test_the_sidebar_lists_named_pages_in_groups(page, app_url):
@@ -27,9 +36,13 @@ def test_the_sidebar_lists_named_pages_in_groups(page, app_url):
 
 
 @pytest.mark.parametrize("info", [p for p in PAGES if p.url_path], ids=lambda p: p.url_path)
-def test_every_page_keeps_its_url_and_query(page, app_url, tiny_run, info):
-    page.goto(f"{app_url}/{info.url_path}?run={tiny_run.name}")
+def test_every_page_keeps_its_url_and_query(page, fresh_app, tiny_run, info):
+    """Each page opened by its URL as the first visit of a freshly started app (no session has run the entry
+    point yet), with the grouped navigation in the sidebar."""
+    page.goto(f"{fresh_app}/{info.url_path}?run={tiny_run.name}")
     wait_for_app(page)
+    nav = page.locator("[data-testid='stSidebarNav']").inner_text()
+    assert all(group in nav for group in NAVIGATION) and "app" not in nav.split()
     page.wait_for_selector("h1", timeout=60_000)
     body = page.inner_text("body")
     assert "Traceback" not in body and "Page not found" not in body

@@ -70,7 +70,8 @@ def test_mismatched_blocks(feats):
 
 # ---------------------------------------------------------------------------------------------- every method on CUDA
 
-FEATURES = {"grads", "reps", "kfac", "proj", "rept", "history"}  # the feature kinds full_features builds
+WORDS = ("cats", "dogs", "rain", "bread")  # the BM25 baseline reads sample texts
+FEATURES = {"grads", "reps", "kfac", "proj", "rept", "history", "text"}  # the feature kinds full_features builds
 PROJ = {"proj_dim": 8, "proj_seed": 0, "proj_kind": "rademacher"}  # small enough that blocks are really projected
 
 
@@ -91,7 +92,8 @@ def full_features(seed: int = 0):
         return Features(grads=f.grads, reps=torch.randn(f.n, 6, generator=gen), block_names=f.block_names,
                         history=((2e-3, earlier), (1e-3, f.grads)), kfac=f.kfac, proj=proj.project(f.grads),
                         rept=torch.cat([5 * torch.randn(f.n, 6, generator=gen),
-                                        1e-2 * torch.randn(f.n, 6, generator=gen)], dim=1))
+                                        1e-2 * torch.randn(f.n, 6, generator=gen)], dim=1),
+                        texts=tuple(f"sample {i} about {WORDS[i % len(WORDS)]}" for i in range(f.n)))
 
     return complete(train), complete(test)
 

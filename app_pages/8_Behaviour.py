@@ -17,7 +17,7 @@ import streamlit as st
 import store
 from ui.auth import require_login
 from ui.behaviour import GROUP_METRICS, concentration_panel, group_heatmap, label_bars, pick_group
-from ui.common import cursor, esc, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.common import cursor, esc, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
 
 st.set_page_config(page_title="Behaviour · Influence Explorer", layout="wide")
 require_login()
@@ -63,8 +63,8 @@ def behaviour_section(con, run: str, ck: int, method: str, tests: pd.DataFrame) 
         control = [j for j in control if j not in set(overlap)]
     ranked = store.behaviour_scores(con, run, method, ck, query, control or None)
     contrast = bool(control)
-    st.markdown(f"**{esc(method)}** at checkpoint {ck}: query {esc(q_desc)} ({len(query)})"
-                + (f" minus control {esc(c_desc)} ({len(control)})" if contrast else ""))
+    st.markdown(f"**{esc(method)}** at checkpoint {ck}: query {md(q_desc)} ({len(query)})"
+                + (f" minus control {md(c_desc)} ({len(control)})" if contrast else ""))
     concentration_panel(ranked, "behaviour")
     c1, c2 = st.columns([3, 2])
     with c1:
