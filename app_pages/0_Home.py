@@ -30,14 +30,14 @@ require_login()
 # demo task (engine.demo.DEMO_TASKS) -> what it shows, with the SmolLM2 demo's time on 2 CPU cores without the
 # retraining analysis
 DEMO_LABELS = {
-    "grammars": "grammars: which of 10 grammar rules a test answer follows (class attribution; ~5 min)",
+    "grammars": "grammars: which of 10 grammar rules a test answer follows (class attribution; ~3 min)",
     "harmful_s": "harmful_s: find the 20 harmful rows among 40 training rows (the paper's mix S; minutes)",
 }
 # --analyses value -> label (README, "Quick start": the retraining analysis is most of the time)
 DEMO_ANALYSES = {
     "ihvp,convergence": "iHVP error + convergence",
     "none": "none (fastest)",
-    "all": "all three (+ retraining: ~10 min more)",
+    "all": "all three (+ retraining: ~7 min more)",
 }
 MAX_READINGS = 6  # runs whose reading is spelled out under the heatmaps (newest first)
 

@@ -14,7 +14,7 @@ import streamlit as st
 import store
 from ui.analysis_pages import analysis_page, pick_choice
 from ui.common import export_buttons
-from ui.log_axis import log_ticks
+from ui.log_axis import log_ticks, worth_log
 from ui.readings import METHOD_NAMES, ihvp_reading
 from ui.auth import require_login
 
@@ -95,13 +95,15 @@ def show(con, run: str) -> None:
                 fig.add_trace(go.Scatter(x=[steps.iterations.min(), steps.iterations.max()],
                                          y=[getattr(r, metric)] * 2, mode="lines", name="DataInf",
                                          line=dict(dash="dash", color=COLORS[METHOD_NAMES["datainf"]])))
+            shown = list(steps[metric]) + [getattr(r, metric) for r in base.itertuples()]
+            log_y = metric in LOG_METRICS and worth_log(shown)  # errors all near 1: linear, or one tick shows
             fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), height=380, xaxis_title="LiSSA steps T (log)",
                               yaxis_title=SHORT[metric], title=f"LiSSA after T steps ({level}, λ_c = {sweep_lc:g})",
-                              xaxis_type="log", yaxis_type="log" if metric in LOG_METRICS else "linear",
+                              xaxis_type="log", yaxis_type="log" if log_y else "linear",
                               legend=dict(orientation="h", y=-0.3))
             fig.update_xaxes(**LOG_AXIS)
-            if metric in LOG_METRICS:
-                fig.update_yaxes(**log_ticks(list(steps[metric]) + [getattr(r, metric) for r in base.itertuples()]))
+            if log_y:
+                fig.update_yaxes(**log_ticks(shown))
             st.plotly_chart(fig, width="stretch", key="by_steps")
     with right:
         damp = rows[(rows.level == level) & (rows.method != "lissa_steps")]

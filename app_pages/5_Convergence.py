@@ -35,12 +35,13 @@ def chart(df: pd.DataFrame, y, title: str, key: str, color: str | None = None, y
 
 def method_lines(df: pd.DataFrame, values: dict[str, str], title: str, key: str, y_range) -> None:
     """One line per method over the checkpoints, one panel per column in ``values`` (column -> panel title),
-    full width with a single legend on the right. Colours repeat after ten methods, so each method also gets
-    its own marker symbol."""
+    full width with a single legend on the right. 24 dark colours (plotly's default 10 repeat, and symbols
+    repeat with them: two methods drew alike), and a marker symbol per method as well."""
     long = df.melt(id_vars=["method", "checkpoint"], value_vars=list(values), var_name="measure",
                    value_name="value").replace({"measure": values})
     fig = px.line(long, x="checkpoint", y="value", color="method", symbol="method", facet_col="measure",
-                  markers=True, title=title, category_orders={"measure": list(values.values())})
+                  markers=True, title=title, category_orders={"measure": list(values.values())},
+                  color_discrete_sequence=px.colors.qualitative.Dark24)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     fig.update_layout(margin=dict(l=10, r=10, t=70, b=10), height=460, legend_title_text="")
     fig.update_xaxes(dtick=1, title="epoch checkpoint")
@@ -53,7 +54,8 @@ def drift_chart(drift: pd.DataFrame) -> None:
     (a line would be a single point), lines over the checkpoints otherwise."""
     if drift.checkpoint.nunique() > 1:
         fig = px.line(drift, x="checkpoint", y="spearman_prev", color="method", symbol="method", markers=True,
-                      title="Rank correlation of each method's scores with the previous checkpoint")
+                      title="Rank correlation of each method's scores with the previous checkpoint",
+                      color_discrete_sequence=px.colors.qualitative.Dark24)
         fig.update_xaxes(dtick=1, title="epoch checkpoint")
         fig.update_yaxes(range=[-1.02, 1.02], title="mean Spearman per test prompt")
         fig.update_layout(height=460, legend_title_text="")

@@ -47,14 +47,14 @@ def param_vs_output(groups: pd.DataFrame, noise: pd.DataFrame, output: str) -> N
         fig.add_trace(go.Scatter(
             x=d.param_change, y=d[output], mode="markers", name=KIND_NAMES[kind],
             marker=dict(size=11, opacity=0.9, line=dict(width=2, color=color),
-                        color=["white" if w is True else color for w in d.within_noise],
+                        color=["white" if pd.notna(w) and bool(w) else color for w in d.within_noise],
                         symbol="diamond" if kind == "noise" else "circle"),
             customdata=d[["group", "n_removed"]].to_numpy(),
             hovertemplate="%{customdata[0]} (%{customdata[1]} removed)<br>‖ΔW‖ %{x:.3g}, %{y:.3g}<extra></extra>"))
     if y_floor is not None:  # the band a reshuffle of the same data reaches
         lo = -y_floor if output in ("mean_dloss", "behaviour_change") else 0
         fig.add_hrect(y0=lo, y1=y_floor, fillcolor="#7f7f7f", opacity=0.15, line_width=0,
-                      annotation_text="noise floor", annotation_position="top left")
+                      annotation_text="noise floor", annotation_position="top right")
     if x_floor is not None:
         fig.add_vline(x=x_floor, line_dash="dot", line_color="#7f7f7f")
     fig.update_layout(**LAYOUT, height=440, title="Weight change vs output change",

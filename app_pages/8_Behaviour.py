@@ -66,21 +66,18 @@ def behaviour_section(con, run: str, ck: int, method: str, tests: pd.DataFrame) 
     st.markdown(f"**{esc(method)}** at checkpoint {ck}: query {md(q_desc)} ({len(query)})"
                 + (f" minus control {md(c_desc)} ({len(control)})" if contrast else ""))
     concentration_panel(ranked, "behaviour")
-    c1, c2 = st.columns([3, 2])
-    with c1:
-        view = ranked.head(SHOWN)[["rank", "score", "query_mean", "control_mean", "label", "prompt", "response",
-                                   "train_id"]]
-        if not contrast:
-            view = view.drop(columns=["control_mean"])
-        st.dataframe(view, hide_index=True, width="stretch", key="behaviour_table",
-                     column_config={"rank": st.column_config.NumberColumn("#", width=40),
-                                    "score": st.column_config.NumberColumn(format="%.4g"),
-                                    "query_mean": st.column_config.NumberColumn("query mean", format="%.4g"),
-                                    "control_mean": st.column_config.NumberColumn("control mean", format="%.4g"),
-                                    "train_id": st.column_config.NumberColumn("train id", width="small")})
-        st.caption(f"The {min(SHOWN, len(ranked))} highest of {len(ranked)} training samples; the export has all.")
-    with c2:
-        label_bars(ranked, "behaviour")
+    view = ranked.head(SHOWN)[["rank", "score", "query_mean", "control_mean", "label", "prompt", "response",
+                               "train_id"]]
+    if not contrast:
+        view = view.drop(columns=["control_mean"])
+    st.dataframe(view, hide_index=True, width="stretch", key="behaviour_table",
+                 column_config={"rank": st.column_config.NumberColumn("#", width=40),
+                                "score": st.column_config.NumberColumn(format="%.4g"),
+                                "query_mean": st.column_config.NumberColumn("query mean", format="%.4g"),
+                                "control_mean": st.column_config.NumberColumn("control mean", format="%.4g"),
+                                "train_id": st.column_config.NumberColumn("train id", width="small")})
+    st.caption(f"The {min(SHOWN, len(ranked))} highest of {len(ranked)} training samples; the export has all.")
+    label_bars(ranked, "behaviour")  # full width: beside the table its label axis squeezed the bars at 1280 px
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run}_ck{ck}_{method}_behaviour")
     export_buttons(ranked, stem, "behaviour_dl", "Behaviour ranking")
 

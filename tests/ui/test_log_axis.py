@@ -11,3 +11,11 @@ def test_log_ticks_label_every_range_readably():
     narrow = log_ticks([1.0, 1.3])
     assert len(narrow["tickvals"]) >= 2
     assert log_ticks([0, float("nan")]) == {}
+
+
+def test_a_log_axis_only_for_data_spanning_half_a_decade():
+    from ui.log_axis import worth_log
+
+    assert not worth_log([0.99, 1.0, 1.23])  # the LiSSA step sweep of the SmolLM2 demo: a log axis showed "1" only
+    assert worth_log([1e-4, 1.0]) and worth_log([1.0, 3.2])
+    assert not worth_log([]) and not worth_log([0.0, -1.0, float("nan")])
