@@ -24,6 +24,8 @@ rank runs this function (engine.distributed): ranks split the shards, rank 0 fin
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -256,11 +258,11 @@ def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: Check
     return notes
 
 
-def self_influence_stage(methods: list[ScoringMethod], now: CheckpointData, history: list[CheckpointData],
-                         dist: Dist) -> list[dict] | None:
+def self_influence_stage(now: CheckpointData, history: list[CheckpointData],
+                         methods: list[ScoringMethod]) -> list[dict]:
     """``self_influence`` rows (method, checkpoint, train_id, score) at checkpoint ``now`` for every method whose
-    self-influence means something (the catalog's rule); the queries are the training samples themselves. Each
-    process takes its own shards and the rows are summed over processes; rank 0 gets the rows, the others None."""
+    self-influence means something (the catalog's rule); the queries are the training samples themselves.
+    ``now``/``history`` must hold every training shard in this process (see :func:`_whole_training_set`)."""
     from engine.self_influence import self_influence
 
     rows = []
@@ -268,10 +270,24 @@ def self_influence_stage(methods: list[ScoringMethod], now: CheckpointData, hist
         if not method_info(m.name).has_self_influence:
             continue
         train_x, _ = method_features(m.proj_key, now, history)
-        diag = dist.comm.reduce(torch.as_tensor(self_influence(m.name, m.params, train_x, m.proj_key)))
+        diag = self_influence(m.name, m.params, train_x, m.proj_key)
         rows += [{"method": m.name, "checkpoint": now.checkpoint, "train_id": i, "score": float(v)}
                  for i, v in enumerate(diag.tolist())]
-    return rows if dist.main else None
+    return rows
+
+
+def _whole_training_set(cache: FeatureCache, now: CheckpointData, history: list[CheckpointData], plan: FeaturePlan,
+                        lru: TensorLRU, dist: Dist, shard_size: int) -> tuple[CheckpointData, list[CheckpointData]]:
+    """``now`` and ``history`` with every cached training shard in this process, whichever rank computed it. Under
+    torchrun the query phase of a preconditioned method sums over the processes for ONE set of queries, which
+    all of them share; the training samples as queries differ per process, so rank 0 takes them all alone."""
+    if dist.world_size == 1:
+        return now, history
+    def whole(c: CheckpointData, p: FeaturePlan) -> CheckpointData:
+        return dataclasses.replace(c, train=all_train_shards(cache, c.checkpoint, now.train.n, shard_size, p, lru))
+
+    return whole(now, plan), [whole(c, plan if c.checkpoint == now.checkpoint else FeaturePlan(grads=True))
+                              for c in history]
 
 
 def checks_stage(writer: RunWriter, spec: RunSpec, lm: LoadedModel, data: EncodedData, states: AdapterStates,
@@ -407,7 +423,10 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
         counts = dist.comm.reduce(torch.tensor([shards["computed"], shards["reused"]], dtype=torch.long))
         shards = {"computed": int(counts[0]), "reused": int(counts[1])}  # over every rank
         t = time.perf_counter()
-        self_rows = self_influence_stage(methods, now, history, dist) if plan.self_influence else None
+        self_rows = None
+        if plan.self_influence and dist.main:
+            self_rows = self_influence_stage(*_whole_training_set(cache, now, history, plan, lru, dist,
+                                                                  spec.scoring.shard_size), methods)
         if dist.world_size > 1 and "retrain" in spec.analysis.stages:  # every process takes its share of the
             matrices = prev if dist.main else ScoreMatrices(  # retrainings into the bank; rank 0 finds them there
                 writer.tmp, now.checkpoint, [m.name for m in methods], len(task.test), len(task.train), lru.budget)

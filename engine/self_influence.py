@@ -26,8 +26,9 @@ from engine.methods.train_data import TrainData, as_train_data, slice_features
 def self_influence(name: str, p, train: Features | TrainData, proj_key=None, chunk: int = 128) -> np.ndarray:
     """``[n]`` float64: ``s(z_i, z_i)`` of method ``name`` (parameters ``p``) for every training sample, computed
     ``chunk`` queries at a time, shard by shard (see the module docstring). ``proj_key``: the projection the method
-    reads (``*_proj``). With the TrainData of one torchrun process only its own shards' rows are filled and the
-    others are 0, so the sum over processes holds every row."""
+    reads (``*_proj``). Only the rows of ``train``'s own shards are filled (the others stay 0). Under torchrun
+    call it in one process over every shard: a preconditioned method's query phase sums over the processes for
+    one set of queries that all of them share."""
     method = get_method(name)
     data = as_train_data(train)
     out = np.zeros(data.n, dtype=np.float64)

@@ -100,6 +100,13 @@ def test_two_processes_equal_one_and_leave_a_cache_one_process_reuses(tmp_path, 
     ref_metrics = pq.read_table(reference / "metrics.parquet").to_pandas().sort_values(["method", "checkpoint"])
     got = pq.read_table(folder / "metrics.parquet").to_pandas().sort_values(["method", "checkpoint"])
     np.testing.assert_allclose(got[["acc", "coverage"]].to_numpy(), ref_metrics[["acc", "coverage"]].to_numpy())
+    # self-influence: rank 0 takes every cached shard (the training samples as queries differ per process, and a
+    # preconditioned query sums over the processes for one shared set of queries: summing per-rank ones was wrong)
+    key = ["method", "checkpoint", "train_id"]
+    si_ref = pq.read_table(reference / "self_influence.parquet").to_pandas().sort_values(key).reset_index(drop=True)
+    si = pq.read_table(folder / "self_influence.parquet").to_pandas().sort_values(key).reset_index(drop=True)
+    assert len(si) == len(si_ref) > 0 and si[key].equals(si_ref[key])
+    np.testing.assert_allclose(si.score.to_numpy(), si_ref.score.to_numpy(), rtol=1e-5)
     # resuming across a change of the process count: one process finds every shard the two wrote
     again = _run(_spec_file(tmp_path, "one-after-two"), data)  # another name, the same features
     assert read_manifest(again)["feature_shards"] == {"computed": 0, "reused": 20}
