@@ -1,6 +1,8 @@
 """The Behaviour page in a real browser: a label query against a control, the concentration, the group heatmap
 and its metric switch, the URL following."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -23,7 +25,7 @@ def test_behaviour_query_control_and_groups(page, app_url):
     screenshot(page, "behaviour")
     # the group view's metric switch redraws the heatmap and goes into the URL
     page.get_by_text("mean score per (training, test) pair").click()
+    page.wait_for_url(re.compile(r"[?&]metric=mean"), timeout=30_000)  # the rerun may start after the click returns
     wait_for_app(page)
     expect(page.get_by_text("mean score per (training, test) pair").first).to_be_visible()
-    assert "metric=mean" in page.url
     screenshot(page, "behaviour_groups_mean")
