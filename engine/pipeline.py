@@ -422,11 +422,12 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
                 timings["metrics_s"] += time.perf_counter() - t
         counts = dist.comm.reduce(torch.tensor([shards["computed"], shards["reused"]], dtype=torch.long))
         shards = {"computed": int(counts[0]), "reused": int(counts[1])}  # over every rank
-        t = time.perf_counter()
         self_rows = None
         if plan.self_influence and dist.main:
+            t = time.perf_counter()
             self_rows = self_influence_stage(*_whole_training_set(cache, now, history, plan, lru, dist,
                                                                   spec.scoring.shard_size), methods)
+            timings["self_influence_s"] = time.perf_counter() - t
         if dist.world_size > 1 and "retrain" in spec.analysis.stages:  # every process takes its share of the
             matrices = prev if dist.main else ScoreMatrices(  # retrainings into the bank; rank 0 finds them there
                 writer.tmp, now.checkpoint, [m.name for m in methods], len(task.test), len(task.train), lru.budget)
@@ -440,7 +441,6 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
             return None
         if self_rows is not None:
             writer.write_table("self_influence.parquet", table("self_influence", self_rows))
-            timings["self_influence_s"] = time.perf_counter() - t
         ev.write(writer)
         extra = checks_stage(writer, spec, lm, data, states, now.checkpoint, finite, timings, notes)
         if spec.analysis.stages:
