@@ -5,16 +5,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _models import tiny_lora
 from _references import loop_gradients
 from scipy.stats import spearmanr
 
 import engine.grads
 from engine import checks
-from engine.finetune import add_lora
 from engine.formatting import IGNORE, encode
 from engine.grads import sample_features
-from engine.models import load_base
-from engine.spec import LoraSpec
 from engine.tasks.base import Sample
 
 TPL = "[INST] {prompt} [/INST] {response}"
@@ -25,15 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(dtype=torch.float32):
-    model, tok = load_base("tiny", dtype=dtype)
-    model = add_lora(model, LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=("q_proj", "v_proj")), seed=0)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_((torch.randn(p.shape, generator=g) * 0.2).to(p.dtype))
-    model.eval()
-    return model, tok
+    return tiny_lora(r=2, alpha=4, b_std=0.2, seed=0, dtype=dtype)
 
 
 @pytest.fixture(scope="module")

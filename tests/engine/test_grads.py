@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _models import tiny_lora
 from _references import loop_gradients
 
 from engine.errors import EngineStateError
@@ -186,14 +187,7 @@ def test_gradient_pass_on_cuda(dtype, tol):
     float32 (bfloat16 compute keeps about 3 significant digits). Results come back as float32 CPU tensors."""
     import copy
 
-    model, tok = load_base("tiny", dtype=dtype)
-    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")), seed=0)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    model.eval()
+    model, tok = tiny_lora(dtype=dtype)
     enc = _samples(tok, 7)
     reference = copy.deepcopy(model).float()  # the same (rounded) weights, in float32 on the CPU
     names, loop = loop_gradients(reference, enc, CPU)

@@ -67,21 +67,13 @@ def explicit_scores(train: Features, test: Features, corrected: bool, lambda_c: 
 def real_features():
     """(train, test) Features of a tiny Llama with a seeded LoRA adapter (non-zero B) on a small grammars task:
     40 train samples with their K-FAC factors, 10 test samples."""
-    from engine.finetune import add_lora
+    from _models import tiny_lora
+
     from engine.formatting import encode
     from engine.grads import sample_features
-    from engine.models import load_base
-    from engine.spec import LoraSpec
     from engine.tasks import build_task
 
-    model, tok = load_base("tiny")
-    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), seed=0)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    model.eval()
+    model, tok = tiny_lora()
     task = build_task("grammars", seed=0, n_train_per_label=4, n_test_per_label=1)
 
     def enc(rows):
