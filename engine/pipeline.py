@@ -382,7 +382,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
         if plan.history and needed != scored:
             notes.append(f"history: gradients taken at checkpoints {needed[0]}..{needed[-1]} for the methods that "
                          f"sum over checkpoints (TracIn); scores written at {', '.join(map(str, scored))}")
-        ev = Evaluation(data.train_labels, data.test_labels, k)
+        ev = Evaluation(data.train_labels, data.test_labels, k, workdir=str(cache.folder))  # scratch: by the features
         timings["features_s"] = timings["scoring_s"] = timings["metrics_s"] = 0.0
         shards = {"computed": 0, "reused": 0}
         drift: list[dict] = []  # score_drift rows (convergence analysis)
@@ -413,7 +413,7 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
                                          lru.budget)
                 for name in matrices:
                     ev.add(name, c, matrices[name])
-                ev.add_agreement(c, matrices)
+                ev.add_agreement(c)
                 if spec.checks.enabled:
                     finite += finite_rows(matrices, c)
                 if "convergence" in spec.analysis.stages and prev is not None:

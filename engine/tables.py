@@ -7,7 +7,9 @@ metric tables (:class:`Evaluation`, filled checkpoint by checkpoint and method b
 from __future__ import annotations
 
 import itertools
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -42,43 +44,90 @@ def loss_table(losses: list[tuple[int, int, float]]) -> pa.Table:
 
 @dataclass
 class Evaluation:
-    """Metric rows for one run, filled checkpoint by checkpoint and method by method."""
+    """Metric rows for one run, filled checkpoint by checkpoint and method by method.
+
+    :meth:`add` ranks each row of a method's matrix once; the average ranks go to a scratch file under
+    ``workdir`` (a temporary folder; the system's when None) and the top-k sets stay in memory as bits, so
+    :meth:`add_agreement` computes every pair of methods from those, a few rows at a time, without the score
+    matrices: memory stays one matrix plus a few rows whatever the number of methods and n_train."""
 
     train_labels: list[str]
     test_labels: list[str]
     k: int
+    workdir: str | None = None
 
     def __post_init__(self):
         self.metrics: list[dict] = []
         self.per_label: list[dict] = []
         self.agreement: list[dict] = []
         self.test_agreement: dict[str, list] = {c: [] for c in TABLES["test_agreement"].columns}  # columns
+        self._ranked: dict[int, dict[str, tuple[metrics.RankedRows, Path, np.dtype]]] = {}
+        self._scratch = None
 
     def add(self, method: str, checkpoint: int, S: np.ndarray) -> dict:
-        row, labels = metrics.summarize_with_labels(S, self.train_labels, self.test_labels, k=self.k)
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="influence-ranks-", dir=self.workdir)
+        path = Path(self._scratch.name) / f"{method}-ckpt{checkpoint}.ranks"
+        dtypes = []
+        with path.open("wb") as f:
+            def spill(rows, ranks):  # chunks arrive in row order
+                dtypes.append(ranks.dtype)
+                f.write(np.ascontiguousarray(ranks).tobytes())
+
+            ranked = metrics.rank_rows(S, self.k, np.asarray(self.train_labels), np.asarray(self.test_labels),
+                                       on_ranks=spill)
+        self._ranked.setdefault(checkpoint, {})[method] = (ranked, path, dtypes[0])
+        row = metrics.summary_of(ranked, self.train_labels, self.test_labels)
         self.metrics.append({"method": method, "checkpoint": checkpoint, **row})
-        for r in labels:
+        for r in metrics.per_label_of(ranked, self.test_labels):
             self.per_label.append({"method": method, "checkpoint": checkpoint, "k": self.k, **r})
         return row
 
-    def add_agreement(self, checkpoint: int, matrices) -> None:
-        """Every pair of methods; ``matrices`` maps name -> score matrix (a dict, or a :class:`ScoreMatrices`
-        that reads them from the score files one at a time)."""
-        for a, b in itertools.combinations(sorted(matrices), 2):
-            ag = metrics.agreement(matrices[a], matrices[b], k=self.k)
+    def add_agreement(self, checkpoint: int) -> None:
+        """Every pair of the methods added at ``checkpoint`` (:func:`engine.metrics.agreement`'s values, from
+        the ranks :meth:`add` kept); their scratch files are removed afterwards."""
+        ranked = self._ranked.pop(checkpoint, {})
+        names = sorted(ranked)
+        if len(names) < 2:
+            self._drop(ranked)
+            return
+        m, n = len(self.test_labels), len(self.train_labels)
+        rhos = np.empty((m, len(names), len(names)))
+        for rows in metrics.row_chunks(m, n * len(names)):
+            block = np.stack([self._read_ranks(ranked[a], rows, n) for a in names])
+            rhos[rows] = metrics.spearman_of_ranks(block, np.stack([ranked[a][0].spread[rows] for a in names]))
+        self._drop(ranked)
+        for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
+            ag = metrics.agreement_summary(rhos[:, i, j], metrics.overlap_from_bits(
+                ranked[a][0].topk_bits, ranked[b][0].topk_bits, self.k))
             self.agreement.append({"checkpoint": checkpoint, "method_a": a, "method_b": b, "k": self.k,
                                    "spearman": float(ag["spearman"]), "overlap": float(ag["overlap"])})
-            n = len(ag["spearman_per_test"])  # one row per test sample: what the Compare page lists
-            for column, values in (("checkpoint", [checkpoint] * n), ("method_a", [a] * n), ("method_b", [b] * n),
-                                   ("k", [self.k] * n), ("test_id", range(n)),
+            for column, values in (("checkpoint", [checkpoint] * m), ("method_a", [a] * m), ("method_b", [b] * m),
+                                   ("k", [self.k] * m), ("test_id", range(m)),  # the rows the Compare page lists
                                    ("spearman", ag["spearman_per_test"]), ("overlap", ag["overlap_per_test"])):
                 self.test_agreement[column].extend(values)
+
+    @staticmethod
+    def _read_ranks(entry, rows: slice, n: int) -> np.ndarray:
+        _, path, dtype = entry
+        width = n * np.dtype(dtype).itemsize
+        with path.open("rb") as f:
+            f.seek(rows.start * width)
+            return np.frombuffer(f.read((rows.stop - rows.start) * width), dtype=dtype).reshape(-1, n)
+
+    @staticmethod
+    def _drop(ranked: dict) -> None:
+        for _, path, _ in ranked.values():
+            path.unlink(missing_ok=True)
 
     def write(self, writer) -> None:
         writer.write_table("metrics.parquet", table("metrics", self.metrics))
         writer.write_table("label_metrics.parquet", table("label_metrics", self.per_label))
         writer.write_table("agreement.parquet", table("agreement", self.agreement))
         writer.write_table("test_agreement.parquet", table("test_agreement", **self.test_agreement))
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
 
 class ScoreMatrices:
@@ -111,9 +160,10 @@ class ScoreMatrices:
         from engine.runformat import SCORES_DIR
 
         files = sorted(str(p) for p in (self.folder / SCORES_DIR).glob(f"{method}-ckpt{self.checkpoint}-*.parquet"))
-        t = pq.read_table(files, columns=["test_id", "train_id", "score"])
         S = np.full(self.shape, np.nan, dtype=np.float32)
-        S[t.column("test_id").to_numpy(), t.column("train_id").to_numpy()] = t.column("score").to_numpy()
+        for file in files:  # one shard at a time: the only full-size array is S itself
+            t = pq.read_table(file, columns=["test_id", "train_id", "score"])
+            S[t.column("test_id").to_numpy(), t.column("train_id").to_numpy()] = t.column("score").to_numpy()
         if sum(x.nbytes for x in self.kept.values()) + S.nbytes <= self.budget:
             self.kept[method] = S
         return S

@@ -43,7 +43,7 @@ def engine_run(runs_dir: Path, name: str, *, merge: bool = True, n_train: int = 
             for s, a in enumerate(range(0, n_train, shard)):
                 w.write_table(scores_file(m, 1, s), scores_table(m, 1, S[:, a:a + shard], a))
             ev.add(m, 1, S)
-        ev.add_agreement(1, mats)
+        ev.add_agreement(1)
         ev.write(w)
         folder = w.commit({"run": name, "kind": "pipeline", "n_train": n_train, "n_test": n_test,
                            "labels": list(LABELS), "k_default": 4, "methods": list(methods), "checkpoints": [1]},
