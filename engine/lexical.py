@@ -19,15 +19,19 @@ occur in no document add nothing. Lucene drops the constant factor ``(k1 + 1)`` 
 which changes no ranking. Defaults ``k1 = 1.5``, ``b = 0.75``. Larger = more lexically similar; a query with no
 token in common with a document scores 0 against it.
 
-The computation is done by ``bm25s`` (sparse precomputed document-term scores, float64 here).
+The computation is a sparse product (scipy.sparse, float64): the per-(document, token) weights are computed
+once, and any block of documents is scored for all queries at once (:meth:`BM25Index.block`), which is how the
+``bm25`` baseline scores a training set shard by shard with the statistics (df, avgdl) of the whole set.
 """
 
 from __future__ import annotations
 
 import re
+from array import array
 from typing import Sequence
 
 import numpy as np
+from scipy import sparse
 
 from engine.errors import InputError
 
@@ -42,9 +46,9 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def _tokenized(texts: Sequence[str], what: str) -> list[list[str]]:
+def _tokenized(texts: Sequence[str], what: str, offset: int = 0) -> list[list[str]]:
     out = []
-    for i, t in enumerate(texts):
+    for i, t in enumerate(texts, start=offset):
         if not isinstance(t, str):
             raise InputError(f"{what}[{i}] must be text, got {type(t).__name__}")
         out.append(tokenize(t))
@@ -52,31 +56,59 @@ def _tokenized(texts: Sequence[str], what: str) -> list[list[str]]:
 
 
 class BM25Index:
-    """BM25 over a fixed set of documents (the training texts); :meth:`scores` ranks them for queries."""
+    """BM25 over a fixed set of documents (the training texts): the sparse matrix of per-(document, token)
+    weights ``W[d, t] = idf(t) · tf(t, d) / (tf(t, d) + k1 · (1 - b + b · |d| / avgdl))``, so that
+    ``s(q, d) = Σ_t count(t, q) · W[d, t]`` — one sparse product for any block of documents (:meth:`block`).
 
-    def __init__(self, documents: Sequence[str], k1: float = K1, b: float = B):
+    Memory: W holds one float64 and one int32 per distinct (document, token) pair (~200 bytes for a short
+    document); documents are tokenised a block at a time, so nothing larger than W is held while building.
+    """
+
+    def __init__(self, documents: Sequence[str], k1: float = K1, b: float = B, *, block: int = 4096):
         if not (k1 >= 0 and 0 <= b <= 1):
             raise InputError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1!r}, b={b!r}")
-        docs = _tokenized(documents, "documents")
-        self.n_docs = len(docs)
-        self._index = None
-        if any(docs):  # bm25s cannot index a corpus without a single token; then every score is 0
-            import bm25s
+        self.vocab: dict[str, int] = {}
+        self.n_docs = len(documents)
+        ids, tf = array("i"), array("d")  # flat over documents: no object per document
+        pairs, lengths = np.zeros(self.n_docs, np.int64), np.zeros(self.n_docs)
+        for a in range(0, self.n_docs, block):
+            for i, toks in enumerate(_tokenized(documents[a:a + block], "documents", a), start=a):
+                counts = self._counts(toks, grow=True)
+                ids.extend(counts)
+                tf.extend(counts.values())
+                pairs[i], lengths[i] = len(counts), len(toks)
+        ids, tf = np.frombuffer(ids, np.int32), np.frombuffer(tf, np.float64)
+        indptr = np.concatenate([[0], np.cumsum(pairs)])
+        df = np.bincount(ids, minlength=len(self.vocab))
+        idf = np.log1p((self.n_docs - df + 0.5) / (df + 0.5))
+        avgdl = lengths.mean() if self.n_docs and lengths.mean() > 0 else 1.0
+        norm = np.repeat(k1 * (1 - b + b * lengths / avgdl), pairs)
+        self.W = sparse.csr_matrix((idf[ids] * tf / (tf + norm), ids, indptr), shape=(self.n_docs, len(self.vocab)))
 
-            self._index = bm25s.BM25(k1=k1, b=b, method="lucene", idf_method="lucene", dtype="float64")
-            self._index.index(docs, show_progress=False)
+    def _counts(self, toks: list[str], grow: bool = False) -> dict[int, int]:
+        """Token id -> count over ``toks``, ids ascending; unknown tokens are added (``grow``) or dropped."""
+        counts: dict[int, int] = {}
+        for t in toks:
+            j = self.vocab.setdefault(t, len(self.vocab)) if grow else self.vocab.get(t)
+            if j is not None:
+                counts[j] = counts.get(j, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def queries(self, queries: Sequence[str]) -> sparse.csr_matrix:
+        """``[len(queries), V]`` token counts of the queries, with repetition (tokens no document has: dropped)."""
+        rows = [self._counts(q) for q in _tokenized(queries, "queries")]
+        indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows], dtype=np.int64)])
+        ids = np.fromiter((j for r in rows for j in r), np.int32)
+        tf = np.fromiter((c for r in rows for c in r.values()), np.float64)
+        return sparse.csr_matrix((tf, ids, indptr), shape=(len(rows), len(self.vocab)))
+
+    def block(self, Q: sparse.csr_matrix, start: int, stop: int) -> np.ndarray:
+        """``[n_queries, stop - start]`` float64 scores of documents ``start:stop`` for :meth:`queries` ``Q``."""
+        return np.asarray((Q @ self.W[start:stop].T).todense(), dtype=np.float64).reshape(Q.shape[0], stop - start)
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         """``[len(queries), n_docs]`` float64 BM25 scores (larger = more similar)."""
-        toks = _tokenized(queries, "queries")
-        out = np.zeros((len(toks), self.n_docs), dtype=np.float64)
-        if self._index is None:
-            return out
-        for i, q in enumerate(toks):
-            ids = self._index.get_tokens_ids(q)  # leaves out tokens no document has
-            if ids:
-                out[i] = self._index.get_scores_from_ids(ids)
-        return out
+        return self.block(self.queries(queries), 0, self.n_docs)
 
     def top1(self, queries: Sequence[str], chunk: int = 256) -> np.ndarray:
         """``[len(queries)]`` int64: the position of each query's highest-scoring document (ties: the lowest

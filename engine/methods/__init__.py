@@ -59,7 +59,11 @@ def score_in_shards(
             isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1):
         raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
     data = as_train_data(train, shard_size)
-    if method.queries is None:  # not a sum of per-sample dot products (the baselines): the whole matrix at once
+    if method.blocks is not None:  # not a sum of per-sample dot products (the baselines): their own blocks
+        for start, stop, S in method.blocks(data, test, p):
+            yield start, stop, np.asarray(S, dtype=np.float64)
+        return
+    if method.queries is None:  # no streaming form: the whole matrix at once
         S = np.asarray(method.score(data, test, p), dtype=np.float64)  # [n_test, n]: columns are global ids
         for start, stop in data.bounds:
             yield start, stop, S[:, start:stop]

@@ -98,13 +98,16 @@ class Method:
     ``train`` Features or :class:`~engine.methods.train_data.TrainData`. The two phases that let every method
     stream over training shards (``score_in_shards``): queries(train_data, test, p) -> list[Tensor [m, d_l]]
     (reads statistics of all training shards) and train_side(shard, p) -> list[Tensor [rows, d_l]] with
-    ``S[:, shard] = sum_l Q_l @ train_side(shard, p)_l^T``.
+    ``S[:, shard] = sum_l Q_l @ train_side(shard, p)_l^T``. A method that is not a sum of dot products of
+    features (the baselines) streams with blocks(train_data, test, p) -> iterator of ``(start, stop, S[:,
+    start:stop])`` over the training data's bounds instead.
     """
 
     info: MethodInfo
     score: Score
     queries: Queries | None = None
     train_side: TrainSide | None = None
+    blocks: Callable | None = None
 
     @property
     def name(self) -> str:
@@ -168,18 +171,19 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, queries: Queries | None = None, train_side: TrainSide | None = None):
+def register(name: str, *, queries: Queries | None = None, train_side: TrainSide | None = None,
+             blocks: Callable | None = None):
     """Decorator: implement catalog entry ``name`` with ``score(train, test, p)``.
 
     ``queries``/``train_side`` give the two-phase form that lets ``score_in_shards`` compute the score matrix
-    one training shard at a time; see :class:`Method`.
+    one training shard at a time, ``blocks`` the block-by-block form of the other methods; see :class:`Method`.
     """
     info = method_info(name)
 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        REGISTRY[name] = Method(info, fn, queries, train_side)
+        REGISTRY[name] = Method(info, fn, queries, train_side, blocks)
         return fn
 
     return wrap

@@ -7,8 +7,8 @@ training texts as documents and each test text as the query:
 
 where ``text`` is the prompt and the response (``engine.tasks.difficulty.sample_text``). DATE-LM and TrackStar find
 that BM25 beats gradient methods on some tasks: an attribution method that cannot beat it explains nothing beyond
-shared words. Document frequencies are over all training texts, so there is no two-phase form (the pipeline
-computes the matrix once and slices it into shards).
+shared words. Document frequencies are over all training texts: the index (``engine.lexical.BM25Index``, a sparse
+weight per distinct (training sample, word)) is built once, then each training shard is one sparse product.
 
 Shapes: ``Features.texts`` (n train, m test) -> S [m, n] float64 >= 0; larger = more lexical overlap = ranked higher.
 """
@@ -22,11 +22,25 @@ from engine.errors import InputError
 from .base import Features, register
 
 
-@register("bm25")
-def bm25(train: Features, test: Features, p) -> np.ndarray:
-    """BM25 scores -> float64 [n_test, n_train]; p: :class:`engine.catalog.Bm25Params` (k1, b)."""
+def _index(train, test: Features, p):
     if train.texts is None or test.texts is None:
         raise InputError("bm25 needs the texts of the training and test samples (Features.texts)")
-    from engine.lexical import bm25_scores
+    from engine.lexical import BM25Index
 
-    return np.asarray(bm25_scores(list(train.texts), list(test.texts), k1=p.k1, b=p.b), dtype=np.float64)
+    index = BM25Index(list(train.texts), k1=p.k1, b=p.b)
+    return index, index.queries(list(test.texts))
+
+
+def _blocks(train, test: Features, p):
+    """One block per training shard of ``train`` (a TrainData, whose ``texts`` are those of ALL training
+    samples: the document frequencies and mean length are the whole set's on every process)."""
+    index, Q = _index(train, test, p)
+    for start, stop in train.bounds:
+        yield start, stop, index.block(Q, start, stop)
+
+
+@register("bm25", blocks=_blocks)
+def bm25(train: Features, test: Features, p) -> np.ndarray:
+    """BM25 scores -> float64 [n_test, n_train]; p: :class:`engine.catalog.Bm25Params` (k1, b)."""
+    index, Q = _index(train, test, p)
+    return index.block(Q, 0, index.n_docs)

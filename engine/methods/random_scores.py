@@ -41,7 +41,13 @@ def uniform_scores(seed: int, test_ids: np.ndarray, train_ids: np.ndarray) -> np
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-@register("random")
+def _blocks(train, test: Features, p):
+    """One block per training shard of ``train`` (a TrainData): each score depends on its ids alone."""
+    for start, stop in train.bounds:
+        yield start, stop, uniform_scores(p.seed, np.arange(test.n), np.arange(start, stop))
+
+
+@register("random", blocks=_blocks)
 def random_baseline(train: Features, test: Features, p) -> np.ndarray:
     """Seeded uniform scores -> float64 [n_test, n_train]; p: :class:`engine.catalog.RandomParams` (seed)."""
     return uniform_scores(p.seed, np.arange(test.n), np.arange(train.n))
