@@ -27,7 +27,8 @@ from engine.runformat import SCORES_DIR, scores_file, scores_rows_per_group, tab
 log = logging.getLogger(__name__)
 
 SHARD_RE = re.compile(rf"^{SCORES_DIR}/(?P<method>.+)-ckpt(?P<ckpt>\d+)-shard(?P<shard>\d+)\.parquet$")
-_READ_BUFFER = 1 << 20  # bytes per column buffered while reading a shard (pages, not whole column chunks)
+_READ_BUFFERS = 48 << 20  # bytes of page buffers over all the shards read in lockstep (3 columns each)
+_MIN_READ_BUFFER = 64 << 10  # ... but at least this much per column: a 1M-sample run has ~500 shards
 
 
 class NotMergeable(Exception):
@@ -82,8 +83,8 @@ def merge_score_shards(folder: Path, files: dict[str, int]) -> dict[str, int]:
 class _Rows:
     """Sequential reader of one shard's (test_id, train_id, score) that hands out exactly ``n`` rows at a time."""
 
-    def __init__(self, path: Path, batch: int):
-        self.file = pq.ParquetFile(path, buffer_size=_READ_BUFFER)
+    def __init__(self, path: Path, batch: int, buffer: int):
+        self.file = pq.ParquetFile(path, buffer_size=buffer)
         self.batches = self.file.iter_batches(batch_size=batch, columns=["test_id", "train_id", "score"])
         self.buf = pa.table({"test_id": pa.array([], pa.int32()), "train_id": pa.array([], pa.int32()),
                              "score": pa.array([], pa.float32())})
@@ -134,7 +135,8 @@ def _merge(paths: list[Path], out: Path, method: str, ckpt: int) -> int:
         widths.append(rows // n_test)
     n_train = sum(widths)
     per_block = max(1, scores_rows_per_group(n_train) // n_train)  # prompts per output row group
-    readers = [_Rows(p, per_block * w) for p, w in zip(paths, widths)]
+    buffer = max(_MIN_READ_BUFFER, _READ_BUFFERS // (3 * len(paths)))  # memory does not grow with the shards
+    readers = [_Rows(p, per_block * w, buffer) for p, w in zip(paths, widths)]
     cols = perm = None
     written = 0
     out.parent.mkdir(parents=True, exist_ok=True)
