@@ -50,23 +50,24 @@ def test_drill_chooser_lists_the_ranked_samples_and_searches_the_rest(large_env,
 def test_distribution_on_request_as_box_statistics(large_env, open_page, charts):
     import store
 
-    at = open_page(PAGE, test="3", methods="gradsim")
+    at = open_page(PAGE, test="3", methods="gradsim,repsim")
     assert not charts(at)  # not drawn at first on a run this size
     assert at.toggle(key="dist").value is False and at.query_params["dist"] == "0"
     at.toggle(key="dist").set_value(True).run()
     assert not at.exception and at.query_params["dist"] == "1"
     (fig,) = charts(at).values()
     boxes = [t for t in fig["data"] if t["type"] == "box"]
-    assert sorted(y for t in boxes for y in t["y"]) == sorted(f"label{i}" for i in range(10))
+    assert sorted(y for t in boxes for y in t["y"]) == sorted(f"label{i}" for i in range(10) for _ in "ab")  # 2 panels
+    assert [a["text"] for a in fig["layout"]["annotations"]] == ["gradsim", "repsim"]  # a panel each
     assert all("x" not in t for t in boxes)  # statistics, not every score
     # the quartiles are those of every training sample's score for this prompt
     from ui.common import get_store
 
     row = store.score_row(get_store().cursor(), "large", "gradsim", 1, 3)  # the page's own store
     label0 = row[np.arange(N_TRAIN) % 10 == 0].astype(np.float64)
-    box = next(t for t in boxes if "label0" in t["y"])
+    box = next(t for t in boxes if "label0" in t["y"] and t["xaxis"] == "x")  # gradsim's panel
     i = box["y"].index("label0")
     assert np.isclose(box["median"][i], np.median(label0)) and np.isclose(box["q1"][i], np.quantile(label0, 0.25))
     points = [t for t in fig["data"] if t["type"] == "scatter"]
     shown = sum(len(t["x"]) for t in points)
-    assert 0 < shown < N_TRAIN / 10  # only the scores beyond the whiskers go as points
+    assert 0 < shown < 2 * N_TRAIN / 10  # only the scores beyond the whiskers go as points
