@@ -2,7 +2,10 @@
 
 No torch and no SQL here: everything comes from ``store`` through ``ui.common.cursor()``. State lives in the
 URL: ``run`` and ``ckpt`` (shared with the other pages), ``methods`` (comma-separated, up to three), ``k``,
-``test`` (the test sample id) and ``train`` (the training sample drilled into). Heavy modules are imported
+``test`` (the test sample id), ``train`` (the training sample drilled into) and ``dist`` (whether the score
+distribution is drawn). What is the same for every prompt of a run (its samples, the choosers' option texts, the
+dominant samples) is read once and cached; a run too large to list or plot sample by sample gets a searchable
+drill-down chooser and a score distribution drawn on request from box statistics. Heavy modules are imported
 before any ``st.*`` call. Dataset text only reaches the screen escaped: through dataframes, ``st.code`` /
 ``st.text`` or :func:`md` (HTML- and markdown-escaped).
 """
@@ -14,6 +17,8 @@ import re
 import numpy as np
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 import streamlit as st
 
 import store
@@ -29,7 +34,9 @@ MAX_METHODS = 3
 MAX_K = 200  # slider ceiling: longer rankings are unreadable side by side
 TEXT_CUT = 200  # characters of prompt/response shown in table cells (the full text is in the expanders)
 ALL_LABELS = "All labels"
-RUN_WIDGETS = ("methods", "k", "test", "train", "test_label", "test_search")  # widget keys tied to one run
+RUN_WIDGETS = ("methods", "k", "test", "train", "test_label", "test_search", "train_search")  # tied to one run
+LIST_MAX = 1000  # training samples listed in the drill-down chooser at most (a longer list costs the browser)
+POINTS_MAX = 2000  # training samples up to which the distribution sends every score (above: box statistics)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -39,6 +46,34 @@ def cut(text, limit: int = TEXT_CUT) -> str:
     """Plain text cut at ``limit`` characters (for widgets and dataframes, which escape on their own)."""
     t = " ".join(str(text).split())
     return t if len(t) <= limit else t[: limit - 1] + "…"
+
+
+def option_labels(samples: pd.DataFrame) -> dict[int, str]:
+    """Each sample's option text in the choosers (``#id · label · prompt``), by sample id."""
+    return {int(i): f"#{int(i)} · {cut(lab, 40)} · {cut(p, 90)}"
+            for i, lab, p in zip(samples.sample_id, samples.label, samples.prompt)}
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_samples(_con, store_path: str, run: str, stamp) -> dict:
+    """The run's test and training samples with their option texts, read once per store, run and ingest time
+    (``stamp``: a re-ingested run is read again), not on every rerun."""
+    tests = store.samples(_con, run, split="test")
+    train = store.samples(_con, run, split="train")
+    return {"tests": tests, "train": train, "test_labels": option_labels(tests), "train_labels": option_labels(train)}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def dominant(_con, store_path: str, run: str, stamp, method: str, ck: int) -> pd.DataFrame:
+    """The training samples some test prompt ranks first, most often first (:func:`store.top1_counts`); the
+    same for every test prompt, so cached like :func:`run_samples`."""
+    counts = store.top1_counts(_con, run, method, ck)
+    return counts[counts.n_top1 > 0].reset_index(drop=True)
+
+
+def cache_key(info: dict) -> tuple[str, object]:
+    """What the cached reads are keyed on besides the run: the store file and the run's ingest time."""
+    return str(store.default_store_path()), info.get("ingested_at")
 
 
 def default_methods(available: list[str]) -> list[str]:
@@ -131,7 +166,7 @@ def sidebar(con, run: str, info: dict) -> tuple[int, list[str], int]:
     return ck, methods, k
 
 
-def choose_test(con, run: str, tests: pd.DataFrame) -> pd.Series | None:
+def choose_test(con, run: str, tests: pd.DataFrame, texts: dict[int, str]) -> pd.Series | None:
     """The test-prompt chooser (text filter, label filter, selectbox bound to ``test``); the chosen row."""
     st.subheader("Test prompt")
     c1, c2 = st.columns([2, 1])
@@ -150,7 +185,7 @@ def choose_test(con, run: str, tests: pd.DataFrame) -> pd.Series | None:
     wanted = qp_get("test", ids[0], int)
     tid = st.selectbox(
         f"Test sample ({len(ids)} of {len(tests)})", ids, index=ids.index(wanted) if wanted in ids else 0,
-        key="test", format_func=lambda i: f"#{i} · {cut(by_id.loc[i, 'label'], 40)} · {cut(by_id.loc[i, 'prompt'], 90)}")
+        key="test", format_func=texts.__getitem__)
     qp_set(test=tid)
     row = by_id.loc[tid]
     p, r = st.columns([3, 2])
@@ -195,10 +230,59 @@ def rankings(con, run: str, ck: int, methods: list[str], tid: int, k: int, test_
     return tables
 
 
+BOX_COLOURS = {"same": "#d62728", "different": "#7f7f7f"}
+
+
+def box_stats(scores: np.ndarray) -> dict:
+    """Plotly's box of ``scores`` (its default linear quartiles; whiskers at the furthest scores within 1.5 IQR of
+    the box) and the mask of the scores beyond the whiskers, which it draws as points."""
+    q1, median, q3 = np.quantile(scores, [0.25, 0.5, 0.75])
+    lo, hi = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+    inside = (scores >= lo) & (scores <= hi)
+    return {"q1": q1, "median": median, "q3": q3, "lowerfence": scores[inside].min(),
+            "upperfence": scores[inside].max(), "outside": ~inside}
+
+
+def box_figure(long: pd.DataFrame, methods: list[str]) -> go.Figure:
+    """One panel per method, a box per training label (red: the test prompt's label), from box statistics of every
+    training sample's score, with the scores beyond the whiskers as points (hover: the training sample)."""
+    fig = make_subplots(rows=1, cols=len(methods), shared_yaxes=True, subplot_titles=methods,
+                        horizontal_spacing=0.04)
+    for col, method in enumerate(methods, start=1):
+        part = long[long.method == method]
+        for group in ("same", "different"):
+            rows = part[part["same label"] == group]
+            if rows.empty:
+                continue
+            boxes, out = [], []
+            for label, g in rows.groupby("label", sort=False):
+                b = box_stats(g.score.to_numpy(dtype=np.float64))
+                boxes.append((label, b))
+                out.append(g[b["outside"]])
+            stat = {key: [b[key] for _, b in boxes] for key in ("q1", "median", "q3", "lowerfence", "upperfence")}
+            fig.add_trace(go.Box(y=[label for label, _ in boxes], orientation="h", name=group, legendgroup=group,
+                                 showlegend=col == 1, marker_color=BOX_COLOURS[group], boxpoints=False, **stat),
+                          row=1, col=col)
+            points = pd.concat(out)
+            fig.add_trace(go.Scatter(x=points.score, y=points.label, mode="markers", name=group, legendgroup=group,
+                                     showlegend=False, marker=dict(color=BOX_COLOURS[group], size=4),
+                                     customdata=points.train_id,
+                                     hovertemplate="train %{customdata}<br>score %{x:.4g}<extra></extra>"),
+                          row=1, col=col)
+    return fig
+
+
 def distribution(con, run: str, ck: int, methods: list[str], tid: int, train: pd.DataFrame, test_label) -> None:
     st.subheader("Score distribution by training label")
     st.caption("Every training sample's score for this test prompt, one box per label; the test prompt's own "
                "label should stand out on the right. Each method has its own scale.")
+    # Drawn at once on runs whose every score is sent as a point; on larger runs on request, since the charting
+    # library alone costs a fresh page about half a second in the browser. The URL (dist=1/0) keeps the choice.
+    wanted = qp_get("dist", int(len(train) <= POINTS_MAX), int) == 1
+    if not st.toggle("Draw the score distribution", value=wanted, key="dist"):
+        qp_set(dist=0)
+        return
+    qp_set(dist=1)
     train_sorted = train.sort_values("sample_id")
     parts = []
     for method in methods:
@@ -219,12 +303,15 @@ def distribution(con, run: str, ck: int, methods: list[str], tid: int, train: pd
     long = pd.concat(parts, ignore_index=True).dropna(subset=["score"])
     long["label"] = long.label.map(lambda v: chart_text(v, 40))  # long class names must not squeeze the plots
     n_labels = long.label.nunique()
-    fig = px.box(long, x="score", y="label", color="same label", facet_col="method", orientation="h",
-                 points="all" if len(train_sorted) <= 2000 else "outliers", hover_data=["train_id"],
-                 color_discrete_map={"same": "#d62728", "different": "#7f7f7f"},
-                 category_orders={"method": methods, "same label": ["same", "different"]})
-    fig.update_xaxes(matches=None, showticklabels=True)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    shown = [m for m in methods if m in set(long.method)]
+    if len(train_sorted) <= POINTS_MAX:  # every score goes to the browser, drawn as a point
+        fig = px.box(long, x="score", y="label", color="same label", facet_col="method", orientation="h",
+                     points="all", hover_data=["train_id"], color_discrete_map=BOX_COLOURS,
+                     category_orders={"method": methods, "same label": ["same", "different"]})
+        fig.update_xaxes(matches=None, showticklabels=True)
+        fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    else:  # the same boxes from statistics computed here: a few hundred numbers instead of every score
+        fig = box_figure(long, shown)
     # boxmode overlay: a label has only "same" or only "different" boxes, so they sit on its row, not beside it
     fig.update_layout(height=max(320, 28 * n_labels + 120), margin=dict(l=10, r=10, t=60, b=10), boxmode="overlay",
                       yaxis_title=None, legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0,
@@ -232,17 +319,48 @@ def distribution(con, run: str, ck: int, methods: list[str], tid: int, train: pd
     st.plotly_chart(fig, width="stretch", key="distribution")
 
 
-def drill(con, run: str, ck: int, methods: list[str], k: int, train: pd.DataFrame, default_train: int | None
-          ) -> None:
+def train_choices(con, run: str, labels: dict[int, str], tables: dict[str, pd.DataFrame], wanted: int, k: int
+                  ) -> list[int] | None:
+    """The training samples the drill-down chooser lists on a run too large to list them all (``LIST_MAX``): those
+    a search box finds (by id, or words of the prompt or response), else the shown methods' top ``k`` for this test
+    prompt and the one in the URL. None when the search finds nothing."""
+    search = st.text_input("Find a training sample", key="train_search",
+                           placeholder="its id, or words in its prompt or response")
+    text = search.strip()
+    if not text:
+        ids = list(dict.fromkeys(int(i) for t in tables.values() for i in t.train_id))
+        ids = ids if wanted in ids else [wanted, *ids]
+        st.caption(f"Listed: the {len(ids)} training samples the shown methods rank in their top {k} (and the "
+                   f"one chosen); search to drill into any of the {len(labels)}.")
+        return ids
+    digits = text.lstrip("#")
+    ids = [int(digits)] if digits.isdigit() and int(digits) in labels else []
+    found = store.samples(con, run, split="train", search=text, limit=LIST_MAX)
+    ids += [i for i in found.sample_id.astype(int).tolist() if i not in ids]
+    if not ids:
+        st.warning("No training sample matches this search.")
+        return None
+    return ids[:LIST_MAX]
+
+
+def drill(con, run: str, ck: int, methods: list[str], k: int, train: pd.DataFrame, labels: dict[int, str],
+          tables: dict[str, pd.DataFrame], default_train: int | None, stamp: tuple) -> None:
     st.subheader("Drill into a training sample")
-    ids = train.sample_id.astype(int).tolist()
     by_id = train.set_index("sample_id")
-    fallback = default_train if default_train in ids else ids[0]
+    first = int(train.sample_id.iloc[0])
+    fallback = default_train if default_train in labels else first
     wanted = qp_get("train", fallback, int)
+    wanted = wanted if wanted in labels else fallback
+    if len(labels) <= LIST_MAX:
+        ids = train.sample_id.astype(int).tolist()
+    else:
+        ids = train_choices(con, run, labels, tables, wanted, k)
+        if ids is None:
+            return
     trid = st.selectbox(
-        "Training sample", ids, index=ids.index(wanted) if wanted in ids else ids.index(fallback), key="train",
-        format_func=lambda i: f"#{i} · {cut(by_id.loc[i, 'label'], 40)} · {cut(by_id.loc[i, 'prompt'], 90)}",
-        help="Defaults to the first method's top-ranked sample for the chosen test prompt.")
+        "Training sample", ids, index=ids.index(wanted) if wanted in ids else 0, key="train",
+        format_func=labels.__getitem__, help="Defaults to the first method's top-ranked sample for the chosen test "
+        "prompt.")
     qp_set(train=trid)
     row = by_id.loc[trid]
     st.code(f"{row.prompt}\n→ {row.response}", language=None, wrap_lines=True)
@@ -272,11 +390,10 @@ def drill(con, run: str, ck: int, methods: list[str], k: int, train: pd.DataFram
         with col:
             st.markdown(f"##### {md(method)}")
             try:
-                counts = store.top1_counts(con, run, method, ck)
+                top = dominant(con, *stamp, method, ck)
             except store.StoreError as e:
                 st.warning(str(e))
                 continue
-            top = counts[counts.n_top1 > 0]
             if not top.empty:
                 lead = top.iloc[0]
                 st.metric("Most often ranked first", f"#{int(lead.train_id)}",
@@ -326,12 +443,13 @@ def main() -> None:
         st.info(f"Run {run} has no scores yet.")
         return
     ck, methods, k = sidebar(con, run, info)
-    tests = store.samples(con, run, split="test")
-    train = store.samples(con, run, split="train")
+    key = cache_key(info)
+    samples = run_samples(con, key[0], run, key[1])
+    tests, train = samples["tests"], samples["train"]
     if tests.empty or train.empty:
         st.info("This run has no test or no training samples.")
         return
-    row = choose_test(con, run, tests)
+    row = choose_test(con, run, tests, samples["test_labels"])
     if row is None:
         return
     tid = int(row.name)
@@ -342,7 +460,7 @@ def main() -> None:
     distribution(con, run, ck, methods, tid, train, row.label)
     first = next(iter(tables.values()), None)
     default_train = int(first.train_id.iloc[0]) if first is not None and len(first) else None
-    drill(con, run, ck, methods, k, train, default_train)
+    drill(con, run, ck, methods, k, train, samples["train_labels"], tables, default_train, (key[0], run, key[1]))
     trid = st.session_state.get("train", default_train)
     if trid is not None:  # the token view of the drilled-into sample (ui.token_view)
         token_view.section(con, run, info, ck, tid, int(trid), methods, tables)

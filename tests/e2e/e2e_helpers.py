@@ -51,3 +51,18 @@ def wait_status(page, name: str, status: str, timeout_s: float) -> None:
             return
         time.sleep(1)
     raise AssertionError(f"job {name} did not reach {status}: {page.inner_text('body')[-2000:]}")
+
+
+
+_DRAWN_JS = """([selector, text, also]) => {
+  const app = document.querySelector("[data-testid='stApp']");
+  return !!app && app.getAttribute("data-test-script-state") === "notRunning" && !!document.querySelector(also)
+    && [...document.querySelectorAll(selector)].some(e => e.innerText.includes(text));
+}"""
+
+
+def wait_drawn(page, selector: str, text: str, also: str = "[data-testid='stDataFrame']", timeout=60_000) -> None:
+    """Wait until the script has finished and the page has an element ``selector`` showing ``text`` and one
+    matching ``also``, checked at every animation frame (``expect`` polls at growing intervals, up to a second
+    apart, which would blur a timing)."""
+    page.wait_for_function(_DRAWN_JS, arg=[selector, text, also], polling="raf", timeout=timeout)
