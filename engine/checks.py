@@ -133,12 +133,13 @@ def in_float32(model):
 
 
 def finite_rows(matrices: dict[str, np.ndarray], checkpoint: int) -> list[CheckRow]:
-    """The ``finite`` check of every method's score matrix at one checkpoint."""
-    rows = []
-    for method, S in sorted(matrices.items()):
-        S = np.asarray(S)
-        share = float(np.isfinite(S).mean()) if S.size else float("nan")
-        bad = int(S.size - np.isfinite(S).sum())
-        rows.append(CheckRow("finite", method, checkpoint, "finite_share", share, ">=", FINITE_SHARE,
-                             f"{bad} of {S.size} scores not finite" if bad else f"all {S.size} scores finite"))
-    return rows
+    """The ``finite`` check of every method's score matrix at one checkpoint, one matrix held at a time (a
+    ScoreMatrices reads each from the score files on access)."""
+    return [_finite_row(method, np.asarray(matrices[method]), checkpoint) for method in sorted(matrices)]
+
+
+def _finite_row(method: str, S: np.ndarray, checkpoint: int) -> CheckRow:
+    share = float(np.isfinite(S).mean()) if S.size else float("nan")
+    bad = int(S.size - np.isfinite(S).sum())
+    return CheckRow("finite", method, checkpoint, "finite_share", share, ">=", FINITE_SHARE,
+                    f"{bad} of {S.size} scores not finite" if bad else f"all {S.size} scores finite")

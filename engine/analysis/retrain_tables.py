@@ -103,7 +103,8 @@ def method_rows(groups, results: dict, orig_loss: np.ndarray, matrices: dict[str
 
     rows = []
     kinds = [k for k in dict.fromkeys(g.kind for g in groups) if k != "noise"]
-    for method, S in sorted(matrices.items()):
+    for method in sorted(matrices):  # one matrix at a time: a ScoreMatrices reads each from the score files
+        S = matrices[method]
         for kind in kinds:
             gs = [g for g in groups if g.kind == kind]
             pred = np.concatenate([predictions(S, g.removed) for g in gs])
@@ -122,8 +123,8 @@ def lds_rows(groups, results: dict, matrices: dict[str, np.ndarray], alpha: floa
         return []
     loss = np.stack([np.asarray(results[g.group_id]["loss"]) for g in subsets], axis=1)  # [m, M]
     rows = []
-    for method, S in sorted(matrices.items()):
-        S = np.asarray(S, dtype=np.float64)
+    for method in sorted(matrices):  # one at a time, as in method_rows
+        S = np.asarray(matrices[method], dtype=np.float64)
         kept = S.sum(axis=1, keepdims=True) - np.stack([predictions(S, g.removed) for g in subsets], axis=1)
         r = lds(kept, loss, n_boot=n_boot, seed=seed)
         rows.append({"method": method, "lds": _nan_none(r["lds"]), "lds_lo": _nan_none(r["lo"]),

@@ -126,3 +126,33 @@ def test_the_run_stores_checks_and_self_influence(tiny_run):
     si = pq.read_table(tiny_run / "self_influence.parquet").to_pandas()
     assert "gradsim" in set(si.method) and "repsim" not in set(si.method) and set(si.checkpoint) == {2}
     assert len(si[si.method == "gradsim"]) == manifest["n_train"] and (si[si.method == "gradsim"].score > 0).all()
+
+
+def test_finite_rows_holds_one_score_matrix_at_a_time():
+    """A run's matrices are read from its score files one at a time (engine.tables.ScoreMatrices): the check
+    must not hold them all at once (16 methods x 100 prompts x 100k samples would be 640 MB)."""
+    import weakref
+
+    from engine.checks import finite_rows
+
+    live, most = set(), [0]
+
+    class Lazy:  # the mapping protocol ScoreMatrices offers, each matrix made on access
+        names = ["b", "a", "c"]
+
+        def __iter__(self):
+            return iter(self.names)
+
+        def __getitem__(self, name):
+            S = np.ones((3, 4)) if name != "c" else np.full((3, 4), np.nan)
+            live.add(id(S))
+            weakref.finalize(S, live.discard, id(S))
+            most[0] = max(most[0], len(live))
+            return S
+
+        def items(self):
+            return ((n, self[n]) for n in self.names)
+
+    rows = finite_rows(Lazy(), 1)
+    assert [(r.subject, r.value) for r in rows] == [("a", 1.0), ("b", 1.0), ("c", 0.0)]
+    assert most[0] == 1
