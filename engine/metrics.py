@@ -169,7 +169,8 @@ def spearman_of_ranks(ranks: np.ndarray, spreads: np.ndarray) -> np.ndarray:
     sd = np.sqrt(spreads.T)  # [R, M]
     den = sd[:, :, None] * sd[:, None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
+        rho = np.where(den > 0, num / den, np.nan)
+    return np.clip(rho, -1.0, 1.0)  # a correlation: rounding of the square roots must not push it past +-1
 
 
 @dataclass

@@ -27,7 +27,7 @@ from engine.runformat import SCORES_DIR, scores_file, scores_rows_per_group, tab
 log = logging.getLogger(__name__)
 
 SHARD_RE = re.compile(rf"^{SCORES_DIR}/(?P<method>.+)-ckpt(?P<ckpt>\d+)-shard(?P<shard>\d+)\.parquet$")
-_READ_BUFFERS = 48 << 20  # bytes of page buffers over all the shards read in lockstep (3 columns each)
+_READ_BUFFERS = 16 << 20  # bytes of page buffers over all the shards read in lockstep (3 columns each)
 _MIN_READ_BUFFER = 64 << 10  # ... but at least this much per column: a 1M-sample run has ~500 shards
 
 

@@ -164,6 +164,8 @@ class ScoreMatrices:
         for file in files:  # one shard at a time: the only full-size array is S itself
             t = pq.read_table(file, columns=["test_id", "train_id", "score"])
             S[t.column("test_id").to_numpy(), t.column("train_id").to_numpy()] = t.column("score").to_numpy()
-        if sum(x.nbytes for x in self.kept.values()) + S.nbytes <= self.budget:
+        # kept only while several fit: a matrix that alone fills the budget would be held through the rest of
+        # the run (the stages after scoring keep this object) for little reuse
+        if S.nbytes <= self.budget // 4 and sum(x.nbytes for x in self.kept.values()) + S.nbytes <= self.budget:
             self.kept[method] = S
         return S
