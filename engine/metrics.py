@@ -201,6 +201,7 @@ def rank_rows(S, k: int, tr: np.ndarray | None = None, te: np.ndarray | None = N
     ``on_ranks(rows, ranks)``: called with each chunk's average ranks (a ``slice`` of rows, ``[R, n]`` float32)."""
     S = _matrix(S)
     m, n = S.shape
+    k = _k(k, n)
     labelled = tr is not None
     top1 = np.empty(m, np.int64)
     spread = np.empty(m)

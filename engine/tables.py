@@ -132,8 +132,9 @@ class Evaluation:
 
 class ScoreMatrices:
     """The score matrices [n_test, n_train] (float32: the stored values) of one checkpoint, read from a run
-    folder's score files on demand and kept while their total stays under ``budget`` bytes — so metrics and
-    method agreement are computed from exactly what the store will see, without holding every method at once."""
+    folder's score files on demand and kept while their total stays under ``budget`` bytes (each under a quarter
+    of it) — so metrics and method agreement are computed from exactly what the store will see, without holding
+    every method at once."""
 
     def __init__(self, folder, checkpoint: int, methods: list[str], n_test: int, n_train: int, budget: int):
         self.folder, self.checkpoint, self.methods = folder, checkpoint, list(methods)
