@@ -68,8 +68,8 @@ def behaviour_section(con, run: str, ck: int, method: str, tests: pd.DataFrame) 
     concentration_panel(ranked, "behaviour")
     view = ranked.head(SHOWN)[["rank", "score", "query_mean", "control_mean", "label", "prompt", "response",
                                "train_id"]]
-    if not contrast:
-        view = view.drop(columns=["control_mean"])
+    if not contrast:  # the score is the query mean itself: one column, not two equal ones
+        view = view.drop(columns=["query_mean", "control_mean"])
     st.dataframe(view, hide_index=True, width="stretch", key="behaviour_table",
                  column_config={"rank": st.column_config.NumberColumn("#", width=40),
                                 "score": st.column_config.NumberColumn(format="%.4g"),

@@ -43,4 +43,6 @@ def test_bad_ids_and_the_group_view_options(store_env, open_page):
     at.text_input(key="q_ids").set_value("2-4").run()
     assert not at.exception and at.query_params["q"] == "2-4"
     assert len(at.dataframe[0].value) == 30 and at.radio(key="metric").value == "mean"
+    assert {"score", "label"} <= set(at.dataframe[0].value.columns)  # no control: the score is the query mean,
+    assert not {"query_mean", "control_mean"} & set(at.dataframe[0].value.columns)  # shown once
     assert len(at.get("plotly_chart")) == 3
