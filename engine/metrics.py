@@ -166,8 +166,8 @@ def spearman_of_ranks(ranks: np.ndarray, spreads: np.ndarray) -> np.ndarray:
     c = (ranks.shape[2] + 1) / 2
     Z = (ranks.astype(np.float64) - c).transpose(1, 0, 2)  # [R, M, n]
     num = np.matmul(Z, Z.transpose(0, 2, 1))
-    sd = np.sqrt(spreads.T)  # [R, M]
-    den = sd[:, :, None] * sd[:, None, :]
+    sp = spreads.T  # [R, M]
+    den = np.sqrt(sp[:, :, None] * sp[:, None, :])  # sqrt of the product: exactly s for two equal rankings
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(den > 0, num / den, np.nan)
     return np.clip(rho, -1.0, 1.0)  # a correlation: rounding of the square roots must not push it past +-1

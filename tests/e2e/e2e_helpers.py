@@ -1,5 +1,6 @@
 """Helpers shared by the browser tests."""
 
+import re
 import time
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def fill_and_queue(page, name: str, epochs: int) -> None:
     page.get_by_label("Test samples per label").fill("1")
     page.get_by_label("Epochs").fill(str(epochs))
     page.get_by_role("button", name="Validate and queue").click()
-    page.get_by_text("Queued job").wait_for(timeout=60_000)
+    # the confirmation, not the job list's "… — queued job" line that can show up at the same time
+    page.get_by_text(re.compile(r"^Queued job ")).wait_for(timeout=60_000)
 
 
 def job_card(page, name: str):
