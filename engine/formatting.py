@@ -60,12 +60,17 @@ class Encoded:
         loss = lab != IGNORE
         if lab.shape != ids.shape or (lab[loss] != ids[loss]).any():
             raise ValueError("labels must have one entry per token: the token itself, or IGNORE")
+        if ids.size and not (0 <= ids.min() and ids.max() < 1 << 31):
+            raise ValueError("token ids must lie in 0 .. 2**31 - 1")
         for name, value in (("_ids", ids.astype(np.int32).tobytes()), ("_loss", np.packbits(loss).tobytes()),
                             ("prompt_len", int(prompt_len)), ("n_pad", int(n_pad))):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"Encoded is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Encoded is immutable (cannot delete {name!r})")
 
     @property
     def input_ids(self) -> tuple[int, ...]:

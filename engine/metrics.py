@@ -210,7 +210,8 @@ def rank_rows(S, k: int, tr: np.ndarray | None = None, te: np.ndarray | None = N
     kept = None
     positions = np.arange(1, n + 1)[None, :]
     if labelled:
-        tr, te = _codes(np.asarray(tr), np.asarray(te))
+        S, tr, te = _check(S, tr, te)  # the matrix must be [n_test, n_train] of these labels
+        tr, te = _codes(tr, te)
     for rows in row_chunks(m, n):
         block = S[rows]
         order = _order(block)

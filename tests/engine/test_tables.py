@@ -50,3 +50,12 @@ def test_evaluation_rows_equal_the_references(tmp_path, monkeypatch, chunk):
         pair = M.agreement(A, B, k)  # the two-matrix function gives the same
         assert row["spearman"] == pytest.approx(pair["spearman"], rel=1e-12)
     assert not [p for p in Path(tmp_path).rglob("*.ranks")], "scratch ranks are removed after the agreement"
+
+
+def test_a_matrix_of_the_wrong_shape_is_refused(tmp_path):
+    from engine.errors import InputError
+
+    ev = Evaluation(["a", "b", "a", "b"], ["a", "b", "a"], 1, workdir=str(tmp_path))
+    for shape in ((3, 3), (2, 4), (3, 5)):
+        with pytest.raises(InputError, match="does not match 3 test labels x 4 train labels"):
+            ev.add("m", 1, np.zeros(shape))
