@@ -55,6 +55,17 @@ def _tokenized(texts: Sequence[str], what: str, offset: int = 0) -> list[list[st
     return out
 
 
+def _count_rows(rows, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR parts ``(indptr, token ids int32, counts float64)`` of ``n_rows`` token-id -> count dicts, built in
+    flat buffers (no array per row: a training set has 100k+ of them)."""
+    ids, tf, pairs = array("i"), array("d"), np.zeros(n_rows, np.int64)
+    for i, counts in enumerate(rows):
+        ids.extend(counts)
+        tf.extend(counts.values())
+        pairs[i] = len(counts)
+    return np.concatenate([[0], np.cumsum(pairs)]), np.frombuffer(ids, np.int32), np.frombuffer(tf, np.float64)
+
+
 class BM25Index:
     """BM25 over a fixed set of documents (the training texts): the sparse matrix of per-(document, token)
     weights ``W[d, t] = idf(t) · tf(t, d) / (tf(t, d) + k1 · (1 - b + b · |d| / avgdl))``, so that
@@ -69,16 +80,16 @@ class BM25Index:
             raise InputError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1!r}, b={b!r}")
         self.vocab: dict[str, int] = {}
         self.n_docs = len(documents)
-        ids, tf = array("i"), array("d")  # flat over documents: no object per document
-        pairs, lengths = np.zeros(self.n_docs, np.int64), np.zeros(self.n_docs)
-        for a in range(0, self.n_docs, block):
-            for i, toks in enumerate(_tokenized(documents[a:a + block], "documents", a), start=a):
-                counts = self._counts(toks, grow=True)
-                ids.extend(counts)
-                tf.extend(counts.values())
-                pairs[i], lengths[i] = len(counts), len(toks)
-        ids, tf = np.frombuffer(ids, np.int32), np.frombuffer(tf, np.float64)
-        indptr = np.concatenate([[0], np.cumsum(pairs)])
+        lengths = np.zeros(self.n_docs)
+
+        def documents_counts():
+            for a in range(0, self.n_docs, block):
+                for i, toks in enumerate(_tokenized(documents[a:a + block], "documents", a), start=a):
+                    lengths[i] = len(toks)
+                    yield self._counts(toks, grow=True)
+
+        indptr, ids, tf = _count_rows(documents_counts(), self.n_docs)
+        pairs = np.diff(indptr)
         df = np.bincount(ids, minlength=len(self.vocab))
         idf = np.log1p((self.n_docs - df + 0.5) / (df + 0.5))
         avgdl = lengths.mean() if self.n_docs and lengths.mean() > 0 else 1.0
@@ -96,11 +107,8 @@ class BM25Index:
 
     def queries(self, queries: Sequence[str]) -> sparse.csr_matrix:
         """``[len(queries), V]`` token counts of the queries, with repetition (tokens no document has: dropped)."""
-        rows = [self._counts(q) for q in _tokenized(queries, "queries")]
-        indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows], dtype=np.int64)])
-        ids = np.fromiter((j for r in rows for j in r), np.int32)
-        tf = np.fromiter((c for r in rows for c in r.values()), np.float64)
-        return sparse.csr_matrix((tf, ids, indptr), shape=(len(rows), len(self.vocab)))
+        indptr, ids, tf = _count_rows((self._counts(q) for q in _tokenized(queries, "queries")), len(queries))
+        return sparse.csr_matrix((tf, ids, indptr), shape=(len(queries), len(self.vocab)))
 
     def block(self, Q: sparse.csr_matrix, start: int, stop: int) -> np.ndarray:
         """``[n_queries, stop - start]`` float64 scores of documents ``start:stop`` for :meth:`queries` ``Q``."""
