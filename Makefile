@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PORT    ?= 8501
 
-.PHONY: setup browser run test test-fast demo screenshots
+.PHONY: setup browser run test test-fast lint demo screenshots
 
 setup: $(STAMP)
 
@@ -28,7 +28,12 @@ demo: setup
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: setup browser
+# ruff (lint + import order) and the import contract of the layers, both configured in pyproject.toml
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: setup browser lint
 	$(VPY) -m pytest
 
 screenshots: setup browser

@@ -1,6 +1,6 @@
 """Influence Explorer — Streamlit entry point: the sidebar navigation over the pages (``ui.navigation``).
 
-Run with ``streamlit run app.py`` (``make run`` also starts a worker). The home page is ``app_pages/0_Home.py``;
+Run with ``streamlit run app.py`` (``make run`` also starts a worker). The home page is ``app_pages/home.py``;
 every page keeps its URL (``/Explore?run=...``). Sign-in (when configured) is checked here, before any page runs,
 and again by each page (which also runs on its own in the tests).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
 from ui.auth import require_login
 from ui.navigation import NAVIGATION
 

@@ -45,8 +45,8 @@ def matmul_rate(device, dtype, n=8192, reps=10) -> float:
 
 
 def tiny_pipeline(device) -> float:
-    from engine.pipeline import run_pipeline
-    from engine.spec import spec_from_dict
+    from engine.pipeline.run import run_pipeline
+    from engine.spec.load import spec_from_dict
 
     spec = spec_from_dict({"name": "gpu-check", "device": device.type,
                            "task": {"name": "grammars", "n_train_per_label": 4, "n_test_per_label": 2},
@@ -81,12 +81,12 @@ def main() -> None:
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.finetune import add_lora
-    from engine.formatting import Encoded
-    from engine.grads import sample_features
-    from engine.methods import get_method
-    from engine.methods.base import Features
-    from engine.spec import LoraSpec
+    from engine.data.encoding import Encoded
+    from engine.features.grads import sample_features
+    from engine.features.types import Features
+    from engine.model.finetune import add_lora
+    from engine.scoring.methods import get_method
+    from engine.spec.run_spec import LoraSpec
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_rate(device, dtype)

@@ -4,7 +4,7 @@
 
 Both sides take the same samples (a grammars task, the quick preset's template and LoRA) from the same
 adapter. The loop is one forward + backward per sample with ``.grad`` on the LoRA weights (the textbook way);
-the batched path is ``engine.grads.sample_features``. The loop is the tests' reference
+the batched path is ``engine.features.grads.sample_features``. The loop is the tests' reference
 (``tests/engine/_references.py``). Prints the speed ratio and the max relative difference.
 """
 
@@ -29,12 +29,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
 
-    from engine.finetune import add_lora
-    from engine.formatting import encode
-    from engine.grads import sample_features
-    from engine.models import load_base, resolve_device
-    from engine.spec import PRESETS
-    from engine.tasks import build_task
+    from engine.data.encoding import encode
+    from engine.data.tasks import build_task
+    from engine.features.grads import sample_features
+    from engine.model.base import load_base, resolve_device
+    from engine.model.finetune import add_lora
+    from engine.spec.presets import PRESETS
     from tests.engine._references import loop_gradients  # the tests' reference loop: one home for it
 
     spec = PRESETS["quick"]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ["app.py", "app_pages/1_Explore.py", "app_pages/2_Compare_methods.py", "app_pages/3_Dataset.py"]
+PAGES = ["app.py", "app_pages/explore.py", "app_pages/compare_methods.py", "app_pages/dataset.py"]
 
 
 def main() -> None:
@@ -27,8 +27,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["INFLUENCE_STORE"] = str(Path(args.store).resolve())
 
-    import store
     from streamlit.testing.v1 import AppTest
+
+    import store
 
     with store.Store(args.store, read_only=True) as s:
         info = store.run_info(s.con, args.run)

@@ -4,7 +4,7 @@ Run from the repository root:  .venv/bin/python -m bench.projection   (--help fo
 
 For each model (default: the tiny random Llama and SmolLM2-135M, cached locally): LoRA (r=4 on q_proj, v_proj,
 the quick preset) fine-tuned for one epoch on a small grammars task, then exact per-sample LoRA gradients of the
-training and test samples (engine.grads) and, for every k and seed, the projected methods (engine.projection:
+training and test samples (engine.features.grads) and, for every k and seed, the projected methods (engine.features.projection:
 a seeded Rademacher matrix per LoRA block to min(k, d_l) dimensions) against the unprojected ones. Prints per
 (method, k): the mean over seeds of the relative Frobenius error ||S_k - S||_F / ||S||_F, the mean per-test
 Spearman correlation with S, the share of test samples with the same top-1 training sample, and the float32
@@ -21,15 +21,16 @@ import warnings
 import numpy as np
 import torch
 
-from engine.finetune import add_lora, finetune
-from engine.formatting import encode
-from engine.grads import sample_features
-from engine.methods import Features
-from engine.models import load_base
-from engine.projection import project_grads, projection_error
-from engine.rep_grads import rept_features
-from engine.spec import PRESETS
-from engine.tasks import build_task
+from engine.data.encoding import encode
+from engine.data.tasks import build_task
+from engine.evaluation.projection_error import projection_error
+from engine.features.grads import sample_features
+from engine.features.projection import project_grads
+from engine.features.rept import rept_features
+from engine.features.types import Features
+from engine.model.base import load_base
+from engine.model.finetune import add_lora, finetune
+from engine.spec.presets import PRESETS
 
 
 def features(model_name: str, n_train_per_label: int, n_test_per_label: int, epochs: int):

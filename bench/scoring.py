@@ -37,8 +37,9 @@ import time
 import numpy as np
 import torch
 
-from engine.methods import Features, get_method
-from engine.methods.lissa import auto_scale, precondition_lissa
+from engine.features.types import Features
+from engine.scoring.methods import get_method
+from engine.scoring.methods.lissa import auto_scale, precondition_lissa
 
 
 def smollm2_lora_dims(layers: int = 30, hidden: int = 576, kv_dim: int = 192, r: int = 4) -> list[int]:

@@ -38,10 +38,10 @@ def synthetic_run(runs_dir: Path, name: str, n_test: int, n_train: int, *, metho
     pipeline writes one (per training shard, through ``RunWriter``). Labels cycle over ``LABELS`` classes; a
     score is standard normal noise plus 1 when the training sample shares the test prompt's label, so rankings
     look like a method that mostly works. No metrics tables (the leaderboard computes them from the rankings)."""
-    from engine.runfolder import open_run
-    from engine.runformat import scores_file
-    from engine.tables import loss_table, samples_table, scores_table
-    from engine.tasks.base import Sample, TaskData
+    from engine.data.tasks.base import Sample, TaskData
+    from engine.evaluation.tables import loss_table, samples_table, scores_table
+    from engine.runfolder.runformat import scores_file
+    from engine.runfolder.writer import open_run
 
     rng = np.random.default_rng(seed)
     tr_label = np.arange(n_train) % LABELS
@@ -70,7 +70,7 @@ def synthetic_run(runs_dir: Path, name: str, n_test: int, n_train: int, *, metho
 def merged_copy(folder: Path, name: str) -> tuple[Path, float]:
     """Commit a copy of the shard-layout run ``folder`` as ``name`` through ``RunWriter.commit`` (which merges
     the shards); returns the new folder and the seconds the commit took."""
-    from engine.runfolder import RunWriter
+    from engine.runfolder.writer import RunWriter
 
     manifest = json.loads((folder / "manifest.json").read_text())
     tmp = folder.parent / f".{name}.tmp-{os.getpid()}"

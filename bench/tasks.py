@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.tasks.difficulty import length_stats, lexical_shortcut, sample_text
+from engine.data.tasks.difficulty import length_stats, lexical_shortcut, sample_text
 
 SAFETY = ("harmful_l", "harmful_m", "harmful_s", "backdoor", "multi_backdoor")
 
@@ -58,7 +58,7 @@ def run_task(spec: dict, out: Path) -> Path:
 
 def token_lengths(folder: Path, model: str, samples: pd.DataFrame) -> dict[str, float]:
     """Median response length per label in the model's tokens (``{label: median}``)."""
-    from engine.models import load_base
+    from engine.model.base import load_base
 
     _, tok = load_base(model)
     n = np.array([len(tok(r, add_special_tokens=False)["input_ids"]) for r in samples.response])
@@ -99,8 +99,8 @@ def markdown(rows: list[dict]) -> str:
 def difficulty_table(seeds: int) -> str:
     """Every built-in task at the paper's sizes: sizes, the lexical-shortcut rate (seed 0, and the mean over
     ``seeds`` seeds) with chance, and response words per label (median [q25-q75], min-max); no model runs."""
-    from engine.tasks import TASK_NAMES, build_task
-    from engine.tasks.difficulty import task_shortcut
+    from engine.data.tasks import TASK_NAMES, build_task
+    from engine.data.tasks.difficulty import task_shortcut
 
     lines = ["| task | train / test | lexical shortcut: seed 0 (mean of seeds 0-%d) | chance | response words per "
              "label: median [q25-q75], min-max |" % (seeds - 1), "|---|---|---|---|---|"]

@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.workers import die_with_parent  # noqa: E402  (after the path set-up above)
-from store.paths import default_store_path  # noqa: E402
+from engine.jobs.workers import die_with_parent  # noqa: E402  (after the path set-up above)
+from engine.paths import default_store_path  # noqa: E402
 
 STOP_GRACE_S = 20.0
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import duckdb
 
+from engine.paths import default_runs_dir, default_store_path
+from engine.runfolder.runformat import pid_alive
 from store import ingest as _ingest
 from store.errors import SchemaVersionError, StoreError, StoreLockedError
-from store.paths import default_runs_dir, default_store_path
 from store.schema import TOP_K, check_schema, ensure_schema
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class StoreOpenError(StoreError):
 class Store:
     """One DuckDB connection to the influence database, with the schema in place.
 
-    ``Store(path, read_only=False)``; ``path`` defaults to :func:`store.paths.default_store_path`,
+    ``Store(path, read_only=False)``; ``path`` defaults to :func:`engine.paths.default_store_path`,
     ``":memory:"`` gives a throw-away database. Read-write opens create the parent folder and the tables;
     read-only opens check the schema version. ``top_k``: training samples kept per test prompt by this store's
     ingests (default :data:`store.schema.TOP_K`). Use as a context manager or call :meth:`close`.
@@ -149,7 +150,7 @@ def open_or_rebuild(
         store = Store(path, **store_kw)
     except (StoreOpenError, SchemaVersionError) as e:
         log.warning("rebuilding %s from %s: %s", path, runs_dir, e)
-        _ingest.rebuild(path, runs_dir, **store_kw)
+        rebuild(path, runs_dir, **store_kw)
         store = Store(path, **store_kw)
     try:
         store.ingest_all(runs_dir, strict=False)
@@ -214,3 +215,52 @@ def _open_error(path: Path, e: duckdb.Error) -> StoreError:
         f"cannot open database {path}: {msg}. If the file is corrupt or from another DuckDB version, recreate it "
         "from the run folders with store.rebuild(db_path, runs_dir)"
     )
+
+
+# ---------------------------------------------------------------------------------------------- rebuild
+
+
+def rebuild(
+    db_path: str | os.PathLike, runs_dir: str | os.PathLike | None = None, *, strict: bool = False, **store_kw
+) -> list[str]:
+    """Recreate the database file at ``db_path`` from the run folders; return the runs ingested.
+
+    The new database is written to a hidden temp file next to ``db_path`` and renamed over it only when
+    complete, so a crash mid-rebuild leaves the old file untouched. Works when the old file is missing,
+    corrupt or from another schema/DuckDB version. Refuses (:class:`StoreLockedError`) while another process
+    holds the old file; close your own :class:`~store.db.Store` on it first. Runs that fail to load are
+    skipped with a warning unless ``strict``. ``store_kw`` go to :class:`~store.db.Store` (memory_limit, ...).
+    """
+    db_path = Path(db_path).resolve()
+    runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(db_path)
+    probe_lock(db_path)
+    _remove_stale_rebuilds(db_path)
+    tmp = db_path.with_name(f".{db_path.name}.rebuild-{os.getpid()}")
+    _remove_db_files(tmp)
+    try:
+        with Store(tmp, **store_kw) as store:
+            ingested = _ingest.ingest_all(store.con, runs_dir, strict=strict, top_k=store.top_k)
+            store.con.execute("CHECKPOINT")
+        _remove_db_files(db_path, keep_main=True)  # a stale WAL must never be replayed onto the new file
+        os.replace(tmp, db_path)
+    finally:
+        _remove_db_files(tmp)
+    log.info("rebuilt %s from %s: %d run(s)", db_path, runs_dir, len(ingested))
+    return ingested
+
+
+def _remove_stale_rebuilds(db_path: Path) -> None:
+    """Delete temp files left by rebuilds whose process died (``.<name>.rebuild-<pid>``)."""
+    for p in db_path.parent.glob(f".{db_path.name}.rebuild-*"):
+        pid = p.name.rsplit("-", 1)[-1].removesuffix(".wal")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
+def _remove_db_files(path: Path, keep_main: bool = False) -> None:
+    """Delete a database file's WAL (and the file itself unless ``keep_main``)."""
+    for p in ([] if keep_main else [path]) + [path.with_name(path.name + ".wal")]:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,4 +1,4 @@
-"""Ingest run folders (format: ``engine.runformat``) into the database, and rebuild it from them.
+"""Ingest run folders (format: ``engine.runfolder.runformat``) into the database, and rebuild it from them.
 
 Policy for folders that are not complete runs (hidden temp folder of a killed run, no manifest, ``status`` not
 ``complete``, a file whose row count differs from the manifest): :func:`ingest_run` returns ``False`` and
@@ -26,9 +26,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from engine.runformat import MANIFEST, pid_alive, read_manifest, table_of_file
+from engine.runfolder.runformat import MANIFEST, read_manifest, table_of_file
 from store.errors import IngestError, QueryError
-from store.paths import default_runs_dir
 from store.queries import _rank_key
 from store.schema import FILE_TABLES, OPTIONAL_COLUMNS, RUN_TABLES, TOP_K
 
@@ -124,39 +123,8 @@ def remove_run(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
     return present
 
 
-def rebuild(
-    db_path: str | os.PathLike, runs_dir: str | os.PathLike | None = None, *, strict: bool = False, **store_kw
-) -> list[str]:
-    """Recreate the database file at ``db_path`` from the run folders; return the runs ingested.
-
-    The new database is written to a hidden temp file next to ``db_path`` and renamed over it only when
-    complete, so a crash mid-rebuild leaves the old file untouched. Works when the old file is missing,
-    corrupt or from another schema/DuckDB version. Refuses (:class:`StoreLockedError`) while another process
-    holds the old file; close your own :class:`~store.db.Store` on it first. Runs that fail to load are
-    skipped with a warning unless ``strict``. ``store_kw`` go to :class:`~store.db.Store` (memory_limit, ...).
-    """
-    from store.db import Store, probe_lock  # local import: db imports this module
-
-    db_path = Path(db_path).resolve()
-    runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(db_path)
-    probe_lock(db_path)
-    _remove_stale_rebuilds(db_path)
-    tmp = db_path.with_name(f".{db_path.name}.rebuild-{os.getpid()}")
-    _remove_db_files(tmp)
-    try:
-        with Store(tmp, **store_kw) as store:
-            ingested = ingest_all(store.con, runs_dir, strict=strict, top_k=store.top_k)
-            store.con.execute("CHECKPOINT")
-        _remove_db_files(db_path, keep_main=True)  # a stale WAL must never be replayed onto the new file
-        os.replace(tmp, db_path)
-    finally:
-        _remove_db_files(tmp)
-    log.info("rebuilt %s from %s: %d run(s)", db_path, runs_dir, len(ingested))
-    return ingested
-
-
 def complete_runs(runs_dir: str | os.PathLike) -> list[Path]:
-    """Complete run folders in ``runs_dir``, sorted by name (like ``engine.runformat.list_complete_runs``,
+    """Complete run folders in ``runs_dir``, sorted by name (like ``engine.runfolder.runformat.list_complete_runs``,
     but a folder whose check itself fails, e.g. on a truncated Parquet footer, counts as incomplete)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -408,21 +376,4 @@ def _utc(value) -> _dt.datetime | None:
     return t.astimezone(_dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
-def _remove_stale_rebuilds(db_path: Path) -> None:
-    """Delete temp files left by rebuilds whose process died (``.<name>.rebuild-<pid>``)."""
-    for p in db_path.parent.glob(f".{db_path.name}.rebuild-*"):
-        pid = p.name.rsplit("-", 1)[-1].removesuffix(".wal")
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            p.unlink(missing_ok=True)
-
-
-def _remove_db_files(path: Path, keep_main: bool = False) -> None:
-    """Delete a database file's WAL (and the file itself unless ``keep_main``)."""
-    for p in ([] if keep_main else [path]) + [path.with_name(path.name + ".wal")]:
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-
-
-__all__ = ["ingest_run", "ingest_all", "remove_run", "rebuild", "complete_runs"]
+__all__ = ["ingest_run", "ingest_all", "remove_run", "complete_runs"]

@@ -1,7 +1,7 @@
 """Read-only queries for the app. Each takes a connection (or a :class:`~store.db.Store`) and returns a pandas
 DataFrame or a plain value. Every user value goes in as a query parameter.
 
-Ranking convention (same as ``engine.metrics``): training samples are ranked by score descending, ties broken by
+Ranking convention (same as ``engine.evaluation.metrics``): training samples are ranked by score descending, ties broken by
 the lowest ``train_id``; NaN scores rank last. Unknown runs, methods, checkpoints or samples raise a subclass of
 :class:`LookupError` (:class:`~store.errors.NotFoundError`) whose message names what was asked for; a bad
 argument (k that is not a positive integer, an unknown analysis table) raises :class:`~store.errors.QueryError`.
@@ -18,9 +18,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine import runformat
-from engine.metrics import bootstrap_ci
-
+from engine.evaluation.metrics import bootstrap_ci
+from engine.runfolder import runformat
 from store.errors import (
     NotFoundError,
     QueryError,
@@ -32,9 +31,8 @@ from store.errors import (
 )
 
 
-
 def _rank_key(alias: str = "") -> str:
-    """The ranking rule of ``engine.metrics.ranking`` as ONE SQL sort key (constant text, never user data):
+    """The ranking rule of ``engine.evaluation.metrics.ranking`` as ONE SQL sort key (constant text, never user data):
     larger key = ranked higher. ``(NOT isnan(score), score, -train_id)``: a real score above NaN, then the score,
     then the lower train_id. Used as ``ORDER BY key DESC``, as the ``max_by`` key, and compared with ``>``."""
     p = f"{alias}." if alias else ""
@@ -141,7 +139,7 @@ def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFra
     df = pd.concat([stored, _computed(con, todo)], ignore_index=True) if todo else stored
     df = df.sort_values(["run_id", "method", "checkpoint"], kind="stable").reset_index(drop=True)
     # intervals: stored with the metrics by the pipeline; for a custom k (or a run written before intervals)
-    # bootstrapped here from the per-test hits, with the same rule (engine.metrics.bootstrap_ci)
+    # bootstrapped here from the per-test hits, with the same rule (engine.evaluation.metrics.bootstrap_ci)
     for i in df.index[df.acc_lo.isna()]:
         r = df.loc[i]
         if not _has_scores(con, r.run_id, r.method, int(r.checkpoint)):
@@ -155,7 +153,7 @@ def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFra
 def per_test_hits(con, run: str, method: str, checkpoint: int, k: int) -> pd.DataFrame:
     """Per test sample of one score set: test_id, top1_same (its first-ranked training sample has its label) and
     n_same (how many of its top ``k`` do). Acc@1 and Coverage@k are their means (n_same / k); a paired
-    comparison of two methods resamples these rows together (``engine.metrics.paired_bootstrap_ci``)."""
+    comparison of two methods resamples these rows together (``engine.evaluation.metrics.paired_bootstrap_ci``)."""
     stored = _require_scores(con, run, method, checkpoint)
     k = _positive(k, "k")
     ckpt = int(checkpoint)
@@ -320,25 +318,12 @@ def train_loss(con, run: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- analyses
 
-# analysis stage -> the tables it fills (engine/analysis); the app asks which stages a run has
-ANALYSIS_STAGES = {
-    "ihvp": ("ihvp_error",),
-    "convergence": ("checkpoint_eval", "score_drift"),
-    "retrain": ("retrain_groups", "retrain_modules", "retrain_tests", "retrain_predictions", "retrain_methods",
-                "retrain_lds", "retrain_counterfactual"),
-}
-_ANALYSIS_ORDER = {
-    "ihvp_error": "level, method, lambda_c, iterations",
-    "checkpoint_eval": "checkpoint",
-    "score_drift": "method, checkpoint",
-    "retrain_groups": "kind, group_id",
-    "retrain_modules": "group_id, module",
-    "retrain_tests": "group_id, test_id",
-    "retrain_predictions": "method, group_id, test_id",
-    "retrain_methods": "method, kind",
-    "retrain_lds": "method",
-    "retrain_counterfactual": "method, test_id",
-}
+# analysis stage -> the tables it fills, in declaration order (the run-folder format's ``by``); the app asks
+# which stages a run has. Display order of each table: its ``display_order``.
+ANALYSIS_STAGES: dict[str, tuple[str, ...]] = {}
+for _name in runformat.ANALYSIS_TABLES:
+    ANALYSIS_STAGES.setdefault(runformat.TABLES[_name].by, ())
+    ANALYSIS_STAGES[runformat.TABLES[_name].by] += (_name,)
 
 
 def analyses(con, run: str) -> list[str]:
@@ -356,11 +341,11 @@ def analysis_table(con, run: str, table: str) -> pd.DataFrame:
     """All rows of one analysis table for ``run`` (without run_id), in a stable order.
 
     ``table``: one of the tables in :data:`ANALYSIS_STAGES` (a :class:`QueryError` otherwise)."""
-    if table not in _ANALYSIS_ORDER:
-        raise QueryError(f"unknown analysis table {table!r}; valid: {', '.join(_ANALYSIS_ORDER)}")
+    if table not in runformat.ANALYSIS_TABLES:
+        raise QueryError(f"unknown analysis table {table!r}; valid: {', '.join(runformat.ANALYSIS_TABLES)}")
     _require_run(con, run)
-    df = _df(con, f"SELECT * EXCLUDE (run_id) FROM {table} WHERE run_id = ? ORDER BY {_ANALYSIS_ORDER[table]}",
-             [run])
+    order = ", ".join(runformat.TABLES[table].display_order)  # our constants, never user input
+    df = _df(con, f"SELECT * EXCLUDE (run_id) FROM {table} WHERE run_id = ? ORDER BY {order}", [run])
     return df
 
 
@@ -625,7 +610,7 @@ def test_prompts_ranking_train(con, run: str, method: str, checkpoint: int, trai
 
 def test_agreement(con, run: str, checkpoint: int, method_a: str, method_b: str) -> pd.DataFrame:
     """Per test sample, how far two methods agree at ``checkpoint``: test_id, spearman (of their score rows),
-    overlap (of their top k), k; test_id order. As the run stored it (``engine.metrics.agreement``; the pair in
+    overlap (of their top k), k; test_id order. As the run stored it (``engine.evaluation.metrics.agreement``; the pair in
     either order). Empty when the run holds no such rows (written before per-test agreement was stored, or a
     method paired with itself)."""
     _require_run(con, run)
@@ -885,7 +870,7 @@ def self_influence(con, run: str, method: str, checkpoint: int) -> pd.DataFrame:
 
 
 def checks(con, run: str) -> pd.DataFrame:
-    """The numerical self-checks of ``run`` (engine.checks): kind, subject, checkpoint, metric, value, op,
+    """The numerical self-checks of ``run`` (engine.evaluation.checks): kind, subject, checkpoint, metric, value, op,
     threshold, passed, note; failed rows first. Empty for runs without checks."""
     _require_run(con, run)
     return _df(con, 'SELECT * EXCLUDE (run_id) FROM checks WHERE run_id = ? '

@@ -3,7 +3,7 @@
 read in place (``read_parquet`` on the files of the run folder ``runs.folder`` listed in ``score_files``).
 
 Every table is keyed by ``run_id`` (the run folder's name). The copied tables are described once in
-:data:`PARQUET_TABLES` (column name -> SQL type, from ``engine.runformat``); :mod:`store.ingest` builds its
+:data:`PARQUET_TABLES` (column name -> SQL type, from ``engine.runfolder.runformat``); :mod:`store.ingest` builds its
 ``INSERT ... SELECT ... FROM read_parquet(?)`` statements from the same description. ``topk`` holds, per (run,
 method, checkpoint, test prompt), the :data:`TOP_K` best training samples (the ranking of ``store.queries``),
 computed at ingest from the Parquet: what the pages read most is answered without touching the big files. No
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import duckdb
 
-from engine import runformat
+from engine.runfolder import runformat
 from store.errors import SchemaVersionError
 
 SCHEMA_VERSION = 6  # 2: the analysis tables; 3: bootstrap intervals in metrics; 4: noise floor, LDS with interval,
@@ -27,7 +27,7 @@ TOP_K = 200  # training samples kept per (run, method, checkpoint, test prompt) 
 # Run-folder tables read in place from the run folder, never copied into the database.
 IN_PLACE_TABLES = ("scores",)
 # every run-folder table -> ({column: sql type} as in the Parquet file, sort key): from the one declaration of
-# the run-folder format (engine.runformat), which imports neither torch nor DuckDB.
+# the run-folder format (engine.runfolder.runformat), which imports neither torch nor DuckDB.
 FILE_TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     name: (t.sql_columns(), t.key) for name, t in runformat.TABLES.items()}
 # the ones copied into DuckDB tables of the same name, loaded sorted by their key

@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from engine.models import build_tiny_tokenizer
+    from engine.model.base import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
@@ -34,8 +34,8 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A complete run folder of the tiny pipeline (all methods, 2 checkpoints, 30 train, 10 test)."""
-    from engine.pipeline import run_pipeline
-    from engine.spec import spec_from_dict
+    from engine.pipeline.run import run_pipeline
+    from engine.spec.load import spec_from_dict
 
     runs = tmp_path_factory.mktemp("runs")
     return run_pipeline(spec_from_dict(TINY_SPEC), runs, progress=False)
@@ -61,15 +61,15 @@ ANALYSIS_STAGES = {"stages": ["ihvp", "convergence", "retrain"], "retrain_single
 def tiny_analysis_run(tmp_path_factory):
     """The tiny run with the three analysis stages (at most 13 retrainings: 2 noise, 1 single, 1 label, 2 random,
     up to 3 top-k, 4 LDS subsets) and three methods."""
-    from engine.pipeline import run_pipeline
-    from engine.spec import spec_from_dict
+    from engine.pipeline.run import run_pipeline
+    from engine.spec.load import spec_from_dict
 
     spec = {**TINY_SPEC, "name": "tiny-analyses", "analysis": ANALYSIS_STAGES,
             "scoring": {**TINY_SPEC["scoring"], "methods": ["gradsim", "datainf", "tracin"]}}
     return run_pipeline(spec_from_dict(spec), tmp_path_factory.mktemp("analysis-runs"), progress=False)
 
 
-# ---- a "foreign" adapter: fine-tuned with transformers.Trainer + peft in the test, not with engine.finetune ----
+# ---- a "foreign" adapter: fine-tuned with transformers.Trainer + peft in the test, not with engine.model.finetune ----
 
 FOREIGN_TARGETS = ["k_proj", "o_proj", "up_proj"]  # not the paper's q/v, on purpose
 FOREIGN_TEMPLATE = "[INST] {prompt} [/INST] {response}"
@@ -88,8 +88,8 @@ def _trainer_adapter(root, targets=FOREIGN_TARGETS, r=4, alpha=16, rslora=True, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
 
-    from engine.models import build_tiny_model, build_tiny_tokenizer
-    from engine.tasks import build_task
+    from engine.data.tasks import build_task
+    from engine.model.base import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     base = root / "base"

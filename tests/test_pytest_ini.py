@@ -14,7 +14,7 @@ def _emit(category, module, message="old API"):
 
 
 @pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning, PendingDeprecationWarning])
-@pytest.mark.parametrize("module", ["engine.pipeline", "store.queries", "ui.common", "bench.grads", "engine"])
+@pytest.mark.parametrize("module", ["engine.pipeline.run", "store.queries", "ui.common", "bench.grads", "engine"])
 def test_our_own_deprecations_fail(category, module):
     with pytest.raises(category):
         _emit(category, module)

@@ -7,14 +7,8 @@ from typing import Callable
 import streamlit as st
 
 import store
+from engine.catalog.analyses import ANALYSIS_CATALOG
 from ui.common import cursor, esc, pick_run, qp_get, qp_set
-
-HOW_TO = {
-    "ihvp": "the iHVP-error study",
-    "convergence": "the convergence analysis (it needs `scoring.checkpoints: all`)",
-    "retrain": ("the retraining analysis (it re-fine-tunes the model once per retraining: reshuffles, removals, "
-                "LDS subsets, top-k sets; the slow one)"),
-}
 
 
 def needs_stage(con, run: str, stage: str) -> bool:
@@ -22,7 +16,7 @@ def needs_stage(con, run: str, stage: str) -> bool:
     have = store.analyses(con, run)
     if stage in have:
         return True
-    st.info(f"Run {esc(run)} has no results of {HOW_TO[stage]}. Runs made with the `quick` preset (the demo) "
+    st.info(f"Run {esc(run)} has no results of {ANALYSIS_CATALOG[stage].how_to}. Runs made with the `quick` preset (the demo) "
             f"include it; for another spec add `analysis: {{stages: [{stage}]}}` or run it with "
             f"`python -m engine run SPEC.yaml --analyses {stage}`.")
     return False

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import store
-from engine.concentration import concentration
+from engine.evaluation.concentration import concentration
 from ui.common import chart_text, esc, md, qp_get, qp_set
 
 MODES = {"label": "by label", "search": "by search", "ids": "test ids"}

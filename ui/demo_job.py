@@ -1,8 +1,8 @@
-"""The home page's demo launcher: the demo is queued as an ordinary job (``engine.jobs``), so it shows on the Jobs
+"""The home page's demo launcher: the demo is queued as an ordinary job (``engine.jobs.queue``), so it shows on the Jobs
 page with its progress, log and cancel button like any other run.
 
 When no worker is alive, the launcher starts one for it: a ``python -m engine worker --once`` child of the app
-(:func:`engine.workers.spawn_once_worker`) that runs the queue empty and exits, and is stopped (its job put
+(:func:`engine.jobs.workers.spawn_once_worker`) that runs the queue empty and exits, and is stopped (its job put
 back in the queue) when the app exits. Its log is appended to ``<store dir>/worker.log``.
 """
 
@@ -12,8 +12,9 @@ import subprocess
 import threading
 from pathlib import Path
 
-from engine import jobs, workers
-from engine.demo import demo_spec, is_demo
+from engine.jobs import queue as jobs
+from engine.jobs import workers
+from engine.spec.presets import demo_spec, is_demo
 
 _lock = threading.Lock()
 _spawned: list[subprocess.Popen] = []  # the workers this app process started (kept to reap them)

@@ -22,19 +22,19 @@ class PageInfo:
 
 NAVIGATION: dict[str, tuple[PageInfo, ...]] = {
     "Results": (
-        PageInfo("app_pages/0_Home.py", "Home", "", ":material/home:"),
-        PageInfo("app_pages/1_Explore.py", "Explore", "Explore", ":material/search:"),
-        PageInfo("app_pages/2_Compare_methods.py", "Compare methods", "Compare_methods", ":material/compare_arrows:"),
-        PageInfo("app_pages/3_Dataset.py", "Dataset", "Dataset", ":material/table_rows:"),
-        PageInfo("app_pages/8_Behaviour.py", "Behaviour", "Behaviour", ":material/group_work:"),
+        PageInfo("app_pages/home.py", "Home", "", ":material/home:"),
+        PageInfo("app_pages/explore.py", "Explore", "Explore", ":material/search:"),
+        PageInfo("app_pages/compare_methods.py", "Compare methods", "Compare_methods", ":material/compare_arrows:"),
+        PageInfo("app_pages/dataset.py", "Dataset", "Dataset", ":material/table_rows:"),
+        PageInfo("app_pages/behaviour.py", "Behaviour", "Behaviour", ":material/group_work:"),
     ),
     "Analyses": (
-        PageInfo("app_pages/4_iHVP_error.py", "iHVP error", "iHVP_error", ":material/functions:"),
-        PageInfo("app_pages/5_Convergence.py", "Convergence", "Convergence", ":material/trending_down:"),
-        PageInfo("app_pages/6_Retraining.py", "Retraining", "Retraining", ":material/replay:"),
+        PageInfo("app_pages/ihvp_error.py", "iHVP error", "iHVP_error", ":material/functions:"),
+        PageInfo("app_pages/convergence.py", "Convergence", "Convergence", ":material/trending_down:"),
+        PageInfo("app_pages/retraining.py", "Retraining", "Retraining", ":material/replay:"),
     ),
     "Jobs": (
-        PageInfo("app_pages/7_Jobs.py", "Jobs", "Jobs", ":material/play_circle:"),
+        PageInfo("app_pages/jobs.py", "Jobs", "Jobs", ":material/play_circle:"),
     ),
 }
 

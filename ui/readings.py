@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from engine import metrics
+from engine.evaluation import metrics
 from ui.common import esc
 
 METHOD_NAMES = {
@@ -44,7 +44,7 @@ def fmt(x: float, digits: int = 3) -> str:
 
 def correlation(x, y) -> tuple[float, float]:
     """(Spearman, Pearson) of the points with both values finite; NaN for fewer than 3 such points (two points
-    always correlate perfectly: nothing to read) or a constant side. Spearman is ``engine.metrics.spearman``."""
+    always correlate perfectly: nothing to read) or a constant side. Spearman is ``engine.evaluation.metrics.spearman``."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -327,7 +327,7 @@ def difference_reading(a: str, b: str, top1_a, top1_b) -> str:
     """One sentence: is method ``a``'s Acc@1 lead over ``b`` more than the noise of the test set? ``top1_a`` and
     ``top1_b``: per test prompt, whether its top-1 training sample has its label (the same prompts, in the same
     order); the 95 % interval of the difference is a paired bootstrap over the prompts
-    (``engine.metrics.paired_bootstrap_ci``). An interval that holds 0 is "within noise"."""
+    (``engine.evaluation.metrics.paired_bootstrap_ci``). An interval that holds 0 is "within noise"."""
     x, y = np.asarray(top1_a, dtype=float), np.asarray(top1_b, dtype=float)
     diff = float((x - y).mean()) if x.size else float("nan")
     lo, hi = metrics.paired_bootstrap_ci(x, y)

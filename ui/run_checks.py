@@ -1,5 +1,5 @@
 """The numerical self-checks on the home page: a warning naming every run whose checks fail, and a run's figures
-(``engine.checks``: padding, bfloat16 vs float32, finite scores). No torch, no SQL."""
+(``engine.evaluation.checks``: padding, bfloat16 vs float32, finite scores). No torch, no SQL."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The Dataset page's self-influence list: training samples ranked by s(z_i, z_i), the usual way to spot
-mislabelled, duplicated or outlying samples (``engine.self_influence``). No torch, no SQL."""
+mislabelled, duplicated or outlying samples (``engine.scoring.self_influence``). No torch, no SQL."""
 
 from __future__ import annotations
 

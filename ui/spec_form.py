@@ -1,7 +1,7 @@
 """The Jobs page's run-spec form, as data: which spec fields it offers, their values under a preset, and the spec
 dict it sends — only what the user changed on top of the chosen preset, so a preset means what it says.
 
-Method parameters come from their one declaration (``engine.catalog``): every selected method gets its own
+Method parameters come from their one declaration (``engine.catalog.methods``): every selected method gets its own
 fields, and only values that differ from the method's defaults are sent (``scoring.params``). No torch here.
 """
 
@@ -11,8 +11,8 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
-from engine.catalog import SHARED_PARAMS, method_info
-from engine.spec import PRESETS
+from engine.catalog.methods import SHARED_PARAMS, method_info
+from engine.spec.presets import PRESETS
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODELS = ("tiny", "smollm2-135m")

@@ -1,7 +1,7 @@
 """Launch ``python -m engine tokens`` from the app as a separate process and follow it (no torch in the app).
 
 One job at a time per run: ``<tokens dir>/<run>/job.pid``, ``job.json`` (what it computes) and ``job.log`` survive
-page reloads. The job writes only result files (:mod:`engine.token_files`); the page reads them when it ends.
+page reloads. The job writes only result files (:mod:`engine.scoring.token_files`); the page reads them when it ends.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.jobs import tail_text
-from engine.token_files import run_dir
+from engine.jobs.queue import tail_text
+from engine.paths import REPO_ROOT
+from engine.scoring.token_files import run_dir
 from ui import processes
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _files(tokens_dir: Path, run: str) -> tuple[Path, Path, Path]:
@@ -46,7 +45,7 @@ def launch(store_path: Path, tokens_dir: Path, run: str, checkpoint: int, train_
             [sys.executable, "-m", "engine", "tokens", "--run", run, "--checkpoint", str(int(checkpoint)),
              "--train", ",".join(str(int(i)) for i in train_ids), "--store", str(store_path),
              "--tokens-dir", str(tokens_dir)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(str(proc.pid))
     return proc.pid
 

@@ -1,5 +1,5 @@
 """Explore's token view: the drilled-into training sample's text with each token shaded by its share of the
-score for the chosen test prompt (:mod:`engine.token_attribution`).
+score for the chosen test prompt (:mod:`engine.scoring.tokens`).
 
 Shares are computed on demand by a background process (:mod:`ui.token_job`): one job computes every token-splitting
 method and every test prompt for the selected training sample and the top-ranked samples of the shown methods,
@@ -16,8 +16,8 @@ import pandas as pd
 import streamlit as st
 
 import store
-from engine.catalog import method_info
-from engine.token_files import TokenResult, default_tokens_dir, manifest_id, no_token_view, result_path
+from engine.catalog.methods import method_info
+from engine.scoring.token_files import TokenResult, default_tokens_dir, manifest_id, no_token_view, result_path
 from ui import token_job
 from ui.auth import read_only
 from ui.common import esc, md, qp_get, qp_set

@@ -6,16 +6,16 @@
 Needs the peers venv (bench/peers/requirements.txt has the recipe); the app's own venv lacks the libraries and
 the script then says which import failed. Every pair runs on the same model, data and LoRA adapter:
 
-- model: ``engine.models.load_base`` (the tiny random Llama or SmolLM2-135M from data/cache), eager attention
+- model: ``engine.model.base.load_base`` (the tiny random Llama or SmolLM2-135M from data/cache), eager attention
   (dattri's ``vmap`` cannot trace SDPA's mask check); LoRA from the ``quick`` preset (q_proj/v_proj, r=4) with a
   seeded adapter whose B is non-zero, so every block carries gradient; eval mode, float32.
 - data: the built-in grammars task, the quick preset's template, loss on the response (our default).
 - loss: every side uses each sample's mean next-token cross-entropy over its loss tokens (padding masked), as
-  ``engine.grads``; the peers sum it over the batch (Kronfluence wants a summed loss).
+  ``engine.features.grads``; the peers sum it over the batch (Kronfluence wants a summed loss).
 
 Pairs (each side's time covers everything from the adapter to the score matrix, per-sample gradients included:
 the peers compute their own):
-- ``datainf``: ours (``engine.grads.sample_features`` + our DataInf kernel) vs dattri 0.3.0
+- ``datainf``: ours (``engine.features.grads.sample_features`` + our DataInf kernel) vs dattri 0.3.0
   ``IFAttributorDataInf``. dattri takes ONE regularisation for all layers, so both sides use the same absolute
   damping lambda = mean over all LoRA gradient entries g^2 / 10 (our registered ``datainf`` uses a per-block
   lambda_l; here the kernel gets lambda_c chosen per block so that lambda_l = lambda). dattri runs under
@@ -64,11 +64,11 @@ class Setting:
     """Model with the LoRA adapter, encoded samples and their padded tensors, shared by every pair."""
 
     def __init__(self, model_name: str, train_per_label: int, test_per_label: int, batch: int):
-        from engine.finetune import add_lora
-        from engine.formatting import collate, encode
-        from engine.models import load_base
-        from engine.spec import PRESETS
-        from engine.tasks import build_task
+        from engine.data.encoding import collate, encode
+        from engine.data.tasks import build_task
+        from engine.model.base import load_base
+        from engine.model.finetune import add_lora
+        from engine.spec.presets import PRESETS
 
         spec = PRESETS["quick"]
         model, tok = load_base(model_name)
@@ -101,7 +101,7 @@ class Setting:
         self.n_lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
 
     def features(self, samples, kfac=False):
-        from engine.grads import sample_features
+        from engine.features.grads import sample_features
 
         return sample_features(self.model, samples, self.pad, torch.device("cpu"), self.batch, progress=False,
                                kfac=kfac)
@@ -114,17 +114,17 @@ class Setting:
 
 
 def mean_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean next-token cross-entropy over the loss tokens [B] (= engine.formatting.per_sample_loss)."""
-    from engine.formatting import per_sample_loss
+    """Per-sample mean next-token cross-entropy over the loss tokens [B] (= engine.data.encoding.per_sample_loss)."""
+    from engine.data.encoding import per_sample_loss
 
     return per_sample_loss(logits, labels)
 
 
 # ------------------------------------------------------------------------------------------------ our sides
 def ours_datainf(st: Setting, lam: float):
-    from engine.methods import Features
-    from engine.methods._common import run_blocks
-    from engine.methods.datainf import precondition_datainf
+    from engine.features.types import Features
+    from engine.scoring.methods._common import run_blocks
+    from engine.scoring.methods.datainf import precondition_datainf
 
     tr, te = st.features(st.train_enc), st.features(st.test_enc)
 
@@ -136,7 +136,8 @@ def ours_datainf(st: Setting, lam: float):
 
 
 def ours_method(st: Setting, name: str):
-    from engine.methods import Features, get_method
+    from engine.features.types import Features
+    from engine.scoring.methods import get_method
 
     m = get_method(name)
     tr = st.features(st.train_enc, kfac="kfac" in m.needs)

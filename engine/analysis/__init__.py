@@ -7,7 +7,7 @@
   in the retrain bank (:mod:`engine.analysis.bank`); tables in :mod:`engine.analysis.retrain_tables`.
 
 :func:`run_stages` is what the pipeline calls after scoring; it writes one Parquet file per table
-(:data:`TABLES`, declared in ``engine.runformat``) into the run folder.
+(:data:`TABLES`, declared in ``engine.runfolder.runformat``) into the run folder.
 """
 
 from __future__ import annotations
@@ -20,15 +20,12 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from engine import runformat
+from engine.runfolder import runformat
 
 log = logging.getLogger(__name__)
 
-# file stem -> {column: type name}: the analysis tables of the run-folder format (declared in engine.runformat)
+# file stem -> {column: type name}: the analysis tables of the run-folder format (declared in engine.runfolder.runformat)
 TABLES: dict[str, dict[str, str]] = {name: runformat.TABLES[name].columns for name in runformat.ANALYSIS_TABLES}
-# the feature kinds (engine.plan) each analysis reads at the last scored checkpoint
-NEEDS: dict[str, frozenset[str]] = {"ihvp": frozenset({"grads", "kfac"}), "convergence": frozenset(),
-                                    "retrain": frozenset()}
 
 
 def table(name: str, rows: list[dict]) -> pa.Table:
@@ -152,7 +149,7 @@ def _retrain_stage(inp: StageInputs, write, progress, refs) -> dict[str, float]:
     from engine.analysis import retrain as rt
     from engine.analysis.outputs import generation_report, sample_losses
     from engine.analysis.retrain_tables import result_tables
-    from engine.finetune import set_lora_state
+    from engine.model.finetune import set_lora_state
 
     a, t = inp.spec.analysis, time.perf_counter()
     bs = inp.spec.scoring.grad_batch_size

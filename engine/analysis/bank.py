@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-FORMAT = "retrain-v1: order=permutation of the full set per (seed, epoch); dropout=engine.sample_dropout v1"
+FORMAT = "retrain-v1: order=permutation of the full set per (seed, epoch); dropout=engine.model.dropout v1"
 BANK_ENV = "INFLUENCE_RETRAIN_BANK"
 
 

@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.analysis.outputs import generation_report, sample_losses
-from engine.finetune import set_lora_state
-from engine.formatting import Encoded
-from engine.metrics import spearman_rows
+from engine.data.encoding import Encoded
+from engine.evaluation.metrics import spearman_rows
+from engine.model.finetune import set_lora_state
 
 
 def checkpoint_eval(model, tok, states: Sequence[dict], train_enc: Sequence[Encoded],

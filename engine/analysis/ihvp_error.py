@@ -4,7 +4,7 @@ On parameter subsets of growing size P (the first few entries of one LoRA matrix
 of its layer, all LoRA matrices) we compare every approximation ``q ~= H^{-1} v`` against an exact one, where v
 [d_P] is a test gradient and G_P [n, d_P] the training gradients restricted to P. Each row names its reference:
 
-- ``shared λ`` (the subset treated as ONE block, as ``engine.methods.exact`` treats one LoRA matrix):
+- ``shared λ`` (the subset treated as ONE block, as ``engine.scoring.methods.exact`` treats one LoRA matrix):
   ``H_P = G_P^T G_P / n + lambda_P I``, ``lambda_P = mean(G_P ** 2) / lambda_c``. The reference of the single-block
   methods: ``datainf``, ``lissa`` (run to convergence), ``lissa_paper`` (the paper's 3-step recursion) and the
   LiSSA iterate after exactly T steps (``lissa_steps`` with ``iterations`` = T, the "error vs steps" curve).
@@ -43,13 +43,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine import metrics
-from engine.methods._common import damping
-from engine.methods.datainf import precondition_datainf
-from engine.methods._kronecker import kronecker_precondition
-from engine.methods.exact import precondition_exact
-from engine.methods.lissa import precondition_lissa
-from engine.methods.lissa_paper import precondition_lissa_paper
+from engine.evaluation import metrics
+from engine.scoring.methods._common import damping
+from engine.scoring.methods._kronecker import kronecker_precondition
+from engine.scoring.methods.datainf import precondition_datainf
+from engine.scoring.methods.exact import precondition_exact
+from engine.scoring.methods.lissa import precondition_lissa
+from engine.scoring.methods.lissa_paper import precondition_lissa_paper
 
 LEVELS = ("entries", "matrix", "layer", "all")
 
@@ -113,7 +113,7 @@ def parameter_subsets(block_names: Sequence[str], block_dims: Sequence[int], ent
 
 
 def _spearman_mean(S: np.ndarray, R: np.ndarray) -> float:
-    from engine.metrics import spearman_rows
+    from engine.evaluation.metrics import spearman_rows
 
     return float(np.nanmean(spearman_rows(S, R)))
 
@@ -194,7 +194,7 @@ def ihvp_error(train_grads: Sequence[torch.Tensor], test_grads: Sequence[torch.T
 
     train_grads / test_grads: per-block gradients [n, d_l] / [m, d_l]. The LiSSA step sweep runs at
     ``sweep_lambda_c`` only (the spec's damping). Rows with ``iterations`` None are the methods' own defaults.
-    kfac: the training samples' K-FAC factors (``engine.grads.KroneckerFactors``); when given, EK-FAC and K-FAC
+    kfac: the training samples' K-FAC factors (``engine.features.grads.KroneckerFactors``); when given, EK-FAC and K-FAC
     (per LoRA matrix) are compared too, on the subsets made of whole matrices.
     """
     dims = [int(g.shape[1]) for g in train_grads]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.metrics import spearman_rows
+from engine.evaluation.metrics import spearman_rows
 
 
 def lds_subsets(n: int, alpha: float, m: int, seed: int) -> list[tuple[int, ...]]:

@@ -13,8 +13,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from engine.finetune import set_lora_state
-from engine.formatting import Encoded, collate, per_sample_loss
+from engine.data.encoding import Encoded, collate, per_sample_loss
+from engine.model.finetune import set_lora_state
 
 
 def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:

@@ -4,7 +4,7 @@ attribution method predicts what the removal does (LDS, counterfactual check).
 Every retraining starts from the SAME initial LoRA weights with the same hyperparameters, the same data order and
 the same dropout masks as the original fine-tune: one permutation of the full training set per epoch, in which the
 removed samples are skipped and the others keep their order, and dropout masks fixed per (epoch, sample, position)
-(engine.finetune, engine.sample_dropout). A retraining with nothing removed is the original run itself (tested),
+(engine.model.finetune, engine.model.dropout). A retraining with nothing removed is the original run itself (tested),
 so a change is caused by the removal, not by a new SGD trajectory. What a new trajectory alone does is measured
 separately: the **noise floor** = ``noise_seeds`` retrainings of the full set with other data-order (and dropout)
 seeds; a change no larger than the noise floor's is marked as inside the noise.
@@ -43,12 +43,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine import metrics
 from engine.analysis.bank import RetrainBank, eval_key
 from engine.analysis.lds import lds_subsets
 from engine.analysis.outputs import generation_report, loss_and_kl
-from engine.finetune import finetune, set_lora_state
-from engine.formatting import Encoded
+from engine.data.encoding import Encoded
+from engine.evaluation import metrics
+from engine.model.finetune import finetune, set_lora_state
 
 FULL_KINDS = ("noise", "single", "label", "random")  # measured with generations too (behaviour rate)
 KINDS = ("noise", "single", "label", "random", "topk", "lds")
@@ -118,7 +118,7 @@ def cf_prompts(test_labels: Sequence[str], n: int, seed: int) -> list[int]:
 def topk_groups(matrices: dict[str, np.ndarray], methods: Sequence[str], prompts: Sequence[int], k: int,
                 seed: int) -> list[Group]:
     """One group per (prompt, method): the method's top ``k`` training samples for that prompt (ranking rule of
-    engine.metrics), in prompt-then-method order."""
+    engine.evaluation.metrics), in prompt-then-method order."""
     out = []
     for j in prompts:
         for m in methods:

@@ -99,7 +99,7 @@ def predictions(S: np.ndarray, removed: Sequence[int]) -> np.ndarray:
 
 def method_rows(groups, results: dict, orig_loss: np.ndarray, matrices: dict[str, np.ndarray]) -> list[dict]:
     """Per (method, kind except noise): Spearman of predicted vs actual dloss over that kind's pairs."""
-    from engine.metrics import spearman_rows
+    from engine.evaluation.metrics import spearman_rows
 
     rows = []
     kinds = [k for k in dict.fromkeys(g.kind for g in groups) if k != "noise"]

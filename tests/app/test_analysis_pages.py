@@ -1,11 +1,12 @@
 """AppTest: the three analysis pages over a tiny run that has them, and over one that does not."""
 
 import pytest
-from store.paths import REPO_ROOT
 
-IHVP = REPO_ROOT / "app_pages" / "4_iHVP_error.py"
-CONVERGENCE = REPO_ROOT / "app_pages" / "5_Convergence.py"
-RETRAINING = REPO_ROOT / "app_pages" / "6_Retraining.py"
+from engine.paths import REPO_ROOT
+
+IHVP = REPO_ROOT / "app_pages" / "ihvp_error.py"
+CONVERGENCE = REPO_ROOT / "app_pages" / "convergence.py"
+RETRAINING = REPO_ROOT / "app_pages" / "retraining.py"
 
 
 def _readings(at) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
 
 
 def _app(monkeypatch, db_path):
@@ -53,7 +53,8 @@ def test_demo_button_queues_the_demo_as_a_job_and_starts_a_worker_for_it(monkeyp
     import json
     import time
 
-    from engine import jobs, workers
+    from engine.jobs import queue as jobs
+    from engine.jobs import workers
 
     db = tmp_path / "s.duckdb"
     at = _app(monkeypatch, db)
@@ -85,7 +86,8 @@ def test_harmful_demo_is_queued_and_followed_and_can_be_cancelled(monkeypatch, t
     """With a worker alive the launcher starts none; the queued job is the harmful_s demo; Cancel cancels it."""
     import json
 
-    from engine import jobs, workers
+    from engine.jobs import queue as jobs
+    from engine.jobs import workers
 
     shutil.copytree(tiny_run, tmp_path / "runs" / tiny_run.name)
     with workers.register(tmp_path / "jobs", device="cpu (test)"):
@@ -107,8 +109,8 @@ def test_harmful_demo_is_queued_and_followed_and_can_be_cancelled(monkeypatch, t
 
 
 def test_a_queued_demo_without_a_worker_says_so(monkeypatch, tmp_path):
-    from engine import jobs
-    from engine.demo import demo_spec
+    from engine.jobs import queue as jobs
+    from engine.spec.presets import demo_spec
 
     jobs.submit(tmp_path / "jobs", demo_spec("tiny"))
     at = _app(monkeypatch, tmp_path / "s.duckdb")
@@ -123,7 +125,7 @@ def test_the_reading_says_whether_the_best_lead_is_within_noise(monkeypatch, tmp
     import numpy as np
     import pyarrow.parquet as pq
 
-    from engine.metrics import paired_bootstrap_ci
+    from engine.evaluation.metrics import paired_bootstrap_ci
     from ui.readings import fmt
 
     runs = tmp_path / "runs"

@@ -5,9 +5,9 @@ ids are reported."""
 import numpy as np
 import pyarrow.parquet as pq
 
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
 
-PAGE = REPO_ROOT / "app_pages" / "8_Behaviour.py"
+PAGE = REPO_ROOT / "app_pages" / "behaviour.py"
 
 
 def _run_matrix(folder, method, ck):

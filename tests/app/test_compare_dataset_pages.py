@@ -3,10 +3,10 @@ literal search, exports)."""
 
 import streamlit as st
 
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
 
-COMPARE = REPO_ROOT / "app_pages" / "2_Compare_methods.py"
-DATASET = REPO_ROOT / "app_pages" / "3_Dataset.py"
+COMPARE = REPO_ROOT / "app_pages" / "compare_methods.py"
+DATASET = REPO_ROOT / "app_pages" / "dataset.py"
 
 
 # ---------------------------------------------------------------------------------------------- compare

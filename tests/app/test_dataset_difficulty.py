@@ -1,10 +1,10 @@
 """AppTest: the Dataset page's "Task difficulty" panel over the tiny run (grammars, 30 train, 10 test)."""
 
-from engine.tasks import build_task
-from engine.tasks.difficulty import length_stats, task_shortcut
-from store.paths import REPO_ROOT
+from engine.data.tasks import build_task
+from engine.data.tasks.difficulty import length_stats, task_shortcut
+from engine.paths import REPO_ROOT
 
-DATASET = REPO_ROOT / "app_pages" / "3_Dataset.py"
+DATASET = REPO_ROOT / "app_pages" / "dataset.py"
 
 
 def test_difficulty_panel_shows_the_shortcut_rate_and_lengths(store_env, open_page, tiny_spec):

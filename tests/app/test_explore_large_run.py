@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import streamlit as st
 
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
 
-PAGE = str(REPO_ROOT / "app_pages" / "1_Explore.py")
+PAGE = str(REPO_ROOT / "app_pages" / "explore.py")
 N_TEST, N_TRAIN = 20, 2500
 
 

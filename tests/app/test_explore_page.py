@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
 
-PAGE = str(REPO_ROOT / "app_pages" / "1_Explore.py")
+PAGE = str(REPO_ROOT / "app_pages" / "explore.py")
 
 
 def _unescaped(markdown: str) -> str:

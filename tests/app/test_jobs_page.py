@@ -5,11 +5,11 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs
-from store.paths import REPO_ROOT
+from engine.jobs import queue as jobs
+from engine.paths import REPO_ROOT
 from ui.navigation import PAGES
 
-JOBS = REPO_ROOT / "app_pages" / "7_Jobs.py"
+JOBS = REPO_ROOT / "app_pages" / "jobs.py"
 HOME = REPO_ROOT / "app.py"
 
 
@@ -75,7 +75,7 @@ def test_uploaded_dataset_without_a_dataset_is_refused(env):
 
 
 def test_cancel_and_requeue_buttons(env, tiny_spec):
-    from engine.spec import spec_from_dict
+    from engine.spec.load import spec_from_dict
 
     job = jobs.submit(env / "jobs", spec_from_dict({**tiny_spec, "name": "queued-one"}))
     at = _run()
@@ -86,7 +86,7 @@ def test_cancel_and_requeue_buttons(env, tiny_spec):
 
 
 def test_read_only_mode_turns_submission_off(env, monkeypatch, tiny_spec):
-    from engine.spec import spec_from_dict
+    from engine.spec.load import spec_from_dict
 
     monkeypatch.setenv("INFLUENCE_READ_ONLY", "1")
     job = jobs.submit(env / "jobs", spec_from_dict({**tiny_spec, "name": "listed"}))
@@ -119,7 +119,7 @@ def _leaves(node):
 
 
 def test_the_page_list_is_the_apps():
-    assert sorted(APP_PAGES[1:]) == sorted((REPO_ROOT / "app_pages").glob("*.py"))  # every page file is navigable
+    assert sorted(APP_PAGES[1:]) == sorted(p for p in (REPO_ROOT / "app_pages").glob("*.py") if p.name != "__init__.py")  # every page file is navigable
     assert len(APP_PAGES) >= 9 and all("require_login()" in p.read_text() for p in APP_PAGES)
     assert "st.navigation(" in HOME.read_text()
 
@@ -130,7 +130,7 @@ def test_sign_in_gates_every_page_when_configured(store_env, monkeypatch, tmp_pa
     none of the store's runs or samples, the queue's jobs, or any widget, table or chart."""
     import pyarrow.parquet as pq
 
-    from engine.spec import spec_from_dict
+    from engine.spec.load import spec_from_dict
 
     monkeypatch.delenv("INFLUENCE_JOBS", raising=False)
     jobs.submit(tmp_path / "jobs", spec_from_dict({**tiny_spec, "name": "queued-secret"}))
@@ -175,7 +175,7 @@ def test_a_bad_upload_is_reported_and_not_kept(env):
 def test_a_broken_job_and_a_crashed_job_are_shown_with_why(env, tiny_spec):
     """A job whose state file is damaged is listed as broken, naming its folder; a job whose run died with a
     traceback shows the exception line and, in its log, the traceback; it can be re-queued."""
-    from engine.spec import spec_from_dict
+    from engine.spec.load import spec_from_dict
 
     jobs_dir = env / "jobs"
     broken = jobs.submit(jobs_dir, spec_from_dict({**tiny_spec, "name": "broken-one"}))
@@ -201,8 +201,8 @@ def test_a_broken_job_and_a_crashed_job_are_shown_with_why(env, tiny_spec):
 def test_workers_panel_says_when_no_worker_runs_and_shows_live_ones(env, tiny_spec):
     import socket
 
-    from engine import workers
-    from engine.spec import spec_from_dict
+    from engine.jobs import workers
+    from engine.spec.load import spec_from_dict
 
     jobs.submit(env / "jobs", spec_from_dict({**tiny_spec, "name": "waiting-one"}))
     at = _run()

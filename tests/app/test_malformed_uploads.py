@@ -7,9 +7,9 @@ import streamlit as st
 from malformed_inputs import DATASET_CASES, N_TEST, N_TRAIN, UTF8_BOM
 from streamlit.testing.v1 import AppTest
 
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
 
-JOBS = REPO_ROOT / "app_pages" / "7_Jobs.py"
+JOBS = REPO_ROOT / "app_pages" / "jobs.py"
 
 
 @pytest.fixture

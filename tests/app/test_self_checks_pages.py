@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from engine.runformat import table
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
+from engine.runfolder.runformat import table
 
-DATASET = REPO_ROOT / "app_pages" / "3_Dataset.py"
+DATASET = REPO_ROOT / "app_pages" / "dataset.py"
 
 
 def test_dataset_page_ranks_self_influence(store_env, open_page, tiny_run):

@@ -10,12 +10,13 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import store
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
+from ui import navigation
 
 HOME = REPO_ROOT / "app.py"
-PAGES = sorted((REPO_ROOT / "app_pages").glob("*.py"))
-ANALYSIS = [p for p in PAGES if p.stem.split("_", 1)[1] in ("iHVP_error", "Convergence", "Retraining")]
-JOBS = REPO_ROOT / "app_pages" / "7_Jobs.py"
+PAGES = [REPO_ROOT / p.file for p in navigation.PAGES if p.url_path]  # every page but the home page (app.py)
+ANALYSIS = [REPO_ROOT / p.file for p in navigation.NAVIGATION["Analyses"]]
+JOBS = REPO_ROOT / "app_pages" / "jobs.py"
 BROWSING = [HOME, *(p for p in PAGES if p != JOBS)]  # every page that reads runs from the store
 
 HOLDER = "import sys, store; s = store.Store(sys.argv[1]); print('ready', flush=True); sys.stdin.read()"
@@ -136,7 +137,7 @@ def test_explore_columns_explain_a_run_deleted_under_them(store_env, monkeypatch
     """Explore asks the store once per method column (rankings, score distribution, drill-down, dominant
     samples): the run vanishes at the first ranking query, and every later part says so in place."""
     deleted = _delete_run_on_first(monkeypatch, "top_k")
-    at = _run(REPO_ROOT / "app_pages" / "1_Explore.py")
+    at = _run(REPO_ROOT / "app_pages" / "explore.py")
     assert deleted == [store_env]
     methods = at.multiselect(key="methods").value
     assert len(methods) == 3

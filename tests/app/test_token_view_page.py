@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.token_files import TokenResult, manifest_id, result_path
-from store.paths import REPO_ROOT
+from engine.paths import REPO_ROOT
+from engine.scoring.token_files import TokenResult, manifest_id, result_path
 from ui import token_job
 
-PAGE = str(REPO_ROOT / "app_pages" / "1_Explore.py")
+PAGE = str(REPO_ROOT / "app_pages" / "explore.py")
 PIECES = ["Determine", " <b>rule</b>", ":", " the", " cat", " [/INST]", " Reverse", "<|endoftext|>"]
 
 

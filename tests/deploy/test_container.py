@@ -101,8 +101,8 @@ def tiny_run_in_container(image, container, tiny_spec):
     """The deployment's job flow on the tests' tiny-model run (tests/conftest.py): a job is queued on the data
     volume, then a second container from the same image runs compose.yaml's worker command (plus --once) on that
     volume and writes the run folder; the app, the store's only owner, ingests it when a page loads."""
-    submit = ("import json, sys; from engine.jobs import default_jobs_dir, submit; "
-              "from engine.spec import spec_from_dict; "
+    submit = ("import json, sys; from engine.jobs.queue import default_jobs_dir, submit; "
+              "from engine.spec.run_spec import spec_from_dict; "
               "print(submit(default_jobs_dir(), spec_from_dict(json.load(sys.stdin)), submitted_by='smoke'))")
     job = _sh("podman", "exec", "-i", container["name"], "python", "-c", submit,
               stdin=json.dumps(tiny_spec)).stdout.strip()
@@ -139,7 +139,7 @@ def test_image_runs_as_non_root_with_its_healthcheck(container):
 
 
 def test_baked_smollm2_loads_without_network(image):
-    code = ("from engine.models import load_base; m, t = load_base('smollm2-135m'); "
+    code = ("from engine.model.base import load_base; m, t = load_base('smollm2-135m'); "
             "print(sum(p.numel() for p in m.parameters()), t('hello').input_ids)")
     r = _sh("run", "--rm", "--network", "none", image, "python", "-c", code, timeout=300)
     n_params = int(r.stdout.split()[0])
@@ -159,8 +159,8 @@ def test_home_page_in_the_container(page, container, tiny_run_in_container):
 def test_explore_page_in_the_container(page, container, tiny_run_in_container, tiny_spec):
     from playwright.sync_api import expect
 
-    from engine.pipeline import load_task
-    from engine.spec import spec_from_dict
+    from engine.pipeline.stages import load_task
+    from engine.spec.load import spec_from_dict
 
     # test sample 3 of the task the container's run was made from (the generators are deterministic per seed)
     test3 = load_task(spec_from_dict(tiny_spec).task).test[3]

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from playwright.sync_api import expect
-
 from conftest import REPO, start_app, stop
 from e2e_helpers import screenshot, wait_for_app
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -2,9 +2,8 @@
 the other methods, the run's self-checks are shown, the Dataset page ranks self-influence."""
 
 import pytest
-from playwright.sync_api import expect
-
 from e2e_helpers import screenshot, wait_for_app
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 

@@ -4,9 +4,8 @@ and its metric switch, the URL following."""
 import re
 
 import pytest
-from playwright.sync_api import expect
-
 from e2e_helpers import screenshot, wait_for_app
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 

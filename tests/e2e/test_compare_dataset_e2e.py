@@ -3,7 +3,6 @@
 import re
 
 import pytest
-
 from e2e_helpers import choose_option, screenshot, wait_for_app
 
 pytestmark = pytest.mark.browser

@@ -4,7 +4,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import start_app, stop
 from e2e_helpers import wait_for_app
 

@@ -8,9 +8,9 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import start_app, stop
 from e2e_helpers import wait_for_app
+
 from ui.navigation import PAGES as NAVIGATION_PAGES
 
 pytestmark = pytest.mark.browser
@@ -56,8 +56,8 @@ def _hostile_copy(src, dst):
 
 @pytest.fixture(scope="module")
 def hostile_app(tiny_analysis_run, tiny_spec, tmp_path_factory):
-    from engine import jobs
-    from engine.spec import spec_from_dict
+    from engine.jobs import queue as jobs
+    from engine.spec.load import spec_from_dict
 
     data = tmp_path_factory.mktemp("hostile")
     _hostile_copy(tiny_analysis_run, data / "runs" / "hostile")

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import _free_port, start_app, stop, wait_healthy
 from e2e_helpers import REPO, wait_drawn, wait_for_app
 

@@ -1,9 +1,8 @@
 """The Explore page in a real browser: URL state is read, three method columns are drawn, k can be changed."""
 
 import pytest
-from playwright.sync_api import expect
-
 from e2e_helpers import choose_option, screenshot, wait_for_app
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 

@@ -1,7 +1,6 @@
 """The home page in a real browser: the tiny run is ingested on first load and its leaderboard is drawn."""
 
 import pytest
-
 from e2e_helpers import screenshot, wait_for_app
 
 pytestmark = pytest.mark.browser

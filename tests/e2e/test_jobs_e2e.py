@@ -7,10 +7,10 @@ import socket
 import subprocess
 
 import pytest
-
 from conftest import REPO, launcher_cmd, start_launcher, stop
-from engine import workers
 from e2e_helpers import fill_and_queue, job_card, screenshot, wait_for_app, wait_status
+
+from engine.jobs import workers
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

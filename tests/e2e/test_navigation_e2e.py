@@ -2,9 +2,9 @@
 query parameters included."""
 
 import pytest
-
 from conftest import start_app, stop
 from e2e_helpers import wait_for_app
+
 from ui.navigation import NAVIGATION, PAGES
 
 pytestmark = pytest.mark.browser

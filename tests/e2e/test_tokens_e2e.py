@@ -2,9 +2,8 @@
 then shades the training sample's tokens (the job really runs: ``python -m engine tokens`` on the tiny run)."""
 
 import pytest
-from playwright.sync_api import expect
-
 from e2e_helpers import screenshot, wait_for_app
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -12,9 +12,9 @@ import torch
 def tiny_lora(r: int = 4, alpha: int = 8, b_std: float = 0.1, seed: int = 1, dtype=torch.float32):
     """``(model, tokenizer)``: the tiny Llama in ``dtype`` with LoRA r/alpha on q_proj and v_proj (dropout 0,
     A initialised from seed 0), every B drawn N(0, b_std²) from ``seed``, in eval mode."""
-    from engine.finetune import add_lora
-    from engine.models import load_base
-    from engine.spec import LoraSpec
+    from engine.model.base import load_base
+    from engine.model.finetune import add_lora
+    from engine.spec.run_spec import LoraSpec
 
     model, tok = load_base("tiny", dtype=dtype)
     model = add_lora(model, LoraSpec(r=r, alpha=alpha, dropout=0.0, target_modules=("q_proj", "v_proj")), seed=0)

@@ -1,8 +1,8 @@
-"""Slow, obviously-correct references for the feature passes (engine.grads, engine.rep_grads), written from the
+"""Slow, obviously-correct references for the feature passes (engine.features.grads, engine.features.rept), written from the
 formulas with nothing of the code under test: one unpadded sample at a time, the loss spelled out as a loop over
 positions, and autograd's ``.grad`` of the LoRA weights (or ``retain_grad`` of a hidden state).
 
-Loss of a sample (the training loss, ``engine.formatting``): the mean over positions t with a label of
+Loss of a sample (the training loss, ``engine.data.encoding``): the mean over positions t with a label of
 ``-log softmax(logits[t - 1])[input_ids[t]]``, i.e. the next-token cross-entropy of every token that carries a
 label (labels[t] != -100). The RepT loss uses the response tokens (t >= prompt_len) whatever the labels say.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-NO_LABEL = -100  # the "no loss here" label of Hugging Face and engine.formatting
+NO_LABEL = -100  # the "no loss here" label of Hugging Face and engine.data.encoding
 
 
 def _mean_token_loss(logits: torch.Tensor, input_ids: list[int], positions: list[int]) -> torch.Tensor:

@@ -36,7 +36,7 @@ def sentencepiece_style():
 
 
 def with_chat_template():
-    from engine.models import build_tiny_tokenizer
+    from engine.model.base import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})

@@ -1,8 +1,8 @@
 """The CLI contract: demo, run, report --json, import-dataset, import-scores, bad input, killed runs."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from engine.__main__ import main
+from engine.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ def test_import_dataset_keeps_a_usable_copy(tiny_run, tmp_path, capsys):
     out = tmp_path / "st" / "datasets" / "mine"
     manifest = json.loads((tiny_run / "manifest.json").read_text())  # the dataset is the run's samples
     assert pq.read_table(out / "train.parquet").num_rows == manifest["n_train"]
-    from engine.tasks import load_dataset
+    from engine.data.tasks import load_dataset
 
     assert len(load_dataset(out).test) == manifest["n_test"]
 
@@ -267,7 +267,7 @@ def test_main_restores_the_sigterm_handler_warning_filters_and_log_handlers(tmp_
     import logging
     import warnings
 
-    import engine.__main__ as cli
+    import engine.cli as cli
 
     seen = {}
 
@@ -300,24 +300,24 @@ def test_main_restores_the_sigterm_handler_warning_filters_and_log_handlers(tmp_
 
 
 def _lora_model():
-    from engine.finetune import add_lora
-    from engine.models import load_base
-    from engine.spec import LoraSpec
+    from engine.model.base import load_base
+    from engine.model.finetune import add_lora
+    from engine.spec.run_spec import LoraSpec
 
     model, tok = load_base("tiny")
     return add_lora(model, LoraSpec(r=2, alpha=4, dropout=0.0), seed=0), tok
 
 
 def _encoded(tok, n=2):
-    from engine.formatting import encode
-    from engine.tasks.base import Sample
+    from engine.data.encoding import encode
+    from engine.data.tasks.base import Sample
 
     return [encode(Sample(f"prompt {i}", f"answer {i}", "x"), tok, "{prompt} {response}", 32, "response")
             for i in range(n)]
 
 
 def _train_mode_gradients():
-    from engine.grads import sample_features
+    from engine.features.grads import sample_features
 
     model, tok = _lora_model()
     model.train()
@@ -325,15 +325,15 @@ def _train_mode_gradients():
 
 
 def _no_lora_blocks():
-    from engine.grads import sample_features
-    from engine.models import load_base
+    from engine.features.grads import sample_features
+    from engine.model.base import load_base
 
     model, tok = load_base("tiny")
     sample_features(model.eval(), _encoded(tok), tok.pad_token_id, torch_cpu(), progress=False)
 
 
 def _mismatched_shards():
-    from engine.grads import merge_features, sample_features
+    from engine.features.grads import merge_features, sample_features
 
     model, tok = _lora_model()
     f = sample_features(model.eval(), _encoded(tok), tok.pad_token_id, torch_cpu(), progress=False)
@@ -341,14 +341,14 @@ def _mismatched_shards():
 
 
 def _rept_bad_layer():
-    from engine.rep_grads import rept_features
+    from engine.features.rept import rept_features
 
     model, tok = _lora_model()
     rept_features(model.eval(), _encoded(tok), tok.pad_token_id, torch_cpu(), layer=7, progress=False)
 
 
 def _rept_train_mode():
-    from engine.rep_grads import rept_features
+    from engine.features.rept import rept_features
 
     model, tok = _lora_model()
     rept_features(model.train(), _encoded(tok), tok.pad_token_id, torch_cpu(), progress=False)
@@ -379,9 +379,9 @@ def torch_cpu():
     (_query("analysis_table", "r", "nope"), "unknown analysis table 'nope'"),
 ], ids=lambda v: getattr(v, "__name__", None) if callable(v) else None)
 def test_feature_and_query_errors_reach_the_user_as_error_lines(monkeypatch, tmp_path, capsys, trigger, message):
-    """What engine/grads.py, engine/rep_grads.py and store/queries.py raise for a model, features or an argument
+    """What engine/features/grads.py, engine/features/rept.py and store/queries.py raise for a model, features or an argument
     they cannot use is printed as ``error: ...`` with exit status 2, not a traceback."""
-    import engine.__main__ as cli
+    import engine.cli as cli
 
     monkeypatch.setattr(cli, "cmd_report", lambda args: trigger())
     assert main(["report", "--run", "r", "--store", str(tmp_path / "s.duckdb")]) == 2
@@ -410,7 +410,7 @@ def test_every_command_on_a_store_another_process_holds(tiny_run, tmp_path, monk
         shutil.copytree(tiny_run, folder)
         return folder
 
-    monkeypatch.setattr("engine.pipeline.run_pipeline", fake_pipeline)
+    monkeypatch.setattr("engine.pipeline.run.run_pipeline", fake_pipeline)
     data = _write_dataset(tmp_path, tiny_run)
     t = pq.read_table(tiny_run / "scores", filters=[("method", "=", "gradsim"), ("checkpoint", "=", 2)])
     t.to_pandas().pivot(index="test_id", columns="train_id", values="score").to_csv(tmp_path / "if.csv")

@@ -7,7 +7,7 @@ import re
 import pytest
 from malformed_inputs import DATASET_CASES, N_TEST, N_TRAIN, SCORE_CASES, UTF8_BOM, _scores, jsonl, rows, score_csv
 
-from engine.__main__ import main
+from engine.cli import main
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # a raw control character would reach the terminal
 
@@ -64,7 +64,7 @@ def test_a_malformed_score_file_is_refused(tmp_path, capsys, case):
 def test_the_valid_inputs_of_the_set_are_accepted(tmp_path, capsys):
     """The set's base dataset and score file, and the base dataset saved with a UTF-8 byte-order mark (as many
     editors write UTF-8), are imported: the cases above fail for what was broken in them, nothing else."""
-    from engine.tasks import load_dataset
+    from engine.data.tasks import load_dataset
 
     name, data = UTF8_BOM
     bom = tmp_path / name

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from engine import workers
+from engine.jobs import workers
 
 REPO = Path(__file__).resolve().parents[2]
 

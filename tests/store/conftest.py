@@ -1,4 +1,4 @@
-"""Fixtures for store tests: synthetic, valid run folders written with ``engine.runfolder.open_run``.
+"""Fixtures for store tests: synthetic, valid run folders written with ``engine.runfolder.writer.open_run``.
 
 ``make_run`` draws random labels and scores, computes the run's metrics with plain numpy (the reference the
 SQL is checked against) and returns a :class:`RunData` holding both the folder and the raw arrays.
@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.runfolder import open_run
+from engine.runfolder.writer import open_run
 from store.db import Store
 
 LABELS = ("alpha", "beta", "gamma")

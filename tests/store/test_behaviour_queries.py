@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import store.queries as q
-from engine.runformat import table
+from engine.runfolder.runformat import table
 from store.errors import NotFoundError
 
 

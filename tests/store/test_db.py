@@ -8,11 +8,10 @@ import textwrap
 
 import pytest
 
-from store.schema import SCHEMA_VERSION
-
-from store import queries
+from store import db, queries
 from store.db import Store, StoreOpenError, default_memory_limit, default_threads, open_or_rebuild, open_store
 from store.errors import StoreLockedError
+from store.schema import SCHEMA_VERSION
 
 
 def test_store_creates_parent_and_schema(tmp_path):
@@ -83,14 +82,13 @@ def holder(db_path):
 
 
 def test_lock_error_names_file(holder, db_path, runs_dir):
-    from store import ingest
 
     with pytest.raises(StoreLockedError, match=r"influence\.duckdb.*in use by another process.*2 attempts"):
         open_store(db_path, retries=1, delay_s=0.01)
     with pytest.raises(StoreLockedError, match=str(db_path)):
         Store(db_path, read_only=True)
     with pytest.raises(StoreLockedError):
-        ingest.rebuild(db_path, runs_dir)
+        db.rebuild(db_path, runs_dir)
 
 
 def test_open_store_retries_until_free(holder, db_path):

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from engine.runfolder import open_run
-from engine.runformat import scores_file
-from engine.tables import Evaluation, scores_table
+from engine.evaluation.tables import Evaluation, scores_table
+from engine.runfolder.runformat import scores_file
+from engine.runfolder.writer import open_run
 from store import queries as q
 from store.db import Store
 from store.errors import RunFilesError
@@ -27,8 +27,8 @@ def engine_run(runs_dir: Path, name: str, *, merge: bool = True, n_train: int = 
     """A run folder written as the pipeline writes one: samples, score shards of ``shard`` training samples
     (``scores_table``), metrics and agreement (``Evaluation``), committed with or without the shard merge.
     Returns (folder, {method: S}, train labels, test labels)."""
-    from engine.tables import samples_table
-    from engine.tasks.base import Sample, TaskData
+    from engine.data.tasks.base import Sample, TaskData
+    from engine.evaluation.tables import samples_table
 
     rng = np.random.default_rng(seed)
     tr = [LABELS[i] for i in rng.integers(0, 3, n_train)]
@@ -71,7 +71,7 @@ def test_the_layout_the_store_reads(engine_runs):
 
 def test_queries_on_engine_written_runs_match_numpy(engine_runs):
     """The same answers whatever the layout, from topk (k <= 3) and in place (k > 3)."""
-    from engine import metrics
+    from engine.evaluation import metrics
 
     con, _, mats, tr, te = engine_runs
     for m, S in mats.items():
@@ -140,7 +140,7 @@ def test_a_damaged_score_file_gives_a_clear_error(tmp_path):
 def test_merged_file_rows_are_sorted_with_whole_prompts_per_row_group(tmp_path, monkeypatch):
     """The merged file: rows by (test_id, train_id); each row group holds whole prompts (a few per group when the
     target is small), so a per-prompt read decodes one group."""
-    from engine import runformat
+    from engine.runfolder import runformat
 
     monkeypatch.setattr(runformat, "SCORES_ROW_GROUP_ROWS", 50)  # 2 prompts of 23 per row group
     folder, mats, _, _ = engine_run(tmp_path / "runs", "r", methods=("gradsim",))

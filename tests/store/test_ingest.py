@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store import ingest, queries
+from store import db, ingest, queries
 from store.db import Store
 from store.errors import IngestError, QueryError
 from store.schema import RUN_TABLES, STAGE_TABLES, TOP_K
@@ -263,8 +263,8 @@ def test_rebuild_gives_identical_results(runs_dir, tmp_path, make_run):
     first, second = tmp_path / "one.duckdb", tmp_path / "two.duckdb"
     with Store(first) as s:
         s.ingest_all(runs_dir)
-    assert ingest.rebuild(second, runs_dir) == ["a", "b", "c"]
-    ingest.rebuild(first, runs_dir)  # over an existing, valid database
+    assert db.rebuild(second, runs_dir) == ["a", "b", "c"]
+    db.rebuild(first, runs_dir)  # over an existing, valid database
     assert not list(tmp_path.glob(".*rebuild*"))
     with Store(first, read_only=True) as s1, Store(second, read_only=True) as s2:
         assert dump(s1.con) == dump(s2.con)
@@ -280,22 +280,22 @@ def test_rebuild_over_corrupt_or_missing_db(runs_dir, db_path, make_run):
     db_path.with_name(db_path.name + ".wal").write_bytes(b"garbage wal")
     with pytest.raises(Exception):
         Store(db_path)
-    assert ingest.rebuild(db_path, runs_dir) == ["a"]
+    assert db.rebuild(db_path, runs_dir) == ["a"]
     assert not db_path.with_name(db_path.name + ".wal").exists()
     with Store(db_path) as s:
         assert counts(s.con, "a")["topk"] > 0
     missing = db_path.with_name("fresh.duckdb")
-    assert ingest.rebuild(missing, runs_dir) == ["a"] and missing.exists()
+    assert db.rebuild(missing, runs_dir) == ["a"] and missing.exists()
 
 
 def test_rebuild_default_runs_dir(db_path, make_run):
     make_run(db_path.parent / "runs", "a")
-    assert ingest.rebuild(db_path) == ["a"]
+    assert db.rebuild(db_path) == ["a"]
 
 
 def test_crash_mid_rebuild_keeps_old_db(runs_dir, db_path, monkeypatch, make_run):
     make_run(runs_dir, "a")
-    ingest.rebuild(db_path, runs_dir)
+    db.rebuild(db_path, runs_dir)
     digest = hashlib.sha256(db_path.read_bytes()).hexdigest()
 
     def boom(*a, **k):
@@ -303,20 +303,20 @@ def test_crash_mid_rebuild_keeps_old_db(runs_dir, db_path, monkeypatch, make_run
 
     monkeypatch.setattr(ingest, "ingest_all", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ingest.rebuild(db_path, runs_dir)
+        db.rebuild(db_path, runs_dir)
     assert hashlib.sha256(db_path.read_bytes()).hexdigest() == digest
     assert [p.name for p in db_path.parent.iterdir() if "rebuild" in p.name] == []
 
 
 def test_rebuild_strict_failure_keeps_old_db(runs_dir, db_path, make_run):
     make_run(runs_dir, "a")
-    ingest.rebuild(db_path, runs_dir)
+    db.rebuild(db_path, runs_dir)
     make_run(runs_dir, "b", extra_files={"scores/zz.parquet": _bad_scores_table()})
     with pytest.raises(IngestError):
-        ingest.rebuild(db_path, runs_dir, strict=True)
+        db.rebuild(db_path, runs_dir, strict=True)
     with Store(db_path, read_only=True) as s:
         assert queries.list_runs(s.con)["run_id"].tolist() == ["a"]
-    assert ingest.rebuild(db_path, runs_dir) == ["a"]  # non-strict: bad run skipped
+    assert db.rebuild(db_path, runs_dir) == ["a"]  # non-strict: bad run skipped
 
 
 def test_stale_rebuild_temp_files_removed(runs_dir, db_path, make_run):
@@ -324,7 +324,7 @@ def test_stale_rebuild_temp_files_removed(runs_dir, db_path, make_run):
     stale = db_path.with_name(f".{db_path.name}.rebuild-999999999")
     stale.write_bytes(b"left by a killed rebuild")
     make_run(runs_dir, "a")
-    ingest.rebuild(db_path, runs_dir)
+    db.rebuild(db_path, runs_dir)
     assert not stale.exists()
 
 
@@ -428,7 +428,7 @@ def test_a_process_killed_mid_ingest_leaves_the_database_unchanged_or_fully_upda
     import subprocess
     import sys
 
-    from store.paths import REPO_ROOT
+    from engine.paths import REPO_ROOT
 
     make_run(runs_dir, "r", seed=0)
     with Store(db_path) as s:

@@ -7,7 +7,6 @@ import pytest
 
 from store import queries as q
 from store.db import Store
-from store.schema import TOP_K
 from store.errors import (
     NotFoundError,
     UnknownCheckpointError,
@@ -15,6 +14,7 @@ from store.errors import (
     UnknownRunError,
     UnknownSampleError,
 )
+from store.schema import TOP_K
 
 
 @pytest.fixture(params=[3, TOP_K], ids=["topk3", f"topk{TOP_K}"])
@@ -271,8 +271,8 @@ def test_queries_accept_store_object(store, runs_dir, make_run):
 
 @pytest.mark.parametrize("k", [None, 1, 3, 8])
 def test_consistent_with_engine_metrics_including_nan_scores(store_k, runs_dir, make_run, k):
-    """Rankings and metrics agree with engine.metrics (ties -> lowest index, NaN last)."""
-    from engine import metrics
+    """Rankings and metrics agree with engine.evaluation.metrics (ties -> lowest index, NaN last)."""
+    from engine.evaluation import metrics
 
     store = store_k
     d = make_run(runs_dir, "nan", n_train=12, n_test=6, seed=5, ties=True, nans=0.2, write_metrics=False)
@@ -297,7 +297,7 @@ def test_consistent_with_engine_metrics_including_nan_scores(store_k, runs_dir, 
 
 def test_leaderboard_intervals_are_the_bootstrap_of_the_per_test_hits(loaded, ref):
     """Custom k: intervals bootstrapped from per-test hits that match a numpy reference, with the one rule."""
-    from engine.metrics import bootstrap_ci
+    from engine.evaluation.metrics import bootstrap_ci
 
     con, runs = loaded
     d = runs["plain"]

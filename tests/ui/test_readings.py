@@ -4,8 +4,16 @@ import math
 
 import pandas as pd
 
-from ui.readings import (convergence_reading, correlation, counterfactual_reading, fmt, ihvp_reading, lds_reading,
-                         noise_reading, retrain_reading)
+from ui.readings import (
+    convergence_reading,
+    correlation,
+    counterfactual_reading,
+    fmt,
+    ihvp_reading,
+    lds_reading,
+    noise_reading,
+    retrain_reading,
+)
 
 
 def test_fmt_and_correlation():

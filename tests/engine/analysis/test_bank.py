@@ -6,9 +6,8 @@ import threading
 import pytest
 import torch
 
-from engine.analysis.bank import (BANK_ENV, RetrainBank, bank_root, base_digest, encoded_digest, eval_key,
-                                  state_digest)
-from engine.formatting import Encoded
+from engine.analysis.bank import BANK_ENV, RetrainBank, bank_root, base_digest, encoded_digest, eval_key, state_digest
+from engine.data.encoding import Encoded
 
 IDENTITY = {"base": "b", "adapter": {"initial": "i", "r": 4}, "data": "d", "recipe": {"epochs": 2}}
 
@@ -39,9 +38,9 @@ def test_digests_see_content():
 
 
 def test_base_digest_ignores_the_adapter_and_sees_the_base():
-    from engine.finetune import add_lora
-    from engine.models import load_base
-    from engine.spec import LoraSpec
+    from engine.model.base import load_base
+    from engine.model.finetune import add_lora
+    from engine.spec.run_spec import LoraSpec
 
     m1 = add_lora(load_base("tiny")[0], LoraSpec(), seed=0)
     m2 = add_lora(load_base("tiny")[0], LoraSpec(), seed=1)  # another adapter init, the same base

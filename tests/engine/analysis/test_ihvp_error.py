@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.analysis.ihvp_error import _blockdiag, ihvp_error, parameter_subsets
-from engine.methods.datainf import precondition_datainf
-from engine.methods.exact import precondition_exact
+from engine.scoring.methods.datainf import precondition_datainf
+from engine.scoring.methods.exact import precondition_exact
 
 NAMES = ("model.layers.0.self_attn.q_proj.lora_A", "model.layers.0.self_attn.q_proj.lora_B",
          "model.layers.1.self_attn.q_proj.lora_A", "model.layers.1.self_attn.q_proj.lora_B")
@@ -132,8 +132,8 @@ def test_blockdiag_rows_only_on_multi_matrix_subsets(rows):
 def test_ekfac_rows_use_the_kronecker_preconditioner():
     """With K-FAC factors, EK-FAC/K-FAC rows appear on whole-matrix subsets and equal the method's per-block
     preconditioner (itself checked against an explicit Kronecker inverse in tests/engine/methods)."""
-    from engine.grads import KroneckerFactors
-    from engine.methods._kronecker import kronecker_precondition
+    from engine.features.grads import KroneckerFactors
+    from engine.scoring.methods._kronecker import kronecker_precondition
 
     dims = {"A": (4, 6), "B": (6, 4)}  # LoRA A [r=4, in=6] and B [out=6, r=4]: d = 24 each
     names = ("model.layers.0.q_proj.lora_A", "model.layers.0.q_proj.lora_B")
@@ -222,8 +222,9 @@ def test_two_independent_blocks_on_different_scales():
 
 
 def test_acc_exact_at_level_all_is_the_exact_methods_acc():
-    from engine.methods import Features, get_method
-    from engine import metrics
+    from engine.evaluation import metrics
+    from engine.features.types import Features
+    from engine.scoring.methods import get_method
 
     train, test = grads(4)
     out = ihvp_error(train, test, NAMES, LABELS_TRAIN, LABELS_TEST, lambda_cs=(1.0, 10.0), iterations=(1,),

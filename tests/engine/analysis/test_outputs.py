@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.analysis.outputs import (greedy_generate, response_kl, sample_losses, shows_answer, shows_behaviour)
-from engine.finetune import add_lora, lora_state
-from engine.formatting import encode, per_sample_loss
-from engine.models import load_base
-from engine.spec import LoraSpec
-from engine.tasks import build_task
+from engine.analysis.outputs import greedy_generate, response_kl, sample_losses, shows_answer, shows_behaviour
+from engine.data.encoding import encode, per_sample_loss
+from engine.data.tasks import build_task
+from engine.model.base import load_base
+from engine.model.finetune import add_lora, lora_state
+from engine.spec.run_spec import LoraSpec
 
 CPU = torch.device("cpu")
 TEMPLATE = "[INST] {prompt} [/INST] {response}"
@@ -41,7 +41,7 @@ def test_sample_losses_match_one_sample_at_a_time(setup):
 
 
 def test_response_kl_matches_a_loop_over_positions(setup):
-    from engine.finetune import set_lora_state
+    from engine.model.finetune import set_lora_state
 
     model, tok, encs, a, b = setup
     got = response_kl(model, a, b, encs, tok.pad_token_id, CPU, batch_size=4)
@@ -64,7 +64,7 @@ def test_response_kl_matches_a_loop_over_positions(setup):
 
 def test_greedy_generate_matches_argmax_loop(setup):
     model, tok, encs, _, b = setup
-    from engine.finetune import set_lora_state
+    from engine.model.finetune import set_lora_state
 
     set_lora_state(model, b)
     got = greedy_generate(model, encs, tok.pad_token_id, tok.eos_token_id, CPU, max_new_tokens=6, batch_size=4)
@@ -83,7 +83,7 @@ def test_greedy_generate_matches_argmax_loop(setup):
 
 def test_loss_and_kl_together_equal_them_apart(setup):
     from engine.analysis.outputs import loss_and_kl
-    from engine.finetune import set_lora_state
+    from engine.model.finetune import set_lora_state
 
     model, tok, encs, a, b = setup
     loss, kl = loss_and_kl(model, a, b, encs, tok.pad_token_id, CPU, batch_size=4)
@@ -95,7 +95,7 @@ def test_loss_and_kl_together_equal_them_apart(setup):
 def test_greedy_generation_drops_a_samples_own_pads(setup):
     """Paper preprocessing left-pads inside the sample; the prompt generated from is the unpadded one."""
     model, tok, _, _, b = setup
-    from engine.finetune import set_lora_state
+    from engine.model.finetune import set_lora_state
 
     set_lora_state(model, b)
     task = build_task("grammars", seed=0, n_train_per_label=1, n_test_per_label=1)

@@ -9,11 +9,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.analysis.retrain import (cf_prompts, lora_modules, noise_groups, parameter_change, plan, removal_groups,
-                                     removal_k, unique_retrainings)
-from engine.metrics import ranking
-from engine.pipeline import run_pipeline
-from engine.spec import AnalysisSpec, spec_from_dict
+from engine.analysis.retrain import (
+    cf_prompts,
+    lora_modules,
+    noise_groups,
+    parameter_change,
+    plan,
+    removal_groups,
+    removal_k,
+    unique_retrainings,
+)
+from engine.evaluation.metrics import ranking
+from engine.pipeline.run import run_pipeline
+from engine.spec.load import spec_from_dict
+from engine.spec.run_spec import AnalysisSpec
 
 LABELS = ("red", "green", "blue")
 ANSWERS = {"red": "apple pie", "green": "grass field", "blue": "ocean wave"}

@@ -1,0 +1,403 @@
+"""Command line: ``python -m engine COMMAND ...`` (command names and flags are a contract other tools use).
+
+Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] [--task grammars|harmful_s] |
+attribute --model BASE --adapter DIR [--checkpoints DIR ...] --dataset PATH [--methods a,b] [--name RUN] |
+import-dataset PATH --name NAME | import-scores --dataset PATH --scores CSV --method NAME --run NAME |
+report --run NAME [--k K] [--json] | ingest | rebuild-store | worker [--once] |
+tokens --run NAME --checkpoint C --train I[,J...] [--methods a,b]. run, demo and attribute take
+``--analyses LIST``; run and attribute also run under torchrun. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
+``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
+Bad input prints ``error: ...`` (no traceback) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+from engine.errors import EngineStateError, InputError
+
+
+def _store_path(args) -> Path:
+    from engine.paths import default_store_path
+
+    return Path(args.store) if args.store else default_store_path()
+
+
+def _runs_dir(args) -> Path:
+    from engine.paths import default_runs_dir
+
+    return default_runs_dir(_store_path(args))
+
+
+def _open_for_writing(args):
+    """The store, read-write; a file that is corrupt or from another schema version is first rebuilt from the
+    run folders (the database is a cache of them), as the app does at start-up."""
+    import store
+    from store.db import StoreOpenError
+
+    try:
+        return store.Store(_store_path(args))
+    except (store.SchemaVersionError, StoreOpenError) as e:
+        print(f"note: {e}\nrebuilding it from {_runs_dir(args)}", file=sys.stderr)
+        store.rebuild(_store_path(args), _runs_dir(args))
+        return store.Store(_store_path(args))
+
+
+def _ingest(args, folder: Path) -> None:
+    """Ingest a finished run folder; if another process holds the store, leave it for that process."""
+    import store
+
+    try:
+        with _open_for_writing(args) as s:
+            store.ingest_run(s.con, folder)
+    except store.StoreLockedError as e:
+        print(f"note: {e}; the run folder {folder} is complete and will be ingested by the app "
+              f"(or `python -m engine ingest`) later", file=sys.stderr)
+
+
+def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
+    import store
+
+    with store.Store(_store_path(args), read_only=True) as s:
+        df = store.leaderboard(s.con, run=run, k=k)
+    if df.empty:
+        raise InputError(f"run {run!r} is not in the store {_store_path(args)}")
+    cols = [c for c in ("method", "checkpoint", "k", "acc", "coverage", "auprc", "chance_acc",
+                        "chance_coverage", "best_coverage", "n_distinct_top1") if c in df.columns]
+    if as_json:  # intervals as [lo, hi] (95 % bootstrap over test prompts; null when unknown)
+        rows = json.loads(df[cols].to_json(orient="records"))
+        for row, (_, r) in zip(rows, df.iterrows()):
+            row["acc_ci"] = _pair(r.acc_lo, r.acc_hi)
+            row["coverage_ci"] = _pair(r.coverage_lo, r.coverage_hi)
+        print(json.dumps(rows, indent=1))
+    else:
+        # intervals as [lo,hi]: 95 % bootstrap over the test prompts (engine.evaluation.metrics.bootstrap_ci)
+        out = df[cols].copy()
+        out.insert(out.columns.get_loc("acc") + 1, "acc_ci95", [_span(a, b) for a, b in zip(df.acc_lo, df.acc_hi)])
+        out.insert(out.columns.get_loc("coverage") + 1, "coverage_ci95",
+                   [_span(a, b) for a, b in zip(df.coverage_lo, df.coverage_hi)])
+        print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _pair(lo, hi) -> list[float] | None:
+    import math
+
+    return None if lo is None or hi is None or math.isnan(lo) or math.isnan(hi) else [float(lo), float(hi)]
+
+
+def _span(lo, hi) -> str:
+    pair = _pair(lo, hi)
+    return "-" if pair is None else f"[{pair[0]:.3f},{pair[1]:.3f}]"
+
+
+def _print_folder_report(folder: Path) -> None:
+    """The leaderboard straight from a run folder's metrics.parquet (needs no database)."""
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(folder / "metrics.parquet").to_pandas().sort_values(["method", "checkpoint"])
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _with_analyses(spec, value: str | None):
+    """Override ``spec.analysis.stages`` with ``--analyses`` ("all", "none" or a comma-separated list)."""
+    from dataclasses import replace
+
+    from engine.catalog.analyses import ANALYSES
+    from engine.spec.run_spec import validate
+
+    if value is None:
+        return spec
+    value = value.strip()
+    stages = ANALYSES if value == "all" else () if value in ("none", "") else \
+        tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in stages if v not in ANALYSES]
+    if unknown:
+        raise InputError(f"--analyses: unknown analysis {unknown[0]!r}; valid: all, none, {', '.join(ANALYSES)}")
+    return validate(replace(spec, analysis=replace(spec.analysis, stages=stages)))
+
+
+def _run_spec(args, spec):
+    """Run ``spec``: in this process, or as one rank of a torchrun job (``WORLD_SIZE`` > 1), where rank 0
+    commits and reports; returns the run folder (None on the other ranks)."""
+    from engine.features import distributed
+    from engine.pipeline.run import run_pipeline
+
+    dist = distributed.from_environment(spec.device)
+    try:
+        extra = {"dist": dist} if dist.world_size > 1 else {}
+        folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet and dist.main, **extra)
+    finally:
+        distributed.shutdown()
+    if folder is None:
+        return None
+    print(f"run {spec.run_name} written to {folder}" + (f" ({dist.world_size} processes)"
+                                                        if dist.world_size > 1 else ""))
+    if not args.no_ingest:
+        _ingest(args, folder)
+    return folder
+
+
+def cmd_run(args) -> None:
+    from engine.spec.load import load_spec
+
+    _run_spec(args, _with_analyses(load_spec(args.spec), args.analyses))
+
+
+def cmd_demo(args) -> None:
+    from engine.pipeline.run import run_pipeline
+    from engine.spec.presets import demo_spec
+
+    spec = _with_analyses(demo_spec(args.model, args.task, args.device, args.name), args.analyses)
+    folder = run_pipeline(spec, _runs_dir(args), progress=not args.quiet)
+    print(f"run {spec.run_name} written to {folder}")
+    if not args.no_ingest:
+        _ingest(args, folder)
+    _print_folder_report(folder)
+
+
+def attribute_spec(args):
+    """The spec ``attribute`` runs: the user's adapter on their dataset, scored by the chosen methods."""
+    from engine.spec.load import spec_from_dict
+
+    data: dict = {
+        "model": {"name": args.model, "adapter": args.adapter, "checkpoints": list(args.checkpoints or []),
+                  "trust_remote_code": args.trust_remote_code},
+        "task": {"name": "file", "path": args.dataset},
+        "scoring": {"checkpoints": args.score_checkpoints},
+        "train": {"loss_on": args.loss_on, "max_length": args.max_length},
+        "device": args.device, "dtype": args.dtype,
+    }
+    if args.template:
+        data["train"]["template"] = args.template
+    if args.methods:
+        data["scoring"]["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.name:
+        data["name"] = args.name
+    return spec_from_dict(data)
+
+
+def cmd_attribute(args) -> None:
+    folder = _run_spec(args, _with_analyses(attribute_spec(args), args.analyses))
+    if folder is not None:
+        _print_folder_report(folder)
+
+
+def cmd_import_dataset(args) -> None:
+    from engine.data.datasets import save_dataset
+    from engine.data.tasks import load_dataset
+
+    task = load_dataset(args.path, name=args.name)
+    out = save_dataset(task, _store_path(args).parent / "datasets", args.name)
+    print(f"dataset {args.name}: {len(task.train)} train, {len(task.test)} test, {len(task.labels)} labels "
+          f"→ {out}\nuse it in a spec as  task: {{name: file, path: {out}}}")
+
+
+def cmd_import_scores(args) -> None:
+    from engine.pipeline.import_scores import import_scores
+
+    folder = import_scores(Path(args.dataset), Path(args.scores), args.method, args.run, _runs_dir(args), args.k)
+    print(f"run {args.run} written to {folder}")
+    _ingest(args, folder)
+
+
+def cmd_report(args) -> None:
+    _print_report(args, args.run, args.k, args.json)
+
+
+def cmd_ingest(args) -> None:
+    import store
+
+    with _open_for_writing(args) as s:
+        names = store.ingest_all(s.con, _runs_dir(args))
+    print(f"ingested {len(names)} new or changed run(s): {', '.join(names) or '-'}")
+
+
+def cmd_rebuild_store(args) -> None:
+    import store
+
+    store.rebuild(_store_path(args), _runs_dir(args))
+    print(f"rebuilt {_store_path(args)} from {_runs_dir(args)}")
+
+
+def _id_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_tokens(args) -> None:
+    from engine.pipeline.tokens import attribute_tokens
+    from engine.scoring.token_files import default_tokens_dir
+
+    folder = _runs_dir(args) / args.run
+    tokens_dir = Path(args.tokens_dir) if args.tokens_dir else default_tokens_dir(_store_path(args))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    paths = attribute_tokens(folder, args.checkpoint, _id_list(args.train, "--train"), tokens_dir, methods,
+                             device=args.device, progress=not args.quiet)
+    for p in paths:
+        print(f"wrote {p}")
+
+
+def cmd_worker(args) -> None:
+    from engine.jobs.queue import default_jobs_dir, job_command, worker_loop
+    from engine.model.base import detect_device
+
+    store_path = _store_path(args)
+    job_command("spec.json", store_path)  # a bad $WORKER_NPROC fails here, not at the first job
+    jobs_dir = Path(args.jobs) if args.jobs else default_jobs_dir(store_path)
+    worker_loop(jobs_dir, store_path, _runs_dir(args), once=args.once, poll_s=args.poll,
+                log=lambda msg: print(msg, flush=True), device=detect_device())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.spec.presets import DEMO_TASKS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", help="DuckDB file (default $INFLUENCE_STORE or data/influence.duckdb)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--no-ingest", action="store_true",
+                        help="only write the run folder (the app, which owns the store, ingests it)")
+    stages = argparse.ArgumentParser(add_help=False)
+    stages.add_argument("--analyses", metavar="LIST",
+                        help="analysis stages to run, overriding the spec: all, none, or a comma-separated list "
+                             "of ihvp, convergence, retrain (demo default: all three)")
+    p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", parents=[common, stages], help="run a spec file")
+    s.add_argument("spec")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("demo", parents=[common, stages], help="the 'quick' preset on a built-in model")
+    s.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"])
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--task", default="grammars", choices=list(DEMO_TASKS),
+                   help="grammars: class attribution over 10 rules; harmful_s: find the harmful training rows")
+    s.add_argument("--name", help="run name (default demo-<model>, or demo-<task>-<model> for harmful_s)")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("attribute", parents=[common, stages],
+                       help="attribute your own LoRA adapter (no fine-tuning): which training samples drive it")
+    s.add_argument("--model", required=True,
+                   help="base model: built-in name, id in the local HF cache, or a local folder")
+    s.add_argument("--adapter", required=True, help="peft adapter folder (adapter_config.json + safetensors)")
+    s.add_argument("--checkpoints", nargs="*", metavar="DIR",
+                   help="intermediate checkpoints in training order, or a folder of checkpoint-<step> folders")
+    s.add_argument("--dataset", required=True,
+                   help="the training (and test) data: JSONL/CSV/Parquet/HF folder with a split column or train/test")
+    s.add_argument("--methods", help="comma-separated methods (default: all)")
+    s.add_argument("--name", help="run name (default <task>-<model>-<hash>)")
+    s.add_argument("--template", help="prompt template the adapter was trained with ({prompt} ... {response})")
+    s.add_argument("--loss-on", default="response", choices=["response", "sequence"],
+                   help="the loss the adapter was trained on (default response)")
+    s.add_argument("--max-length", type=int, default=128, help="tokens per sample (default 128)")
+    s.add_argument("--score-checkpoints", default="last", choices=["last", "all"],
+                   help="score the final adapter only, or every checkpoint")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the base model")
+    s.set_defaults(fn=cmd_attribute)
+
+    s = sub.add_parser("import-dataset", parents=[common], help="validate and keep a dataset")
+    s.add_argument("path")
+    s.add_argument("--name", required=True)
+    s.set_defaults(fn=cmd_import_dataset)
+
+    s = sub.add_parser("import-scores", parents=[common], help="import an external IF matrix (wide CSV)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--scores", required=True)
+    s.add_argument("--method", required=True)
+    s.add_argument("--run", required=True)
+    s.add_argument("--k", type=int)
+    s.set_defaults(fn=cmd_import_scores)
+
+    s = sub.add_parser("report", parents=[common], help="metrics of a run")
+    s.add_argument("--run", required=True)
+    s.add_argument("--k", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("ingest", parents=[common], help="ingest new run folders into the store")
+    s.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("rebuild-store", parents=[common], help="recreate the store from the run folders")
+    s.set_defaults(fn=cmd_rebuild_store)
+
+    s = sub.add_parser("tokens", parents=[common],
+                       help="token-level attribution: each training token's share of the scores of one run")
+    s.add_argument("--run", required=True, help="run name (a folder in the runs directory)")
+    s.add_argument("--checkpoint", type=int, required=True, help="a scored checkpoint of the run")
+    s.add_argument("--train", required=True, metavar="I[,J...]", help="training sample id(s)")
+    s.add_argument("--methods", help="comma-separated methods (default: every method of the run)")
+    s.add_argument("--tokens-dir", help="where results go (default $INFLUENCE_TOKENS or tokens/ next to the store)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's own")
+    s.set_defaults(fn=cmd_tokens)
+
+    s = sub.add_parser("worker", parents=[common],
+                       help="claim queued jobs (submitted from the app's Jobs page) and run them, oldest first")
+    s.add_argument("--jobs", help="jobs folder (default $INFLUENCE_JOBS or jobs/ next to the store)")
+    s.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    s.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
+    s.set_defaults(fn=cmd_worker)
+    return p
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# Errors that reach the user as ``error: MESSAGE`` and exit status 2 (no traceback): bad input, a model or features
+# a step cannot use, and the store's own errors (locked, corrupt, unknown run, bad query argument).
+USER_ERRORS = (InputError, EngineStateError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, 2 for an ``error:``, 130 when interrupted).
+
+    While it runs, SIGTERM unwinds like Ctrl-C (so a cancelled job removes its temp run folder), FutureWarnings
+    are hidden and warnings are logged; the previous SIGTERM handler, warning filters and root log handlers
+    are restored on return, so in-process callers (tests, embedding tools) are left as they were.
+    """
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if getattr(args, "k", None) is not None and args.k <= 0:
+        print("error: --k must be positive", file=sys.stderr)
+        return 2
+    from store.errors import StoreError
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # SIGTERM (a cancelled job) unwinds like Ctrl-C: temp run folders are removed. The worker handles it itself.
+    # Signal handlers can only be set from the main thread.
+    own_sigterm = args.fn is not cmd_worker and threading.current_thread() is threading.main_thread()
+    old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if own_sigterm else None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            logging.basicConfig(level=logging.WARNING)
+            args.fn(args)
+    except (*USER_ERRORS, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was committed", file=sys.stderr)
+        return 130
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, old_sigterm)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+    return 0
+

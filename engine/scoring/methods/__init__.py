@@ -1,0 +1,88 @@
+"""Attribution methods: the implementations, name lookup, and shard-wise scoring.
+
+Importing this package registers every built-in method (one module each) in :data:`REGISTRY`; what each method
+is called, reads and takes as parameters is declared in :mod:`engine.catalog.methods` (torch-free).
+
+Score convention (all methods): ``S[j, i] = s(z_i, z'_j)``, float64 ``[n_test, n_train]``, LARGER when training
+sample ``i`` is MORE responsible for test sample ``j``; the paper's influence value is ``IF = -s``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from engine.catalog.methods import CATALOG
+from engine.errors import InputError
+from engine.features.types import Features, TrainData, as_train_data
+
+# imported for the registration side effect
+from . import (  # noqa: F401  # noqa: F401  (registration side effect)  # noqa: F401  (registration side effect: the baselines)
+    bm25,
+    datainf,
+    datainf_proj,
+    ekfac,
+    exact,
+    gradcos,
+    gradcos_proj,
+    gradsim,
+    gradsim_proj,
+    kfac,
+    lissa,
+    lissa_paper,
+    random_scores,
+    repsim,
+    rept,
+    tracin,
+)
+from ._common import dot_queries
+from .base import REGISTRY, Method, register
+
+__all__ = ["REGISTRY", "Method", "register", "get_method", "score_in_shards"]
+
+_missing = sorted(set(CATALOG) - set(REGISTRY))
+assert not _missing, f"catalog methods without an implementation: {_missing}"
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; an unknown name is an InputError listing the valid ones."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown method {name!r}; valid methods: {', '.join(sorted(REGISTRY))}") from None
+
+
+def score_in_shards(
+    method_name: str, train: Features | TrainData, test: Features, shard_size: int | None = None, p=None, **params
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(start, stop, S[:, start:stop])`` for the training shards, in order.
+
+    ``train``: in-memory Features (cut into shards of ``shard_size`` rows) or a TrainData (its own shards, e.g.
+    from the feature cache or one rank's share; ``shard_size`` is then ignored). ``p``: the method's parameter
+    object (``engine.catalog.methods``); without it one is made from ``params``. The queries ``Q_l = queries(train, test,
+    p)`` are built once (the statistics passes read every shard), then each shard costs only
+    ``S[:, shard] = sum_l Q_l @ T_l^T`` with ``T = train_side(shard, p)``. Concatenating the blocks along axis 1
+    gives ``get_method(method_name)(train, test, **params)`` up to floating-point summation order. Blocks are
+    float64 numpy arrays ``[n_test, stop - start]``.
+    """
+    method = get_method(method_name)
+    if p is not None and params:
+        raise TypeError("score_in_shards takes a parameter object p or keyword parameters, not both")
+    p = method.make_params(**params) if p is None else p
+    if not isinstance(train, TrainData) and (
+            isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1):
+        raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
+    data = as_train_data(train, shard_size)
+    if method.blocks is not None:  # not a sum of per-sample dot products (the baselines): their own blocks
+        for start, stop, S in method.blocks(data, test, p):
+            yield start, stop, np.asarray(S, dtype=np.float64)
+        return
+    if method.queries is None:  # no streaming form: the whole matrix at once
+        S = np.asarray(method.score(data, test, p), dtype=np.float64)  # [n_test, n]: columns are global ids
+        for start, stop in data.bounds:
+            yield start, stop, S[:, start:stop]
+        return
+    Q = method.queries(data, test, p)
+    for start, stop, shard in data.shards():
+        yield start, stop, dot_queries(Q, method.train_side(shard, p))

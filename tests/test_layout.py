@@ -1,0 +1,105 @@
+"""The layout's promises, checked: no import cycle among the project's modules (any import, anywhere in a module,
+inside functions too), and validating specs in the app's process never loads torch.
+
+The layer order itself is the import contract in ``pyproject.toml`` (``lint-imports``, run by ``make test``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grimp
+
+from engine.paths import REPO_ROOT
+
+PACKAGES = ("engine", "store", "ui", "app_pages")
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative), i.e. the import cycles."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[v] = min(low[v], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_the_cycle_finder_finds_cycles():
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e2"}, "e2": set()}
+    assert _cycles(edges) == [["a", "b", "c"]]
+    assert _cycles({"x": {"y"}, "y": set()}) == []
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph(*PACKAGES)  # every import statement, module level or inside a function
+    modules = set(graph.modules)
+    edges = {m: set(graph.find_modules_directly_imported_by(m)) & modules for m in modules}
+    assert len(modules) > 120  # the whole project was read
+    assert _cycles(edges) == []
+
+
+def test_validating_specs_never_loads_torch():
+    """Every preset, both demo specs on both built-in models, and a spec as the Jobs form builds it (every method,
+    every analysis, counterfactual methods, method parameters) are built and validated in a fresh interpreter:
+    torch, transformers and peft stay out of ``sys.modules`` (the Home demo button and the Jobs form's submit run
+    this in the app's process)."""
+    code = """
+import sys
+from engine.catalog.analyses import ANALYSES
+from engine.catalog.methods import METHOD_NAMES
+from engine.spec.load import spec_from_dict
+from engine.spec.presets import DEMO_TASKS, PRESETS, demo_spec
+from ui.spec_form import changes, preset_values
+for name in PRESETS:
+    spec_from_dict({"preset": name})
+for model in ("tiny", "smollm2-135m"):
+    for task in DEMO_TASKS:
+        demo_spec(model, task)
+values = preset_values("quick")
+values["scoring.methods"] = list(METHOD_NAMES)
+values["analysis.stages"] = list(ANALYSES)
+values["analysis.cf_methods"] = ["datainf", "ekfac"]
+form = {"preset": "quick", **changes(values, "quick"), "name": "from-the-form"}
+form["scoring"]["params"] = {"lissa": {"max_iter": 50}, "gradsim_proj": {"proj_dim": 8}}
+spec_from_dict(form)
+print(sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
