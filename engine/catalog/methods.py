@@ -128,6 +128,10 @@ class MethodInfo:
 
     projects: for a method on random projections of the gradients, the method it approximates (``gradsim`` for
     ``gradsim_proj``); None otherwise.
+
+    influence: whether the score is an influence function, ``<H^-1 g(z'), g(z_i)>`` with some approximation of
+    the inverse Hessian (DataInf, LiSSA, exact, K-FAC, EK-FAC); GradSim, TracIn, representations and baselines
+    are not. shown: the pages' default choice when the user has picked none (:func:`default_methods`).
     """
 
     name: str
@@ -137,6 +141,8 @@ class MethodInfo:
     family: str = "gradient"
     tokens: str | None = None
     projects: str | None = None  # a ``*_proj`` method: the method it computes on projected gradients
+    influence: bool = False  # an influence function: an inverse-Hessian-vector product in the score
+    shown: int = 0  # > 0: a page that picks methods for the user shows this one, in this order (1 first)
 
     @property
     def has_self_influence(self) -> bool:
@@ -187,34 +193,43 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _m(name, reads, params, description, family="gradient", tokens="linear", projects=None) -> MethodInfo:
+def _m(name, reads, params, description, family="gradient", tokens="linear", projects=None, influence=False,
+       shown=0) -> MethodInfo:
     assert set(reads) <= set(FEATURE_KINDS), reads
     return MethodInfo(name, frozenset(reads), params, description, family,
-                      tokens if family == "gradient" else None, projects)
+                      tokens if family == "gradient" else None, projects, influence, shown)
 
 
 CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     _m("gradsim", {"grads"}, Params,
-       "Gradient similarity (paper: gradient match): s = sum_l <g_l(z'), g_l(z_i)>, no Hessian."),
+       "Gradient similarity (paper: gradient match): s = sum_l <g_l(z'), g_l(z_i)>, no Hessian.",
+       shown=3),
     _m("gradcos", {"grads"}, Params,
        "Gradient cosine: GradSim on unit-length gradients, s = <g(z'), g(z_i)> / (|g(z')| |g(z_i)|).",
        tokens="unit:gradsim"),
     _m("tracin", {"history"}, Params,
        "TracIn over the checkpoints: s = sum_c eta_c <g^c(z'), g^c(z_i)> (every checkpoint up to the scored one)."),
     _m("datainf", {"grads"}, DampedParams,
-       "DataInf: closed-form per-block iHVP approximation, damping lambda_l = mean(g^2)/lambda_c."),
+       "DataInf: closed-form per-block iHVP approximation, damping lambda_l = mean(g^2)/lambda_c.",
+       influence=True, shown=1),
     _m("lissa", {"grads"}, LissaParams,
-       "LiSSA run to convergence (automatic scale, error-bound stopping); approaches the exact iHVP."),
+       "LiSSA run to convergence (automatic scale, error-bound stopping); approaches the exact iHVP.",
+       influence=True),
     _m("lissa_paper", {"grads"}, LissaPaperParams,
-       "LiSSA as in the paper's code: 3 iterations, scale 1000, minus sign on lambda, no 1/scale (~= 4 x GradSim)."),
+       "LiSSA as in the paper's code: 3 iterations, scale 1000, minus sign on lambda, no 1/scale (~= 4 x GradSim).",
+       influence=True),
     _m("exact", {"grads"}, DampedParams,
-       "Exact per-block iHVP with H_l = G^T G / n + lambda_l I (Woodbury when n < d_l), DataInf's damping."),
+       "Exact per-block iHVP with H_l = G^T G / n + lambda_l I (Woodbury when n < d_l), DataInf's damping.",
+       influence=True),
     _m("ekfac", {"grads", "kfac"}, DampedParams,
-       "EK-FAC: K-FAC eigenbasis with eigenvalues refit to the per-sample gradients, damping lambda_l as exact."),
+       "EK-FAC: K-FAC eigenbasis with eigenvalues refit to the per-sample gradients, damping lambda_l as exact.",
+       influence=True, shown=4),
     _m("kfac", {"grads", "kfac"}, DampedParams,
-       "K-FAC: Kronecker-factored per-block iHVP (S ⊗ A + lambda_l I)^-1, damping lambda_l as exact."),
+       "K-FAC: Kronecker-factored per-block iHVP (S ⊗ A + lambda_l I)^-1, damping lambda_l as exact.",
+       influence=True),
     _m("repsim", {"reps"}, Params,
-       "Representation similarity: cosine of final-layer hidden states at the last prompt token.", "representation"),
+       "Representation similarity: cosine of final-layer hidden states at the last prompt token.", "representation",
+       shown=2),
     _m("rept", {"rept"}, ReptParams,
        "RepT: cosine of [hidden state at the last prompt token, d loss / d that hidden state] (final layer).",
        "representation"),
@@ -226,7 +241,7 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
        tokens="unit:gradsim_proj", projects="gradcos"),
     _m("datainf_proj", {"proj"}, DampedProjParams,
        "DataInf on random projections of the gradients (k dims per LoRA block, seeded; unprojected damping).",
-       projects="datainf"),
+       projects="datainf", influence=True),
     _m("random", set(), RandomParams,
        "Random baseline: seeded uniform scores, a function of (seed, test id, train id) only: where chance lies.",
        "baseline"),
@@ -236,8 +251,18 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
 )}
 
 METHOD_NAMES = tuple(sorted(CATALOG))
-DEFAULT_METHODS = ("gradsim", "gradcos", "tracin", "datainf", "lissa", "lissa_paper", "exact", "ekfac", "kfac",
-                   "repsim", "rept", "gradsim_proj", "gradcos_proj", "datainf_proj", "random", "bm25")
+DEFAULT_METHODS = tuple(CATALOG)  # a spec's default: every method, in catalog order
+
+
+def default_methods(available, n: int | None = None, where=None) -> list[str]:
+    """What a page shows when the user has picked no method: the ``available`` methods (those ``where(info)``
+    keeps) by :attr:`MethodInfo.shown` (1 first), then the others in the order given; the first ``n`` (all when
+    None)."""
+    keep = [m for m in available if m in CATALOG and (where is None or where(CATALOG[m]))]
+    keep += [m for m in available if m not in CATALOG and where is None]
+    picked = sorted((m for m in keep if m in CATALOG and CATALOG[m].shown), key=lambda m: CATALOG[m].shown)
+    picked += [m for m in keep if m not in picked]
+    return picked if n is None else picked[:n]
 
 
 def method_info(name: str) -> MethodInfo:
