@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.analysis.lds import lds
+from engine.evaluation.metrics import spearman_rows
 
 MEASURES = ("mean_abs_dloss", "kl_mean", "abs_behaviour_change", "param_change")
 
@@ -99,7 +100,6 @@ def predictions(S: np.ndarray, removed: Sequence[int]) -> np.ndarray:
 
 def method_rows(groups, results: dict, orig_loss: np.ndarray, matrices: dict[str, np.ndarray]) -> list[dict]:
     """Per (method, kind except noise): Spearman of predicted vs actual dloss over that kind's pairs."""
-    from engine.evaluation.metrics import spearman_rows
 
     rows = []
     kinds = [k for k in dict.fromkeys(g.kind for g in groups) if k != "noise"]

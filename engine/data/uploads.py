@@ -15,6 +15,8 @@ from pathlib import Path
 
 from engine.errors import InputError
 from engine.data.tasks.base import TaskData
+from engine.data.datasets import save_dataset
+from engine.data import tasks
 
 MAX_UPLOAD_ENV = "INFLUENCE_MAX_UPLOAD_MB"
 DEFAULT_MAX_MB = 50
@@ -51,21 +53,17 @@ def validate_upload(filename: str, data: bytes, max_bytes: int | None = None) ->
             line = data[: e.start].count(b"\n") + 1
             raise InputError(f"{name}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
                              f"{e.start}); save the file as UTF-8") from None
-    from engine.data.tasks import load_dataset
-
     with tempfile.TemporaryDirectory(prefix="upload-") as tmp:
         path = Path(tmp) / f"upload{ext}"
         path.write_bytes(data)
         try:
-            return load_dataset(path, name=Path(name).stem)
+            return tasks.load_dataset(path, name=Path(name).stem)  # looked up at call time (tests patch it)
         except InputError as e:
             raise InputError(str(e).replace(str(path), name).replace(tmp, "")) from None
 
 
 def keep_upload(task: TaskData, datasets_dir: str | os.PathLike, name: str) -> Path:
     """Store a validated upload as ``<datasets_dir>/<name>`` (train/test Parquet); returns the folder."""
-    from engine.data.datasets import save_dataset
-
     return save_dataset(task, Path(datasets_dir), name)
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from engine.data.tasks.base import TaskData
 from engine.evaluation import metrics
-from engine.runfolder.runformat import TABLES, table
+from engine.runfolder.runformat import SCORES_DIR, TABLES, table
 
 
 def samples_table(task: TaskData) -> pa.Table:
@@ -156,10 +157,6 @@ class ScoreMatrices:
     def __getitem__(self, method: str) -> np.ndarray:
         if method in self.kept:
             return self.kept[method]
-        import pyarrow.parquet as pq
-
-        from engine.runfolder.runformat import SCORES_DIR
-
         files = sorted(str(p) for p in (self.folder / SCORES_DIR).glob(f"{method}-ckpt{self.checkpoint}-*.parquet"))
         S = np.full(self.shape, np.nan, dtype=np.float32)
         for file in files:  # one shard at a time: the only full-size array is S itself

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from engine.data.encoding import Encoded, collate, per_sample_loss
+from engine.errors import InputError
 from engine.model.dropout import per_sample_dropout, row_keys
 from engine.spec.run_spec import LoraSpec, TrainSpec
 
@@ -54,8 +55,6 @@ def add_lora(model, lora: LoraSpec, seed: int):
         try:
             return get_peft_model(model, cfg)
         except ValueError as e:
-            from engine.errors import InputError
-
             raise InputError(f"spec field 'lora.target_modules' {list(lora.target_modules)} does not match "
                              f"the model's modules ({e})") from None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.data.tasks import load_dataset
 from engine.data.tasks.base import check_task
 from engine.errors import InputError
 from engine.evaluation import metrics
@@ -64,7 +65,6 @@ def read_influence_csv(path: Path, n_test: int, n_train: int) -> np.ndarray:
 def import_scores(dataset: Path, scores_csv: Path, method: str, run: str, runs_dir: Path,
                   k: int | None = None) -> Path:
     """Validate everything, then write the run folder atomically; return it."""
-    from engine.data.tasks import load_dataset
 
     if not _METHOD_RE.match(method or ""):
         raise InputError(f"--method {method!r} is invalid: use letters, digits, '_', '-', '.'")

@@ -40,6 +40,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.errors import InputError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SCORES_DIR = "scores"
@@ -257,7 +259,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def check_run_name(name: str) -> str:
     """Return ``name`` if it is a safe folder name, else raise InputError saying what is allowed."""
-    from engine.errors import InputError
 
     if not _NAME_RE.match(name or ""):
         raise InputError(

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from engine import __version__
 from engine.runfolder.runformat import (
     FORMAT_VERSION,
     MANIFEST,
@@ -46,8 +47,6 @@ def package_versions() -> dict[str, str]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    from engine import __version__
-
     out["engine"] = __version__
     return out
 

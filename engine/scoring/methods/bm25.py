@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.data.lexical import BM25Index
 from engine.errors import InputError
 from engine.features.types import Features
 
@@ -26,7 +27,6 @@ from .base import register
 def _index(train, test: Features, p):
     if train.texts is None or test.texts is None:
         raise InputError("bm25 needs the texts of the training and test samples (Features.texts)")
-    from engine.data.lexical import BM25Index
 
     index = BM25Index(list(train.texts), k1=p.k1, b=p.b)
     return index, index.queries(list(test.texts))

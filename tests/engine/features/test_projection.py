@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _features import structured_features
 
 from engine.errors import InputError
 from engine.features.projection import KINDS, Projector, merge_projected, project_grads, projection_matrix
@@ -10,20 +11,9 @@ from engine.features.types import Features
 from engine.scoring.methods import get_method
 
 
-def _features(seed, n, dims=(48, 160)):
-    gen = torch.Generator().manual_seed(seed)
-    shared = torch.Generator().manual_seed(99)
-    # a few directions shared by train and test plus noise, so scores have structure (as real gradients do)
-    out = []
-    for b, d in enumerate(dims):
-        basis = torch.randn(3, d, generator=shared)
-        out.append((0.5 + b) * (torch.randn(n, 3, generator=gen) @ basis + 0.5 * torch.randn(n, d, generator=gen)))
-    return Features(grads=out, block_names=tuple(f"b{b}" for b in range(len(dims))))
-
-
 @pytest.fixture(scope="module")
 def data():
-    return _features(0, 40), _features(1, 8)
+    return structured_features(0, 40), structured_features(1, 8)
 
 
 @pytest.mark.parametrize("kind", KINDS)
