@@ -4,7 +4,7 @@ they survive page reloads, browser closes and app restarts. Uploaded datasets ar
 kept (``engine.data.uploads``).
 
 The page builds the spec as a dict — the chosen preset plus only what the user changed (``ui.spec_form``) — and
-validates it with ``engine.spec.run_spec.spec_from_dict``, the same check as ``python -m engine run``, so what is queued is
+validates it with ``engine.spec.load.spec_from_dict``, the same check as ``python -m engine run``, so what is queued is
 what a worker can run. Two kinds of run: fine-tune a fresh adapter, or attribute the user's existing adapter
 (folders on the worker's machine; no weights go through the browser). No torch is imported (method names and
 parameters come from ``engine.catalog.methods``). Heavy imports first (app convention).
@@ -31,8 +31,9 @@ from engine.spec.presets import PRESETS
 from ui.auth import can_submit, current_user, read_only, require_login
 from ui.common import esc, get_store, md
 from ui.spec_form import (
+    DEVICE_FIELD,
     ENCODING_FIELDS,
-    MODELS,
+    MODEL_FIELD,
     RETRAIN_FIELDS,
     SCORING_FIELDS,
     TASK_FIELDS,
@@ -95,17 +96,25 @@ def _load_preset(only_missing: bool = False) -> None:
         st.session_state["f_template"] = values["train.template"]
 
 
+def _bound(value, kind: type):
+    return None if value is None else kind(value)
+
+
 def _widget(f, container=st):
-    """A widget for form field ``f``; its value comes from session state (set from the preset)."""
+    """A widget for form field ``f`` (``ui.spec_form.FormField``: options and bounds are the spec field's rule);
+    its value comes from session state (set from the preset) or, for a choice not set yet, is the first option."""
+    kw = {"key": f.key, "help": f.help or None}
     if f.kind == "int":
-        return container.number_input(f.label, min_value=int(f.minimum), max_value=int(f.maximum), step=1,
-                                      key=f.key, help=f.help or None)
+        return container.number_input(f.label, min_value=_bound(f.minimum, int), max_value=_bound(f.maximum, int),
+                                      step=1, **kw)
     if f.kind == "float":
-        return container.number_input(f.label, min_value=float(f.minimum), max_value=float(f.maximum),
-                                      format="%.1e" if f.minimum < 1e-3 else "%g", key=f.key, help=f.help or None)
+        return container.number_input(f.label, min_value=_bound(f.minimum, float),
+                                      max_value=_bound(f.maximum, float), format="%.1e", **kw)
     if f.kind == "choice":
-        return container.selectbox(f.label, list(f.options), key=f.key, help=f.help or None)
-    return container.multiselect(f.label, list(f.options), key=f.key, help=f.help or None)
+        return container.selectbox(f.label, list(f.options), **kw)
+    if f.kind == "text":
+        return container.text_input(f.label, **kw)
+    return container.multiselect(f.label, list(f.options), **kw)
 
 
 def _param_widget(p, container):
@@ -157,7 +166,7 @@ def spec_form(datasets_dir) -> dict | None:
             name = st.text_input("Run name (optional)", key="f_name")
             model_spec: dict = {}
             if mode == FINETUNE:
-                values["model.name"] = st.selectbox("Base model", MODELS, key="f_model")
+                values[MODEL_FIELD.path] = _widget(MODEL_FIELD)
             else:
                 model_spec["name"] = st.text_input("Base model: a built-in name, an id in the worker's HF cache, "
                                                    "or a folder on the worker's machine", key="f_base").strip()
@@ -166,7 +175,7 @@ def spec_form(datasets_dir) -> dict | None:
                 ckpts = st.text_area("Checkpoint folders (optional): one per line, or the folder holding "
                                      "checkpoint-* folders", key="f_ckdirs")
                 model_spec["checkpoints"] = [c.strip() for c in ckpts.splitlines() if c.strip()]
-            values["device"] = st.selectbox("Device", ["auto", "cpu", "cuda"], key="f_device")
+            values[DEVICE_FIELD.path] = _widget(DEVICE_FIELD)
             task = _data_inputs(source, kept, datasets_dir, values)
         with c2:
             if mode == FINETUNE:

@@ -258,9 +258,20 @@ def cmd_worker(args) -> None:
                 log=lambda msg: print(msg, flush=True), device=detect_device())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from engine.spec.presets import DEMO_TASKS
+def _spec_flag(parser: argparse.ArgumentParser, flag: str, path: str, *, spec_default: bool = True, **kw) -> None:
+    """Add ``flag`` for the spec field at ``path``: its choices (and, with ``spec_default``, its default) are the
+    field's own (``engine.spec.run_spec``: the rule's choices, or the values it suggests)."""
+    from engine.catalog.fields import field_at
+    from engine.spec.run_spec import RunSpec
 
+    f, _ = field_at(RunSpec, path)
+    choices = f.metadata.get("choices") or f.metadata.get("suggest")
+    if spec_default:
+        kw["default"] = f.default
+    parser.add_argument(flag, choices=list(choices), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", help="DuckDB file (default $INFLUENCE_STORE or data/influence.duckdb)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -272,19 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
                              "of ihvp, convergence, retrain (demo default: all three)")
     p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub, common, stages)
+    _add_attribute_command(sub, common, stages)
+    _add_store_commands(sub, common)
+    _add_worker_commands(sub, common)
+    return p
+
+
+def _add_run_commands(sub, common, stages) -> None:
+    from engine.spec.presets import DEMO_TASKS
 
     s = sub.add_parser("run", parents=[common, stages], help="run a spec file")
     s.add_argument("spec")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", parents=[common, stages], help="the 'quick' preset on a built-in model")
-    s.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"])
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _spec_flag(s, "--model", "model.name")
+    _spec_flag(s, "--device", "device")
     s.add_argument("--task", default="grammars", choices=list(DEMO_TASKS),
                    help="grammars: class attribution over 10 rules; harmful_s: find the harmful training rows")
     s.add_argument("--name", help="run name (default demo-<model>, or demo-<task>-<model> for harmful_s)")
     s.set_defaults(fn=cmd_demo)
 
+
+def _add_attribute_command(sub, common, stages) -> None:
     s = sub.add_parser("attribute", parents=[common, stages],
                        help="attribute your own LoRA adapter (no fine-tuning): which training samples drive it")
     s.add_argument("--model", required=True,
@@ -297,16 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", help="comma-separated methods (default: all)")
     s.add_argument("--name", help="run name (default <task>-<model>-<hash>)")
     s.add_argument("--template", help="prompt template the adapter was trained with ({prompt} ... {response})")
-    s.add_argument("--loss-on", default="response", choices=["response", "sequence"],
-                   help="the loss the adapter was trained on (default response)")
+    _spec_flag(s, "--loss-on", "train.loss_on", help="the loss the adapter was trained on (default response)")
     s.add_argument("--max-length", type=int, default=128, help="tokens per sample (default 128)")
-    s.add_argument("--score-checkpoints", default="last", choices=["last", "all"],
-                   help="score the final adapter only, or every checkpoint")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    _spec_flag(s, "--score-checkpoints", "scoring.checkpoints",
+               help="score the final adapter only, or every checkpoint")
+    _spec_flag(s, "--device", "device")
+    _spec_flag(s, "--dtype", "dtype")
     s.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the base model")
     s.set_defaults(fn=cmd_attribute)
 
+
+def _add_store_commands(sub, common) -> None:
     s = sub.add_parser("import-dataset", parents=[common], help="validate and keep a dataset")
     s.add_argument("path")
     s.add_argument("--name", required=True)
@@ -332,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rebuild-store", parents=[common], help="recreate the store from the run folders")
     s.set_defaults(fn=cmd_rebuild_store)
 
+
+def _add_worker_commands(sub, common) -> None:
     s = sub.add_parser("tokens", parents=[common],
                        help="token-level attribution: each training token's share of the scores of one run")
     s.add_argument("--run", required=True, help="run name (a folder in the runs directory)")
@@ -339,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train", required=True, metavar="I[,J...]", help="training sample id(s)")
     s.add_argument("--methods", help="comma-separated methods (default: every method of the run)")
     s.add_argument("--tokens-dir", help="where results go (default $INFLUENCE_TOKENS or tokens/ next to the store)")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's own")
+    _spec_flag(s, "--device", "device", spec_default=False, help="default: the run's own")
     s.set_defaults(fn=cmd_tokens)
 
     s = sub.add_parser("worker", parents=[common],
@@ -348,7 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true", help="exit when the queue is empty")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
     s.set_defaults(fn=cmd_worker)
-    return p
 
 
 def _raise_interrupt(signum, frame):

@@ -1,5 +1,6 @@
 """The Jobs page's run-spec form, as data: which spec fields it offers, their values under a preset, and the spec
-dict it sends — only what the user changed on top of the chosen preset, so a preset means what it says.
+dict it sends — only what the user changed on top of the chosen preset, so a preset means what it says. Each
+widget's options, bounds and help come from its spec field's rule (``engine.spec.run_spec``), declared once there.
 
 Method parameters come from their one declaration (``engine.catalog.methods``): every selected method gets its own
 fields, and only values that differ from the method's defaults are sent (``scoring.params``). No torch here.
@@ -7,59 +8,107 @@ fields, and only values that differ from the method's defaults are sent (``scori
 
 from __future__ import annotations
 
+import math
+import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Mapping
 
+from engine.catalog.fields import field_at
 from engine.catalog.methods import SHARED_PARAMS, method_info
 from engine.spec.presets import PRESETS
-
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MODELS = ("tiny", "smollm2-135m")
+from engine.spec.run_spec import RunSpec, spec_rule
 
 
 @dataclass(frozen=True)
 class FormField:
-    """One form widget bound to a spec field (dotted ``path``). kind: int | float | choice | multi | text."""
+    """One form widget bound to the spec field at dotted ``path``. Its kind, options, bounds and help are the spec
+    field's own (its type and ``rule`` metadata in ``engine.spec.run_spec``), so the form offers what a spec
+    accepts. kind: int | float | choice (one of the rule's choices, or of the values it suggests) | multi |
+    text."""
 
     key: str
     path: str
     label: str
-    kind: str
-    options: tuple = ()
-    help: str = ""
-    minimum: float | None = None
-    maximum: float | None = None
+
+    @property
+    def rule(self) -> Mapping[str, Any]:
+        return spec_rule(self.path)
+
+    @property
+    def base_type(self) -> Any:
+        """The field's type without ``| None`` (``tuple`` for ``tuple[X, ...]``)."""
+        tp = field_at(RunSpec, self.path)[1]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        return typing.get_origin(tp) or tp
+
+    @property
+    def kind(self) -> str:
+        tp = self.base_type
+        if tp is tuple:
+            return "multi"
+        return {int: "int", float: "float"}.get(tp) or ("choice" if self.options else "text")
+
+    @property
+    def options(self) -> tuple:
+        return tuple(self.rule.get("choices") or self.rule.get("suggest") or ())
+
+    @property
+    def minimum(self) -> float | None:
+        """The rule's lower bound; for a positive rule the smallest integer above 0, or 0.0 for a float (0 itself
+        is refused when the spec is validated)."""
+        if self.rule.get("minimum") is not None:
+            return self.rule["minimum"]
+        if self.rule.get("positive"):
+            return 1 if self.kind == "int" else 0.0
+        return None
+
+    @property
+    def maximum(self) -> float | None:
+        """The rule's upper bound (an exclusive bound ``below``: the largest integer under it, for an int)."""
+        if self.rule.get("maximum") is not None:
+            return self.rule["maximum"]
+        below = self.rule.get("below")
+        if below is None:
+            return None
+        return math.ceil(below) - 1 if self.kind == "int" else below
+
+    @property
+    def help(self) -> str:
+        return self.rule.get("help", "")
 
 
 # the fine-tune form, column by column (keys are widget keys: the tests and the URL-free state use them)
+MODEL_FIELD = FormField("f_model", "model.name", "Base model")
+DEVICE_FIELD = FormField("f_device", "device", "Device")
 TASK_FIELDS = (
-    FormField("f_ntrain", "task.n_train_per_label", "Training samples per label", "int", minimum=1, maximum=10000),
-    FormField("f_ntest", "task.n_test_per_label", "Test samples per label", "int", minimum=1, maximum=1000),
+    FormField("f_ntrain", "task.n_train_per_label", "Training samples per label"),
+    FormField("f_ntest", "task.n_test_per_label", "Test samples per label"),
 )
 TRAIN_FIELDS = (
-    FormField("f_r", "lora.r", "LoRA rank r", "int", minimum=1, maximum=256),
-    FormField("f_alpha", "lora.alpha", "LoRA alpha", "int", minimum=1, maximum=1024),
-    FormField("f_targets", "lora.target_modules", "Target modules", "multi", TARGETS),
-    FormField("f_epochs", "train.epochs", "Epochs", "int", minimum=1, maximum=100),
-    FormField("f_batch", "train.batch_size", "Batch size", "int", minimum=1, maximum=512),
-    FormField("f_lr", "train.lr", "Learning rate", "float", minimum=1e-7, maximum=1.0),
+    FormField("f_r", "lora.r", "LoRA rank r"),
+    FormField("f_alpha", "lora.alpha", "LoRA alpha"),
+    FormField("f_targets", "lora.target_modules", "Target modules"),
+    FormField("f_epochs", "train.epochs", "Epochs"),
+    FormField("f_batch", "train.batch_size", "Batch size"),
+    FormField("f_lr", "train.lr", "Learning rate"),
 )
 ENCODING_FIELDS = (
-    FormField("f_maxlen", "train.max_length", "Max tokens per sample", "int", minimum=8, maximum=4096),
-    FormField("f_losson", "train.loss_on", "Loss on", "choice", ("sequence", "response")),
+    FormField("f_maxlen", "train.max_length", "Max tokens per sample"),
+    FormField("f_losson", "train.loss_on", "Loss on"),
 )
 SCORING_FIELDS = (
-    FormField("f_ckpts", "scoring.checkpoints", "Score checkpoints", "choice", ("all", "last")),
-    FormField("f_lambda", "scoring.lambda_c", "Damping λ_c", "float", minimum=1e-6, maximum=1e6,
-              help="every damped method's lambda_l = mean(g^2) / lambda_c"),
+    FormField("f_ckpts", "scoring.checkpoints", "Score checkpoints"),
+    FormField("f_lambda", "scoring.lambda_c", "Damping λ_c"),
 )
 RETRAIN_FIELDS = (
-    FormField("f_single", "analysis.retrain_single", "Retrain: single samples removed", "int", minimum=0, maximum=100),
-    FormField("f_labels", "analysis.retrain_labels", "Retrain: labels removed (0 = all)", "int", minimum=0,
-              maximum=1000),
-    FormField("f_random", "analysis.retrain_seeds", "Retrain: random subsets", "int", minimum=0, maximum=100),
+    FormField("f_single", "analysis.retrain_single", "Retrain: single samples removed"),
+    FormField("f_labels", "analysis.retrain_labels", "Retrain: labels removed (0 = all)"),
+    FormField("f_random", "analysis.retrain_seeds", "Retrain: random subsets"),
 )
+FORM_FIELDS = (MODEL_FIELD, DEVICE_FIELD, *TASK_FIELDS, *TRAIN_FIELDS, *ENCODING_FIELDS, *SCORING_FIELDS,
+               *RETRAIN_FIELDS)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

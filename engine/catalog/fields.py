@@ -3,7 +3,9 @@
 One home for the rules every configuration object follows (run specs in :mod:`engine.spec.run_spec`, method parameters
 in :mod:`engine.catalog.methods`): unknown names are refused (listing the valid ones), values are checked against the
 field's type hint (``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]`` and
-nested dataclasses), and range rules attached to a field with :func:`rule` are checked too. Nothing here imports torch.
+nested dataclasses), and the rules attached to a field with :func:`rule` (ranges, choices, list rules) are checked
+too (:func:`check_rules`). Forms and the command line read the same metadata (:func:`field_at`, :func:`rules_of`), so
+a field's rules are declared once, on the field. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -19,38 +21,103 @@ from typing import Any
 from engine.errors import InputError
 
 
-def rule(*, positive: bool = False, minimum: float | None = None, choices: tuple | None = None,
-         help: str = "", maximum: float | None = None) -> dict:
+def rule(*, positive: bool = False, minimum: float | None = None, maximum: float | None = None,
+         below: float | None = None, choices: tuple | None = None, suggest: tuple | None = None, noun: str = "",
+         nonempty: bool = False, unique: bool = False, help: str = "") -> dict:
     """Field metadata: ``dataclasses.field(default=..., metadata=rule(positive=True, help="..."))``.
 
-    positive: > 0; minimum: >= that value; maximum: <= that value; choices: one of these; help: one line for
-    forms and docs.
+    A number must be finite and: positive: > 0; minimum: >= that value; maximum: <= that value; below: < that value
+    (with a lower bound the message names the interval, ``in [0, 1)``). choices: one of these. On a
+    ``tuple[X, ...]`` field the number and choice rules hold for every entry (``path[i]``; with a ``noun`` an
+    unknown entry reads "names unknown <noun> 'x'; valid: ..."); nonempty: at least one entry ("must name at least
+    one <noun>"); unique: no entry twice. suggest: values a form or command line offers (not enforced: any other
+    value is allowed too). help: one line for forms and docs.
     None passes every rule (for ``X | None`` fields None means "automatic").
     """
-    return {"positive": positive, "minimum": minimum, "maximum": maximum, "choices": choices, "help": help}
+    return {"positive": positive, "minimum": minimum, "maximum": maximum, "below": below, "choices": choices,
+            "suggest": suggest, "noun": noun, "nonempty": nonempty, "unique": unique, "help": help}
 
 
 def check_rules(obj, where: str = "", label: str = "spec field") -> None:
-    """Check the :func:`rule` metadata of every field of dataclass ``obj``; raise InputError naming the field
-    (``label 'where.name' must be ...``)."""
+    """Check the :func:`rule` metadata of every field of dataclass ``obj`` (and of the dataclasses it holds, in
+    declaration order); raise InputError naming the field (``label 'where.name' must be ...``)."""
     for f in fields(obj):
         value = getattr(obj, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_rules(value, path, label)
         if value is None or not f.metadata:
             continue
-        path = f"{where}.{f.name}" if where else f.name
+        check_value(f.metadata, value, path, label)
+
+
+def check_value(m: typing.Mapping, value, path: str, label: str = "spec field") -> None:
+    """Check one field's ``value`` against its :func:`rule` metadata ``m``; InputError naming ``path``."""
+    if isinstance(value, tuple):
         name = f"{label} '{path}'"
-        m = f.metadata
-        if m.get("choices") is not None and value not in m["choices"]:
-            raise InputError(f"{name} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise InputError(f"{name} must be a finite number, got {value!r}")
-            if m.get("positive") and not value > 0:
-                raise InputError(f"{name} must be positive, got {value!r}")
-            if m.get("minimum") is not None and value < m["minimum"]:
-                raise InputError(f"{name} must be >= {m['minimum']}, got {value!r}")
-            if m.get("maximum") is not None and value > m["maximum"]:
-                raise InputError(f"{name} must be <= {m['maximum']}, got {value!r}")
+        if m.get("nonempty") and not value:
+            raise InputError(f"{name} must name at least one {m.get('noun') or 'entry'}")
+        for i, v in enumerate(value):
+            if m.get("noun") and m.get("choices") is not None and v not in m["choices"]:
+                raise InputError(f"{label} '{path}[{i}]' names unknown {m['noun']} {v!r}; "
+                                 f"valid: {', '.join(map(str, m['choices']))}")
+            _check_one(m, v, f"{label} '{path}[{i}]'")
+        if m.get("unique") and len(set(value)) != len(value):
+            raise InputError(f"{name} lists an entry twice: {list(value)}")
+        return
+    _check_one(m, value, f"{label} '{path}'")
+
+
+def _check_one(m: typing.Mapping, value, name: str) -> None:
+    if m.get("choices") is not None and value not in m["choices"]:
+        raise InputError(f"{name} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    if m.get("below") is not None:
+        _check_interval(m, value, name)
+    if m.get("positive") and not value > 0:
+        raise InputError(f"{name} must be positive, got {value!r}")
+    if m.get("minimum") is not None and value < m["minimum"]:
+        raise InputError(f"{name} must be >= {m['minimum']}, got {value!r}")
+    if m.get("maximum") is not None and value > m["maximum"]:
+        raise InputError(f"{name} must be <= {m['maximum']}, got {value!r}")
+
+
+def _check_interval(m: typing.Mapping, value, name: str) -> None:
+    """A rule with an exclusive upper bound ``below``: one message naming the whole interval (``in (0, 1)``)."""
+    lo = 0 if m.get("positive") else m.get("minimum")
+    inside = value < m["below"] and (lo is None or (value > lo if m.get("positive") else value >= lo))
+    if not inside:
+        what = f"< {m['below']}" if lo is None else f"in {'(' if m.get('positive') else '['}{lo}, {m['below']})"
+        raise InputError(f"{name} must be {what}, got {value!r}")
+
+
+def field_at(cls, path: str) -> tuple[dataclasses.Field, Any]:
+    """The field of dataclass ``cls`` at dotted ``path`` (through nested dataclass fields) and its type hint;
+    KeyError for an unknown path."""
+    *parents, leaf = path.split(".")
+    for name in parents:
+        cls = typing.get_type_hints(cls)[name]
+    by_name = {f.name: f for f in fields(cls)}
+    if leaf not in by_name:
+        raise KeyError(path)
+    return by_name[leaf], typing.get_type_hints(cls)[leaf]
+
+
+def rules_of(cls, where: str = "") -> dict[str, typing.Mapping]:
+    """Every field of dataclass ``cls`` (nested dataclasses included) that carries :func:`rule` metadata:
+    dotted path -> its rule, in declaration order."""
+    out: dict[str, typing.Mapping] = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        path = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(rules_of(hints[f.name], path))
+        elif f.metadata:
+            out[path] = f.metadata
+    return out
 
 
 def build(cls, data: Any, where: str = "", label: str = "spec field"):

@@ -4,6 +4,11 @@ A spec fully determines a run: task data, base model, LoRA and training settings
 which checkpoints, and the metrics' k. ``spec_hash`` is a stable hash of its canonical JSON form, so two
 specs that mean the same thing hash the same whatever the key order or file format.
 
+Each field's rules (choices, ranges, list rules) are metadata on the field (``rule`` of
+:mod:`engine.catalog.fields`), declared once here: :func:`validate` checks them, and the command line
+(``engine.cli``) and the Jobs form (``ui.spec_form``) read their choices and bounds from them (:func:`spec_rule`).
+Rules across fields (and the template's form) are the code in :func:`validate`.
+
 Presets and the demo specs: :mod:`engine.spec.presets`; reading a spec from a file or a dict:
 :mod:`engine.spec.load`.
 """
@@ -15,13 +20,18 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from engine.catalog.analyses import ANALYSES, ANALYSIS_CATALOG
-from engine.catalog.methods import CATALOG, DEFAULT_METHODS, METHOD_NAMES, changed_params, resolve_params
+from engine.catalog.fields import check_rules, field_at, rule
+from engine.catalog.methods import DEFAULT_METHODS, METHOD_NAMES, changed_params, resolve_params
+from engine.catalog.models import BUILTIN_MODELS
 from engine.data.tasks import TASK_NAMES
 from engine.errors import InputError
 from engine.runfolder.runformat import check_run_name
+
+# the LoRA target modules the Jobs form offers (a spec may name any module of the model)
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,8 @@ class TaskSpec:
     name: str = "grammars"
     path: str | None = None
     seed: int = 0
-    n_train_per_label: int | None = None
-    n_test_per_label: int | None = None
+    n_train_per_label: int | None = field(default=None, metadata=rule(positive=True))
+    n_test_per_label: int | None = field(default=None, metadata=rule(positive=True))
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class ModelSpec:
         convergence analysis use them. Only with ``adapter``.
     """
 
-    name: str = "tiny"
+    name: str = field(default="tiny", metadata=rule(suggest=BUILTIN_MODELS))
     trust_remote_code: bool = False
     adapter: str | None = None
     checkpoints: tuple[str, ...] = ()
@@ -60,10 +70,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LoraSpec:
-    r: int = 4
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    r: int = field(default=4, metadata=rule(positive=True))
+    alpha: int = field(default=32, metadata=rule(positive=True))
+    dropout: float = field(default=0.1, metadata=rule(minimum=0, below=1))
+    target_modules: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata=rule(
+        nonempty=True, noun="module", suggest=TARGET_MODULES))
 
 
 @dataclass(frozen=True)
@@ -79,15 +90,15 @@ class TrainSpec:
     seed: LoRA initialisation, data order and dropout masks.
     """
 
-    epochs: int = 10
-    batch_size: int = 24
-    lr: float = 5e-5
+    epochs: int = field(default=10, metadata=rule(positive=True))
+    batch_size: int = field(default=24, metadata=rule(positive=True))
+    lr: float = field(default=5e-5, metadata=rule(positive=True))
     weight_decay: float = 0.0
-    max_length: int = 128
-    loss_on: str = "response"
+    max_length: int = field(default=128, metadata=rule(positive=True))
+    loss_on: str = field(default="response", metadata=rule(choices=("response", "sequence")))
     template: str = "[INST] {prompt} [/INST] {response}"
-    preprocessing: str = "clean"
-    max_grad_norm: float = 0.0
+    preprocessing: str = field(default="clean", metadata=rule(choices=("clean", "paper")))
+    max_grad_norm: float = field(default=0.0, metadata=rule(minimum=0))
     seed: int = 0
 
 
@@ -101,21 +112,23 @@ class ScoringSpec:
     (``engine.scoring.self_influence``) at the last scored checkpoint, for the methods where that means something.
     """
 
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    checkpoints: str = "last"
-    lambda_c: float = 10.0
-    grad_batch_size: int = 16
-    shard_size: int = 512
-    k: int | None = None
+    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata=rule(
+        choices=METHOD_NAMES, noun="method", nonempty=True, unique=True))
+    checkpoints: str = field(default="last", metadata=rule(choices=("last", "all")))
+    lambda_c: float = field(default=10.0, metadata=rule(
+        positive=True, help="every damped method's lambda_l = mean(g^2) / lambda_c"))
+    grad_batch_size: int = field(default=16, metadata=rule(positive=True))
+    shard_size: int = field(default=512, metadata=rule(positive=True))
+    k: int | None = field(default=None, metadata=rule(positive=True))
     # the *_proj methods: k dimensions per LoRA block and the seed of the projection (engine.features.projection)
-    proj_dim: int = 128
-    proj_seed: int = 0
+    proj_dim: int = field(default=128, metadata=rule(positive=True))
+    proj_seed: int = field(default=0, metadata=rule(minimum=0))
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the on-disk feature cache (engine.features.cache): "delete" it after a successful run, or "keep" it for new
     # methods on the same features; a killed run always keeps it, so starting it again resumes
-    feature_cache: str = "delete"
+    feature_cache: str = field(default="delete", metadata=rule(choices=("delete", "keep")))
     # tensors read back from the cache stay in memory while under this many MB (a small run: all of them)
-    feature_memory_mb: int = 256
+    feature_memory_mb: int = field(default=256, metadata=rule(positive=True))
     # s(z_i, z_i) of every training sample (engine.scoring.self_influence) for the methods where it means something
     self_influence: bool = True
 
@@ -150,21 +163,23 @@ class AnalysisSpec:
         ``$INFLUENCE_RETRAIN_BANK``; "off" = keep nothing).
     """
 
-    stages: tuple[str, ...] = ()
-    ihvp_lambda_c: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
-    ihvp_iterations: tuple[int, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000)
-    ihvp_entries: int = 16
-    generate_tokens: int = 24
-    retrain_single: int = 3
-    retrain_labels: int = 0
-    retrain_fraction: float = 0.1
-    retrain_seeds: int = 3
-    noise_seeds: int = 3
-    lds_subsets: int = 50
-    lds_fraction: float = 0.5
-    cf_prompts: int = 5
-    cf_methods: tuple[str, ...] = ()
-    retrain_workers: int = 0
+    stages: tuple[str, ...] = field(default=(), metadata=rule(choices=ANALYSES, noun="analysis", unique=True))
+    ihvp_lambda_c: tuple[float, ...] = field(default=(0.1, 1.0, 10.0, 100.0), metadata=rule(positive=True))
+    ihvp_iterations: tuple[int, ...] = field(default=(1, 3, 10, 30, 100, 300, 1000, 3000),
+                                             metadata=rule(minimum=0))
+    ihvp_entries: int = field(default=16, metadata=rule(positive=True))
+    generate_tokens: int = field(default=24, metadata=rule(positive=True))
+    retrain_single: int = field(default=3, metadata=rule(minimum=0))
+    retrain_labels: int = field(default=0, metadata=rule(minimum=0))
+    retrain_fraction: float = field(default=0.1, metadata=rule(positive=True, below=1))
+    retrain_seeds: int = field(default=3, metadata=rule(minimum=0))
+    noise_seeds: int = field(default=3, metadata=rule(minimum=0))
+    lds_subsets: int = field(default=50, metadata=rule(minimum=0))  # and 0 or >= 3: validate()
+    lds_fraction: float = field(default=0.5, metadata=rule(positive=True, below=1))
+    cf_prompts: int = field(default=5, metadata=rule(minimum=0))
+    # a known method that the run does not score is skipped
+    cf_methods: tuple[str, ...] = field(default=(), metadata=rule(choices=METHOD_NAMES, noun="method"))
+    retrain_workers: int = field(default=0, metadata=rule(minimum=0))
     retrain_bank: str = ""
 
 
@@ -175,14 +190,14 @@ class ChecksSpec:
     bfloat16 and float32; every score matrix's share of finite entries."""
 
     enabled: bool = True
-    samples: int = 4
-    rows: int = 3
-    columns: int = 48
+    samples: int = field(default=4, metadata=rule(positive=True))
+    rows: int = field(default=3, metadata=rule(positive=True))
+    columns: int = field(default=48, metadata=rule(positive=True))
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A whole run. device: "auto" | "cpu" | "cuda"; dtype: "float32" | "bfloat16" (training compute)."""
+    """A whole run. device: where it runs ("auto": a GPU when there is one); dtype: the training compute's."""
 
     name: str | None = None
     task: TaskSpec = field(default_factory=TaskSpec)
@@ -192,8 +207,9 @@ class RunSpec:
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     checks: ChecksSpec = field(default_factory=ChecksSpec)
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = field(default="auto", metadata=rule(choices=("auto", "cpu", "cuda"),
+                                                      help="auto: a GPU when the worker has one, else the CPU"))
+    dtype: str = field(default="float32", metadata=rule(choices=("float32", "bfloat16")))
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -224,47 +240,18 @@ def _to_plain(x):
 
 # ---- validation --------------------------------------------------------------------------------------
 
-_CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "dtype": ("float32", "bfloat16"),
-    "train.loss_on": ("response", "sequence"),
-    "train.preprocessing": ("clean", "paper"),
-    "scoring.checkpoints": ("last", "all"),
-    "scoring.feature_cache": ("delete", "keep"),
-}
-_POSITIVE = {"lora.r", "lora.alpha", "train.epochs", "train.batch_size", "train.max_length",
-             "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim",
-             "scoring.feature_memory_mb",
-             "task.n_train_per_label", "task.n_test_per_label", "analysis.ihvp_entries",
-             "analysis.generate_tokens", "checks.samples", "checks.rows", "checks.columns"}
-_NON_NEGATIVE = {"analysis.retrain_single", "analysis.retrain_labels", "analysis.retrain_seeds",
-                 "analysis.retrain_workers", "analysis.noise_seeds", "analysis.lds_subsets", "analysis.cf_prompts",
-                 "train.max_grad_norm"}
+
+def spec_rule(path: str) -> Mapping[str, Any]:
+    """The :func:`~engine.catalog.fields.rule` metadata of the spec field at dotted ``path`` (``"device"``,
+    ``"train.lr"``; empty for a field without rules): what forms and the command line offer."""
+    return field_at(RunSpec, path)[0].metadata
 
 
 def validate(spec: RunSpec) -> RunSpec:
-    """Check values (choices, ranges, method names, task names); raise InputError naming the field."""
-    flat = _flatten(spec.to_dict())
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise InputError(f"spec field '{key}' must be one of {', '.join(choices)}, got {flat[key]!r}")
-    for key in _POSITIVE:
-        if flat[key] is not None and flat[key] <= 0:
-            raise InputError(f"spec field '{key}' must be positive, got {flat[key]!r}")
-    for key in _NON_NEGATIVE:
-        if flat[key] < 0:
-            raise InputError(f"spec field '{key}' must be >= 0, got {flat[key]!r}")
+    """Check values (every field's rules, then the rules across fields, method parameters and task names); raise
+    InputError naming the field."""
+    check_rules(spec)
     _validate_analysis(spec)
-    if not 0.0 <= spec.lora.dropout < 1.0:
-        raise InputError(f"spec field 'lora.dropout' must be in [0, 1), got {spec.lora.dropout!r}")
-    if spec.train.lr <= 0:
-        raise InputError(f"spec field 'train.lr' must be positive, got {spec.train.lr!r}")
-    if spec.scoring.lambda_c <= 0:
-        raise InputError(f"spec field 'scoring.lambda_c' must be positive, got {spec.scoring.lambda_c!r}")
-    if spec.scoring.proj_seed < 0:
-        raise InputError(f"spec field 'scoring.proj_seed' must be >= 0, got {spec.scoring.proj_seed!r}")
-    if not spec.lora.target_modules:
-        raise InputError("spec field 'lora.target_modules' must name at least one module")
     _validate_train(spec.train)
     spec = _validate_methods(spec)
     _validate_model(spec)
@@ -280,16 +267,10 @@ def validate(spec: RunSpec) -> RunSpec:
 
 
 def _validate_methods(spec: RunSpec) -> RunSpec:
-    """Method names and ``scoring.params`` against the catalog; returns the spec with its params normalised
-    (only values that differ from the defaults, coerced to their types), so equal settings hash the same."""
-    sc = spec.scoring
-    if not sc.methods:
-        raise InputError("spec field 'scoring.methods' must name at least one method")
-    for i, m in enumerate(sc.methods):
-        if m not in CATALOG:
-            raise InputError(f"spec field 'scoring.methods[{i}]' names unknown method {m!r}; "
-                             f"valid: {', '.join(METHOD_NAMES)}")
-    _no_repeats("scoring.methods", sc.methods)
+    """``scoring.params`` against the catalog (the method names are the field's rule); returns the spec with its
+    params normalised (only values that differ from the defaults, coerced to their types), so equal settings hash
+    the same."""
+    sc = spec.scoring  # the names were checked by the field's rule
     normal = {}
     for m, values in sc.params.items():
         if m not in sc.methods:
@@ -304,11 +285,6 @@ def _validate_methods(spec: RunSpec) -> RunSpec:
         sc.method_params(m)
     normal = {m: v for m, v in normal.items() if v}
     return spec if normal == sc.params else replace(spec, scoring=replace(sc, params=normal))
-
-
-def _no_repeats(field_path: str, values: tuple) -> None:
-    if len(set(values)) != len(values):
-        raise InputError(f"spec field '{field_path}' lists an entry twice: {list(values)}")
 
 
 def _validate_model(spec: RunSpec) -> None:
@@ -333,43 +309,13 @@ def _validate_train(t: TrainSpec) -> None:
 
 def _validate_analysis(spec: RunSpec) -> None:
     a = spec.analysis
-    for i, stage in enumerate(a.stages):
-        if stage not in ANALYSES:
-            raise InputError(f"spec field 'analysis.stages[{i}]' names unknown analysis {stage!r}; "
-                             f"valid: {', '.join(ANALYSES)}")
-    _no_repeats("analysis.stages", a.stages)
     for stage in a.stages:
         if ANALYSIS_CATALOG[stage].every_checkpoint and spec.scoring.checkpoints != "all":
             raise InputError(f"spec field 'analysis.stages' includes {stage}, which compares every epoch "
                              "checkpoint: set scoring.checkpoints to all")
-    for i, lc in enumerate(a.ihvp_lambda_c):
-        if not lc > 0:
-            raise InputError(f"spec field 'analysis.ihvp_lambda_c[{i}]' must be positive, got {lc!r}")
-    for i, t in enumerate(a.ihvp_iterations):
-        if t < 0:
-            raise InputError(f"spec field 'analysis.ihvp_iterations[{i}]' must be >= 0, got {t!r}")
-    if not 0.0 < a.retrain_fraction < 1.0:
-        raise InputError(f"spec field 'analysis.retrain_fraction' must be in (0, 1), got {a.retrain_fraction!r}")
-    if not 0.0 < a.lds_fraction < 1.0:
-        raise InputError(f"spec field 'analysis.lds_fraction' must be in (0, 1), got {a.lds_fraction!r}")
     if 0 < a.lds_subsets < 3:
         raise InputError("spec field 'analysis.lds_subsets' must be 0 (no LDS) or at least 3 (a Spearman "
                          f"correlation across subsets needs 3 points), got {a.lds_subsets!r}")
-    for i, m in enumerate(a.cf_methods):  # a known method that this run does not score is skipped
-        if m not in CATALOG:  # the torch-free catalog: validating a spec never imports the methods
-            raise InputError(f"spec field 'analysis.cf_methods[{i}]' names unknown method {m!r}; "
-                             f"valid: {', '.join(METHOD_NAMES)}")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def with_overrides(spec: RunSpec, **changes) -> RunSpec:

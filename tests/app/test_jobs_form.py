@@ -9,10 +9,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.catalog.methods import method_info
+from engine.errors import InputError
 from engine.jobs import queue as jobs
 from engine.paths import REPO_ROOT
+from engine.spec.load import spec_from_dict
 from engine.spec.presets import PRESETS
-from ui.spec_form import changes, param_changes, param_fields
+from engine.spec.run_spec import spec_rule
+from ui.spec_form import DEVICE_FIELD, FORM_FIELDS, changes, param_changes, param_fields
 
 JOBS = REPO_ROOT / "app_pages" / "jobs.py"
 
@@ -70,6 +73,50 @@ def test_only_changes_are_sent_on_top_of_the_preset():
     values = {"train.epochs": 2, "train.lr": 1e-3, "train.batch_size": 16, "lora.target_modules": ["q_proj", "v_proj"]}
     assert changes(values, "quick") == {"train": {"batch_size": 16}}  # quick has epochs 2, lr 1e-3, q/v
     assert changes({"train.epochs": 10}, "paper") == {}
+
+
+def _spec_at(path: str, value) -> dict:
+    *parents, leaf = path.split(".")
+    out: dict = {"preset": "quick"}
+    node = out
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return out
+
+
+@pytest.mark.parametrize("f", FORM_FIELDS, ids=lambda f: f.key)
+def test_the_forms_options_and_bounds_are_the_spec_rules(f):
+    r = spec_rule(f.path)
+    assert f.options == tuple(r["choices"] or r["suggest"] or ()) and f.help == r["help"]
+    if f.kind not in ("int", "float"):
+        assert f.kind in ("choice", "multi") and f.options
+        return
+    lowest = (1 if f.kind == "int" else 0.0) if r["positive"] else r["minimum"]
+    assert (f.minimum, f.maximum) == (lowest, r["maximum"])
+    # the widget's lowest value is the spec's (a positive float's bound 0 is itself refused on submit)
+    step = 1 if f.kind == "int" else 0.5
+    with pytest.raises(InputError, match=f"spec field '{f.path}'"):
+        spec_from_dict(_spec_at(f.path, f.minimum - step))
+    if f.kind == "int" or not r["positive"]:
+        spec_from_dict(_spec_at(f.path, f.minimum))
+    else:
+        with pytest.raises(InputError, match=f"spec field '{f.path}' must be positive"):
+            spec_from_dict(_spec_at(f.path, f.minimum))
+
+
+def test_the_widgets_show_the_spec_rules(env):
+    at = _run()
+    for f in FORM_FIELDS:
+        if f.kind in ("int", "float"):
+            w = at.number_input(key=f.key)
+            assert (w.min, w.max) == (f.minimum, f.maximum), f.key
+        else:
+            w = at.selectbox(key=f.key) if f.kind == "choice" else at.multiselect(key=f.key)
+            assert list(w.options) == list(f.options), f.key
+    # the device box offers the spec's device choices (declared once, on RunSpec.device)
+    assert DEVICE_FIELD.path == "device"
+    assert at.selectbox(key="f_device").options == list(spec_rule("device")["choices"]) == ["auto", "cpu", "cuda"]
 
 
 def test_method_parameters_come_from_the_catalog(env):

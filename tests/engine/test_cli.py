@@ -1,5 +1,6 @@
 """The CLI contract: demo, run, report --json, import-dataset, import-scores, bad input, killed runs."""
 
+import argparse
 import json
 import os
 import re
@@ -15,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from engine.cli import main
+from engine.cli import build_parser, main
+from engine.spec.run_spec import RunSpec, TrainSpec, spec_rule
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -153,6 +155,31 @@ def test_bad_analyses_flag_fails_clearly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--analyses: unknown analysis 'bogus'" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def _flag(command: str, flag: str) -> argparse.Action:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (action,) = [a for a in sub.choices[command]._actions if flag in a.option_strings]
+    return action
+
+
+def test_spec_flags_take_their_choices_from_the_spec_fields(capsys):
+    """--device & co. offer what the spec field's rule allows (declared once, in engine.spec.run_spec)."""
+    devices = list(spec_rule("device")["choices"])
+    assert devices == ["auto", "cpu", "cuda"]
+    for command in ("demo", "attribute", "tokens"):
+        assert _flag(command, "--device").choices == devices, command
+    assert _flag("demo", "--device").default == _flag("attribute", "--device").default == RunSpec().device
+    assert _flag("tokens", "--device").default is None  # the run's own
+    assert _flag("attribute", "--dtype").choices == list(spec_rule("dtype")["choices"])
+    assert _flag("attribute", "--loss-on").choices == list(spec_rule("train.loss_on")["choices"])
+    assert _flag("attribute", "--loss-on").default == TrainSpec().loss_on == "response"
+    assert _flag("attribute", "--score-checkpoints").choices == list(spec_rule("scoring.checkpoints")["choices"])
+    assert _flag("attribute", "--score-checkpoints").default == "last"
+    assert _flag("demo", "--model").choices == list(spec_rule("model.name")["suggest"]) == ["tiny", "smollm2-135m"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
 
 
 def test_convergence_needs_every_checkpoint(tmp_path, tiny_spec, capsys):
