@@ -1,5 +1,5 @@
 """Convergence: losses, generation accuracy, each method's Acc@1 / Coverage@k and the stability of its scores at
-every epoch checkpoint (analysis stage ``convergence``).
+every epoch checkpoint (analysis stage ``convergence``), and the fine-tuning loss of every optimizer step.
 
 State in the URL: ``run``. No torch, no SQL: data from ``store``.
 """
@@ -72,6 +72,22 @@ def drift_chart(drift: pd.DataFrame) -> None:
     st.plotly_chart(fig, width="stretch", key="drift")
 
 
+def step_loss_chart(con, run: str) -> None:
+    """The fine-tuning loss of each optimizer step (the run's ``train_loss``), a dotted line where each epoch after
+    the first starts; nothing for a run without one (imported scores)."""
+    loss = store.train_loss(con, run)
+    if loss.empty:
+        return
+    fig = px.line(loss, x="step", y="loss", hover_data=["epoch"], markers=len(loss) <= 60,
+                  title="Fine-tuning loss of each optimizer step (mean over its batch)")
+    for epoch, first in loss.groupby("epoch").step.min().iloc[1:].items():
+        fig.add_vline(x=first - 0.5, line_dash="dot", line_color="gray", annotation_text=f"epoch {epoch}",
+                      annotation_position="top right")
+    fig.update_layout(margin=dict(l=10, r=10, t=50, b=10), height=300, xaxis_title="optimizer step",
+                      yaxis_title="loss")
+    st.plotly_chart(fig, width="stretch", key="step_loss")
+
+
 def show(con, run: str) -> None:
     ev = store.analysis_table(con, run, "checkpoint_eval")
     drift = store.analysis_table(con, run, "score_drift")
@@ -92,6 +108,7 @@ def show(con, run: str) -> None:
               y_title="share of test prompts", y_range=[-0.02, 1.02])
     st.caption("Checkpoint 0 is the LoRA initialisation (B = 0: the base model). Generation accuracy: "
                f"{GEN_ACC_RULE}. For tasks without a behaviour marker the behaviour rate is that same share.")
+    step_loss_chart(con, run)
 
     k = int(lb.k.iloc[0]) if len(lb) else 0
     method_lines(lb, {"acc": "Acc@1", "coverage": f"Coverage@{k}"}, "Each method's Acc@1 and Coverage per "

@@ -19,9 +19,10 @@ import store
 from engine.catalog.analyses import ANALYSES
 from engine.jobs import queue as jobs
 from engine.jobs import workers
+from engine.paths import default_jobs_dir, read_only
 from engine.spec.presets import DEMO_TASKS
 from ui import demo_job, run_checks
-from ui.auth import current_user, read_only, require_login
+from ui.auth import current_user, require_login
 from ui.common import esc, get_store
 from ui.readings import difference_reading, leaderboard_reading
 
@@ -44,7 +45,7 @@ MAX_READINGS = 6  # runs whose reading is spelled out under the heatmaps (newest
 
 
 def jobs_dir():
-    return jobs.default_jobs_dir(store.default_store_path())
+    return default_jobs_dir(store.default_store_path())
 
 
 def show_empty() -> None:

@@ -25,10 +25,10 @@ from engine.data.uploads import keep_upload, list_datasets, max_upload_bytes, va
 from engine.errors import InputError
 from engine.jobs import queue as jobs
 from engine.jobs import workers
-from engine.paths import REPO_ROOT
+from engine.paths import DEFAULT_STORE_PATH, default_datasets_dir, default_jobs_dir, read_only
 from engine.spec.load import spec_from_dict
 from engine.spec.presets import PRESETS
-from ui.auth import can_submit, current_user, read_only, require_login
+from ui.auth import can_submit, current_user, require_login
 from ui.common import esc, get_store, md
 from ui.spec_form import (
     DEVICE_FIELD,
@@ -52,7 +52,7 @@ STATUS_ICON = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "�
 
 def paths():
     db = store.default_store_path()
-    return jobs.default_jobs_dir(db), db.parent / "datasets"
+    return default_jobs_dir(db), default_datasets_dir(db)
 
 
 # ---------------------------------------------------------------------------------------------- upload
@@ -253,7 +253,7 @@ def worker_command(jobs_dir) -> str:
     """The shell command that starts a worker on this app's store (and jobs folder, when it is not the default)."""
     db = store.default_store_path().resolve()
     cmd = ".venv/bin/python -m engine worker"
-    if db != (REPO_ROOT / "data" / "influence.duckdb").resolve():
+    if db != DEFAULT_STORE_PATH.resolve():
         cmd += f" --store {db}"
     if Path(jobs_dir).resolve() != db.parent / "jobs":
         cmd += f" --jobs {Path(jobs_dir).resolve()}"

@@ -193,9 +193,10 @@ def cmd_attribute(args) -> None:
 def cmd_import_dataset(args) -> None:
     from engine.data.datasets import save_dataset
     from engine.data.tasks import load_dataset
+    from engine.paths import default_datasets_dir
 
     task = load_dataset(args.path, name=args.name)
-    out = save_dataset(task, _store_path(args).parent / "datasets", args.name)
+    out = save_dataset(task, default_datasets_dir(_store_path(args)), args.name)
     print(f"dataset {args.name}: {len(task.train)} train, {len(task.test)} test, {len(task.labels)} labels "
           f"→ {out}\nuse it in a spec as  task: {{name: file, path: {out}}}")
 
@@ -235,8 +236,8 @@ def _id_list(text: str, what: str) -> list[int]:
 
 
 def cmd_tokens(args) -> None:
+    from engine.paths import default_tokens_dir
     from engine.pipeline.tokens import attribute_tokens
-    from engine.scoring.token_files import default_tokens_dir
 
     folder = _runs_dir(args) / args.run
     tokens_dir = Path(args.tokens_dir) if args.tokens_dir else default_tokens_dir(_store_path(args))
@@ -248,8 +249,9 @@ def cmd_tokens(args) -> None:
 
 
 def cmd_worker(args) -> None:
-    from engine.jobs.queue import default_jobs_dir, job_command, worker_loop
+    from engine.jobs.queue import job_command, worker_loop
     from engine.model.base import detect_device
+    from engine.paths import default_jobs_dir
 
     store_path = _store_path(args)
     job_command("spec.json", store_path)  # a bad $WORKER_NPROC fails here, not at the first job

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.jobs.workers import die_with_parent  # noqa: E402  (after the path set-up above)
-from engine.paths import default_store_path  # noqa: E402
+from engine.paths import default_store_path, worker_log_path  # noqa: E402
 
 STOP_GRACE_S = 20.0
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     store_path = default_store_path()
     store_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path = store_path.parent / "worker.log"
+    log_path = worker_log_path(store_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     stopping = {"signal": None}
 

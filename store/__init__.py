@@ -1,25 +1,35 @@
 """The score store: the only package with SQL. DuckDB schema, ingest of run folders, query functions.
 
-Public API (imported lazily, so ``import engine.paths`` from the engine does not import duckdb)::
+Public API (import it from here: ``store.top_k(...)``); where each part lives::
 
-    Store, open_store, open_or_rebuild                      (store.db)
-    ingest_run, ingest_all, remove_run, rebuild, complete_runs   (store.ingest)
-    list_runs, run_info, methods, checkpoints, leaderboard, top_k, samples, label_metrics, agreement,
-    test_agreement, train_loss, score_row, score_matrix, top1_counts, topk_counts, test_prompts_ranking_train,
-    per_test_hits, summary, analyses, analysis_table, retrain_points, retrain_noise, retrain_counterfactual_summary,
-    behaviour_scores, group_influence, GROUP_COLUMNS, self_influence, self_influence_sets, checks, check_status
-    (store.queries; pages never call score_matrix: it loads a whole matrix)
-    default_store_path, default_runs_dir                    (engine.paths)
-    StoreError, NotFoundError, Unknown*Error, QueryError, IngestError, RunFilesError, StoreLockedError,
-    SchemaVersionError, StoreOpenError
+    Store, open_store, open_or_rebuild, rebuild, StoreOpenError      store.db
+    ingest_run, ingest_all, remove_run, complete_runs                store.ingest
+    SCHEMA_VERSION (and rank_key, the one ranking key in SQL)        store.schema
+    list_runs, run_info, methods, checkpoints, summary, train_loss   store.queries.runs
+    leaderboard, per_test_hits                                       store.queries.metrics
+    top_k, score_row, score_matrix, top1_counts, topk_counts,        store.queries.scores
+    test_prompts_ranking_train                                       (pages never call score_matrix: it loads a
+                                                                     whole matrix)
+    agreement, test_agreement                                        store.queries.agreement
+    samples                                                          store.queries.samples
+    analyses, analysis_table, retrain_points, retrain_noise,         store.queries.analyses
+    retrain_counterfactual_summary
+    behaviour_scores, group_influence, GROUP_COLUMNS                 store.queries.behaviour
+    self_influence, self_influence_sets                              store.queries.self_influence
+    checks, check_status                                             store.queries.checks
+    default_store_path, default_runs_dir                             engine.paths (every location and setting)
+    StoreError, NotFoundError, Unknown*Error, QueryError,            store.errors
+    IngestError, RunFilesError, StoreLockedError, SchemaVersionError
+
+Importing ``store`` imports duckdb and pandas; the engine never imports it (it writes run folders, and reads its
+locations from ``engine.paths``).
 """
 
 from __future__ import annotations
 
-import importlib
-
-from engine.paths import default_runs_dir, default_store_path  # noqa: F401
-from store.errors import (  # noqa: F401  (no duckdb import in errors/paths)
+from engine.paths import default_runs_dir, default_store_path
+from store.db import Store, StoreOpenError, open_or_rebuild, open_store, rebuild
+from store.errors import (
     IngestError,
     NotFoundError,
     QueryError,
@@ -32,37 +42,51 @@ from store.errors import (  # noqa: F401  (no duckdb import in errors/paths)
     UnknownRunError,
     UnknownSampleError,
 )
-
-_LAZY = {
-    "store.db": ("Store", "open_store", "open_or_rebuild", "rebuild", "StoreOpenError"),
-    "store.ingest": ("ingest_run", "ingest_all", "remove_run", "complete_runs"),
-    "store.queries": (
-        "list_runs", "run_info", "methods", "checkpoints", "leaderboard", "top_k", "samples", "label_metrics",
-        "agreement", "test_agreement", "train_loss", "score_row", "score_matrix", "top1_counts", "topk_counts",
-        "test_prompts_ranking_train", "per_test_hits", "summary", "analyses", "analysis_table", "retrain_points",
-        "retrain_noise", "retrain_counterfactual_summary", "behaviour_scores", "group_influence", "GROUP_COLUMNS",
-        "self_influence", "self_influence_sets", "checks", "check_status",
-    ),
-    "store.schema": ("SCHEMA_VERSION",),
-}
-_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+from store.ingest import complete_runs, ingest_all, ingest_run, remove_run
+from store.queries.agreement import agreement, test_agreement
+from store.queries.analyses import (
+    analyses,
+    analysis_table,
+    retrain_counterfactual_summary,
+    retrain_noise,
+    retrain_points,
+)
+from store.queries.behaviour import GROUP_COLUMNS, behaviour_scores, group_influence
+from store.queries.checks import check_status, checks
+from store.queries.metrics import leaderboard, per_test_hits
+from store.queries.runs import checkpoints, list_runs, methods, run_info, summary, train_loss
+from store.queries.samples import samples
+from store.queries.scores import (
+    score_matrix,
+    score_row,
+    test_prompts_ranking_train,
+    top1_counts,
+    top_k,
+    topk_counts,
+)
+from store.queries.self_influence import self_influence, self_influence_sets
+from store.schema import SCHEMA_VERSION
 
 __all__ = [
-    "IngestError", "NotFoundError", "QueryError", "RunFilesError", "SchemaVersionError", "StoreError", "StoreLockedError",
-    "UnknownCheckpointError", "UnknownMethodError", "UnknownRunError", "UnknownSampleError",
-    "default_runs_dir", "default_store_path", *_WHERE,
+    # store.db
+    "Store", "StoreOpenError", "open_or_rebuild", "open_store", "rebuild",
+    # store.ingest
+    "complete_runs", "ingest_all", "ingest_run", "remove_run",
+    # store.schema
+    "SCHEMA_VERSION",
+    # store.queries.*
+    "list_runs", "run_info", "methods", "checkpoints", "summary", "train_loss",
+    "leaderboard", "per_test_hits",
+    "top_k", "score_row", "score_matrix", "top1_counts", "topk_counts", "test_prompts_ranking_train",
+    "agreement", "test_agreement",
+    "samples",
+    "analyses", "analysis_table", "retrain_points", "retrain_noise", "retrain_counterfactual_summary",
+    "behaviour_scores", "group_influence", "GROUP_COLUMNS",
+    "self_influence", "self_influence_sets",
+    "checks", "check_status",
+    # engine.paths
+    "default_runs_dir", "default_store_path",
+    # store.errors
+    "IngestError", "NotFoundError", "QueryError", "RunFilesError", "SchemaVersionError", "StoreError",
+    "StoreLockedError", "UnknownCheckpointError", "UnknownMethodError", "UnknownRunError", "UnknownSampleError",
 ]
-
-
-def __getattr__(name: str):
-    """Import the submodule that defines ``name`` on first use (PEP 562)."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

@@ -17,16 +17,13 @@ from pathlib import Path
 
 import duckdb
 
-from engine.paths import default_runs_dir, default_store_path
+from engine.paths import default_runs_dir, default_store_path, store_memory_limit, store_threads
 from engine.runfolder.runformat import pid_alive
 from store import ingest as _ingest
 from store.errors import SchemaVersionError, StoreError, StoreLockedError
 from store.schema import TOP_K, check_schema, ensure_schema
 
 log = logging.getLogger(__name__)
-
-MEMORY_ENV = "INFLUENCE_STORE_MEMORY"  # e.g. "2GB"; default: 30 % of the RAM this process may use
-THREADS_ENV = "INFLUENCE_STORE_THREADS"
 
 
 class StoreOpenError(StoreError):
@@ -165,18 +162,18 @@ def default_memory_limit() -> str:
 
     DuckDB's own default (80 % of RAM) leaves too little for torch and Streamlit in the same container.
     """
-    env = os.environ.get(MEMORY_ENV)
-    if env:
-        return env
+    setting = store_memory_limit()
+    if setting:
+        return setting
     total = _available_memory()
     return f"{max(256, int(total * 0.3) // 2**20)}MB" if total else "2GB"
 
 
 def default_threads() -> int:
     """``INFLUENCE_STORE_THREADS``, else the CPUs this process may use, at most 8."""
-    env = os.environ.get(THREADS_ENV)
-    if env:
-        return max(1, int(env))
+    setting = store_threads()
+    if setting is not None:
+        return setting
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:

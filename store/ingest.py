@@ -28,8 +28,7 @@ import pyarrow.parquet as pq
 
 from engine.runfolder.runformat import MANIFEST, read_manifest, table_of_file
 from store.errors import IngestError, QueryError
-from store.queries import _rank_key
-from store.schema import FILE_TABLES, OPTIONAL_COLUMNS, RUN_TABLES, TOP_K
+from store.schema import FILE_TABLES, OPTIONAL_COLUMNS, RUN_TABLES, TOP_K, rank_key
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +257,7 @@ def _insert_topk(con: duckdb.DuckDBPyConnection, run_id: str, top_k: int) -> Non
             f"""INSERT INTO topk
                 WITH rows AS (SELECT {_select_list("scores")} FROM read_parquet($files)
                               WHERE method = $method AND checkpoint = $ckpt),
-                tops AS (SELECT test_id, max_by({{'train_id': train_id, 'score': score}}, {_rank_key()}, $k) AS top
+                tops AS (SELECT test_id, max_by({{'train_id': train_id, 'score': score}}, {rank_key()}, $k) AS top
                          FROM rows GROUP BY test_id),
                 ranked AS (SELECT test_id, unnest(top) AS t, generate_subscripts(top, 1) AS rnk FROM tops)
                 SELECT $run, $method, $ckpt, test_id, rnk, t.train_id, t.score FROM ranked ORDER BY test_id, rnk""",

@@ -5,7 +5,7 @@ read in place (``read_parquet`` on the files of the run folder ``runs.folder`` l
 Every table is keyed by ``run_id`` (the run folder's name). The copied tables are described once in
 :data:`PARQUET_TABLES` (column name -> SQL type, from ``engine.runfolder.runformat``); :mod:`store.ingest` builds its
 ``INSERT ... SELECT ... FROM read_parquet(?)`` statements from the same description. ``topk`` holds, per (run,
-method, checkpoint, test prompt), the :data:`TOP_K` best training samples (the ranking of ``store.queries``),
+method, checkpoint, test prompt), the :data:`TOP_K` best training samples (the ranking of :func:`rank_key`),
 computed at ingest from the Parquet: what the pages read most is answered without touching the big files. No
 primary keys or indexes: ART indexes slow bulk loads, and ``topk`` is loaded sorted by (run_id, method,
 checkpoint, test_id, rank) so that DuckDB's automatic min/max zonemaps make per-prompt lookups fast.
@@ -38,6 +38,16 @@ STAGE_TABLES = runformat.STAGE_TABLES  # empty for runs without the optional sta
 NULLABLE_KEYS = {(name, c) for name, t in runformat.TABLES.items() for c in t.nullable_keys}
 # Columns older run folders may lack (loaded as NULL).
 OPTIONAL_COLUMNS = {name: set(t.optional) for name, t in runformat.TABLES.items()}
+
+
+def rank_key(alias: str = "") -> str:
+    """The ranking rule of ``engine.evaluation.metrics.ranking`` as ONE SQL sort key over ``score`` and ``train_id``
+    (constant text, never user data): larger key = ranked higher. ``(NOT isnan(score), score, -train_id)``: a real
+    score above NaN, then the score, then the lower train_id. Used as ``ORDER BY key DESC``, as the ``max_by`` key
+    (``topk`` at ingest, rankings in place in :mod:`store.queries`) and compared with ``>``. ``alias``: the
+    relation whose columns it names (a function, not a constant, for queries that compare two relations' keys)."""
+    p = f"{alias}." if alias else ""
+    return f"(NOT isnan({p}score), {p}score, -{p}train_id)"
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (

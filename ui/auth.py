@@ -8,15 +8,9 @@
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 
-READ_ONLY_ENV = "INFLUENCE_READ_ONLY"
-
-
-def read_only() -> bool:
-    return os.environ.get(READ_ONLY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+from engine.paths import read_only
 
 
 def auth_configured() -> bool:

@@ -17,7 +17,8 @@ import streamlit as st
 
 import store
 from engine.catalog.methods import method_info
-from engine.scoring.token_files import TokenResult, default_tokens_dir, manifest_id, no_token_view, result_path
+from engine.paths import default_tokens_dir
+from engine.scoring.token_files import TokenResult, manifest_id, no_token_view, result_path
 from ui import token_job
 from ui.auth import read_only
 from ui.common import esc, md, qp_get, qp_set

@@ -33,8 +33,9 @@ from typing import Iterable, Sequence
 
 import torch
 
+from engine.paths import retrain_bank_dir
+
 FORMAT = "retrain-v1: order=permutation of the full set per (seed, epoch); dropout=engine.model.dropout v1"
-BANK_ENV = "INFLUENCE_RETRAIN_BANK"
 
 
 def bank_root(setting: str, runs_dir: Path | None) -> Path | None:
@@ -44,10 +45,7 @@ def bank_root(setting: str, runs_dir: Path | None) -> Path | None:
         return None
     if setting:
         return Path(setting).expanduser()
-    env = os.environ.get(BANK_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path(runs_dir).parent / "retrain-bank" if runs_dir is not None else None
+    return retrain_bank_dir(runs_dir)
 
 
 def _digest_tensors(h, items: Iterable[tuple[str, torch.Tensor]]) -> None:

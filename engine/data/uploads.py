@@ -17,20 +17,15 @@ from engine.errors import InputError
 from engine.data.tasks.base import TaskData
 from engine.data.datasets import save_dataset
 from engine.data import tasks
+from engine.paths import MAX_UPLOAD_ENV, max_upload_mb
 
-MAX_UPLOAD_ENV = "INFLUENCE_MAX_UPLOAD_MB"
-DEFAULT_MAX_MB = 50
 TEXT_EXTENSIONS = (".jsonl", ".ndjson", ".csv")
 EXTENSIONS = (*TEXT_EXTENSIONS, ".parquet", ".pq", ".arrow")
 
 
 def max_upload_bytes() -> int:
-    """``$INFLUENCE_MAX_UPLOAD_MB`` (default 50) in bytes."""
-    try:
-        mb = float(os.environ.get(MAX_UPLOAD_ENV, DEFAULT_MAX_MB))
-    except ValueError:
-        mb = DEFAULT_MAX_MB
-    return int(mb * 2**20)
+    """``$INFLUENCE_MAX_UPLOAD_MB`` (default 50, :func:`engine.paths.max_upload_mb`) in bytes."""
+    return int(max_upload_mb() * 2**20)
 
 
 def validate_upload(filename: str, data: bytes, max_bytes: int | None = None) -> TaskData:

@@ -42,15 +42,7 @@ from engine.features.projection import ProjectedGrads
 from engine.features.types import Features
 from engine.model.states import AdapterStates
 
-CACHE_ENV = "INFLUENCE_FEATURES"
 FORMAT = 1
-
-
-def cache_root(runs_dir: Path) -> Path:
-    """``$INFLUENCE_FEATURES``, else ``features/`` beside the runs folder (``data/features`` by default): not
-    inside it, which holds run folders only."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(runs_dir).resolve().parent / "features"
 
 
 def feature_key(spec, task, adapter_digest: str | None) -> tuple[str, dict]:

@@ -38,23 +38,12 @@ from pathlib import Path
 
 from engine.errors import InputError
 from engine.jobs import workers
-from engine.paths import REPO_ROOT
+from engine.paths import REPO_ROOT, RUNS_ENV
 from engine.spec.run_spec import RunSpec
 
-JOBS_ENV = "INFLUENCE_JOBS"
 STALE_S = 60.0  # a running job whose heartbeat is older than this has lost its worker
 HEARTBEAT_S = 2.0
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
-
-
-def default_jobs_dir(store_path: str | os.PathLike | None = None) -> Path:
-    """``$INFLUENCE_JOBS``, else ``jobs/`` next to the store file."""
-    env = os.environ.get(JOBS_ENV)
-    if env:
-        return Path(env)
-    from engine.paths import default_store_path
-
-    return Path(store_path or default_store_path()).parent / "jobs"
 
 
 def _now() -> str:
@@ -273,7 +262,7 @@ def run_job(jobs_dir: str | os.PathLike, job_id: str, store_path: str | os.PathL
     folder = Path(jobs_dir) / _check_id(job_id)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if runs_dir is not None:
-        env["INFLUENCE_RUNS"] = str(runs_dir)
+        env[RUNS_ENV] = str(runs_dir)
     cmd = job_command(folder / "spec.json", store_path)
     with open(folder / "log.txt", "ab") as log:
         log.write(f"[{_now()}] {' '.join(cmd[1:])}\n".encode())

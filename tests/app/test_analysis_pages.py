@@ -1,5 +1,6 @@
 """AppTest: the three analysis pages over a tiny run that has them, and over one that does not."""
 
+import pyarrow.parquet as pq
 import pytest
 
 from engine.paths import REPO_ROOT
@@ -54,7 +55,9 @@ def test_ihvp_page_falls_back_on_a_bad_url(analysis_store_env, open_page):
 def test_convergence_page(analysis_store_env, open_page, analysis_data, charts):
     at = open_page(CONVERGENCE)
     figs = charts(at)
-    assert set(figs) == {"loss", "generation", "acc", "drift"}  # Acc@1 and Coverage@k: two panels of one figure
+    assert set(figs) == {"loss", "generation", "acc", "drift", "step_loss"}  # Acc@1, Coverage@k: panels of one
+    steps = pq.read_table(analysis_data.folder / "train_loss.parquet").column("step").to_pylist()
+    assert sorted(figs["step_loss"]["data"][0]["x"]) == sorted(steps)  # the fine-tuning loss, every optimizer step
     epochs = analysis_data.manifest["spec"]["train"]["epochs"]
     every = list(range(epochs + 1))  # checkpoint 0 (the LoRA initialisation) and one per epoch
     for key in ("loss", "generation"):  # two lines each: train/test loss, generation accuracy/behaviour

@@ -101,7 +101,7 @@ def tiny_run_in_container(image, container, tiny_spec):
     """The deployment's job flow on the tests' tiny-model run (tests/conftest.py): a job is queued on the data
     volume, then a second container from the same image runs compose.yaml's worker command (plus --once) on that
     volume and writes the run folder; the app, the store's only owner, ingests it when a page loads."""
-    submit = ("import json, sys; from engine.jobs.queue import default_jobs_dir, submit; "
+    submit = ("import json, sys; from engine.jobs.queue import submit; from engine.paths import default_jobs_dir; "
               "from engine.spec.load import spec_from_dict; "
               "print(submit(default_jobs_dir(), spec_from_dict(json.load(sys.stdin)), submitted_by='smoke'))")
     job = _sh("podman", "exec", "-i", container["name"], "python", "-c", submit,

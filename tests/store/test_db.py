@@ -8,9 +8,10 @@ import textwrap
 
 import pytest
 
-from store import db, queries
+from store import db
 from store.db import Store, StoreOpenError, default_memory_limit, default_threads, open_or_rebuild, open_store
 from store.errors import StoreLockedError
+from store.queries import runs
 from store.schema import SCHEMA_VERSION
 
 
@@ -26,7 +27,7 @@ def test_store_creates_parent_and_schema(tmp_path):
 
 def test_in_memory_store():
     with Store(":memory:") as s:
-        assert queries.summary(s)["runs"] == 0
+        assert runs.summary(s)["runs"] == 0
 
 
 def test_settings(tmp_path, monkeypatch):
@@ -47,7 +48,7 @@ def test_cursor_and_ingest_methods(store, runs_dir, make_run):
     assert store.ingest_all(runs_dir) == ["a"]
     assert store.ingest_run(runs_dir / "a") is False
     cur = store.cursor()
-    assert queries.methods(cur, "a") == ["datainf", "gradsim"]
+    assert runs.methods(cur, "a") == ["datainf", "gradsim"]
 
 
 def test_ingest_all_defaults_to_runs_next_to_db(db_path, make_run):
@@ -103,12 +104,12 @@ def test_open_or_rebuild(db_path, make_run):
     runs_dir = db_path.parent / "runs"
     make_run(runs_dir, "a")
     with open_or_rebuild(db_path) as s:  # fresh file: created, then runs ingested
-        assert queries.list_runs(s)["run_id"].tolist() == ["a"]
+        assert runs.list_runs(s)["run_id"].tolist() == ["a"]
     db_path.write_bytes(b"\0garbage" * 5000)  # corrupt: rebuilt from the run folders
     make_run(runs_dir, "b")
     with open_or_rebuild(db_path, runs_dir) as s:
-        assert sorted(queries.list_runs(s)["run_id"]) == ["a", "b"]
+        assert sorted(runs.list_runs(s)["run_id"]) == ["a", "b"]
         s.con.execute("UPDATE schema_version SET version = 0")
     with open_or_rebuild(db_path, runs_dir) as s:  # other schema version: rebuilt
         assert s.con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-        assert len(queries.list_runs(s)) == 2
+        assert len(runs.list_runs(s)) == 2

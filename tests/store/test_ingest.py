@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store import db, ingest, queries
+from store import db, ingest
 from store.db import Store
 from store.errors import IngestError, QueryError
+from store.queries import metrics, runs, samples, scores
 from store.schema import RUN_TABLES, STAGE_TABLES, TOP_K
 
 N_TABLES = RUN_TABLES  # runs, score_sets, score_files, topk, samples, metrics, label_metrics, agreement, ...
@@ -101,9 +102,9 @@ def test_reingest_after_rerun_replaces_rows(store, runs_dir, make_run):
     assert store.ingest_all(runs_dir) == ["r1"]
     c = counts(store.con, "r1")
     assert c["runs"] == 1 and c["topk"] == 9 * d2.n_test and c["samples"] == 9 + d2.n_test
-    assert queries.methods(store.con, "r1") == ["repsim"]
+    assert runs.methods(store.con, "r1") == ["repsim"]
     assert store.con.execute("SELECT manifest_sha256 FROM runs").fetchone()[0] != sha1
-    np.testing.assert_array_equal(queries.score_matrix(store.con, "r1", "repsim", 3), d2.scores[("repsim", 3)])
+    np.testing.assert_array_equal(scores.score_matrix(store.con, "r1", "repsim", 3), d2.scores[("repsim", 3)])
 
 
 def test_other_runs_untouched(store, runs_dir, make_run):
@@ -225,7 +226,7 @@ def test_ingest_all_non_strict_skips_failures(store, runs_dir, caplog, make_run)
     make_run(runs_dir, "bad", extra_files={"scores/zz.parquet": _bad_scores_table()})
     assert ingest.ingest_all(store.con, runs_dir, strict=False) == ["good"]
     assert "bad" in caplog.text
-    assert queries.list_runs(store.con)["run_id"].tolist() == ["good"]
+    assert runs.list_runs(store.con)["run_id"].tolist() == ["good"]
 
 
 def test_prune_and_remove(store, runs_dir, make_run):
@@ -234,9 +235,9 @@ def test_prune_and_remove(store, runs_dir, make_run):
     store.ingest_all(runs_dir)
     shutil.rmtree(runs_dir / "b")
     assert store.ingest_all(runs_dir) == []
-    assert len(queries.list_runs(store.con)) == 2  # no prune by default
+    assert len(runs.list_runs(store.con)) == 2  # no prune by default
     store.ingest_all(runs_dir, prune=True)
-    assert queries.list_runs(store.con)["run_id"].tolist() == ["a"]
+    assert runs.list_runs(store.con)["run_id"].tolist() == ["a"]
     assert counts(store.con, "b") == dict.fromkeys(N_TABLES, 0)
     assert ingest.remove_run(store.con, "a") is True and ingest.remove_run(store.con, "a") is False
     assert counts(store.con) == dict.fromkeys(N_TABLES, 0)
@@ -248,7 +249,7 @@ def test_odd_run_names_are_data_not_sql(store, runs_dir, make_run):
     shutil.copytree(d.folder, runs_dir / evil)
     assert sorted(store.ingest_all(runs_dir)) == sorted(["plain", evil])
     assert counts(store.con, evil) == counts(store.con, "plain")
-    top = [queries.top_k(store.con, name, "gradsim", 1, 0, 3) for name in (evil, "plain")]
+    top = [scores.top_k(store.con, name, "gradsim", 1, 0, 3) for name in (evil, "plain")]
     assert top[0].equals(top[1])
     ingest.remove_run(store.con, evil)
     assert counts(store.con, "plain")["topk"] > 0
@@ -268,8 +269,8 @@ def test_rebuild_gives_identical_results(runs_dir, tmp_path, make_run):
     assert not list(tmp_path.glob(".*rebuild*"))
     with Store(first, read_only=True) as s1, Store(second, read_only=True) as s2:
         assert dump(s1.con) == dump(s2.con)
-        for q in (lambda c: queries.leaderboard(c), lambda c: queries.leaderboard(c, k=2),
-                  lambda c: queries.top_k(c, "b", "datainf", 2, 3, 5), lambda c: queries.samples(c, "c")):
+        for q in (lambda c: metrics.leaderboard(c), lambda c: metrics.leaderboard(c, k=2),
+                  lambda c: scores.top_k(c, "b", "datainf", 2, 3, 5), lambda c: samples.samples(c, "c")):
             assert q(s1.con).equals(q(s2.con))
 
 
@@ -315,7 +316,7 @@ def test_rebuild_strict_failure_keeps_old_db(runs_dir, db_path, make_run):
     with pytest.raises(IngestError):
         db.rebuild(db_path, runs_dir, strict=True)
     with Store(db_path, read_only=True) as s:
-        assert queries.list_runs(s.con)["run_id"].tolist() == ["a"]
+        assert runs.list_runs(s.con)["run_id"].tolist() == ["a"]
     assert db.rebuild(db_path, runs_dir) == ["a"]  # non-strict: bad run skipped
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from store.db import Store
 from store.errors import SchemaVersionError
-from store.schema import PARQUET_TABLES, SCHEMA_VERSION, ensure_schema, stored_version
+from store.schema import PARQUET_TABLES, SCHEMA_VERSION, ensure_schema, rank_key, stored_version
 
 
 def _columns(con, table):
@@ -47,3 +47,15 @@ def test_read_only_open(db_path):
         assert s.con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
         with pytest.raises(duckdb.Error):
             s.con.execute("DELETE FROM runs")
+
+
+def test_rank_key_is_the_ranking_rule():
+    """Score descending, ties -> the lower train_id, NaN last; as ORDER BY key DESC and compared across aliases."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE s AS SELECT * FROM (VALUES (0, 1.0), (1, 'NaN'::DOUBLE), (2, 3.0), (3, 1.0), (4, -2.0))"
+                " t(train_id, score)")
+    order = [r[0] for r in con.execute(f"SELECT train_id FROM s ORDER BY {rank_key()} DESC").fetchall()]
+    assert order == [2, 0, 3, 4, 1]
+    above = con.execute(f"SELECT count(*) FROM s a, s b WHERE b.train_id = 3 AND {rank_key('a')} > {rank_key('b')}")
+    assert above.fetchone()[0] == 2  # train 2 (higher score) and train 0 (same score, lower id)
+    assert rank_key("x") == "(NOT isnan(x.score), x.score, -x.train_id)"

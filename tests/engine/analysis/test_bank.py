@@ -6,8 +6,9 @@ import threading
 import pytest
 import torch
 
-from engine.analysis.bank import BANK_ENV, RetrainBank, bank_root, base_digest, encoded_digest, eval_key, state_digest
+from engine.analysis.bank import RetrainBank, bank_root, base_digest, encoded_digest, eval_key, state_digest
 from engine.data.encoding import Encoded
+from engine.paths import BANK_ENV
 
 IDENTITY = {"base": "b", "adapter": {"initial": "i", "r": 4}, "data": "d", "recipe": {"epochs": 2}}
 

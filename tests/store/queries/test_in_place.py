@@ -15,9 +15,10 @@ from scipy.stats import spearmanr
 from engine.evaluation.tables import Evaluation, scores_table
 from engine.runfolder.runformat import scores_file
 from engine.runfolder.writer import open_run
-from store import queries as q
 from store.db import Store
 from store.errors import RunFilesError
+from store.queries import agreement, scores
+from store.queries.metrics import leaderboard
 
 LABELS = ("a", "b", "c")
 
@@ -76,18 +77,18 @@ def test_queries_on_engine_written_runs_match_numpy(engine_runs):
     con, _, mats, tr, te = engine_runs
     for m, S in mats.items():
         order = metrics.ranking(S)
-        np.testing.assert_array_equal(q.score_matrix(con, "r", m, 1), S)
+        np.testing.assert_array_equal(scores.score_matrix(con, "r", m, 1), S)
         for j in range(len(te)):
-            np.testing.assert_array_equal(q.score_row(con, "r", m, 1, j), S[j])
+            np.testing.assert_array_equal(scores.score_row(con, "r", m, 1, j), S[j])
             for k in (2, 3, 9):
-                assert q.top_k(con, "r", m, 1, j, k)["train_id"].tolist() == order[j, :k].tolist()
+                assert scores.top_k(con, "r", m, 1, j, k)["train_id"].tolist() == order[j, :k].tolist()
         for k in (1, 3, 6):
             want = metrics.summarize(S, tr, te, k)
-            row = q.leaderboard(con, "r", k=k).set_index("method").loc[m]
+            row = leaderboard(con, "r", k=k).set_index("method").loc[m]
             assert row.acc == pytest.approx(want["acc"]) and row.coverage == pytest.approx(want["coverage"])
-            assert q.topk_counts(con, "r", m, 1, k)["n"].tolist() == metrics.topk_counts(S, k).tolist()
+            assert scores.topk_counts(con, "r", m, 1, k)["n"].tolist() == metrics.topk_counts(S, k).tolist()
             for i in (0, 11):
-                rev = q.test_prompts_ranking_train(con, "r", m, 1, i, k)
+                rev = scores.test_prompts_ranking_train(con, "r", m, 1, i, k)
                 ranks = {j: int(np.flatnonzero(order[j] == i)[0]) + 1 for j in range(len(te))}
                 assert dict(zip(rev.test_id, rev["rank"])) == {j: r for j, r in ranks.items() if r <= k}
 
@@ -97,16 +98,16 @@ def test_per_test_agreement_is_stored_and_read_back(engine_runs):
     their means are the agreement table's."""
     con, _, mats, _, _ = engine_runs
     A, B = mats["gradsim"], mats["repsim"]
-    got = q.test_agreement(con, "r", 1, "repsim", "gradsim")  # either order of the pair
+    got = agreement.test_agreement(con, "r", 1, "repsim", "gradsim")  # either order of the pair
     assert got["test_id"].tolist() == list(range(len(A))) and set(got.k) == {4}
     rho = [spearmanr(a, b).statistic for a, b in zip(A, B)]
     top = lambda row: set(np.argsort(-row, kind="stable")[:4].tolist())  # noqa: E731
     overlap = [len(top(a) & top(b)) / 4 for a, b in zip(A, B)]
     np.testing.assert_allclose(got.spearman, rho, rtol=1e-9)
     np.testing.assert_allclose(got.overlap, overlap)
-    mean = q.agreement(con, "r", 1).iloc[0]
+    mean = agreement.agreement(con, "r", 1).iloc[0]
     assert mean.spearman == pytest.approx(np.mean(rho)) and mean.overlap == pytest.approx(np.mean(overlap))
-    assert q.test_agreement(con, "r", 1, "gradsim", "gradsim").empty
+    assert agreement.test_agreement(con, "r", 1, "gradsim", "gradsim").empty
 
 
 def test_a_run_folder_deleted_after_ingest_gives_a_clear_error(tmp_path):
@@ -116,14 +117,14 @@ def test_a_run_folder_deleted_after_ingest_gives_a_clear_error(tmp_path):
     with Store(tmp_path / "db.duckdb", top_k=3) as s:
         s.ingest_all(tmp_path / "runs")
         shutil.rmtree(folder)
-        top = q.top_k(s.con, "gone", "gradsim", 1, 0, 3)
+        top = scores.top_k(s.con, "gone", "gradsim", 1, 0, 3)
         assert top["train_id"].tolist() == np.argsort(-mats["gradsim"][0], kind="stable")[:3].tolist()
-        for call in (lambda: q.score_row(s.con, "gone", "gradsim", 1, 0),
-                     lambda: q.top_k(s.con, "gone", "gradsim", 1, 0, 5),
-                     lambda: q.score_matrix(s.con, "gone", "gradsim", 1),
-                     lambda: q.leaderboard(s.con, "gone", k=7),
-                     lambda: q.topk_counts(s.con, "gone", "gradsim", 1, 9),
-                     lambda: q.test_prompts_ranking_train(s.con, "gone", "gradsim", 1, 0, 9)):
+        for call in (lambda: scores.score_row(s.con, "gone", "gradsim", 1, 0),
+                     lambda: scores.top_k(s.con, "gone", "gradsim", 1, 0, 5),
+                     lambda: scores.score_matrix(s.con, "gone", "gradsim", 1),
+                     lambda: leaderboard(s.con, "gone", k=7),
+                     lambda: scores.topk_counts(s.con, "gone", "gradsim", 1, 9),
+                     lambda: scores.test_prompts_ranking_train(s.con, "gone", "gradsim", 1, 0, 9)):
             with pytest.raises(RunFilesError, match=r"run 'gone': its score file .*gradsim-ckpt1\.parquet is gone"):
                 call()
 
@@ -134,7 +135,7 @@ def test_a_damaged_score_file_gives_a_clear_error(tmp_path):
         s.ingest_all(tmp_path / "runs")
         (folder / "scores" / "gradsim-ckpt1.parquet").write_bytes(b"not parquet at all")
         with pytest.raises(RunFilesError, match=r"run 'bad': its score files could not be read"):
-            q.score_row(s.con, "bad", "gradsim", 1, 0)
+            scores.score_row(s.con, "bad", "gradsim", 1, 0)
 
 
 def test_merged_file_rows_are_sorted_with_whole_prompts_per_row_group(tmp_path, monkeypatch):
