@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 import store
+from engine.catalog.methods import default_methods
 from ui.auth import require_login
 from ui.behaviour import GROUP_METRICS, concentration_panel, group_heatmap, label_bars, pick_group
 from ui.common import cursor, esc, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
@@ -22,7 +23,6 @@ from ui.common import cursor, esc, export_buttons, md, pick_checkpoint, pick_run
 st.set_page_config(page_title="Behaviour · Influence Explorer", layout="wide")
 require_login()
 
-PREFERRED = ("datainf", "ekfac", "gradsim", "repsim")
 SHOWN = 50  # ranked rows shown (the export has all)
 
 
@@ -30,7 +30,7 @@ def pick_method(con, run: str, ck: int) -> str | None:
     names = [m for m in store.methods(con, run) if ck in store.checkpoints(con, run, m)]
     if not names:
         return None
-    fallback = next((m for m in PREFERRED if m in names), names[0])
+    fallback = default_methods(names, 1)[0]  # the catalog's default order when the URL names none
     wanted = qp_get("method", fallback)
     method = st.sidebar.selectbox("Method", names, index=names.index(wanted) if wanted in names else
                                   names.index(fallback), key="method")

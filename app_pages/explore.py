@@ -22,6 +22,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 import store
+from engine.catalog.methods import default_methods
 from ui import token_view
 from ui.auth import require_login
 from ui.common import chart_text, cursor, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
@@ -29,8 +30,7 @@ from ui.common import chart_text, cursor, export_buttons, md, pick_checkpoint, p
 st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
 require_login()
 
-PREFERRED = ("datainf", "repsim", "gradsim")  # default methods, in this order, when the URL names none
-MAX_METHODS = 3
+MAX_METHODS = 3  # when the URL names none: the first of engine.catalog.methods.default_methods
 MAX_K = 200  # slider ceiling: longer rankings are unreadable side by side
 TEXT_CUT = 200  # characters of prompt/response shown in table cells (the full text is in the expanders)
 ALL_LABELS = "All labels"
@@ -76,22 +76,16 @@ def cache_key(info: dict) -> tuple[str, object]:
     return str(store.default_store_path()), info.get("ingested_at")
 
 
-def default_methods(available: list[str]) -> list[str]:
-    """The first three of datainf/repsim/gradsim that exist, topped up with the others in sorted order."""
-    picked = [m for m in PREFERRED if m in available]
-    picked += [m for m in available if m not in picked]
-    return picked[:MAX_METHODS]
-
-
 def methods_from_url(available: list[str]) -> list[str]:
-    """The ``methods`` query parameter, unknown names and duplicates dropped; the default when none is left."""
+    """The ``methods`` query parameter, unknown names and duplicates dropped; when none is left, the catalog's
+    default (:func:`engine.catalog.methods.default_methods`, the first :data:`MAX_METHODS`)."""
     raw = qp_get("methods", "") or ""
     wanted: list[str] = []
     for name in raw.split(","):
         name = name.strip()
         if name in available and name not in wanted:
             wanted.append(name)
-    return wanted[:MAX_METHODS] or default_methods(available)
+    return wanted[:MAX_METHODS] or default_methods(available, MAX_METHODS)
 
 
 def summarise(table: pd.DataFrame, k: int, n_same_train: int) -> dict:

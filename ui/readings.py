@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from engine.catalog.methods import CATALOG
 from engine.evaluation import metrics
 from ui.common import esc
 
@@ -222,8 +223,6 @@ def retrain_reading(groups: pd.DataFrame, methods: pd.DataFrame, output: str = "
 
 # ---------------------------------------------------------------------------------------------- a run's leaderboard
 
-# the influence-function methods (an inverse-Hessian-vector product in the score); GradSim and TracIn are not
-IF_METHODS = ("exact", "datainf", "datainf_proj", "lissa", "lissa_paper", "ekfac", "kfac")
 CHANCE_P = 0.05  # "beats chance": one-sided binomial test of the test prompts' top-1 hits at this level
 
 
@@ -300,7 +299,8 @@ def leaderboard_reading(last: pd.DataFrame, n_test: int, model: str = "", n_labe
                   + (" does" if len(by_cov) == 1 else " do"))
     else:
         on_cov = f"; none does on Coverage{k}"
-    ifs = [m for m in rows.method if m in IF_METHODS and (m in by_acc or m in by_cov)]
+    # the influence functions (an inverse-Hessian-vector product in the score: the catalog's ``influence``)
+    ifs = [m for m in rows.method if m in CATALOG and CATALOG[m].influence and (m in by_acc or m in by_cov)]
     paper = "" if ifs or by_acc or by_cov else " — as in the paper, where RepSim beat the influence functions"
     out.append(f"{head}; {on_acc}{on_cov}{paper}.")
     if ifs:

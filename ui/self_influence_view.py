@@ -8,9 +8,9 @@ import plotly.express as px
 import streamlit as st
 
 import store
+from engine.catalog.methods import default_methods
 from ui.common import chart_text, export_buttons, qp_get, qp_set
 
-PREFERRED = ("exact", "ekfac", "datainf", "gradsim")
 SHOWN = 25
 
 
@@ -22,7 +22,8 @@ def section(con, run: str) -> None:
                 "turned off with scoring.self_influence: false, or it has no gradient method).")
         return
     names = sorted(set(sets.method))
-    fallback = next((m for m in PREFERRED if m in names), names[0])
+    # the catalog's default order among the methods whose self-influence means something
+    fallback = (default_methods(names, 1, where=lambda info: info.has_self_influence) or names)[0]
     wanted = qp_get("si", fallback)
     c1, c2, _ = st.columns([2, 1, 3])
     method = c1.selectbox("Method", names, index=names.index(wanted) if wanted in names else names.index(fallback),

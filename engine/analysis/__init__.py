@@ -15,12 +15,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from engine.runfolder import runformat
+
+if TYPE_CHECKING:  # for the annotations only: importing this package stays free of torch and transformers
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from engine.data.encoding import Encoded
+    from engine.data.tasks.base import TaskData
+    from engine.features.grads import KroneckerFactors
+    from engine.spec.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +47,30 @@ def table(name: str, rows: list[dict]) -> pa.Table:
 class StageInputs:
     """What the pipeline hands the analyses after scoring.
 
-    states: LoRA state per epoch, ``states[0]`` the initial one. train_grads/test_grads, block_names: per-block
-    gradients at ``checkpoint`` (the last scored one); matrices: every method's scores there [m, n].
-    drift: score_drift rows collected while scoring.
+    model: the peft-wrapped causal LM (``engine.model.states.LoadedModel.model``; a ``peft.PeftModel``, typed as
+    the torch module it is), tok: its tokenizer. states: LoRA state per epoch, ``states[0]`` the initial one.
+    train_grads/test_grads, block_names: per-block gradients [n, d_l] / [m, d_l] at ``checkpoint`` (the last
+    scored one); train_grads is None unless the ``ihvp`` stage reads them. matrices: every method's scores there
+    [m, n]. drift: score_drift rows collected while scoring.
     """
 
-    spec: object
-    model: object
-    tok: object
-    task: object
-    train_enc: list
-    test_enc: list
-    states: list
+    spec: RunSpec
+    model: torch.nn.Module
+    tok: PreTrainedTokenizerBase
+    task: TaskData
+    train_enc: list[Encoded]
+    test_enc: list[Encoded]
+    states: list[dict[str, torch.Tensor]]
     scaling: float
     checkpoint: int
-    train_grads: list
-    test_grads: list
-    block_names: tuple
+    train_grads: list[torch.Tensor] | None
+    test_grads: list[torch.Tensor]
+    block_names: tuple[str, ...]
     matrices: dict[str, np.ndarray]
     drift: list[dict]
-    device: object
-    kfac: object = None  # K-FAC factors of the training samples at ``checkpoint`` (when a method needed them)
-    runs_dir: object = None  # the runs folder; the retrain bank defaults to ``retrain-bank`` beside it
+    device: torch.device
+    kfac: KroneckerFactors | None = None  # K-FAC factors of the training samples at ``checkpoint`` (when needed)
+    runs_dir: Path | None = None  # the runs folder; the retrain bank defaults to ``retrain-bank`` beside it
 
 
 def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],

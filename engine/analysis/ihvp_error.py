@@ -47,7 +47,7 @@ from engine.evaluation import metrics
 from engine.scoring.methods._common import damping
 from engine.scoring.methods._kronecker import kronecker_precondition
 from engine.scoring.methods.datainf import precondition_datainf
-from engine.scoring.methods.exact import precondition_exact
+from engine.scoring.methods.exact import damped_inverse, precondition_exact
 from engine.scoring.methods.lissa import precondition_lissa
 from engine.scoring.methods.lissa_paper import precondition_lissa_paper
 
@@ -128,23 +128,6 @@ def _blockdiag(precondition: Callable, subset: Subset, G: torch.Tensor, V: torch
     return torch.cat(out, dim=1)
 
 
-def damped_inverse(G: torch.Tensor, V: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``Q = ((G^T G / n + diag(lam))^{-1} V^T)^T`` exactly: G [n, d], V [m, d], lam [d] > 0 -> Q [m, d].
-
-    n < d: Woodbury with D = diag(lam), ``H^{-1} v = D^{-1} v - D^{-1} G^T (n I + G D^{-1} G^T)^{-1} G D^{-1} v``
-    (Cholesky of the n x n matrix); else a Cholesky factorisation of H."""
-    n, d = G.shape
-    if n < d:
-        GD = G / lam  # G D^{-1}
-        K = GD @ G.T
-        K.diagonal().add_(n)
-        B = torch.cholesky_solve(GD @ V.T, torch.linalg.cholesky(K))  # [n, m]
-        return V / lam - B.T @ GD
-    H = G.T @ G / n
-    H.diagonal().add_(lam)
-    return torch.cholesky_solve(V.T, torch.linalg.cholesky(H)).T
-
-
 def _per_matrix_damping(subset: Subset, G: torch.Tensor, lambda_c: float) -> torch.Tensor:
     """[d] the damping lambda_l of each column's LoRA matrix (its part of the subset)."""
     out, col = [], 0
@@ -156,8 +139,9 @@ def _per_matrix_damping(subset: Subset, G: torch.Tensor, lambda_c: float) -> tor
 
 
 def _reference(G: torch.Tensor, V: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """:func:`damped_inverse` on the columns with lam > 0 (a matrix whose gradients are all zero has no damping
-    and, as in the methods, contributes nothing)."""
+    """:func:`engine.scoring.methods.exact.damped_inverse` with per-column damping ``lam`` [d], on the columns
+    with lam > 0 (a matrix whose gradients are all zero has no damping and, as in the methods, contributes
+    nothing)."""
     ok = lam > 0
     Q = torch.zeros_like(V)
     if bool(ok.any()):

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerBase
 
 from engine.data.encoding import Encoded
 from engine.model import adapters
+from engine.model.adapters import UserAdapter
 from engine.model.base import load_base, resolve_device
 from engine.model.finetune import add_lora, finetune, lora_state
 from engine.runfolder.runformat import CHECKPOINTS_DIR
@@ -23,15 +25,15 @@ from engine.spec.run_spec import RunSpec
 class LoadedModel:
     """The peft model on its device, its tokenizer, and (for a given adapter) what was found on disk.
 
-    user: the user's adapter (``engine.model.adapters.UserAdapter``) or None; user_states: its states' tensors in
-    training order, already checked against the model.
+    user: the user's adapter or None; user_states: its states' tensors in training order, already checked against
+    the model.
     """
 
-    model: object
-    tok: object
+    model: torch.nn.Module  # a peft PeftModel
+    tok: PreTrainedTokenizerBase
     device: torch.device
-    user: object = None
-    user_states: list = field(default_factory=list)
+    user: UserAdapter | None = None
+    user_states: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     @property
     def scaling(self) -> float:

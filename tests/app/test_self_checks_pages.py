@@ -14,11 +14,12 @@ DATASET = REPO_ROOT / "app_pages" / "dataset.py"
 
 def test_dataset_page_ranks_self_influence(store_env, open_page, tiny_run):
     at = open_page(DATASET)
-    assert at.selectbox(key="si_method").value == "exact"  # the preferred method when the run has it
+    # the catalog's default (engine.catalog.methods.default_methods) among the methods with self-influence
+    assert at.selectbox(key="si_method").value == "datainf"
     assert "repsim" not in at.selectbox(key="si_method").options
     shown = next(d.value for d in at.dataframe if "score" in d.value.columns and "rank" in d.value.columns)
     si = pq.read_table(tiny_run / "self_influence.parquet").to_pandas()
-    want = si[si.method == "exact"].sort_values(["score", "train_id"], ascending=[False, True])
+    want = si[si.method == "datainf"].sort_values(["score", "train_id"], ascending=[False, True])
     assert shown.train_id.tolist() == want.train_id.head(len(shown)).tolist()
     at.selectbox(key="si_method").set_value("tracin").run()
     assert not at.exception and at.query_params["si"] == "tracin"

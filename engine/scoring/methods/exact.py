@@ -6,7 +6,8 @@ Formula, per LoRA block l (same damping as DataInf):
     H_l      = (1/n) sum_i g_il g_il^T + lambda_l I  = G_l^T G_l / n + lambda_l I          [d_l, d_l]
     s(z_i, z') = sum_l <H_l^{-1} g_l(z'), g_il>
 
-Computed exactly, without ever inverting a matrix:
+Computed exactly, without ever inverting a matrix (:func:`damped_inverse`, also the reference of
+``engine.analysis.ihvp_error``, which damps each column with its own lambda):
 - n < d_l (Woodbury on the n x n Gram matrix K = G G^T):
   ``H^{-1} v = (1/lambda) [ v - G^T (K + n lambda I)^{-1} G v ]``, solved with a Cholesky factorisation;
 - d_l <= n: Cholesky factorisation of the d_l x d_l matrix H itself.
@@ -25,23 +26,39 @@ from ._common import damping, full_score, grad_train_blocks, gram_method
 from .base import register
 
 
-def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0,
-                       block: int | None = None) -> torch.Tensor:
-    """``Q = (H^{-1} V^T)^T`` for one block: G [n, d], V [m, d] -> Q [m, d] (``block``: its index, unused)."""
+def damped_inverse(G: torch.Tensor, V: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
+    """``Q = ((G^T G / n + Lambda)^{-1} V^T)^T`` exactly: G [n, d], V [m, d] -> Q [m, d] (in G's dtype and device).
+
+    ``lam`` > 0 is the damping: a scalar (0-dim tensor or float, ``Lambda = lam I``, one block's lambda_l) or one
+    value per column ([d], ``Lambda = diag(lam)``, e.g. each column damped with its own LoRA matrix's lambda_l).
+
+    n < d: Woodbury, ``H^{-1} v = Lambda^{-1} [ v - G^T K^{-1} G Lambda^{-1} v ]`` with the n x n matrix
+    ``K = G Lambda^{-1} G^T + n I`` (Cholesky). A scalar lambda is multiplied through, ``(lam K)^{-1} G v``, so
+    G is never copied (the scoring hot path). Else a Cholesky factorisation of the d x d matrix H itself.
+    """
     n, d = G.shape
-    lam = damping(G, lambda_c)
-    if not bool(lam > 0):
-        return torch.zeros_like(V)
+    lam = torch.as_tensor(lam, dtype=G.dtype, device=G.device)
     if n < d:
-        K = G @ G.T  # [n, n]
-        K.diagonal().add_(n * lam)
-        L = torch.linalg.cholesky(K)
-        B = torch.cholesky_solve(G @ V.T, L)  # [n, m] = (K + n lam I)^{-1} G v
+        if lam.ndim == 0:
+            K, W = G @ G.T, V  # lam K = G G^T + n lam I, and the right-hand side G v (lam times G Lambda^-1 v)
+            K.diagonal().add_(n * lam)
+        else:
+            K, W = (G / lam) @ G.T, V / lam  # K = G Lambda^{-1} G^T + n I, and G Lambda^{-1} v
+            K.diagonal().add_(n)
+        B = torch.cholesky_solve(G @ W.T, torch.linalg.cholesky(K))  # [n, m] = K^{-1} G Lambda^{-1} v
         return (V - B.T @ G) / lam
     H = G.T @ G / n  # [d, d]
     H.diagonal().add_(lam)
-    L = torch.linalg.cholesky(H)
-    return torch.cholesky_solve(V.T, L).T
+    return torch.cholesky_solve(V.T, torch.linalg.cholesky(H)).T
+
+
+def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10.0,
+                       block: int | None = None) -> torch.Tensor:
+    """``Q = (H^{-1} V^T)^T`` for one block: G [n, d], V [m, d] -> Q [m, d] (``block``: its index, unused)."""
+    lam = damping(G, lambda_c)
+    if not bool(lam > 0):
+        return torch.zeros_like(V)
+    return damped_inverse(G, V, lam)
 
 
 queries = gram_method(precondition_exact)

@@ -1,10 +1,22 @@
-"""The staged pipeline gives the same score files as the pipeline before it was rebuilt around a feature plan.
+"""The tiny pipeline gives the scores and metrics of the golden files (``golden/``), method by method.
 
 ``golden/tiny_scores_before_stages.parquet`` and ``golden/tiny_metrics_before_stages.parquet`` are the score and
-metric tables that ``run_pipeline(TINY_SPEC)`` wrote at commit e431d11 (the single-function pipeline, with the
-fixed per-sample data order and dropout of the ground-truth rework, which changed the fine-tuning trajectory),
-sorted by (method, checkpoint, test_id, train_id): every method of that default list, both epoch checkpoints.
-Methods added to the default list later are not in them and are left out of the comparison."""
+metric tables that ``run_pipeline(TINY_SPEC)`` (``tests/conftest.py``) wrote at commit e431d11 (the single-function
+pipeline, with the fixed per-sample data order and dropout of the ground-truth rework, which changed the fine-tuning
+trajectory): the scores sorted by :data:`KEY`, the metrics' columns :data:`METRIC_COLUMNS` (one row per method and
+checkpoint); every method of that default list, both epoch checkpoints. Methods added to the default list later are
+not in them and are left out of the comparison.
+
+Regenerating. These tests guard against UNINTENDED changes of what a run computes. Regenerate the files only for an
+intended change of the fine-tuning or of the scoring (new training recipe, a method's formula or default
+parameters, a different data order), never to make a failing test pass without knowing why, and say so in the
+commit message (what changed, and that the golden files were regenerated for it)::
+
+    .venv/bin/python scripts/regenerate_golden.py                 # the methods the files hold today
+    .venv/bin/python scripts/regenerate_golden.py --all-methods   # every method the tiny run scores
+
+It runs ``run_pipeline(TINY_SPEC)`` on the CPU and rewrites both files (it prints how far each method's scores
+moved). A new method is not compared until the files are regenerated with ``--all-methods``."""
 
 from pathlib import Path
 
@@ -12,7 +24,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 DATA = Path(__file__).parent / "golden"  # not "data/": .gitignore keeps the app's data folders out
-KEY = ["method", "checkpoint", "test_id", "train_id"]
+SCORES = DATA / "tiny_scores_before_stages.parquet"
+METRICS = DATA / "tiny_metrics_before_stages.parquet"
+KEY = ["method", "checkpoint", "test_id", "train_id"]  # the order of the scores file
+METRIC_COLUMNS = ["method", "checkpoint", "k", "acc", "coverage", "auprc", "chance_acc", "chance_coverage",
+                  "best_coverage", "n_distinct_top1"]  # the columns of the metrics file
 
 
 def _sorted(table):
@@ -24,8 +40,8 @@ def _known(df, old):
     return df[df.method.isin(set(old.method))].reset_index(drop=True)
 
 
-def test_scores_equal_the_pipeline_before_the_rebuild(tiny_run):
-    old = _sorted(pq.read_table(DATA / "tiny_scores_before_stages.parquet"))
+def test_scores_equal_the_golden_files(tiny_run):
+    old = _sorted(pq.read_table(SCORES))
     new = _known(_sorted(pq.read_table(tiny_run / "scores")), old)
     assert sorted(new.method.unique()) == sorted(old.method.unique())
     assert len(new) == len(old)
@@ -39,11 +55,9 @@ def test_scores_equal_the_pipeline_before_the_rebuild(tiny_run):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=method)
 
 
-def test_metrics_equal_the_pipeline_before_the_rebuild(tiny_run):
-    cols = ["method", "checkpoint", "k", "acc", "coverage", "auprc", "chance_acc", "chance_coverage",
-            "best_coverage", "n_distinct_top1"]
-    old = pq.read_table(DATA / "tiny_metrics_before_stages.parquet").to_pandas()[cols].sort_values(
-        ["method", "checkpoint"])
+def test_metrics_equal_the_golden_files(tiny_run):
+    cols = METRIC_COLUMNS
+    old = pq.read_table(METRICS).to_pandas()[cols].sort_values(["method", "checkpoint"])
     new = _known(pq.read_table(tiny_run / "metrics.parquet").to_pandas()[cols], old).sort_values(
         ["method", "checkpoint"])
     np.testing.assert_array_equal(new[["method", "checkpoint", "k", "n_distinct_top1"]].to_numpy(),

@@ -4,7 +4,7 @@ import torch
 
 from engine.features.types import Features
 from engine.scoring.methods import get_method
-from engine.scoring.methods.exact import precondition_exact
+from engine.scoring.methods.exact import damped_inverse, precondition_exact
 
 from ._helpers import make_features, np_blocks, np_damping, rel_err
 
@@ -61,3 +61,26 @@ def test_exact_zero_block():
     z = Features(grads=[torch.zeros_like(train.grads[2])])
     t = Features(grads=[test.grads[2]])
     assert np.all(get_method("exact")(z, t) == 0)
+
+
+@pytest.mark.parametrize("n,d", [(12, 40), (12, 12), (40, 12), (3, 200)])
+@pytest.mark.parametrize("form", ["scalar", "float", "per-column"])
+def test_damped_inverse_equals_an_explicit_inverse(n, d, form):
+    """The one damped solve (exact's blocks, the iHVP-error references) equals ``V (G^T G / n + Lambda)^{-1}``
+    built with torch.linalg.inv, for a scalar damping (0-dim tensor or float: Lambda = lam I) and a per-column
+    one ([d]: Lambda = diag(lam), columns on different scales), on both the Woodbury (n < d) and the direct path."""
+    gen = torch.Generator().manual_seed(7 * n + d)
+    scale = torch.logspace(-3, -1, d, dtype=torch.float64)  # columns on different scales, as LoRA A and B
+    G = torch.randn(n, d, generator=gen, dtype=torch.float64) * scale
+    V = torch.randn(5, d, generator=gen, dtype=torch.float64) * scale
+    if form == "per-column":
+        lam = (G * G).mean(0) / 10.0 + 1e-8
+        Lambda = torch.diag(lam)
+    else:
+        lam = (G * G).mean() / 10.0
+        Lambda = lam * torch.eye(d, dtype=torch.float64)
+        lam = float(lam) if form == "float" else lam
+    want = V @ torch.linalg.inv(G.T @ G / n + Lambda)  # H is symmetric: (H^-1 V^T)^T = V H^-1
+    got = damped_inverse(G, V, lam)
+    assert got.shape == V.shape and got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-8, atol=1e-10 * float(want.abs().max()))
