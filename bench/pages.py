@@ -15,13 +15,15 @@ import statistics
 import time
 from pathlib import Path
 
+from engine.paths import default_store_path
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", "app_pages/explore.py", "app_pages/compare_methods.py", "app_pages/dataset.py"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--store", default=str(REPO / "data" / "influence.duckdb"))
+    ap.add_argument("--store", default=str(default_store_path()))
     ap.add_argument("--run", default="demo-smollm2-135m")
     ap.add_argument("--n", type=int, default=10)
     args = ap.parse_args()

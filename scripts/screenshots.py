@@ -21,6 +21,10 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.paths import default_store_path  # noqa: E402  (after the path set-up above)
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
 PAGES = {"home": "", "explore": "Explore", "compare": "Compare_methods", "dataset": "Dataset",
@@ -36,7 +40,7 @@ def free_port() -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--store", default=str(REPO / "data" / "influence.duckdb"))
+    ap.add_argument("--store", default=str(default_store_path()))
     ap.add_argument("--run", default="demo-smollm2-135m")
     ap.add_argument("--out", default=str(REPO / "artifacts" / "screenshots"))
     ap.add_argument("--query", default="", help="extra query string, e.g. 'test=3&k=5'")

@@ -113,9 +113,8 @@ def parameter_subsets(block_names: Sequence[str], block_dims: Sequence[int], ent
 
 
 def _spearman_mean(S: np.ndarray, R: np.ndarray) -> float:
-    from engine.evaluation.metrics import spearman_rows
 
-    return float(np.nanmean(spearman_rows(S, R)))
+    return float(np.nanmean(metrics.spearman_rows(S, R)))
 
 
 def _blockdiag(precondition: Callable, subset: Subset, G: torch.Tensor, V: torch.Tensor, **kw) -> torch.Tensor:

@@ -6,7 +6,7 @@ Noise floor. For a measure x of a retrained model (per test sample: |dloss_j|; p
 with other data-order seeds, against the original). A removal's change with |x| <= that floor is "inside the
 noise": a reshuffle of the same data moves the model as much. Without noise retrainings it is undefined (NULL).
 
-Tables (columns in engine.analysis.TABLES):
+Tables (columns in engine.analysis.stages.TABLES):
 - ``retrain_groups``: one row per group; ``within_noise`` judged on mean |dloss|.
 - ``retrain_modules``: per (group, LoRA module) the three norms of engine.analysis.retrain.parameter_change.
 - ``retrain_tests``: per (group, test sample) dloss, KL, the test sample's noise floor and whether |dloss| is inside.

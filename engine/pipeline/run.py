@@ -11,7 +11,7 @@ packages)::
                              (score_checkpoint), metrics and agreement from the stored scores (Evaluation)
     _self_influence          s(z_i, z_i) at the last scored checkpoint (plan-gated)
     _spread_retrainings      torchrun only: every rank's share of the retraining bank
-    _finish                  tables, numerical self-checks, the analyses (engine.analysis.run_stages), manifest,
+    _finish                  tables, numerical self-checks, the analyses (engine.analysis.stages), manifest,
                              atomic commit
 
 No method name appears here: what is computed follows from the plan. Bad input raises InputError before
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.analysis import StageInputs, run_stages, spread_retrainings
 from engine.analysis.convergence import score_drift
+from engine.analysis.stages import StageInputs, run_stages, spread_retrainings
 from engine.catalog.methods import changed_params, method_info
 from engine.data.encoding import EncodedData
 from engine.data.tasks.base import TaskData

@@ -21,13 +21,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.catalog.methods import method_info
 from engine.runfolder.runformat import MANIFEST
 
 
 def no_token_view(method: str) -> str | None:
     """Why ``method``'s scores have no token view (None when they do): the rule is the catalog's ``tokens``."""
-    from engine.catalog.methods import method_info
-
     info = method_info(method)
     if info.tokens:
         return None

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import store
-from engine.analysis import TABLES
+from engine.analysis.stages import TABLES
 
 
 @pytest.fixture
