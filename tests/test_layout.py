@@ -1,10 +1,11 @@
 """The layout's promises, checked: no import cycle among the project's modules (any import, anywhere in a module,
-inside functions too), and validating specs in the app's process never loads torch.
+inside functions too), validating specs in the app's process never loads torch, no function over 80 lines.
 
 The layer order itself is the import contract in ``pyproject.toml`` (``lint-imports``, run by ``make test``)."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -103,3 +104,16 @@ print(sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_no_function_longer_than_80_lines():
+    """Functions stay short enough to read at once (docstrings included), in the packages and the pages."""
+    long = []
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > 80:
+                        long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
