@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 
 import store
 from engine.catalog.methods import default_methods
+from engine.paths import default_store_path
 from ui import token_view
 from ui.auth import require_login
 from ui.common import chart_text, cursor, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
@@ -73,7 +74,7 @@ def dominant(_con, store_path: str, run: str, stamp, method: str, ck: int) -> pd
 
 def cache_key(info: dict) -> tuple[str, object]:
     """What the cached reads are keyed on besides the run: the store file and the run's ingest time."""
-    return str(store.default_store_path()), info.get("ingested_at")
+    return str(default_store_path()), info.get("ingested_at")
 
 
 def methods_from_url(available: list[str]) -> list[str]:

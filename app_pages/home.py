@@ -19,7 +19,7 @@ import store
 from engine.catalog.analyses import ANALYSES
 from engine.jobs import queue as jobs
 from engine.jobs import workers
-from engine.paths import default_jobs_dir, read_only
+from engine.paths import default_jobs_dir, default_store_path, read_only
 from engine.spec.presets import DEMO_TASKS
 from ui import demo_job, run_checks
 from ui.auth import current_user, require_login
@@ -45,7 +45,7 @@ MAX_READINGS = 6  # runs whose reading is spelled out under the heatmaps (newest
 
 
 def jobs_dir():
-    return default_jobs_dir(store.default_store_path())
+    return default_jobs_dir(default_store_path())
 
 
 def show_empty() -> None:
@@ -89,7 +89,7 @@ def demo_launcher() -> None:
              "samples): on 2 CPU cores that is most of a demo's time.")
     if st.button("Run the demo", type="primary", key="run_demo"):
         stages = ANALYSES if analyses == "all" else tuple(a for a in analyses.split(",") if a != "none")
-        demo_job.launch(jobs_dir(), store.default_store_path(), model, task, stages, current_user())
+        demo_job.launch(jobs_dir(), default_store_path(), model, task, stages, current_user())
         st.rerun()
     st.caption("The demo runs as a job: it is listed on the [Jobs](Jobs) page with its log and a cancel button. "
                "If no worker is running, the app starts one for it (it stops with the app).")
@@ -109,7 +109,7 @@ def demo_progress(job_id: str) -> None:
     if j["status"] == "queued" and not live and not demo_job.own_worker_running():
         c1.warning(f"Demo {esc(j.get('run', ''))} is queued, but no worker is running.")
         c2.button("Start a worker", key="demo_start_worker", on_click=demo_job.ensure_worker,
-                  args=(jd, store.default_store_path()))
+                  args=(jd, default_store_path()))
     else:
         if j["status"] == "running":
             what = f"running: {esc(j.get('message') or 'starting…')}"

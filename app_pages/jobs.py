@@ -25,7 +25,7 @@ from engine.data.uploads import keep_upload, list_datasets, max_upload_bytes, va
 from engine.errors import InputError
 from engine.jobs import queue as jobs
 from engine.jobs import workers
-from engine.paths import DEFAULT_STORE_PATH, default_datasets_dir, default_jobs_dir, read_only
+from engine.paths import DEFAULT_STORE_PATH, default_datasets_dir, default_jobs_dir, default_store_path, read_only
 from engine.spec.load import spec_from_dict
 from engine.spec.presets import PRESETS
 from ui.auth import can_submit, current_user, require_login
@@ -51,7 +51,7 @@ STATUS_ICON = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "�
 
 
 def paths():
-    db = store.default_store_path()
+    db = default_store_path()
     return default_jobs_dir(db), default_datasets_dir(db)
 
 
@@ -251,7 +251,7 @@ def queue(spec: dict, jobs_dir) -> None:
 
 def worker_command(jobs_dir) -> str:
     """The shell command that starts a worker on this app's store (and jobs folder, when it is not the default)."""
-    db = store.default_store_path().resolve()
+    db = default_store_path().resolve()
     cmd = ".venv/bin/python -m engine worker"
     if db != DEFAULT_STORE_PATH.resolve():
         cmd += f" --store {db}"

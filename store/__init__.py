@@ -17,17 +17,15 @@ Public API (import it from here: ``store.top_k(...)``); where each part lives::
     behaviour_scores, group_influence, GROUP_COLUMNS                 store.queries.behaviour
     self_influence, self_influence_sets                              store.queries.self_influence
     checks, check_status                                             store.queries.checks
-    default_store_path, default_runs_dir                             engine.paths (every location and setting)
     StoreError, NotFoundError, Unknown*Error, QueryError,            store.errors
     IngestError, RunFilesError, StoreLockedError, SchemaVersionError
 
-Importing ``store`` imports duckdb and pandas; the engine never imports it (it writes run folders, and reads its
-locations from ``engine.paths``).
+Importing ``store`` imports duckdb and pandas; the engine never imports it (it writes run folders). Where the
+store file and the run folders are: ``engine.paths``.
 """
 
 from __future__ import annotations
 
-from engine.paths import default_runs_dir, default_store_path
 from store.db import Store, StoreOpenError, open_or_rebuild, open_store, rebuild
 from store.errors import (
     IngestError,
@@ -84,8 +82,6 @@ __all__ = [
     "behaviour_scores", "group_influence", "GROUP_COLUMNS",
     "self_influence", "self_influence_sets",
     "checks", "check_status",
-    # engine.paths
-    "default_runs_dir", "default_store_path",
     # store.errors
     "IngestError", "NotFoundError", "QueryError", "RunFilesError", "SchemaVersionError", "StoreError",
     "StoreLockedError", "UnknownCheckpointError", "UnknownMethodError", "UnknownRunError", "UnknownSampleError",

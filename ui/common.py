@@ -13,12 +13,13 @@ import re
 import streamlit as st
 
 import store
+from engine.paths import default_store_path
 
 
 @st.cache_resource
 def get_store() -> store.Store:
     """The app process owns the database: one read-write connection, rebuilt from run folders if corrupt."""
-    return store.open_or_rebuild(store.default_store_path())
+    return store.open_or_rebuild(default_store_path())
 
 
 def cursor():

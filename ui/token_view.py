@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import store
 from engine.catalog.methods import method_info
-from engine.paths import default_tokens_dir
+from engine.paths import default_store_path, default_tokens_dir
 from engine.scoring.token_files import TokenResult, manifest_id, no_token_view, result_path
 from ui import token_job
 from ui.auth import read_only
@@ -119,7 +118,7 @@ def section(con, run: str, info: dict, ck: int, tid: int, trid: int, shown: list
     if folder is None:
         st.info(f"The run folder of {run} is not on this machine: token shares are computed from it.")
         return
-    tokens_dir = default_tokens_dir(store.default_store_path())
+    tokens_dir = default_tokens_dir(default_store_path())
     manifest = manifest_id(folder)
     result = TokenResult.read(result_path(tokens_dir, run, manifest, ck, trid))
     if result is None:
@@ -180,7 +179,7 @@ def _request(run: str, ck: int, trid: int, tid: int, tables: dict[str, pd.DataFr
                f"({_estimate(tokens_dir, run, manifest)}) and splits every gradient method's scores of training "
                f"sample {trid} and of the shown methods' top samples over their tokens.")
     if st.button(f"Compute token shares ({len(ids)} training samples)", key="tok_compute"):
-        token_job.launch(store.default_store_path(), tokens_dir, run, ck, ids)
+        token_job.launch(default_store_path(), tokens_dir, run, ck, ids)
         st.rerun()
 
 
