@@ -6,6 +6,7 @@ The layer order itself is the import contract in ``pyproject.toml`` (``lint-impo
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -117,3 +118,13 @@ def test_no_function_longer_than_80_lines():
                     if lines > 80:
                         long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert long == []
+
+
+def test_only_engine_paths_reads_the_influence_settings():
+    """Every ``INFLUENCE_*`` variable is read in ``engine/paths.py`` alone (its names and defaults are a contract)."""
+    reads = re.compile(r"""(environ(\.get)?\s*[(\[]|getenv\s*\()\s*["']INFLUENCE_""")
+    found = [f"{path.relative_to(REPO_ROOT)}:{n}" for package in (*PACKAGES, "scripts")
+             for path in sorted((REPO_ROOT / package).rglob("*.py")) if path != REPO_ROOT / "engine" / "paths.py"
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if reads.search(line)]
+    assert found == []
+    assert reads.search('os.environ.get("INFLUENCE_STORE")') and reads.search("os.environ['INFLUENCE_RUNS']")
