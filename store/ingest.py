@@ -1,4 +1,5 @@
-"""Ingest run folders (format: ``engine.runfolder.runformat``) into the database, and rebuild it from them.
+"""Ingest run folders (format: ``engine.runfolder.runformat``) into the database (rebuilding the whole file from
+them: :func:`store.db.rebuild`).
 
 Policy for folders that are not complete runs (hidden temp folder of a killed run, no manifest, ``status`` not
 ``complete``, a file whose row count differs from the manifest): :func:`ingest_run` returns ``False`` and
@@ -57,7 +58,7 @@ def ingest_run(con: duckdb.DuckDBPyConnection, folder: str | os.PathLike, *, che
     Raises :class:`IngestError` (naming the file) if a complete folder cannot be loaded; then nothing of that
     run changed. ``checkpoint``: run ``CHECKPOINT`` afterwards so the data is in the main file, not the WAL.
     ``top_k``: training samples kept per test prompt in ``topk`` (a run ingested earlier with another value is
-    kept as it is until its folder changes; :func:`rebuild` applies a new value everywhere).
+    kept as it is until its folder changes; :func:`store.db.rebuild` applies a new value everywhere).
     """
     top_k = _top_k(top_k)
     folder = Path(folder).resolve()

@@ -6,7 +6,6 @@ The layer order itself is the import contract in ``pyproject.toml`` (``lint-impo
 from __future__ import annotations
 
 import ast
-import re
 import subprocess
 import sys
 
@@ -120,11 +119,51 @@ def test_no_function_longer_than_80_lines():
     assert long == []
 
 
+def _env_reads(source: str) -> list[tuple[int, str]]:
+    """``(line, variable)`` of every read of an environment variable in ``source``: ``os.environ.get(k)``,
+    ``os.environ[k]``, ``os.getenv(k)``, with ``k`` a string or a name; a name is resolved through the module's own
+    constants, and one imported from ``engine.paths`` counts as an ``INFLUENCE_*`` variable."""
+    tree = ast.parse(source)
+    consts, from_paths = {}, set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            consts.update({t.id: node.value.value for t in node.targets if isinstance(t, ast.Name)})
+        if isinstance(node, ast.ImportFrom) and node.module == "engine.paths":
+            from_paths.update(a.asname or a.name for a in node.names)
+
+    def name_of(key: ast.AST) -> str:
+        if isinstance(key, ast.Constant):
+            return str(key.value)
+        if isinstance(key, ast.Name):
+            return "INFLUENCE_(from engine.paths)" if key.id in from_paths else consts.get(key.id, key.id)
+        return "?"
+
+    out = []
+    for node in ast.walk(tree):
+        key = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            target = ast.unparse(node.func)
+            if target in ("os.environ.get", "os.getenv", "environ.get", "getenv"):
+                key = node.args[0]
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and ast.unparse(node.value) in (
+                "os.environ", "environ"):
+            key = node.slice
+        if key is not None:
+            out.append((node.lineno, name_of(key)))
+    return out
+
+
+def test_the_env_read_finder_sees_reads_through_constants():
+    code = ('import os\nfrom engine.paths import JOBS_ENV\nRUNS = "INFLUENCE_RUNS"\n'
+            'a = os.environ.get(RUNS)\nb = os.environ[JOBS_ENV]\nc = os.getenv("INFLUENCE_X")\nd = os.environ.get("PORT")\n')
+    assert _env_reads(code) == [(4, "INFLUENCE_RUNS"), (5, "INFLUENCE_(from engine.paths)"), (6, "INFLUENCE_X"),
+                                (7, "PORT")]
+
+
 def test_only_engine_paths_reads_the_influence_settings():
-    """Every ``INFLUENCE_*`` variable is read in ``engine/paths.py`` alone (its names and defaults are a contract)."""
-    reads = re.compile(r"""(environ(\.get)?\s*[(\[]|getenv\s*\()\s*["']INFLUENCE_""")
-    found = [f"{path.relative_to(REPO_ROOT)}:{n}" for package in (*PACKAGES, "scripts")
+    """Every ``INFLUENCE_*`` variable is read in ``engine/paths.py`` alone (its names and defaults are a contract);
+    the other modules ask ``engine.paths``."""
+    found = [f"{path.relative_to(REPO_ROOT)}:{line} {name}" for package in (*PACKAGES, "scripts")
              for path in sorted((REPO_ROOT / package).rglob("*.py")) if path != REPO_ROOT / "engine" / "paths.py"
-             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if reads.search(line)]
+             for line, name in _env_reads(path.read_text(encoding="utf-8")) if name.startswith("INFLUENCE_")]
     assert found == []
-    assert reads.search('os.environ.get("INFLUENCE_STORE")') and reads.search("os.environ['INFLUENCE_RUNS']")

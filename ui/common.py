@@ -8,8 +8,11 @@ initial widget values from the URL and writes them back on change, so a copied l
 from __future__ import annotations
 
 import html
+import io
 import re
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import streamlit as st
 
 import store
@@ -105,11 +108,6 @@ def chart_text(text, limit: int = 160) -> str:
 
 def parquet_bytes(df) -> bytes:
     """A DataFrame as Parquet bytes (no index), for download buttons."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
     return buf.getvalue()

@@ -35,7 +35,9 @@ import torch
 
 from engine.paths import retrain_bank_dir
 
-FORMAT = "retrain-v1: order=permutation of the full set per (seed, epoch); dropout=engine.model.dropout v1"
+# Hashed into every bank key: a frozen identity string, not a module path (the dropout masks now live in
+# engine.model.dropout; renaming the module changed nothing a retraining produces, so the string stays)
+FORMAT = "retrain-v1: order=permutation of the full set per (seed, epoch); dropout=engine.sample_dropout v1"
 
 
 def bank_root(setting: str, runs_dir: Path | None) -> Path | None:

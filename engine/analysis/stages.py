@@ -9,12 +9,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from engine.analysis import retrain as rt
 from engine.analysis.bank import RetrainBank, bank_root, base_digest, encoded_digest, state_digest
@@ -28,6 +27,9 @@ from engine.features.grads import KroneckerFactors
 from engine.model.finetune import set_lora_state
 from engine.runfolder import runformat
 from engine.spec.run_spec import RunSpec
+
+if TYPE_CHECKING:  # the tokenizer's type only: importing transformers costs a second
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ One home for the rules every configuration object follows (run specs in :mod:`en
 in :mod:`engine.catalog.methods`): unknown names are refused (listing the valid ones), values are checked against the
 field's type hint (``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]`` and
 nested dataclasses), and the rules attached to a field with :func:`rule` (ranges, choices, list rules) are checked
-too (:func:`check_rules`). Forms and the command line read the same metadata (:func:`field_at`, :func:`rules_of`), so
-a field's rules are declared once, on the field. Nothing here imports torch.
+too (:func:`check_rules`). Forms and the command line read the same metadata (:func:`field_at`; :func:`rules_of`
+lists every rule-bearing field), so a field's rules are declared once, on the field. Nothing here imports torch.
 """
 
 from __future__ import annotations

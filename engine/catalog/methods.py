@@ -21,6 +21,7 @@ Score convention of every method: ``S[j, i]`` LARGER when training sample i is M
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -188,8 +189,6 @@ class MethodInfo:
 
 
 def _hints(cls) -> dict:
-    import typing
-
     return typing.get_type_hints(cls)
 
 

@@ -10,6 +10,7 @@ local Hugging Face cache (loaded with ``local_files_only=True``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -144,8 +145,6 @@ def _config_file(where: str, local: bool) -> Path | None:
 def _refuse_remote_code(name: str, where: str, local: bool) -> None:
     """A model whose config.json maps its classes to code shipped with it (``auto_map``) needs
     ``trust_remote_code``; say so instead of letting transformers fail obscurely."""
-    import json
-
     cfg = _config_file(where, local)
     try:
         data = json.loads(cfg.read_text(encoding="utf-8")) if cfg else {}

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
-from transformers import PreTrainedTokenizerBase
 
 from engine.data.encoding import Encoded
 from engine.model import adapters
@@ -19,6 +19,9 @@ from engine.model.finetune import add_lora, finetune, lora_state
 from engine.runfolder.runformat import CHECKPOINTS_DIR
 from engine.runfolder.writer import RunWriter
 from engine.spec.run_spec import RunSpec
+
+if TYPE_CHECKING:  # the tokenizer's type only: importing transformers costs a second
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass

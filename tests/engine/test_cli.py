@@ -406,8 +406,8 @@ def torch_cpu():
     (_query("analysis_table", "r", "nope"), "unknown analysis table 'nope'"),
 ], ids=lambda v: getattr(v, "__name__", None) if callable(v) else None)
 def test_feature_and_query_errors_reach_the_user_as_error_lines(monkeypatch, tmp_path, capsys, trigger, message):
-    """What engine/features/grads.py, engine/features/rept.py and store/queries.py raise for a model, features or an argument
-    they cannot use is printed as ``error: ...`` with exit status 2, not a traceback."""
+    """What engine/features/grads.py, engine/features/rept.py and the store's queries raise for a model, features or an
+    argument they cannot use is printed as ``error: ...`` with exit status 2, not a traceback."""
     import engine.cli as cli
 
     monkeypatch.setattr(cli, "cmd_report", lambda args: trigger())

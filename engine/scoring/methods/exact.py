@@ -38,15 +38,17 @@ def damped_inverse(G: torch.Tensor, V: torch.Tensor, lam: torch.Tensor | float) 
     """
     n, d = G.shape
     lam = torch.as_tensor(lam, dtype=G.dtype, device=G.device)
-    if n < d:
-        if lam.ndim == 0:
-            K, W = G @ G.T, V  # lam K = G G^T + n lam I, and the right-hand side G v (lam times G Lambda^-1 v)
-            K.diagonal().add_(n * lam)
-        else:
-            K, W = (G / lam) @ G.T, V / lam  # K = G Lambda^{-1} G^T + n I, and G Lambda^{-1} v
-            K.diagonal().add_(n)
-        B = torch.cholesky_solve(G @ W.T, torch.linalg.cholesky(K))  # [n, m] = K^{-1} G Lambda^{-1} v
+    if n < d and lam.ndim == 0:
+        K = G @ G.T  # lam K = G G^T + n lam I; the right-hand side is G v (lam times G Lambda^-1 v)
+        K.diagonal().add_(n * lam)
+        B = torch.cholesky_solve(G @ V.T, torch.linalg.cholesky(K))  # [n, m] = (lam K)^{-1} G v
         return (V - B.T @ G) / lam
+    if n < d:
+        GD = G / lam  # G Lambda^{-1}
+        K = GD @ G.T  # K = G Lambda^{-1} G^T + n I
+        K.diagonal().add_(n)
+        B = torch.cholesky_solve(GD @ V.T, torch.linalg.cholesky(K))  # [n, m] = K^{-1} G Lambda^{-1} v
+        return V / lam - B.T @ GD
     H = G.T @ G / n  # [d, d]
     H.diagonal().add_(lam)
     return torch.cholesky_solve(V.T, torch.linalg.cholesky(H)).T

@@ -131,7 +131,7 @@ def test_blockdiag_rows_only_on_multi_matrix_subsets(rows):
 
 def test_ekfac_rows_use_the_kronecker_preconditioner():
     """With K-FAC factors, EK-FAC/K-FAC rows appear on whole-matrix subsets and equal the method's per-block
-    preconditioner (itself checked against an explicit Kronecker inverse in tests/engine/methods)."""
+    preconditioner (itself checked against an explicit Kronecker inverse in tests/engine/scoring/methods)."""
     from engine.features.grads import KroneckerFactors
     from engine.scoring.methods._kronecker import kronecker_precondition
 
