@@ -111,3 +111,11 @@ def test_without_a_root_nothing_is_kept(root):
     bank = RetrainBank(root, IDENTITY)
     bank.save_state("k", state(), {})
     assert bank.load_state("k") is None
+
+
+def test_the_bank_format_string_is_frozen():
+    """FORMAT is hashed into every bank key: changing its text (even a module name inside it) orphans every
+    retraining already banked. Change it only when training changes what a retraining produces."""
+    from engine.analysis.bank import FORMAT
+
+    assert FORMAT == "retrain-v1: order=permutation of the full set per (seed, epoch); dropout=engine.sample_dropout v1"
