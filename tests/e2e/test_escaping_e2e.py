@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import start_app, stop
 from e2e_helpers import wait_for_app
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from ui.navigation import PAGES as NAVIGATION_PAGES
 
@@ -82,6 +83,11 @@ def test_dataset_text_is_shown_as_text(page, hostile_app, path, name):
     wait_for_app(page)
     page.wait_for_timeout(1500)  # let charts, tables and the Jobs page's fragment render
     wait_for_app(page)
+    if name in ("Explore", "Compare methods", "Jobs"):  # the sample's text is there once every element has drawn:
+        try:  # on a loaded machine that can take longer than the pause above; the assertions below decide
+            page.wait_for_function("t => document.body.innerText.includes(t)", arg=SCRIPT, timeout=20_000)
+        except PlaywrightTimeout:
+            pass
     text = page.inner_text("body")
     assert "Traceback" not in text and "could not be read" not in text, text[:2000]
     assert page.evaluate("window.__xss") is None and dialogs == []  # no script from the data ran
