@@ -263,14 +263,13 @@ def cmd_worker(args) -> None:
 def _spec_flag(parser: argparse.ArgumentParser, flag: str, path: str, *, spec_default: bool = True, **kw) -> None:
     """Add ``flag`` for the spec field at ``path``: its choices (and, with ``spec_default``, its default) are the
     field's own (``engine.spec.run_spec``: the rule's choices, or the values it suggests)."""
-    from engine.catalog.fields import field_at
+    from engine.catalog.fields import field_at, offered
     from engine.spec.run_spec import RunSpec
 
     f, _ = field_at(RunSpec, path)
-    choices = f.metadata.get("choices") or f.metadata.get("suggest")
     if spec_default:
         kw["default"] = f.default
-    parser.add_argument(flag, choices=list(choices), **kw)
+    parser.add_argument(flag, choices=list(offered(f.metadata)), **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,10 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     common.add_argument("--no-ingest", action="store_true",
                         help="only write the run folder (the app, which owns the store, ingests it)")
+    from engine.catalog.analyses import ANALYSES
+
     stages = argparse.ArgumentParser(add_help=False)
     stages.add_argument("--analyses", metavar="LIST",
                         help="analysis stages to run, overriding the spec: all, none, or a comma-separated list "
-                             "of ihvp, convergence, retrain (demo default: all three)")
+                             f"of {', '.join(ANALYSES)} (demo default: all three)")
     p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     _add_run_commands(sub, common, stages)

@@ -42,6 +42,7 @@ STORE_THREADS_ENV = "INFLUENCE_STORE_THREADS"
 READ_ONLY_ENV = "INFLUENCE_READ_ONLY"
 MAX_UPLOAD_ENV = "INFLUENCE_MAX_UPLOAD_MB"
 
+
 def _env(name: str) -> str | None:
     """The variable's value; None when it is unset or empty."""
     return os.environ.get(name) or None

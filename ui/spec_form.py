@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from engine.catalog.fields import field_at
+from engine.catalog.fields import field_at, offered
 from engine.catalog.methods import SHARED_PARAMS, method_info
 from engine.spec.presets import PRESETS
 from engine.spec.run_spec import RunSpec, spec_rule
@@ -52,7 +52,7 @@ class FormField:
 
     @property
     def options(self) -> tuple:
-        return tuple(self.rule.get("choices") or self.rule.get("suggest") or ())
+        return offered(self.rule)
 
     @property
     def minimum(self) -> float | None:

@@ -38,6 +38,13 @@ def rule(*, positive: bool = False, minimum: float | None = None, maximum: float
             "suggest": suggest, "noun": noun, "nonempty": nonempty, "unique": unique, "help": help}
 
 
+
+def offered(rule: typing.Mapping) -> tuple:
+    """The values a form or the command line offers for a field with :func:`rule` metadata ``rule``: its choices,
+    else its suggestions (empty when it has neither)."""
+    return tuple(rule.get("choices") or rule.get("suggest") or ())
+
+
 def check_rules(obj, where: str = "", label: str = "spec field") -> None:
     """Check the :func:`rule` metadata of every field of dataclass ``obj`` (and of the dataclasses it holds, in
     declaration order); raise InputError naming the field (``label 'where.name' must be ...``)."""

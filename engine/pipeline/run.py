@@ -66,8 +66,10 @@ from engine.pipeline.stages import (
     feature_plan,
     load_data,
     open_cache,
+    pass_settings,
     run_methods,
     say,
+    tensor_lru,
 )
 from engine.runfolder.runformat import SCORES_DIR, scores_file, table
 from engine.runfolder.writer import RunWriter, open_run
@@ -158,13 +160,11 @@ def _prepare(spec: RunSpec, runs_dir: Path, progress: bool, dist: Dist) -> Run:
                          f"for {dist.world_size} processes: use smaller shards or fewer processes")
     lm = load_model(spec, dist.device)
     data = encode_data(task, lm.tok, spec.train)
-    settings = PassSettings(lm.device, lm.tok.pad_token_id, spec.scoring.grad_batch_size, spec.scoring.shard_size,
-                            progress)
     texts = (tuple(sample_text(s.prompt, s.response) for s in task.train),
              tuple(sample_text(s.prompt, s.response) for s in task.test)) if plan.text else None
     return Run(spec, runs_dir, progress, dist, task, methods, plan, lm, data,
-               k=spec.scoring.k or metrics.paper_k(data.train_labels), settings=settings,
-               cache=open_cache(spec, task, lm, runs_dir), lru=TensorLRU(spec.scoring.feature_memory_mb << 20),
+               k=spec.scoring.k or metrics.paper_k(data.train_labels), settings=pass_settings(spec, lm, progress),
+               cache=open_cache(spec, task, lm, runs_dir), lru=tensor_lru(spec),
                texts=texts, notes=list(lm.user.warnings) if lm.user is not None else [])
 
 

@@ -6,6 +6,7 @@ token command :mod:`engine.pipeline.tokens` and :mod:`engine.pipeline.import_sco
     run_methods(spec) -> [ScoringMethod]             the spec's methods with their parameter objects
     feature_plan(spec, methods) -> FeaturePlan       what the methods and analyses read
     open_cache(spec, task, lm, runs_dir)             the run's feature cache
+    pass_settings(spec, lm, progress), tensor_lru(spec)  how the feature passes run, what stays in memory
     cached_adapter_states(...) -> AdapterStates      fine-tuned (or the user's) states, through the cache
 """
 
@@ -18,9 +19,10 @@ from pathlib import Path
 from engine.data.encoding import EncodedData, encode
 from engine.data.tasks import build_task, load_dataset
 from engine.data.tasks.base import TaskData, check_task
-from engine.features.cache import FeatureCache, feature_key
+from engine.features.cache import FeatureCache, TensorLRU, feature_key
 from engine.features.distributed import Dist
 from engine.features.plan import FeaturePlan, plan_for
+from engine.features.stage import PassSettings
 from engine.model.adapters import adapter_digest
 from engine.model.states import AdapterStates, LoadedModel, adapter_states
 from engine.paths import features_cache_dir
@@ -71,6 +73,17 @@ def say(progress: bool):
     if progress:
         return lambda msg: print(msg, file=sys.stderr, flush=True)
     return log.info
+
+
+def pass_settings(spec: RunSpec, lm: LoadedModel, progress: bool) -> PassSettings:
+    """How the feature passes run for this spec and model: device, padding, batch and shard sizes."""
+    return PassSettings(lm.device, lm.tok.pad_token_id, spec.scoring.grad_batch_size, spec.scoring.shard_size,
+                        progress)
+
+
+def tensor_lru(spec: RunSpec) -> TensorLRU:
+    """The cached tensors kept in memory, up to ``scoring.feature_memory_mb``."""
+    return TensorLRU(spec.scoring.feature_memory_mb << 20)
 
 
 def open_cache(spec: RunSpec, task: TaskData, lm: LoadedModel, runs_dir: Path) -> FeatureCache:

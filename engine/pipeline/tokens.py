@@ -18,15 +18,14 @@ from safetensors.torch import load_file
 from engine.catalog.methods import method_info
 from engine.data.tasks.base import Sample, TaskData
 from engine.errors import InputError
-from engine.features.cache import TensorLRU
 from engine.features.distributed import Dist
 from engine.features.grads import token_gradients
 from engine.features.plan import FeaturePlan, plan_for
-from engine.features.stage import PassSettings, ensure_features, load_checkpoint, method_features
+from engine.features.stage import ensure_features, load_checkpoint, method_features
 from engine.features.types import Features, as_train_data
 from engine.model.finetune import set_lora_state
 from engine.model.states import load_model
-from engine.pipeline.stages import encode_data, open_cache, say
+from engine.pipeline.stages import encode_data, open_cache, pass_settings, say, tensor_lru
 from engine.runfolder.runformat import CHECKPOINTS_DIR, read_manifest
 from engine.scoring.methods import get_method
 from engine.scoring.methods.base import ScoringMethod
@@ -176,9 +175,7 @@ def _token_features(req: TokenRequest, lm, data, cache, step):
     spec, folder = req.spec, req.folder
     plan: FeaturePlan = plan_for({m.name: m.params for m in req.splitting})
     weights = {int(ci["checkpoint"]): float(ci["lr_weight"]) for ci in req.manifest["checkpoint_info"]}
-    settings = PassSettings(lm.device, lm.tok.pad_token_id, spec.scoring.grad_batch_size, spec.scoring.shard_size,
-                            progress=False)
-    dist, lru = Dist(), TensorLRU(spec.scoring.feature_memory_mb << 20)
+    settings, dist, lru = pass_settings(spec, lm, progress=False), Dist(), tensor_lru(spec)
     history, rows = [], {}
     now = None
     for c in plan.checkpoints([req.checkpoint]):
