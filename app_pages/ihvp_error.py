@@ -15,6 +15,7 @@ import store
 from ui.analysis_pages import analysis_page, pick_choice
 from ui.auth import require_login
 from ui.common import export_buttons
+from ui.labels import without_label_metrics
 from ui.log_axis import log_ticks, worth_log
 from ui.readings import METHOD_NAMES, ihvp_reading
 
@@ -59,7 +60,9 @@ def show(con, run: str) -> None:
     with c1:
         lc = pick_choice("Damping λ_c (λ = mean(g²) / λ_c)", "lc", lcs, sweep_lc, cast=float)
     with c2:
-        metric = pick_choice("Measure", "metric", list(METRICS), "rel_error", fmt=METRICS.get)
+        labelled = rows.acc.notna().any()  # Acc@1 needs labels: not offered for a run without them
+        metric = pick_choice("Measure", "metric", [m for m in METRICS if labelled or m != "acc"], "rel_error",
+                             fmt=METRICS.get)
     levels = rows.sort_values("dim").level.unique().tolist()
     with c3:
         level = pick_choice("Parameter subset (for the damping and steps charts)", "level", levels, levels[-1],
@@ -73,7 +76,8 @@ def show(con, run: str) -> None:
                  "reference q* = H⁻¹v, computed exactly: DataInf and LiSSA against the subset as ONE block, "
                  "H = GᵀG/n + λI (shared λ); the per-matrix forms (exact and DataInf per LoRA matrix, EK-FAC, K-FAC) "
                  "against H = GᵀG/n + diag(λ_l), every matrix damped with its own λ_l as the methods damp (per-matrix "
-                 "λ), so their error is the curvature between matrices, not a damping mismatch. Two control rows "
+                 "λ), so their error is the empirical Fisher's cross-blocks between matrices (with fewer samples "
+                 "than parameters, sampling noise included), not a damping mismatch. Two control rows "
                  "separate the two: per-matrix blocks with one shared λ, and the damping choice alone.")
 
     at = rows[(rows.lambda_c == lc) & (rows.method != "lissa_steps")]
@@ -113,6 +117,8 @@ def show(con, run: str) -> None:
 
     st.subheader("All measurements")
     table = rows.drop(columns=["method name"])
+    if not labelled:
+        table = without_label_metrics(table, extra=("acc_reference", "acc_exact"))
     st.dataframe(table, hide_index=True, width="stretch", key="ihvp_table")
     export_buttons(table, f"{run}_ihvp_error", "download_ihvp")
 

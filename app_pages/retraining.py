@@ -19,12 +19,15 @@ from ui.common import chart_text, export_buttons
 from ui.readings import (
     GEN_ACC_RULE,
     KIND_NAMES,
-    correlation,
     counterfactual_reading,
     fmt,
+    identity_reading,
+    kind_figure,
     lds_reading,
     noise_reading,
     retrain_reading,
+    seed_reading,
+    size_correlations,
 )
 
 st.set_page_config(page_title="Retraining · Influence Explorer", layout="wide")
@@ -36,6 +39,7 @@ NOISE_OF = {"mean_abs_dloss": "mean_abs_dloss", "mean_dloss": "mean_abs_dloss", 
             "behaviour_change": "abs_behaviour_change"}
 KIND_COLORS = {"noise": "#7f7f7f", "single": "#1f77b4", "label": "#d62728", "random": "#2ca02c", "topk": "#9467bd",
                "lds": "#ff7f0e"}
+OTHER_COLORS = {"identity": "#000000", "repeat": "#bcbd22"}  # the check and the second-seed repeats: no scatter
 LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2, title_text=""))
 
 
@@ -68,17 +72,16 @@ def param_vs_output(groups: pd.DataFrame, noise: pd.DataFrame, output: str) -> N
     fig.update_layout(**LAYOUT, height=440, title="Weight change vs output change",
                       xaxis_title="‖ΔW‖ of the merged LoRA update, all modules", yaxis_title=OUTPUTS[output])
     st.plotly_chart(fig, width="stretch", key="param_vs_output")
-    rest = groups[(groups.kind != "noise") & groups[output].notna()]
-    rho, r = correlation(rest.param_change, rest[output])
-    st.caption(f"Spearman {fmt(rho)}, Pearson {fmt(r)} over the {len(rest)} removals. Grey band and dotted line: the "
-               "noise floor (the largest change among the reshuffles of the full set, diamonds); white markers: a "
-               "removal whose mean |Δ test loss| is inside it.")
+    sizes = "; ".join(f"{k} removed: {fmt(rho)} over {n}" for k, n, rho in size_correlations(groups, output))
+    st.caption(f"Spearman within one removal size: {sizes or 'no size with 3 removals'}. Grey band and dotted "
+               "line: the noise floor (the largest change among the reshuffles of the full set, diamonds); white "
+               "markers: a removal whose mean |Δ test loss| is inside it.")
 
 
 def ba_norms(groups: pd.DataFrame) -> None:
     g = groups.sort_values(["kind", "group_id"]).assign(removed=lambda d: d.kind.map(KIND_NAMES))
     fig = px.bar(g, y="group", x="ba_norm_mean", error_x="ba_norm_std", color="removed", orientation="h",
-                 color_discrete_map={KIND_NAMES[k]: c for k, c in KIND_COLORS.items()},
+                 color_discrete_map={KIND_NAMES[k]: c for k, c in {**KIND_COLORS, **OTHER_COLORS}.items()},
                  hover_data={"description": True, "group": False, "removed": False},
                  title="Per-module ‖BA‖_F of each retrained adapter")
     fig.update_layout(**LAYOUT, height=max(320, 140 + 22 * len(g)), xaxis_title="‖B·A‖_F per module (mean ± std)",
@@ -106,17 +109,28 @@ SHORT_KINDS = {"single": "single", "label": "label", "random": "random k", "topk
 
 
 def kind_heatmap(methods: pd.DataFrame) -> None:
-    wide = methods.pivot(index="method", columns="kind", values="spearman")
-    wide = wide[[k for k in SHORT_KINDS if k in wide.columns]].rename(columns=SHORT_KINDS)
-    fig = px.imshow(wide, text_auto=".2f", zmin=-1, zmax=1, color_continuous_scale="RdBu", aspect="auto",
-                    title="Spearman per kind of removal")
-    fig.update_layout(margin=dict(l=10, r=10, t=60, b=10), height=max(300, 110 + 28 * len(wide)),
+    rows = []
+    for r in methods.to_dict("records"):
+        value, control, what = kind_figure(r)
+        rows.append({"method": r["method"], "kind": SHORT_KINDS.get(r["kind"], r["kind"]), "value": value,
+                     "text": f"{fmt(value)}<br>ctrl {fmt(control)}", "what": what})
+    d = pd.DataFrame(rows)
+    kinds = [k for k in SHORT_KINDS.values() if k in set(d.kind)]
+    wide = d.pivot(index="method", columns="kind", values="value")[kinds]
+    text = d.pivot(index="method", columns="kind", values="text")[kinds].fillna("")
+    fig = px.imshow(wide, zmin=-1, zmax=1, color_continuous_scale="RdBu", aspect="auto",
+                    title="Spearman per kind of removal, per test prompt (row-mean control below)")
+    fig.update_traces(text=text.to_numpy(), texttemplate="%{text}")
+    fig.update_layout(margin=dict(l=10, r=10, t=60, b=10), height=max(300, 110 + 34 * len(wide)),
                       xaxis_title="", yaxis_title="", coloraxis_showscale=False)  # values are in the cells
     fig.update_xaxes(side="top", tickangle=0)
     st.plotly_chart(fig, width="stretch", key="kind_spearman")
-    st.caption("Predicted (sum of the removed samples' scores) vs actual Δ test loss over every (retraining, test "
-               "prompt) pair of one kind: single samples, whole labels, random k-sets, the methods' top k, LDS "
-               "subsets.")
+    used = ", ".join(f"{k}: {w}" for k, w in d.drop_duplicates("kind").set_index("kind").what.items() if w)
+    st.caption("Predicted (sum of the removed samples' scores) vs actual Δ test loss: for each test prompt, the "
+               "Spearman across the removals of one kind, averaged over prompts (with two removals: centred per "
+               f"prompt; with one: pooled over prompts, i.e. which prompts the removal moves) — here {used}. "
+               "ctrl: the same figure for the row-mean control, which replaces every score by the method's mean "
+               "score for the prompt; a method's figure means something only above it.")
 
 
 def counterfactual_chart(cf: pd.DataFrame) -> None:
@@ -159,7 +173,8 @@ def show(con, run: str) -> None:
     noise = store.retrain_noise(con, run)
     groups["group"] = [chart_text(g, 40) for g in groups.group_id]
     output = pick_choice("Output change", "output", list(OUTPUTS), "mean_abs_dloss", fmt=OUTPUTS.get)
-    for sentence in noise_reading(noise, groups) + retrain_reading(groups, methods, output):
+    for sentence in (identity_reading(groups) + noise_reading(noise, groups) + seed_reading(groups, noise)
+                     + retrain_reading(groups, methods, output)):
         st.markdown(f"- {sentence}")
 
     left, right = st.columns(2)
@@ -173,6 +188,13 @@ def show(con, run: str) -> None:
         st.caption("Noise floor per measure (largest, and mean, over the reshuffles of the full set): "
                    + "; ".join(f"{names.get(r.measure, r.measure)} ≤ {fmt(r.floor)} (mean {fmt(r.mean)})"
                                for r in noise.itertuples()))
+    if "seed_spread" in groups and groups.seed_spread.notna().any():
+        seeds = groups[groups.seed_spread.notna()][["group_id", "n_removed", "mean_abs_dloss", "seed_abs_dloss",
+                                                    "seed_spread", "seed_rho"]]
+        st.caption("Each removal's effect at the train seed (mean |Δ test loss|) and at a second data-order seed "
+                   "(against the full set at that seed), the mean |difference| of the two per prompt (seed spread) "
+                   "and their Spearman over the prompts:")
+        st.dataframe(seeds, hide_index=True, width="stretch", key="seed_table")
 
     st.subheader("Which method predicts what retraining does?")
     for sentence in lds_reading(lds) + counterfactual_reading(store.retrain_counterfactual_summary(con, run)):

@@ -106,7 +106,8 @@ def ihvp_reading(rows: pd.DataFrame, lambda_c: float) -> list[str]:
 
 
 def blockdiag_reading(at: pd.DataFrame, level: str) -> list[str]:
-    """What ignoring the curvature between LoRA matrices costs, separated from what the damping choice does."""
+    """What ignoring the empirical Fisher's cross-blocks between LoRA matrices costs, separated from what the
+    damping choice does."""
     def row(method):
         r = at[(at.method == method) & (at.level == level)]
         return r.iloc[0] if len(r) else None
@@ -117,7 +118,8 @@ def blockdiag_reading(at: pd.DataFrame, level: str) -> list[str]:
     out = [f"Treating every LoRA matrix as its own block (what the engine's methods do) is at relative error "
            f"{fmt(float(bd.rel_error))} from the exact iHVP over all {int(bd.dim)} parameters with the same "
            f"per-matrix damping λ_l, and its scores rank training samples with Spearman {fmt(float(bd.spearman))} "
-           "against it: that is the cost of ignoring the curvature between matrices."]
+           "against it: that is the cost of ignoring the empirical Fisher's cross-blocks between matrices (with fewer "
+           "samples than parameters, sampling noise included)."]
     if shared is not None:
         out.append(f"Control with one shared λ for every matrix: the block-diagonal form is at relative error "
                    f"{fmt(float(shared.rel_error))} (Spearman {fmt(float(shared.spearman))}) from the shared-λ exact "
@@ -171,7 +173,39 @@ def convergence_reading(ev: pd.DataFrame, drift: pd.DataFrame, lb: pd.DataFrame)
 
 
 KIND_NAMES = {"noise": "reshuffles (noise floor)", "single": "single samples", "label": "whole labels",
-              "random": "random k-sets", "topk": "methods' top k", "lds": "LDS subsets"}
+              "random": "random k-sets", "topk": "methods' top k", "lds": "LDS subsets",
+              "identity": "nothing removed (check)", "repeat": "removals at a second seed"}
+NO_REMOVAL = ("noise", "identity", "repeat")  # retrainings that are not a removal at the original seed
+
+
+def identity_reading(groups: pd.DataFrame) -> list[str]:
+    """The standing check: does the retraining with nothing removed reproduce the original?"""
+    check = groups[groups.kind == "identity"]
+    if check.empty:
+        return []
+    if check.identical.fillna(False).astype(bool).all():
+        return ["Check passed: retraining with nothing removed reproduces the original adapter bit for bit, so "
+                "each removal's change below is the removal's alone."]
+    return ["**Check failed: retraining with nothing removed does not reproduce the original adapter** (e.g. a "
+            "nondeterministic GPU kernel): every change below also holds that difference."]
+
+
+def seed_reading(groups: pd.DataFrame, noise: pd.DataFrame) -> list[str]:
+    """The removals repeated at a second seed: how much an effect moves with the data order, beside the floor."""
+    if "seed_spread" not in groups:
+        return []
+    rep = groups[groups.seed_spread.notna()]
+    if rep.empty:
+        return []
+    floor = noise.set_index("measure").floor.get("mean_abs_dloss") if not noise.empty else None
+    rho = rep.seed_rho.dropna()
+    return [f"Repeated at a second data-order seed (against the full set at that seed), the {len(rep)} removals' "
+            f"effects on the test losses differ from those at the train seed by {fmt(float(rep.seed_spread.mean()))} "
+            f"per prompt on average (largest {fmt(float(rep.seed_spread.max()))}; the effects themselves average "
+            f"{fmt(float(rep.mean_abs_dloss.mean()))}), beside a noise floor of {fmt(floor)}. "
+            + (f"The same prompts move at both seeds with Spearman {fmt(float(rho.min()))} to "
+               f"{fmt(float(rho.max()))} over the removals. " if len(rho) else "")
+            + "An effect smaller than its own seed spread is not a property of the removal alone."]
 
 
 def noise_reading(noise: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
@@ -181,7 +215,7 @@ def noise_reading(noise: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
                 "change below cannot be told apart from training noise."]
     floor = noise.set_index("measure")
     n = int(floor.n_seeds.max())
-    rest = groups[groups.kind != "noise"]
+    rest = groups[~groups.kind.isin(NO_REMOVAL)]
     inside = rest.within_noise.fillna(False).astype(bool)
     out = [f"Noise floor: {n} retraining{'s' if n > 1 else ''} of the full set with other data-order seeds (same "
            f"initial weights) change the test loss by up to {fmt(float(floor.loc['mean_abs_dloss', 'floor']))} on "
@@ -196,28 +230,67 @@ def noise_reading(noise: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
     return out
 
 
-def retrain_reading(groups: pd.DataFrame, methods: pd.DataFrame, output: str = "mean_abs_dloss") -> list[str]:
-    """Sentences on parameter change vs output change, and on which method predicts the output change, per kind
-    of removal (never pooled: group size alone would drive a pooled correlation)."""
+def kind_figure(row: dict) -> tuple[float, float, str]:
+    """``(figure, control, what)`` of one retrain_methods row: the per-prompt Spearman across the kind's groups
+    when there is one, else the per-prompt-centred one, else the pooled one over the prompts of a single removal
+    (a column-wise question: which prompts does this removal move); control = the row-mean control's same figure.
+    Run folders written before the per-prompt figures read the pooled one."""
+    for col, ctrl, what in (("per_test", "control_per_test", "per prompt"),
+                            ("centred", "control_centred", "centred per prompt"),
+                            ("spearman", "control", "pooled over prompts")):
+        value, c = row.get(col), row.get(ctrl)
+        if value is not None and pd.notna(value):
+            return float(value), float(c) if c is not None and pd.notna(c) else float("nan"), what
+    return float("nan"), float("nan"), ""
+
+
+def size_correlations(groups: pd.DataFrame, output: str, min_groups: int = 3) -> list[tuple[int, int, float]]:
+    """``(removal size, groups, Spearman of param_change vs output)`` per number of removed samples with at least
+    ``min_groups`` removals (reshuffles and the identity check left out): correlated within one size, since both
+    sides grow with the size of the removal."""
+    rest = groups[~groups.kind.isin(NO_REMOVAL) & groups[output].notna()]
     out = []
-    rest = groups[(groups.kind != "noise") & groups[output].notna()]
-    if len(rest) >= 3:
-        rho, r = correlation(rest.param_change, rest[output])
-        out.append(f"Across {len(rest)} retrainings, parameter change and output change ({output}) have Spearman "
-                   f"{fmt(rho)} (Pearson {fmt(r)}). "
+    for size, g in rest.groupby("n_removed"):
+        if len(g) >= min_groups:
+            out.append((int(size), len(g), correlation(g.param_change, g[output])[0]))
+    return out
+
+
+
+def retrain_reading(groups: pd.DataFrame, methods: pd.DataFrame, output: str = "mean_abs_dloss") -> list[str]:
+    """Sentences on parameter change vs output change (within one removal size), and on which method predicts
+    the output change, per kind of removal, per test prompt, beside the row-mean control."""
+    out = []
+    sizes = [(k, n, rho) for k, n, rho in size_correlations(groups, output) if pd.notna(rho)] \
+        if "n_removed" in groups else []
+    if sizes:
+        parts = "; ".join(f"{k} removed ({n} retrainings): Spearman {fmt(rho)}" for k, n, rho in sizes)
+        weak = min(rho for _, _, rho in sizes) <= 0.7
+        out.append(f"Parameter change vs output change ({output}), within one removal size: {parts}. "
                    + ("A weak link means the size of the weight change says little about how much the model's "
                       "behaviour changed — the paper's point about why parameter-space influence can mislead."
-                      if not rho > 0.7 else "They move together here."))
+                      if weak else "They move together here.")
+                   + " Sizes are kept apart: across sizes both grow with the number of samples removed.")
     if not methods.empty:
         parts = []
-        for kind, m in methods.dropna(subset=["spearman"]).groupby("kind", sort=False):
-            best = m.sort_values("spearman", ascending=False).iloc[0]
-            parts.append(f"{KIND_NAMES.get(kind, kind)}: **{esc(best.method)}** ({fmt(best.spearman)} over "
-                         f"{int(best.n_pairs)} pairs)")
+        for kind, m in methods.groupby("kind", sort=False):
+            figs = [(kind_figure(r), r) for r in m.to_dict("records")]
+            figs = [(f, r) for f, r in figs if pd.notna(f[0])]
+            if not figs:
+                continue
+            (value, control, what), best = max(figs, key=lambda x: x[0][0])
+            parts.append(f"{KIND_NAMES.get(kind, kind)}: **{esc(best['method'])}** ({fmt(value)} {what}, "
+                         f"row-mean control {fmt(control)}"
+                         + ("; no better than the control" if pd.notna(control) and value <= control else "")
+                         + ")")
         if parts:
             out.append("Predicting each test loss's change by the sum of the removed samples' scores, the best "
-                       "method per kind of removal — " + "; ".join(parts) + ". Kinds are kept apart: pooled, the "
-                       "size of the removed group alone would make the correlation. No labels are involved.")
+                       "method per kind of removal — " + "; ".join(parts) + ". Each figure is a Spearman across "
+                       "the removals of one kind for the same test prompt, averaged over prompts (centred per "
+                       "prompt with two removals; pooled over prompts with one, which asks which prompts the "
+                       "removal moves). The row-mean control replaces every score by the method's mean score "
+                       "for the prompt: it knows how strongly a method reacts to each prompt, not which training "
+                       "sample matters. No labels are involved.")
     return out
 
 
@@ -366,15 +439,47 @@ def lds_reading(lds: pd.DataFrame) -> list[str]:
 
 
 def counterfactual_reading(summary: pd.DataFrame) -> list[str]:
-    """The counterfactual check: does removing a method's top k move the prompt's loss more than k random ones?"""
+    """The counterfactual check: does removing a method's top k move the prompt's loss more than k random ones?
+    Read as the top k's rank among R random draws per prompt and a binomial p over the prompts (a method with no
+    skill beats all R draws on a prompt with probability 1/(R+1))."""
     if summary.empty:
         return []
     best = summary.iloc[0]
     k, n = int(best.k), int(best.n_prompts)
-    beats = summary[summary.beats_random > 0.5].method.tolist()
-    return [f"Counterfactual check on {n} test prompt{'s' if n > 1 else ''}: removing a method's top {k} training "
-            f"samples for a prompt and retraining raises that prompt's loss most for **{esc(best.method)}** "
-            f"(+{fmt(best.topk_dloss)} against +{fmt(best.random_dloss)} for {k} random samples). "
-            + (f"Removing the top {k} beats every random draw on most prompts for "
-               f"{', '.join(f'**{esc(x)}**' for x in beats)}." if beats else
-               f"No method's top {k} beats every random draw on most prompts.")]
+    out = [f"Counterfactual check on {n} test prompt{'s' if n > 1 else ''}: removing a method's top {k} training "
+           f"samples for a prompt and retraining raises that prompt's loss most for **{esc(best.method)}** "
+           f"(+{fmt(best.topk_dloss)} against +{fmt(best.random_dloss)} for {k} random samples)."]
+    if "binom_p" not in summary or summary.binom_p.isna().all():
+        out.append("This run compares with too few random draws for a test (written before the rank and the "
+                   "binomial p): a method with no skill beats the best of 2–3 draws on a prompt a quarter to a "
+                   "third of the time.")
+        return out
+    R = int(summary.n_random.min())
+    parts = [f"**{esc(r.method)}** above all on {int(r.n_beats)} of {int(r.n_prompts)} (mean rank "
+             f"{fmt(r.mean_rank)} of {R + 1}, p = {fmt(r.binom_p, 2)})" for r in summary.itertuples()]
+    sig = summary[summary.binom_p < CHANCE_P].method.tolist()
+    out.append(f"Ranked among {R} random {k}-sets per prompt (chance of beating them all: 1 in {R + 1}): "
+               + "; ".join(parts) + ". "
+               + (f"More often than chance (one-sided binomial test, p < {CHANCE_P}): "
+                  f"{', '.join(f'**{esc(x)}**' for x in sig)}." if sig else
+                  f"No method beats the random draws more often than chance (p < {CHANCE_P})."))
+    return out
+
+
+
+def unlabelled_reading(board: pd.DataFrame) -> list[str]:
+    """The sentences over the leaderboard of a run without labels (``board``: ``ui.labels.method_board``): that
+    there is no ground truth; the best LDS where the retraining analysis ran; else that agreement and stability
+    are all there is (and agreement is not correctness)."""
+    out = ["No ground truth is available: the data has no labels, so Acc@1, Coverage@k and AUPRC need labels."]
+    scored = board.dropna(subset=["lds"]) if "lds" in board.columns else board.iloc[0:0]
+    if not scored.empty:
+        best = scored.iloc[0]
+        out.append(f"Ranked by the linear datamodeling score of the retraining analysis (what removing training "
+                   f"samples actually does): best **{esc(best.method)}** at LDS {fmt(best.lds, 2)} "
+                   f"[{fmt(best.lds_lo, 2)}, {fmt(best.lds_hi, 2)}].")
+    else:
+        out.append("Without labels and without the retraining analysis (its LDS is a ground truth that needs no "
+                   "labels) the methods can only be compared by how much they agree with each other and how stable "
+                   "each one's ranking is; agreement is not correctness.")
+    return out

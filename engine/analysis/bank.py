@@ -8,8 +8,12 @@ An entry's key is the SHA-256 of the canonical JSON of
 - ``adapter``: a hash of the initial LoRA state and the LoRA configuration (r, alpha, dropout, targets);
 - ``data``: a hash of the encoded training set in order (token ids, labels, prompt boundary, pads) and the pad id —
   so tokenizer, template, preprocessing and max length are all in it;
-- ``recipe``: epochs, batch size, learning rate, weight decay, gradient clipping, dtype, device type;
+- ``recipe``: epochs, batch size, learning rate, weight decay, gradient clipping, dtype, device type, the pad
+  attention (``train.pad_attention``) and how a removal is made (``removal``: weight 0 in the original batches);
+- ``libraries``: the torch, transformers and peft versions (engine.model.finetune.library_versions);
 - ``removed``: the removed training ids (sorted) and ``seed``: the data-order and dropout seed.
+Entries stored before ``removal``, ``pad_attention`` and ``libraries`` were key material (removal by skipping,
+no pad attention) have other keys: they are never read as entries of the new kind.
 Measurements are kept per entry under a second key (the test set, the reference adapter the KL is taken against,
 the generation settings), so a new test set re-measures a stored adapter without retraining it.
 
@@ -74,10 +78,12 @@ def base_digest(model) -> str:
 
 
 def encoded_digest(encs: Sequence, pad_id: int | None) -> str:
-    """Hash of encoded samples in order (ids, labels, prompt boundary, leading pads) and the pad id."""
+    """Hash of encoded samples in order (ids, labels, prompt boundary, leading pads, whether they attend) and the
+    pad id."""
     h = hashlib.sha256(f"pad={pad_id}".encode())
     for e in encs:
-        h.update(json.dumps([list(e.input_ids), list(e.labels), e.prompt_len, e.n_pad]).encode())
+        fields = [list(e.input_ids), list(e.labels), e.prompt_len, e.n_pad]
+        h.update(json.dumps(fields + ([True] if e.unmask_pads else [])).encode())  # as before unless unmasked
     return h.hexdigest()
 
 

@@ -161,7 +161,12 @@ def _compare(Q: torch.Tensor, Q_star: torch.Tensor, G: torch.Tensor, S_star: np.
     cos = (Q * Q_star).sum(1) / (Q.norm(dim=1) * Q_star.norm(dim=1)).clamp_min(tiny)
     S = (Q @ G.T).numpy()
     return {"rel_error": float(diff.mean()), "cosine": float(cos.mean()), "spearman": _spearman_mean(S, S_star),
-            "acc": metrics.acc_at_1(S, train_labels, test_labels)}
+            "acc": _acc(S, train_labels, test_labels)}
+
+
+def _acc(S: np.ndarray, train_labels, test_labels) -> float | None:
+    """Acc@1 of the scores ``S`` [m, n]; None without labels (an unlabelled dataset: the column reads NULL)."""
+    return metrics.acc_at_1(S, train_labels, test_labels) if metrics.has_labels(train_labels) else None
 
 
 SHARED, PER_MATRIX = "shared λ", "per-matrix λ"
@@ -200,8 +205,8 @@ def ihvp_error(train_grads: Sequence[torch.Tensor], test_grads: Sequence[torch.T
             else:
                 refs[PER_MATRIX] = refs[SHARED]  # one matrix (or part of one): its own damping is the shared one
                 Q_engine = Q_shared
-            acc_ref = {name: metrics.acc_at_1(S, train_labels, test_labels) for name, (_, S) in refs.items()}
-            acc_exact = metrics.acc_at_1((Q_engine @ G.T).numpy(), train_labels, test_labels)
+            acc_ref = {name: _acc(S, train_labels, test_labels) for name, (_, S) in refs.items()}
+            acc_exact = _acc((Q_engine @ G.T).numpy(), train_labels, test_labels)
 
             def add(method: str, fn: Callable[[], torch.Tensor], reference: str = SHARED, iters: int | None = None,
                     note: str = ""):

@@ -26,7 +26,7 @@ def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
 
 def _forward(model, encs: Sequence[Encoded], idx: list[int], pad_id: int, device) -> tuple[dict, torch.Tensor]:
     batch = {k: v.to(device) for k, v in collate([encs[i] for i in idx], pad_id).items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention"]).logits
     return batch, logits
 
 

@@ -2,20 +2,28 @@
 attribution method predicts what the removal does (LDS, counterfactual check).
 
 Every retraining starts from the SAME initial LoRA weights with the same hyperparameters, the same data order and
-the same dropout masks as the original fine-tune: one permutation of the full training set per epoch, in which the
-removed samples are skipped and the others keep their order, and dropout masks fixed per (epoch, sample, position)
-(engine.model.finetune, engine.model.dropout). A retraining with nothing removed is the original run itself (tested),
-so a change is caused by the removal, not by a new SGD trajectory. What a new trajectory alone does is measured
+the same dropout masks as the original fine-tune: one permutation of the full training set per epoch and dropout
+masks fixed per (epoch, sample, position) (engine.model.finetune, engine.model.dropout). A removed sample keeps its
+place in its batch with loss weight 0, so every retraining takes exactly the original's optimizer steps under the
+same learning-rate schedule (``steps`` in the tables; skipping the removed samples instead would also take steps
+away, which alone moves an Adam-trained adapter more than the removal). A retraining with nothing removed is the
+original run itself (tested, and checked in every run: the ``identity`` group), so a change is caused by the
+removal, not by a new SGD trajectory. What a new trajectory alone does is measured
 separately: the **noise floor** = ``noise_seeds`` retrainings of the full set with other data-order (and dropout)
 seeds; a change no larger than the noise floor's is marked as inside the noise.
 
 Retrainings (:func:`plan`, each a :class:`Group`; groups that remove the same set share one retraining):
+- ``identity``: nothing removed at the train seed, the standing check that a retraining reproduces the original;
 - ``noise``: nothing removed, seed = train seed + s (s = 1..noise_seeds);
 - ``single``: one random sample; ``label``: every sample of one label; ``random``: k = round(fraction * n) random
-  samples (several draws; also the counterfactual baseline);
+  samples (``retrain_seeds`` draws, with generations; with the counterfactual check, topped up to
+  :data:`CF_RANDOM_DRAWS` draws, its baseline);
 - ``topk``: for each of ``cf_prompts`` test prompts (spread over the labels) and each checked method, that
   method's top k training samples for the prompt (the counterfactual check, Bergson-style remove-and-retrain);
-- ``lds``: ``lds_subsets`` random subsets keeping ``lds_fraction`` of the set (engine.analysis.lds).
+- ``lds``: ``lds_subsets`` random subsets keeping ``lds_fraction`` of the set (engine.analysis.lds);
+- ``repeat``: with a noise floor, the single, label and random removals again at seed + 1, so that a removal's
+  effect there (against the full set at seed + 1, ``noise-1``) can be set beside its effect at the train seed:
+  the noise that belongs to the paired question (engine.analysis.retrain_tables.seed_rows).
 
 Per retrained model, against the original (engine.analysis.retrain_tables builds the tables):
 - parameter change per LoRA module m: ``delta_norm = ||(alpha/r)(B'A' - BA)||_F`` (the change of the merged
@@ -50,8 +58,12 @@ from engine.data.encoding import Encoded
 from engine.evaluation import metrics
 from engine.model.finetune import finetune, set_lora_state
 
+REMOVAL = "weight 0 in the original batches"  # how a retraining removes samples (retrain-bank key material)
 FULL_KINDS = ("noise", "single", "label", "random")  # measured with generations too (behaviour rate)
-KINDS = ("noise", "single", "label", "random", "topk", "lds")
+KINDS = ("identity", "noise", "single", "label", "random", "topk", "lds", "repeat")
+# random k-sets the counterfactual check compares a method's top k with: a method with no skill then beats all of
+# them on a prompt with probability 1 / (CF_RANDOM_DRAWS + 1) = 0.05
+CF_RANDOM_DRAWS = 19
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class Group:
     seed: int
     method: str = ""  # topk: the method whose top k is removed, for test prompt ``prompt``
     prompt: int = -1
+    generate: bool = True  # measure greedy generations too (the kinds of FULL_KINDS only)
+    paired: str = ""  # repeat: the group whose removal this repeats at another seed
 
     @property
     def retraining(self) -> tuple[tuple[int, ...], int]:
@@ -79,16 +93,22 @@ def removal_groups(train_labels: Sequence[str], *, n_single: int, n_labels: int,
     rng = np.random.default_rng([seed, 0])  # streams [seed, 0] (single) and [seed, 1, s] (random) differ
     groups = []
     for i in sorted(rng.choice(n, size=min(n_single, n), replace=False).tolist()):
-        groups.append(Group(f"single-{i}", "single", f"training sample {i} ({train_labels[i]})", (i,), seed))
-    labels = sorted(set(train_labels))
+        shown = f" ({train_labels[i]})" if train_labels[i] is not None else ""
+        groups.append(Group(f"single-{i}", "single", f"training sample {i}{shown}", (i,), seed))
+    labels = sorted({x for x in train_labels if x is not None})  # none in an unlabelled dataset: no label groups
     for lab in labels[: n_labels or len(labels)]:
         ids = tuple(i for i, x in enumerate(train_labels) if x == lab)
         groups.append(Group(f"label-{lab}", "label", f"all {len(ids)} samples labelled {lab!r}", ids, seed))
-    k = removal_k(n, fraction)
-    for s in range(n_random):
+    return groups + random_groups(n, removal_k(n, fraction), range(n_random), seed)
+
+
+def random_groups(n: int, k: int, draws: Sequence[int], seed: int, generate: bool = True) -> list[Group]:
+    """Random k-sets number ``draws`` (draw s from the stream ``[seed, 1, s]``: the same set in every run)."""
+    out = []
+    for s in draws:
         ids = tuple(sorted(np.random.default_rng([seed, 1, s]).choice(n, size=k, replace=False).tolist()))
-        groups.append(Group(f"random-{s}", "random", f"{k} random samples (draw {s})", ids, seed))
-    return groups
+        out.append(Group(f"random-{s}", "random", f"{k} random samples (draw {s})", ids, seed, generate=generate))
+    return out
 
 
 def removal_k(n: int, fraction: float) -> int:
@@ -100,6 +120,19 @@ def noise_groups(n_seeds: int, seed: int) -> list[Group]:
     """Retrainings of the full set with the data-order seeds ``seed + 1 .. seed + n_seeds``."""
     return [Group(f"noise-{s}", "noise", f"full set, data-order seed {seed + s}", (), seed + s)
             for s in range(1, n_seeds + 1)]
+
+
+def identity_group(seed: int) -> Group:
+    """The standing check: nothing removed at the train seed, which must reproduce the original adapter."""
+    return Group("identity", "identity", f"nothing removed, data-order seed {seed}: must equal the original", (),
+                 seed, generate=False)
+
+
+def repeat_groups(removals: Sequence[Group], seed: int) -> list[Group]:
+    """Each removal again at data-order seed ``seed`` (paired with the full set's retraining at that seed, the
+    ``noise`` group of that seed): how much a removal's effect itself depends on the data order."""
+    return [Group(f"{g.group_id}@seed{seed}", "repeat", f"{g.description}, data-order seed {seed}", g.removed, seed,
+                  generate=False, paired=g.group_id) for g in removals]
 
 
 def cf_prompts(test_labels: Sequence[str], n: int, seed: int) -> list[int]:
@@ -132,15 +165,20 @@ def plan(train_labels: Sequence[str], test_labels: Sequence[str], matrices: dict
     """(groups, counterfactual prompts, k) for an ``AnalysisSpec`` ``a``."""
     n = len(train_labels)
     k = removal_k(n, a.retrain_fraction)
-    groups = noise_groups(a.noise_seeds, seed)
-    groups += removal_groups(train_labels, n_single=a.retrain_single, n_labels=a.retrain_labels,
-                             fraction=a.retrain_fraction, n_random=a.retrain_seeds, seed=seed)
+    groups = [identity_group(seed)] + noise_groups(a.noise_seeds, seed)
+    removals = removal_groups(train_labels, n_single=a.retrain_single, n_labels=a.retrain_labels,
+                              fraction=a.retrain_fraction, n_random=a.retrain_seeds, seed=seed)
+    groups += removals
     checked = [m for m in (a.cf_methods or sorted(matrices)) if m in matrices]
     prompts = cf_prompts(test_labels, a.cf_prompts, seed) if checked and a.retrain_seeds else []
     groups += topk_groups(matrices, checked, prompts, k, seed)
+    if prompts:  # the counterfactual's baseline: at least CF_RANDOM_DRAWS random k-sets (no generations needed)
+        groups += random_groups(n, k, range(a.retrain_seeds, CF_RANDOM_DRAWS), seed, generate=False)
     size = n - len(lds_subsets(n, a.lds_fraction, 1, seed)[0]) if a.lds_subsets else 0
     for s, removed in enumerate(lds_subsets(n, a.lds_fraction, a.lds_subsets, seed)):
         groups.append(Group(f"lds-{s}", "lds", f"random subset keeping {size} of {n} (subset {s})", removed, seed))
+    if a.noise_seeds:  # paired with the first reshuffle, the full set at seed + 1
+        groups += repeat_groups(removals, seed + 1)
     return groups, prompts, k
 
 
@@ -195,15 +233,23 @@ class Context:
     eval_settings: dict  # what a measurement depends on besides the adapter (engine.analysis.bank.eval_key)
 
 
-def retrain(ctx: Context, removed: Sequence[int], seed: int) -> dict[str, torch.Tensor]:
-    """Fine-tune from ``ctx.initial`` on the training set without ``removed`` (same data order and dropout masks
-    as the original for ``seed`` = the train seed); return the final LoRA state."""
-    drop = set(removed)
-    ids = [i for i in range(len(ctx.train_enc)) if i not in drop]
+def removal_weights(n: int, removed: Sequence[int]) -> np.ndarray:
+    """Loss weights [n] of a retraining without ``removed``: 0 for the removed ids, 1 for every other sample."""
+    w = np.ones(n, dtype=np.float32)
+    bad = [int(i) for i in removed if not 0 <= int(i) < n]
+    if bad:
+        raise ValueError(f"removed training ids {bad} are outside 0..{n - 1}")
+    w[list(removed)] = 0.0
+    return w
+
+
+def retrain(ctx: Context, removed: Sequence[int], seed: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Fine-tune from ``ctx.initial`` with ``removed`` at weight 0 in the original batches (same data order,
+    dropout masks and steps as the original for ``seed`` = the train seed); return (final LoRA state, steps)."""
     set_lora_state(ctx.model, ctx.initial)
-    result = finetune(ctx.model, [ctx.train_enc[i] for i in ids], ctx.tok.pad_token_id, ctx.train_cfg, ctx.device,
-                      progress=False, sample_ids=ids, n_full=len(ctx.train_enc), seed=seed)
-    return result.epochs[-1]
+    result = finetune(ctx.model, ctx.train_enc, ctx.tok.pad_token_id, ctx.train_cfg, ctx.device, progress=False,
+                      weights=removal_weights(len(ctx.train_enc), removed), seed=seed)
+    return result.epochs[-1], len(result.lrs)
 
 
 def _eval_key(ctx: Context, full: bool) -> str:
@@ -218,13 +264,14 @@ def measure(ctx: Context, removed: Sequence[int], seed: int, full: bool) -> dict
     stored = ctx.bank.load_state(key)
     t = time.perf_counter()
     if stored is None:
-        state = retrain(ctx, removed, seed)
+        state, steps = retrain(ctx, removed, seed)
         train_s = time.perf_counter() - t
-        ctx.bank.save_state(key, state, {"removed": sorted(removed), "seed": seed, "train_s": train_s})
+        ctx.bank.save_state(key, state, {"removed": sorted(removed), "seed": seed, "train_s": train_s,
+                                         "steps": steps})
         cached = False
     else:
         state, meta = stored
-        train_s, cached = float(meta.get("train_s", 0.0)), True
+        train_s, cached, steps = float(meta.get("train_s", 0.0)), True, meta.get("steps")
     ev = ctx.bank.load_eval(key, _eval_key(ctx, full)) or (ctx.bank.load_eval(key, _eval_key(ctx, True))
                                                           if not full else None)
     if ev is None:
@@ -238,7 +285,7 @@ def measure(ctx: Context, removed: Sequence[int], seed: int, full: bool) -> dict
         ctx.bank.save_eval(key, _eval_key(ctx, full), ev)
     identical = all(torch.equal(state[k], ctx.original[k]) for k in ctx.original)
     return {"key": key, "modules": parameter_change(ctx.original, state, ctx.scaling), **ev, "identical": identical,
-            "cached": cached, "train_s": train_s, "time_s": time.perf_counter() - t}
+            "cached": cached, "train_s": train_s, "steps": steps, "time_s": time.perf_counter() - t}
 
 
 def auto_workers(n_jobs: int, device: torch.device) -> int:
@@ -254,7 +301,7 @@ def unique_retrainings(groups: Sequence[Group]) -> list[tuple[tuple[int, ...], i
     """(removed, seed, full) of each distinct retraining, in first-use order; full if any group needs it."""
     out: dict[tuple, bool] = {}
     for g in groups:
-        out[g.retraining] = out.get(g.retraining, False) or g.kind in FULL_KINDS
+        out[g.retraining] = out.get(g.retraining, False) or (g.kind in FULL_KINDS and g.generate)
     return [(r, s, f) for (r, s), f in out.items()]
 
 

@@ -25,6 +25,15 @@ Preprocessing (spec ``train.preprocessing``):
   the first ``max_length`` tokens, every sample is left-padded to ``max_length`` with EOS, and the pads stay in the
   labels, so the loss averages all ``max_length - 1`` next-token positions, pad predictions included. The pads are
   masked out of attention (``n_pad`` leading positions) as the tokenizer's attention mask does.
+
+Pad attention (spec ``train.pad_attention``; it matters only for rows that see no key, i.e. the leading pads of
+``paper``): ``none`` gives such a row no attention, as transformers 5.x does: its output, hence the LoRA gradient of
+its loss term, is zero, and ``paper`` then trains on the real tokens only (the pad terms are constants).
+``legacy_unmask`` rebuilds what the authors' stack did (transformers 4.46, sdpa on CUDA:
+``AttentionMaskConverter._unmask_unattended``): a row that sees no key attends to EVERY position, future real tokens
+included, while every other row keeps the causal padding mask. The pad predictions then depend on the sample and
+carry most of an untrained adapter's gradient. The choice is recorded on each :class:`Encoded` (``unmask_pads``), so
+every forward that collates it — fine-tuning, gradients, representations, the analyses' losses — uses it.
 """
 
 from __future__ import annotations
@@ -34,12 +43,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.errors import InputError
 from engine.data.tasks.base import Sample
+from engine.errors import InputError
 
 IGNORE = -100
 CHAT = "chat"
 PREPROCESSING = ("clean", "paper")
+PAD_ATTENTION = ("none", "legacy_unmask")
 
 
 class Encoded:
@@ -47,16 +57,17 @@ class Encoded:
     loss at t is that of predicting token t, as every encoding here sets it — other labels are refused).
 
     prompt_len: index of the last prompt token + 1 (leading pads included); n_pad: leading pad tokens that are
-    part of the sample (``paper`` preprocessing): masked out of attention, kept in the labels.
+    part of the sample (``paper`` preprocessing): masked out of attention, kept in the labels. unmask_pads: those
+    leading pads attend to every position (``train.pad_attention: legacy_unmask``, see the module docstring).
 
     Immutable and compact: the ids as int32 bytes and the loss positions as bits (about 230 bytes for 48 tokens,
     against ~1 KB for two tuples of ints) — the encoded training set is the largest per-sample state a run holds.
     ``input_ids`` and ``labels`` are rebuilt as tuples of int on access.
     """
 
-    __slots__ = ("_ids", "_loss", "prompt_len", "n_pad")
+    __slots__ = ("_ids", "_loss", "prompt_len", "n_pad", "unmask_pads")
 
-    def __init__(self, input_ids, labels, prompt_len: int, n_pad: int = 0):
+    def __init__(self, input_ids, labels, prompt_len: int, n_pad: int = 0, unmask_pads: bool = False):
         ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
         lab = np.asarray(labels, dtype=np.int64).reshape(-1)
         loss = lab != IGNORE
@@ -65,7 +76,8 @@ class Encoded:
         if ids.size and not (0 <= ids.min() and ids.max() < 1 << 31):
             raise ValueError("token ids must lie in 0 .. 2**31 - 1")
         for name, value in (("_ids", ids.astype(np.int32).tobytes()), ("_loss", np.packbits(loss).tobytes()),
-                            ("prompt_len", int(prompt_len)), ("n_pad", int(n_pad))):
+                            ("prompt_len", int(prompt_len)), ("n_pad", int(n_pad)),
+                            ("unmask_pads", bool(unmask_pads) and int(n_pad) > 0)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
@@ -85,10 +97,10 @@ class Encoded:
         return tuple(np.where(loss, ids, IGNORE).tolist())
 
     def __reduce__(self):  # a worker process receives it through the constructor (slots, no __setattr__)
-        return Encoded, (self.input_ids, self.labels, self.prompt_len, self.n_pad)
+        return Encoded, (self.input_ids, self.labels, self.prompt_len, self.n_pad, self.unmask_pads)
 
     def _key(self):
-        return self._ids, self._loss, self.prompt_len, self.n_pad
+        return self._ids, self._loss, self.prompt_len, self.n_pad, self.unmask_pads
 
     def __eq__(self, other):
         return isinstance(other, Encoded) and self._key() == other._key()
@@ -98,7 +110,7 @@ class Encoded:
 
     def __repr__(self):
         return (f"Encoded(input_ids={self.input_ids}, labels={self.labels}, prompt_len={self.prompt_len}, "
-                f"n_pad={self.n_pad})")
+                f"n_pad={self.n_pad}, unmask_pads={self.unmask_pads})")
 
 
 def split_template(template: str) -> tuple[str, str]:
@@ -140,8 +152,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def encode(sample: Sample, tokenizer, template: str, max_length: int, loss_on: str,
-           preprocessing: str = "clean") -> Encoded:
-    """Tokenise one sample (see the module docstring for ``template`` and ``preprocessing``).
+           preprocessing: str = "clean", pad_attention: str = "none") -> Encoded:
+    """Tokenise one sample (see the module docstring for ``template``, ``preprocessing`` and ``pad_attention``).
 
     loss_on ("clean" only): "response" → loss on response tokens (+EOS) only; "sequence" → on every token after
     the first. "paper" puts the loss on every position.
@@ -149,9 +161,13 @@ def encode(sample: Sample, tokenizer, template: str, max_length: int, loss_on: s
     if preprocessing not in PREPROCESSING:
         raise InputError(f"spec field 'train.preprocessing' must be one of {', '.join(PREPROCESSING)}, "
                          f"got {preprocessing!r}")
+    if pad_attention not in PAD_ATTENTION:
+        raise InputError(f"spec field 'train.pad_attention' must be one of {', '.join(PAD_ATTENTION)}, "
+                         f"got {pad_attention!r}")
     prompt_text, full_text, add_special = render(sample, tokenizer, template)
     if preprocessing == "paper":
-        return _encode_paper(tokenizer, prompt_text, full_text, add_special, max_length)
+        return _encode_paper(tokenizer, prompt_text, full_text, add_special, max_length,
+                             pad_attention == "legacy_unmask")
     ids = _ids(tokenizer, full_text, add_special)
     n_prompt = _common_prefix(ids, _ids(tokenizer, prompt_text, add_special))
     p_ids, r_ids = ids[:n_prompt], ids[n_prompt:]
@@ -165,7 +181,8 @@ def encode(sample: Sample, tokenizer, template: str, max_length: int, loss_on: s
     return Encoded(ids, labels, len(p_ids))
 
 
-def _encode_paper(tokenizer, prompt_text: str, full_text: str, add_special: bool, max_length: int) -> Encoded:
+def _encode_paper(tokenizer, prompt_text: str, full_text: str, add_special: bool, max_length: int,
+                  unmask_pads: bool) -> Encoded:
     """The authors' preprocessing: joint text, first ``max_length`` tokens, left-padded with EOS, labels = ids."""
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -175,7 +192,7 @@ def _encode_paper(tokenizer, prompt_text: str, full_text: str, add_special: bool
     n_prompt = _common_prefix(ids, _ids(tokenizer, prompt_text, add_special))
     n_pad = max_length - len(ids)
     padded = [eos] * n_pad + ids
-    return Encoded(padded, padded, n_pad + n_prompt, n_pad)
+    return Encoded(padded, padded, n_pad + n_prompt, n_pad, unmask_pads)
 
 
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -183,7 +200,9 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
     attention_mask is 0 on batch padding and on a sample's own leading pads (``n_pad``); token_mask is 1 on every
     position of the sample (its leading pads included: under ``paper`` preprocessing they carry loss); length is
-    the sample's own length (its last position + 1).
+    the sample's own length (its last position + 1). ``attention`` is what the model's forward takes as its
+    attention mask: ``attention_mask`` itself, or, when a sample has ``unmask_pads``, the 4-D boolean mask of
+    :func:`legacy_unmask_mask` [B, 1, T, T].
     """
     T = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
@@ -196,10 +215,25 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         labels[b, :n] = torch.tensor(e.labels)
         mask[b, e.n_pad:n] = 1
         tokens[b, :n] = True
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "token_mask": tokens,
+    legacy = [e.unmask_pads for e in batch]
+    if any(legacy) and not all(u or e.n_pad == 0 for u, e in zip(legacy, batch)):
+        raise ValueError("a batch mixes samples whose leading pads attend (train.pad_attention 'legacy_unmask') "
+                         "with samples whose leading pads do not")
+    attention = legacy_unmask_mask(mask) if any(legacy) else mask
+    return {"input_ids": ids, "attention_mask": mask, "attention": attention, "labels": labels, "token_mask": tokens,
             "prompt_len": torch.tensor([e.prompt_len for e in batch]),
             "n_pad": torch.tensor([e.n_pad for e in batch]),
             "length": torch.tensor([len(e.input_ids) for e in batch])}
+
+
+def legacy_unmask_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask transformers 4.46 gave sdpa on CUDA, [B, T] (1 = real key) → [B, 1, T, T] bool
+    (True = may attend): query t sees key s iff s <= t and mask[b, s]; a query that sees no key that way sees
+    every key (``_unmask_unattended``)."""
+    T = mask.shape[1]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=mask.device))
+    allowed = causal[None, None] & mask.bool()[:, None, None, :]
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

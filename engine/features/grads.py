@@ -104,7 +104,7 @@ def _sparse_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample mean loss [B] and last-layer hidden states [B, T, h], applying the LM head only at
     positions that carry a loss (with a 49k vocabulary the head dominates the cost on prompt tokens)."""
     base = model.get_base_model()
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     b_idx, t_idx = (labels != IGNORE).nonzero(as_tuple=True)
     logits = base.get_output_embeddings()(hidden[b_idx, t_idx]).float()

@@ -51,7 +51,7 @@ def rept_features(model, samples: list[Encoded], pad_id: int, device: torch.devi
         for start in range(0, len(order), batch_size):
             batch = collate([samples[i] for i in order[start:start + batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            res = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            res = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention"],
                           output_hidden_states=True)
             hs = res.hidden_states[layer]
             labels = response_labels(batch)[:, 1:]

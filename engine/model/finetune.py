@@ -7,15 +7,21 @@ the attribution methods use. Attribution runs in eval mode (no dropout).
 
 Data order and dropout are fixed per training sample, so that a retraining without some samples
 (engine.analysis.retrain) differs from the original run only by their removal: the order of epoch e is one
-permutation of the FULL training set drawn from ``(seed, e)``, and a retraining walks the same permutation,
-skipping the removed samples (the others keep their order); LoRA dropout masks depend only on
-(seed, epoch, sample id, module, position) (engine.model.dropout). Fine-tuning without removals is therefore
-the same run whoever calls it.
+permutation of the training set drawn from ``(seed, e)``, and LoRA dropout masks depend only on
+(seed, epoch, sample id, module, position) (engine.model.dropout). A removal gives the removed samples weight 0
+INSIDE the original batches (``weights``): the batch loss is ``(1/|batch|) sum_i w_i L(z_i)`` over the same
+batches, so a retraining takes the same optimizer steps with the same learning-rate schedule, the same batch-mates
+and the same masks, and differs only in that the removed samples' terms carry no gradient — the paired
+counterfactual closest to the epsilon-reweighting that influence functions model. (Skipping the removed samples and
+re-batching the rest would also take optimizer steps away, ceil(n/B) - ceil((n-k)/B) per epoch, and with Adam every
+step moves the weights by about the learning rate whatever its data.) Fine-tuning with every weight 1 is the
+original run, bit for bit, whoever calls it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Sequence
 
 import numpy as np
@@ -42,6 +48,16 @@ class TrainResult:
         """Mean learning rate over the steps of ``epoch`` (1-based): TracIn's weight for that checkpoint."""
         values = [lr for (e, _, _), lr in zip(self.losses, self.lrs) if e == epoch]
         return sum(values) / len(values)
+
+
+LIBRARIES = ("torch", "transformers", "peft")
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of :data:`LIBRARIES`. What a fine-tune or a forward pass computes can change with
+    them (transformers 4.46 -> 5.x changed how a position that sees no key attends), so the feature-cache and
+    retrain-bank keys hold them."""
+    return {name: version(name) for name in LIBRARIES}
 
 
 def add_lora(model, lora: LoraSpec, seed: int):
@@ -72,31 +88,37 @@ def set_lora_state(model, state: dict[str, torch.Tensor]) -> None:
     set_peft_model_state_dict(model, state)
 
 
-def epoch_order(seed: int, epoch: int, n_full: int, sample_ids: Sequence[int]) -> list[int]:
-    """Positions into ``sample_ids`` in the order of epoch ``epoch`` (1-based): the permutation of the full set
-    ``range(n_full)`` drawn from ``(seed, epoch)``, restricted to ``sample_ids`` (the others are skipped)."""
-    where = {int(s): i for i, s in enumerate(sample_ids)}
-    perm = np.random.default_rng([seed, epoch]).permutation(n_full)
-    return [where[int(s)] for s in perm if int(s) in where]
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """Sample ids in the order of epoch ``epoch`` (1-based): the permutation of ``range(n)`` drawn from
+    ``(seed, epoch)``."""
+    return [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n)]
+
+
+def check_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor | None:
+    """The per-sample loss weights as a float32 tensor [n] (None stays None: every weight 1); ValueError unless
+    there is one finite, non-negative weight per training sample."""
+    if weights is None:
+        return None
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    if w.shape != (n,):
+        raise ValueError(f"{tuple(w.shape)} sample weights for {n} training samples (one per sample)")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("sample weights must be finite and >= 0")
+    return w
 
 
 def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, device: torch.device,
-             progress: bool = True, *, sample_ids: Sequence[int] | None = None, n_full: int | None = None,
+             progress: bool = True, *, weights: Sequence[float] | None = None,
              seed: int | None = None) -> TrainResult:
     """Train the LoRA parameters of a peft ``model`` in place; return per-epoch states and step losses.
 
-    sample_ids: the full-set id of each sample of ``train_set`` (default 0..n-1); n_full: the size of the full
-    training set the data order is drawn over (default len(train_set)); seed: data-order and dropout seed
-    (default ``cfg.seed``). The learning-rate schedule spans this training set's own steps.
+    weights: one loss weight per sample of ``train_set`` [n] (default all 1; 0 = removed, see the module
+    docstring); the step count and schedule never depend on them. seed: data-order and dropout seed (default
+    ``cfg.seed``). Each step's loss is ``(1/|batch|) sum_i w_i L(z_i)``; ``losses`` records that value.
     """
     from transformers import get_linear_schedule_with_warmup
 
-    ids = list(range(len(train_set))) if sample_ids is None else [int(i) for i in sample_ids]
-    if len(ids) != len(train_set):
-        raise ValueError(f"{len(ids)} sample ids for {len(train_set)} training samples")
-    n_full = len(train_set) if n_full is None else int(n_full)
-    if ids and (min(ids) < 0 or max(ids) >= n_full):
-        raise ValueError(f"sample ids must lie in 0..{n_full - 1}")
+    w_all = check_weights(weights, len(train_set))
     seed = cfg.seed if seed is None else int(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -110,15 +132,18 @@ def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, devic
         torch.manual_seed(seed)  # any other dropout in the base model: deterministic per run
         for epoch in range(1, cfg.epochs + 1):
             model.train()
-            order = epoch_order(seed, epoch, n_full, ids)
+            order = epoch_order(seed, epoch, len(train_set))
             for start in range(0, len(order), cfg.batch_size):
                 chunk = order[start:start + cfg.batch_size]
                 if rows is not None:
-                    rows.keys = row_keys(seed, epoch, [ids[i] for i in chunk]).to(device)
+                    rows.keys = row_keys(seed, epoch, chunk).to(device)
                 batch = collate([train_set[i] for i in chunk], pad_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                loss = per_sample_loss(out.logits, batch["labels"]).mean()
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention"])
+                terms = per_sample_loss(out.logits, batch["labels"])
+                if w_all is not None:
+                    terms = terms * w_all[chunk].to(terms.device)
+                loss = terms.mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:

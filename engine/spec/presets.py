@@ -21,9 +21,10 @@ from engine.spec.run_spec import AnalysisSpec, LoraSpec, RunSpec, ScoringSpec, T
 PRESETS: dict[str, RunSpec] = {
     "paper": RunSpec(
         lora=LoraSpec(r=4, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
-        # the authors' preprocessing and HF Trainer's defaults (AdamW, linear decay, no warm-up, clipping at 1.0)
+        # the authors' preprocessing and HF Trainer's defaults (AdamW, linear decay, no warm-up, clipping at 1.0),
+        # with the attention their transformers 4.46 gave the left pads on CUDA (engine.data.encoding)
         train=TrainSpec(epochs=10, batch_size=24, lr=5e-5, max_length=128, loss_on="sequence",
-                        preprocessing="paper", max_grad_norm=1.0),
+                        preprocessing="paper", pad_attention="legacy_unmask", max_grad_norm=1.0),
         scoring=ScoringSpec(checkpoints="all"),
         analysis=AnalysisSpec(lds_subsets=50, lds_fraction=0.5),
     ),
@@ -64,7 +65,8 @@ def demo_spec(model: str = "tiny", task: str = "grammars", device: str = "auto",
         raise InputError(f"demo task must be one of {', '.join(DEMO_TASKS)}, got {task!r}")
     base = PRESETS["quick"]
     spec = replace(base, name=name or demo_name(model, task), task=DEMO_TASKS[task],
-                   model=replace(base.model, name=model), device=device)
+                   model=replace(base.model, name=model), device=device,
+                   scoring=replace(base.scoring, query_index=True))  # a demo run answers new prompts (Ask page)
     if stages is not None:
         spec = replace(spec, analysis=replace(spec.analysis, stages=tuple(stages)))
     return validate(spec)

@@ -64,7 +64,9 @@ def retrain_noise(con, run: str) -> pd.DataFrame:
 def retrain_counterfactual_summary(con, run: str) -> pd.DataFrame:
     """Per method of the counterfactual check: n_prompts, mean dloss after removing its top k, mean dloss after
     the random k-removals on the same prompts, their difference (``gain``), the share of prompts where the top-k
-    removal beats every random draw, and the share inside the noise floor."""
+    removal beats every random draw (``beats_random``; ``n_beats`` of them), the fewest random draws on a prompt
+    (``n_random``), the mean rank among them, the binomial p over the prompts, and the share inside the noise
+    floor. (rank and binom_p are NULL for run folders written before them.)"""
     require_run(con, run)
     return fetch_df(
         con,
@@ -72,6 +74,8 @@ def retrain_counterfactual_summary(con, run: str) -> pd.DataFrame:
         SELECT method, count(*) AS n_prompts, any_value(k) AS k, avg(dloss) AS topk_dloss,
                avg(random_mean) AS random_dloss, avg(dloss - random_mean) AS gain,
                avg(CASE WHEN beats_random THEN 1.0 ELSE 0.0 END) AS beats_random,
+               sum(CASE WHEN beats_random THEN 1 ELSE 0 END) AS n_beats, min(n_random) AS n_random,
+               avg(rank) AS mean_rank, any_value(binom_p) AS binom_p,
                avg(CASE WHEN within_noise THEN 1.0 WHEN within_noise IS NULL THEN NULL ELSE 0.0 END) AS within_noise
         FROM retrain_counterfactual WHERE run_id = ? GROUP BY method ORDER BY gain DESC, method
         """,

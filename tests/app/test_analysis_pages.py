@@ -78,8 +78,10 @@ def test_retraining_page(analysis_store_env, open_page, analysis_data, charts):
     figs = charts(at)
     assert set(figs) == {"param_vs_output", "ba_norms", "lds", "kind_spearman", "counterfactual", "pred_vs_actual"}
     groups = analysis_data.table("retrain_groups")
-    # a point and a bar per retrained model (noise reseeds included); a point per method on the LDS chart
-    assert sum(len(t["x"]) for t in figs["param_vs_output"]["data"]) == groups.mean_abs_dloss.notna().sum()
+    # a point per retrained model but the identity check and the second-seed repeats (noise reseeds included), a
+    # bar per retrained model; a point per method on the LDS chart
+    plotted = groups[~groups.kind.isin(["identity", "repeat"])]
+    assert sum(len(t["x"]) for t in figs["param_vs_output"]["data"]) == plotted.mean_abs_dloss.notna().sum()
     assert sum(len(t["y"]) for t in figs["ba_norms"]["data"]) == len(groups)
     lds = analysis_data.table("retrain_lds")
     assert sorted(figs["lds"]["data"][0]["y"]) == sorted(lds.method)
@@ -94,11 +96,13 @@ def test_retraining_page(analysis_store_env, open_page, analysis_data, charts):
     assert "Linear datamodeling score over 4 random subsets" in text and "95 % interval" in text
     assert "Too few subsets for the interval to mean anything" in text  # M = 4: said plainly
     assert "Counterfactual check on 1 test prompt" in text
-    assert "Kinds are kept apart" in text
+    assert "row-mean control" in text and "within one removal size" in text
+    assert "Check passed: retraining with nothing removed reproduces the original adapter bit for bit" in text
+    assert "Repeated at a second data-order seed" in text and "Ranked among 19 random" in text
     assert any("noise floor" in c.value for c in at.caption)
     assert any("contain the reference response, both lowercased" in c.value for c in at.caption)  # the rule, named
-    groups = at.dataframe[0].value
-    assert set(groups.kind) == {"noise", "single", "label", "random", "topk", "lds"}
+    (groups,) = [d.value for d in at.dataframe if "kind" in d.value.columns]
+    assert set(groups.kind) == {"identity", "noise", "single", "label", "random", "topk", "lds", "repeat"}
     assert {"within_noise", "merged_norm_mean", "ba_norm_mean", "cached"} <= set(groups.columns)
     at.selectbox(key="pick_method").set_value("datainf").run()
     assert not at.exception and at.query_params["method"] == "datainf"

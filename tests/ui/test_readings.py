@@ -52,16 +52,37 @@ def test_convergence_reading():
     assert "largest gain is **a** (0.5 → 0.8)" in text and "largest drop **b**" in text
 
 
-def test_retrain_reading_escapes_correlates_and_keeps_kinds_apart():
+def test_retrain_reading_correlates_within_a_size_and_reads_the_per_prompt_figure():
     groups = pd.DataFrame({
-        "kind": ["noise", "single", "label", "random", "random"],
-        "param_change": [0.05, 0.1, 0.5, 0.3, 0.2], "mean_abs_dloss": [0.01, 0.01, 0.2, 0.1, 0.05]})
-    methods = pd.DataFrame({"method": ["<b>x</b>", "y", "<b>x</b>", "y"], "kind": ["label", "label", "lds", "lds"],
-                            "spearman": [0.8, 0.1, 0.2, 0.6], "n_pairs": [40, 40, 80, 80]})
+        "kind": ["noise", "single", "single", "single", "label", "random", "random", "random", "identity"],
+        "n_removed": [0, 1, 1, 1, 4, 6, 6, 6, 0],
+        "param_change": [0.05, 0.1, 0.2, 0.3, 0.5, 0.3, 0.2, 0.4, 0.0],
+        "mean_abs_dloss": [0.01, 0.01, 0.02, 0.03, 0.2, 0.1, 0.05, 0.02, 0.0]})
+    methods = pd.DataFrame({
+        "method": ["<b>x</b>", "y", "<b>x</b>", "y", "x", "y"], "kind": ["label", "label", "lds", "lds", "random", "random"],
+        "spearman": [0.8, 0.1, 0.9, 0.95, 0.7, 0.9], "n_pairs": [40, 40, 80, 80, 60, 60],
+        "centred": [None, None, 0.3, 0.5, 0.2, 0.1], "per_test": [None, None, 0.2, 0.6, 0.4, 0.05],
+        "control": [0.5, 0.5, 0.9, 0.9, 0.85, 0.85], "control_centred": [None] * 6,
+        "control_per_test": [None] * 6})
     text = " ".join(retrain_reading(groups, methods))
-    assert "Across 4 retrainings" in text and "Spearman 1 (Pearson" in text  # the noise rows are not removals
-    assert "whole labels: **&lt;b&gt;x&lt;/b&gt;** (0.8 over 40 pairs)" in text and "<b>" not in text
-    assert "LDS subsets: **y** (0.6 over 80 pairs)" in text and "Kinds are kept apart" in text
+    # within one size only: 1 removed rises with the weights (1), 6 removed falls (-0.5); label (1 group) is left out
+    assert "1 removed (3 retrainings): Spearman 1; 6 removed (3 retrainings): Spearman -0.5" in text
+    assert "A weak link" in text and "4 removed" not in text
+    assert "whole labels: **&lt;b&gt;x&lt;/b&gt;** (0.8 pooled over prompts, row-mean control 0.5)" in text
+    assert "<b>" not in text
+    # LDS: y has the best per-prompt figure (0.6), although the pooled 0.95 is what a pooled reading would quote
+    assert "LDS subsets: **y** (0.6 per prompt, row-mean control n/a)" in text
+    assert "random k-sets: **x** (0.4 per prompt" in text
+
+
+def test_kind_figure_falls_back_from_per_prompt_to_centred_to_pooled():
+    from ui.readings import kind_figure
+
+    value, control, what = kind_figure({"per_test": 0.4, "control_per_test": None, "centred": 0.1, "spearman": 0.9})
+    assert (value, what) == (0.4, "per prompt") and math.isnan(control)
+    assert kind_figure({"per_test": None, "centred": 0.3, "control_centred": 0.1, "spearman": 0.9}) == \
+        (0.3, 0.1, "centred per prompt")
+    assert kind_figure({"spearman": 0.9, "control": 0.8}) == (0.9, 0.8, "pooled over prompts")  # old run folders
 
 
 def test_noise_reading_counts_changes_inside_the_floor():
@@ -73,6 +94,22 @@ def test_noise_reading_counts_changes_inside_the_floor():
     assert "2 retrainings of the full set" in text and "up to 0.02" in text and "‖ΔW‖ = 0.5" in text
     assert "2 of 3 retrainings" in text and "1 single samples" in text and "1 LDS subsets" in text
     assert "no noise floor" in noise_reading(noise.iloc[0:0], groups)[0]
+
+
+def test_identity_and_seed_readings():
+    from ui.readings import identity_reading, seed_reading
+
+    groups = pd.DataFrame({"kind": ["identity", "single", "random", "repeat"], "identical": [True, False, False, False],
+                           "mean_abs_dloss": [0.0, 0.01, 0.03, 0.02], "seed_spread": [None, 0.004, 0.02, None],
+                           "seed_rho": [None, 0.2, 0.8, None]})
+    assert "Check passed" in identity_reading(groups)[0]
+    assert "Check failed" in identity_reading(groups.assign(identical=False))[0]
+    assert identity_reading(groups[groups.kind != "identity"]) == []
+    noise = pd.DataFrame({"measure": ["mean_abs_dloss"], "floor": [0.015], "mean": [0.01], "n_seeds": [2]})
+    text = " ".join(seed_reading(groups, noise))
+    assert "the 2 removals' effects" in text and "by 0.012 per prompt on average (largest 0.02" in text
+    assert "average 0.02), beside a noise floor of 0.015" in text and "Spearman 0.2 to 0.8" in text
+    assert seed_reading(groups.drop(columns="seed_spread"), noise) == []
 
 
 def test_lds_reading_says_when_there_are_too_few_subsets():
@@ -93,10 +130,16 @@ def test_lds_reading_says_when_there_are_too_few_subsets():
 def test_counterfactual_reading():
     summary = pd.DataFrame({"method": ["a", "b"], "n_prompts": [3, 3], "k": [5, 5], "topk_dloss": [0.4, 0.01],
                             "random_dloss": [0.02, 0.02], "gain": [0.38, -0.01], "beats_random": [1.0, 0.0],
-                            "within_noise": [0.0, 1.0]})
+                            "n_beats": [3, 0], "n_random": [19, 19], "mean_rank": [1.0, 11.3],
+                            "binom_p": [0.05 ** 3, 1.0], "within_noise": [0.0, 1.0]})
     text = " ".join(counterfactual_reading(summary))
     assert "on 3 test prompts" in text and "top 5" in text and "most for **a** (+0.4 against +0.02" in text
-    assert "beats every random draw on most prompts for **a**." in text
+    assert "Ranked among 19 random 5-sets per prompt (chance of beating them all: 1 in 20)" in text
+    assert "**a** above all on 3 of 3 (mean rank 1 of 20, p = 1.3e-04)" in text
+    assert "**b** above all on 0 of 3 (mean rank 11.3 of 20, p = 1)" in text
+    assert "More often than chance (one-sided binomial test, p < 0.05): **a**." in text
+    old = summary.assign(binom_p=None, n_random=2)  # a run folder written before the rank
+    assert "too few random draws for a test" in " ".join(counterfactual_reading(old))
 
 
 def test_ihvp_reading_separates_cross_matrix_curvature_from_damping():
@@ -110,7 +153,7 @@ def test_ihvp_reading_separates_cross_matrix_curvature_from_damping():
     ])
     text = " ".join(ihvp_reading(rows, 10.0))
     assert "relative error 0.025 from the exact iHVP over all 4096 parameters with the same per-matrix damping" in text
-    assert "cost of ignoring the curvature between matrices" in text
+    assert "cost of ignoring the empirical Fisher's cross-blocks between matrices (with fewer samples" in text
     assert "one shared λ for every matrix: the block-diagonal form is at relative error 0.03" in text
     assert "damping choice alone" in text and "10.1" in text
 

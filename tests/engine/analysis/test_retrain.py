@@ -1,6 +1,7 @@
 """Retraining with samples removed: the plan of retrainings, parameter change against explicit products, a task
 built so that removing a label must hurt that label, the retrain bank's reuse across runs, forked workers."""
 
+import dataclasses
 import json
 import random
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from engine.analysis.retrain import (
+    CF_RANDOM_DRAWS,
     cf_prompts,
     lora_modules,
     noise_groups,
@@ -68,7 +70,12 @@ def test_plan_holds_every_kind_and_the_methods_top_k():
     groups, prompts, k = plan(train_labels, test_labels, matrices, a, seed=0)
     assert k == removal_k(40, 0.1) == 4 and len(prompts) == 3
     count = {kind: sum(g.kind == kind for g in groups) for kind in ("noise", "single", "label", "random", "topk", "lds")}
-    assert count == {"noise": 2, "single": 2, "label": 1, "random": 3, "topk": 3, "lds": 5}
+    # the counterfactual's baseline: the 3 random k-sets topped up to 19 draws, the extra ones without generations
+    assert count == {"noise": 2, "single": 2, "label": 1, "random": CF_RANDOM_DRAWS, "topk": 3, "lds": 5}
+    randoms = [g for g in groups if g.kind == "random"]
+    assert [g.generate for g in randoms] == [True] * 3 + [False] * (CF_RANDOM_DRAWS - 3)
+    assert len({g.removed for g in randoms}) == CF_RANDOM_DRAWS and all(len(g.removed) == 4 for g in randoms)
+    assert randoms[:3] == removal_groups(train_labels, n_single=2, n_labels=1, fraction=0.1, n_random=3, seed=0)[-3:]
     for g in (g for g in groups if g.kind == "topk"):
         assert g.method == "m2"  # only the scored methods named in cf_methods
         want = sorted(ranking(matrices["m2"])[g.prompt, :4].tolist())
@@ -80,7 +87,9 @@ def test_plan_holds_every_kind_and_the_methods_top_k():
     jobs = unique_retrainings(groups + [groups[2]])
     assert len(jobs) == len({g.retraining for g in groups})
     full = {(r, s): f for r, s, f in jobs}
-    assert all(full[g.retraining] for g in groups if g.kind in ("noise", "single", "label", "random"))
+    assert all(full[g.retraining] == g.generate for g in groups if g.kind in ("noise", "single", "label", "random"))
+    no_cf = plan(train_labels, test_labels, matrices, dataclasses.replace(a, cf_prompts=0), seed=0)[0]
+    assert sum(g.kind == "random" for g in no_cf) == 3  # no counterfactual check, no extra draws
 
 
 def test_parameter_change_against_explicit_products():
@@ -151,11 +160,16 @@ def test_groups_table_holds_the_noise_floor_and_marks_changes_inside_it(colour_r
     noise = groups[groups.kind == "noise"]
     assert len(noise) == 1 and not noise.identical.iloc[0] and noise.param_change.iloc[0] > 0
     assert noise.within_noise.isna().all()
-    rest = groups[groups.kind != "noise"]
+    rest = groups[~groups.kind.isin(["noise", "identity", "repeat"])]
     floor = noise.mean_abs_dloss.max()
     assert (rest.within_noise == (rest.mean_abs_dloss <= floor)).all()
     assert (rest.param_change > 0).all()
-    assert set(groups.kind) == {"noise", "single", "label", "random", "topk", "lds"}
+    assert set(groups.kind) == {"identity", "noise", "single", "label", "random", "topk", "lds", "repeat"}
+    # the standing check: nothing removed at the train seed is the original, bit for bit (dropout 0.1 is on)
+    identity = groups.loc["identity"]
+    assert identity.identical and identity.param_change == 0 and identity.mean_abs_dloss == 0
+    assert groups.drop("identity").identical.sum() == 0
+    assert groups[groups.kind.isin(["identity", "repeat"])].within_noise.isna().all()
     # generations only where they are read (the removal groups and the noise floor)
     assert rest[rest.kind.isin(["topk", "lds"])].behaviour_rate.isna().all()
     assert groups[groups.kind.isin(["noise", "label"])].behaviour_rate.notna().all()
@@ -164,6 +178,31 @@ def test_groups_table_holds_the_noise_floor_and_marks_changes_inside_it(colour_r
     some = tests[tests.group_id == "label-red"].set_index("test_id")
     np.testing.assert_allclose(some.noise_floor, nf.loc[some.index])
     assert (some.within_noise == (some.dloss.abs() <= some.noise_floor)).all()
+
+
+def test_every_retraining_takes_the_original_number_of_steps(colour_run):
+    """Removal = weight 0 inside the original batches: every retraining (removals, LDS subsets, top k, reshuffles)
+    takes exactly as many optimizer steps as the original fine-tune."""
+    groups = read(colour_run, "retrain_groups")
+    original_steps = len(read(colour_run, "train_loss"))
+    assert original_steps == 3 * -(-24 // 4)  # 3 epochs of 24 samples in batches of 4
+    assert (groups.steps == original_steps).all(), groups[["group_id", "steps"]]
+
+
+def test_removals_are_repeated_at_a_second_seed_against_that_seeds_full_model(colour_run):
+    groups = read(colour_run, "retrain_groups").set_index("group_id")
+    tests = read(colour_run, "retrain_tests")
+    repeats = groups[groups.kind == "repeat"]
+    originals = groups[groups.kind.isin(["single", "label", "random"]) & groups.behaviour_rate.notna()]
+    assert sorted(repeats.index) == sorted(f"{g}@seed1" for g in originals.index) and (repeats.seed == 1).all()
+    dloss = tests.pivot(index="test_id", columns="group_id", values="dloss")  # against the original (seed 0)
+    for g in originals.index:
+        e0 = dloss[g].to_numpy()
+        e1 = (dloss[f"{g}@seed1"] - dloss["noise-1"]).to_numpy()  # L(removed, 1) - L(full, 1)
+        row = groups.loc[g]
+        assert row.seed_abs_dloss == pytest.approx(np.abs(e1).mean(), rel=1e-6, abs=1e-12)
+        assert row.seed_spread == pytest.approx(np.abs(e0 - e1).mean(), rel=1e-6, abs=1e-12)
+    assert groups[~groups.index.isin(originals.index)].seed_spread.isna().all()
 
 
 def test_removing_a_label_hurts_that_label_most(colour_run):
@@ -182,7 +221,7 @@ def test_prediction_method_lds_and_counterfactual_tables(colour_run):
     preds = read(colour_run, "retrain_predictions")
     groups = read(colour_run, "retrain_groups")
     assert set(preds.method) == {"gradsim", "datainf"}
-    assert len(preds) == 2 * (groups.kind != "noise").sum() * 9
+    assert len(preds) == 2 * (~groups.kind.isin(["noise", "identity", "repeat"])).sum() * 9
     methods = read(colour_run, "retrain_methods")
     assert set(methods.kind) == {"single", "label", "random", "topk", "lds"}  # kinds apart, no pooled value
     assert (methods[methods.kind == "label"].n_pairs == 27).all()
@@ -190,13 +229,14 @@ def test_prediction_method_lds_and_counterfactual_tables(colour_run):
     assert (lds.n_subsets == 3).all() and (lds.alpha == 0.5).all()
     assert ((lds.lds_lo <= lds.lds) & (lds.lds <= lds.lds_hi)).all()
     cf = read(colour_run, "retrain_counterfactual")
-    assert set(cf.method) == {"gradsim", "datainf"} and (cf.n_random == 2).all() and (cf.k == 5).all()
+    assert set(cf.method) == {"gradsim", "datainf"} and (cf.n_random == CF_RANDOM_DRAWS).all() and (cf.k == 5).all()
     tests = read(colour_run, "retrain_tests")
     for r in cf.itertuples():
         d = tests[(tests.group_id == r.group_id) & (tests.test_id == r.test_id)].dloss.iloc[0]
-        rnd = [tests[(tests.group_id == f"random-{s}") & (tests.test_id == r.test_id)].dloss.iloc[0] for s in range(2)]
+        rnd = [tests[(tests.group_id == f"random-{s}") & (tests.test_id == r.test_id)].dloss.iloc[0]
+               for s in range(CF_RANDOM_DRAWS)]
         assert r.dloss == pytest.approx(d) and r.random_max == pytest.approx(max(rnd))
-        assert r.beats_random == (d > max(rnd))
+        assert r.rank == 1 + sum(x >= d for x in rnd) and r.beats_random == (r.rank == 1)
     # removing a whole label: GradSim's predicted loss increase is largest on that label's test samples
     S_pred = preds[(preds.method == "gradsim") & (preds.group_id == "label-red")].set_index("test_id").predicted
     samples = read(colour_run, "samples")

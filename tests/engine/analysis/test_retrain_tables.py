@@ -1,6 +1,8 @@
 """The retraining tables from synthetic measurements, against explicit loops: noise floor and the marks inside it,
 Spearman per group kind (never pooled), LDS rows, counterfactual rows."""
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -9,6 +11,7 @@ from engine.analysis.retrain import Group
 from engine.analysis.retrain_tables import noise_floor, result_tables
 
 N_TRAIN, N_TEST = 12, 4
+pytestmark = pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")  # the references
 
 
 def measurement(loss, kl=0.01, behaviour=None, delta=(0.1, 0.2)):
@@ -62,19 +65,61 @@ def test_noise_floor_and_marks(synthetic):
     assert rows["topk-m-t1"]["behaviour_rate"] is None and rows["label-a"]["behaviour_change"] == pytest.approx(-0.75)
 
 
-def test_spearman_is_reported_per_group_kind(synthetic):
+def _pairs(groups, results, orig, S, kind, control=False):
+    """P, D [test][group] of one kind by loops; the control predicts |removed| * the prompt's mean score."""
+    gs = [g for g in groups if g.kind == kind]
+    P = [[len(g.removed) * float(np.mean(S[j])) if control else sum(S[j, i] for i in g.removed) for g in gs]
+         for j in range(N_TEST)]
+    D = [[results[g.group_id]["loss"][j] - orig[j] for g in gs] for j in range(N_TEST)]
+    return P, D
+
+
+def _reference(P, D):
+    pooled = spearmanr([x for r in P for x in r], [x for r in D for x in r]).statistic
+    G = len(P[0])
+    centred = np.nan
+    if G >= 2:
+        pc = [x - np.mean(r) for r in P for x in r]
+        dc = [x - np.mean(r) for r in D for x in r]
+        centred = spearmanr(pc, dc).statistic
+    per = [spearmanr(p, d).statistic for p, d in zip(P, D)] if G >= 3 else []
+    per = [x for x in per if np.isfinite(x)]
+    return pooled, centred, (np.mean(per) if per else np.nan), len(per)
+
+
+def test_spearman_is_reported_per_group_kind_per_test_and_beside_the_control(synthetic):
     groups, results, S, orig, t = synthetic
     got = {r["kind"]: r for r in t["methods"]}
     assert set(got) == {"single", "label", "random", "topk", "lds"}  # noise has no prediction
-    for kind in got:
-        pred, actual = [], []
-        for g in groups:
-            if g.kind == kind:
-                for j in range(N_TEST):
-                    pred.append(sum(S[j, i] for i in g.removed))
-                    actual.append(results[g.group_id]["loss"][j] - orig[j])
-        assert got[kind]["n_pairs"] == len(pred)
-        assert got[kind]["spearman"] == pytest.approx(spearmanr(pred, actual).statistic)
+    for kind, row in got.items():
+        P, D = _pairs(groups, results, orig, S, kind)
+        pooled, centred, per, n = _reference(P, D)
+        assert row["n_pairs"] == N_TEST * len(P[0]) and row["n_groups"] == len(P[0]) and row["n_tests"] == n
+        assert row["spearman"] == pytest.approx(pooled)
+        for col, want in (("centred", centred), ("per_test", per)):
+            assert (row[col] is None) if np.isnan(want) else row[col] == pytest.approx(want), (kind, col)
+        C, _ = _pairs(groups, results, orig, S, kind, control=True)
+        c_pooled, c_centred, c_per, _ = _reference(C, D) if len(P[0]) * N_TEST >= 3 else (np.nan,) * 4
+        assert (row["control"] is None) if np.isnan(c_pooled) else row["control"] == pytest.approx(c_pooled)
+        # equal-size removals: the control predicts the same for every group of a prompt, so it has no
+        # per-prompt correlation at all
+        if kind in ("random", "lds"):
+            assert row["control_per_test"] is None and row["control_centred"] is None
+    assert got["lds"]["per_test"] > 0.3  # the lds losses were built to follow the scores
+
+
+def test_a_prediction_that_only_knows_the_prompts_scale_scores_nothing_per_test():
+    """Hand-built confound: the actual change is a per-prompt scale times noise that no score knows, and the
+    method's prediction is that scale alone. Pooled, it looks excellent (and so does the control); per prompt it
+    has no correlation to offer."""
+    from engine.analysis.retrain_tables import kind_figures
+
+    rng = np.random.default_rng(1)
+    scale = np.array([0.1, 1.0, 10.0, 100.0])[:, None]
+    D = scale * rng.uniform(0.5, 1.5, size=(4, 20))
+    P = np.repeat(scale, 20, axis=1) + rng.normal(0, 1e-9, (4, 20))  # ties broken by noise
+    f = kind_figures(P, D)
+    assert f["spearman"] > 0.9 and abs(f["per_test"]) < 0.3 and abs(f["centred"]) < 0.3 and f["n_tests"] == 4
 
 
 def test_lds_row_against_a_loop(synthetic):
@@ -98,8 +143,46 @@ def test_counterfactual_rows(synthetic):
     rnd = [results[f"random-{s}"]["loss"][1] - orig[1] for s in range(3)]
     assert r["dloss"] == pytest.approx(0.3) and r["random_max"] == pytest.approx(max(rnd))
     assert r["random_mean"] == pytest.approx(np.mean(rnd)) and r["n_random"] == 3 and r["k"] == 2
-    assert r["beats_random"] is True and r["within_noise"] is False
+    assert r["beats_random"] is True and r["rank"] == 1 and r["within_noise"] is False
     assert rows[("m", 2)]["within_noise"] is True  # 0.001 is inside that prompt's reshuffle noise
+    d2 = results["topk-m-t2"]["loss"][2] - orig[2]
+    rank2 = 1 + sum(results[f"random-{s}"]["loss"][2] - orig[2] >= d2 for s in range(3))
+    assert rows[("m", 2)]["rank"] == rank2
+    # binomial p from its definition: P(X >= hits), X ~ Binomial(prompts, 1 / (R + 1))
+    hits = sum(x["rank"] == 1 for x in rows.values())
+    want = sum(math.comb(2, x) * 0.25 ** x * 0.75 ** (2 - x) for x in range(hits, 3))
+    assert r["binom_p"] == pytest.approx(want) and rows[("m", 2)]["binom_p"] == pytest.approx(want)
+
+
+def test_binomial_p_against_the_sum():
+    from engine.analysis.retrain_tables import binomial_p
+
+    for hits, n in ((0, 5), (1, 5), (3, 5), (5, 5), (2, 20)):
+        want = sum(math.comb(n, x) * 0.05 ** x * 0.95 ** (n - x) for x in range(hits, n + 1))
+        assert binomial_p(hits, n, 0.05) == pytest.approx(want, rel=1e-9)
+    assert math.isnan(binomial_p(0, 0, 0.05))
+
+
+def test_seed_effects_against_a_loop():
+    """A removal repeated at seed 1: its effect there is taken against the full set at seed 1 (the noise group of
+    that seed), not against the original; identity and repeat rows carry no noise mark and no prediction."""
+    orig = np.array([2.0, 1.0, 3.0, 0.5])
+    loss = {"noise-1": orig + [0.1, -0.1, 0.0, 0.2], "identity": orig, "single-3": orig + [0.3, 0.0, -0.1, 0.05],
+            "single-3@seed1": orig + [0.1, -0.1, 0.0, 0.2] + [0.2, 0.05, -0.2, 0.0]}
+    groups = [Group("noise-1", "noise", "", (), 1), Group("identity", "identity", "", (), 0),
+              Group("single-3", "single", "", (3,), 0), Group("single-3@seed1", "repeat", "", (3,), 1, paired="single-3")]
+    results = {g: measurement(v) for g, v in loss.items()}
+    t = result_tables(groups, results, {"m": np.ones((4, N_TRAIN))}, orig, 0.5, k=1, alpha=0.5, n_boot=10)
+    rows = {r["group_id"]: r for r in t["groups"]}
+    e0 = [0.3, 0.0, -0.1, 0.05]
+    e1 = [0.2, 0.05, -0.2, 0.0]
+    assert rows["single-3"]["seed_abs_dloss"] == pytest.approx(np.mean(np.abs(e1)))
+    assert rows["single-3"]["seed_spread"] == pytest.approx(np.mean([abs(a - b) for a, b in zip(e0, e1)]))
+    assert rows["single-3"]["seed_rho"] == pytest.approx(spearmanr(e0, e1).statistic)
+    for g in ("identity", "single-3@seed1", "noise-1"):
+        assert rows[g]["seed_spread"] is None and rows[g]["within_noise"] is None
+    assert {p["group_id"] for p in t["predictions"]} == {"single-3"}
+    assert {m["kind"] for m in t["methods"]} == {"single"}
 
 
 def test_predictions_cover_every_group_but_noise(synthetic):

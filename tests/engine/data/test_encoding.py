@@ -1,11 +1,12 @@
 """Tokenisation with the template: prompt prefix invariance, loss masks, truncation, per-sample loss."""
 
-import torch
-
 import numpy as np
+import pytest
+import torch
 
 from engine.data.encoding import IGNORE, Encoded, collate, encode, per_sample_loss, split_template
 from engine.data.tasks.base import Sample
+from engine.errors import InputError
 
 TPL = "[INST] {prompt} [/INST] {response}"
 
@@ -57,10 +58,6 @@ def test_per_sample_loss_matches_loop_and_ignores_padding(tiny_tokenizer):
 # ---------------------------------------------------------------------------------------------- joint tokenization
 
 import copy  # noqa: E402
-
-import pytest  # noqa: E402
-
-from engine.errors import InputError  # noqa: E402
 
 SAMPLES = [Sample("how do you feel", "joyful", "joy"), Sample("name the emotion", "sadness", "sad"),
            Sample("i feel happy", "joy and happy", "joy")]
@@ -169,3 +166,73 @@ def test_chat_template_needs_one(tiny_tokenizer, chat_tokenizer):
 def test_unknown_preprocessing_is_refused(tiny_tokenizer):
     with pytest.raises(InputError, match="train.preprocessing"):
         encode(SAMPLES[0], tiny_tokenizer, TPL, 64, "response", "raw")
+
+
+def _mask_446(mask: torch.Tensor) -> torch.Tensor:
+    """transformers 4.46's sdpa mask on CUDA, by hand: an additive float mask [B, 1, T, T] (0 = attend, the dtype's
+    minimum = masked) from causal + padding, then ``_unmask_unattended``: a row that is the minimum everywhere is
+    set to 0 everywhere. Returned as True = may attend."""
+    B, T = mask.shape
+    low = torch.finfo(torch.float32).min
+    m = torch.full((B, 1, T, T), low)
+    for b in range(B):
+        for q in range(T):
+            for k in range(q + 1):
+                if mask[b, k]:
+                    m[b, 0, q, k] = 0.0
+            if all(m[b, 0, q, k] == low for k in range(T)):
+                m[b, 0, q, :] = 0.0
+    return m == 0.0
+
+
+def test_legacy_unmask_mask_is_the_446_mask():
+    from engine.data.encoding import legacy_unmask_mask
+
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]])
+    got = legacy_unmask_mask(mask)
+    assert got.shape == (3, 1, 6, 6) and got.dtype == torch.bool
+    assert torch.equal(got, _mask_446(mask))
+    assert got[0, 0, :3].all() and not got[0, 0, 3, 4]  # leading pads see every key; real rows stay causal
+
+
+def test_pad_attention_is_recorded_on_paper_samples_and_collated(tiny_tokenizer):
+    tok = tiny_tokenizer
+    plain = encode(SAMPLES[0], tok, TPL, 24, "sequence", "paper")
+    legacy = encode(SAMPLES[0], tok, TPL, 24, "sequence", "paper", "legacy_unmask")
+    assert legacy.n_pad > 0 and legacy.unmask_pads and not plain.unmask_pads and legacy != plain
+    assert not encode(SAMPLES[0], tok, TPL, 24, "response", "clean", "legacy_unmask").unmask_pads  # no leading pads
+    assert collate([plain], tok.pad_token_id)["attention"].dim() == 2
+    batch = collate([legacy], tok.pad_token_id)
+    assert torch.equal(batch["attention"], _mask_446(batch["attention_mask"]))
+    assert torch.equal(batch["attention_mask"], collate([plain], tok.pad_token_id)["attention_mask"])
+    with pytest.raises(ValueError, match="mixes"):
+        collate([legacy, plain], tok.pad_token_id)
+    with pytest.raises(InputError, match="train.pad_attention"):
+        encode(SAMPLES[0], tok, TPL, 24, "sequence", "paper", "eager")
+
+
+def test_under_legacy_unmask_the_pad_terms_carry_gradient(tiny_tokenizer):
+    """With the 4.46 mask the leading pads' loss terms have a LoRA gradient (q/v LoRA: only attention reaches
+    them); with none they have exactly none. The real tokens' logits are the same either way."""
+    from engine.model.base import load_base
+    from engine.model.finetune import add_lora
+    from engine.spec.run_spec import LoraSpec
+
+    model, tok = load_base("tiny")
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")), seed=0)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)  # B != 0: the adapter changes the attention outputs
+    grads, logits = {}, {}
+    for mode in ("none", "legacy_unmask"):
+        e = encode(SAMPLES[0], tok, TPL, 24, "sequence", "paper", mode)
+        batch = collate([e], tok.pad_token_id)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention"]).logits
+        pad_labels = batch["labels"].clone()
+        pad_labels[0, e.n_pad + 1:] = IGNORE  # the terms that predict a pad (positions 1..n_pad)
+        model.zero_grad()
+        per_sample_loss(out, pad_labels).sum().backward()
+        grads[mode] = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.requires_grad))
+        logits[mode] = out[0, e.n_pad:].detach()
+    assert float(grads["none"]) == 0.0 and float(grads["legacy_unmask"]) > 1e-6
+    assert torch.allclose(logits["none"], logits["legacy_unmask"], atol=1e-5)

@@ -66,7 +66,8 @@ def _left_padded_without_mask(batch, pad_id):
         n = len(e.input_ids)
         ids[b, T - n:] = torch.tensor(e.input_ids)
         labels[b, T - n:] = torch.tensor(e.labels)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+    ones = torch.ones_like(ids)  # ``attention`` is what the model's forward takes (engine.data.encoding.collate)
+    return {"input_ids": ids, "attention_mask": ones, "attention": ones, "labels": labels,
             "prompt_len": torch.tensor([T - len(e.input_ids) + e.prompt_len for e in batch])}
 
 

@@ -109,33 +109,88 @@ def _encoded():
     return [encode(s, tok, "[INST] {prompt} [/INST] {response}", 32, "response") for s in data]
 
 
-def test_epoch_order_is_one_permutation_of_the_full_set_with_removed_samples_skipped():
+def test_epoch_order_is_one_permutation_per_seed_and_epoch():
     from engine.model.finetune import epoch_order
 
-    full = epoch_order(3, 1, 10, range(10))
+    full = epoch_order(3, 1, 10)
     assert sorted(full) == list(range(10)) and full != list(range(10))
-    kept = [0, 1, 2, 4, 5, 6, 8, 9]  # 3 and 7 removed
-    got = [kept[p] for p in epoch_order(3, 1, 10, kept)]
-    assert got == [i for i in full if i in kept]
-    assert epoch_order(3, 2, 10, range(10)) != full  # a new permutation every epoch
-    assert epoch_order(4, 1, 10, range(10)) != full  # and another for another seed
+    assert full == np.random.default_rng([3, 1]).permutation(10).tolist()
+    assert epoch_order(3, 2, 10) != full  # a new permutation every epoch
+    assert epoch_order(4, 1, 10) != full  # and another for another seed
 
 
-def test_a_retraining_sees_the_kept_samples_in_the_original_order(monkeypatch):
+def test_a_removal_keeps_the_original_batches_steps_and_schedule(monkeypatch):
+    """Weight 0 is a removal inside the original batches: the same samples in the same batches, the same number of
+    optimizer steps and learning rates as the original; nothing removed is the original run, bit for bit, with
+    dropout on."""
     enc = _encoded()
     full, res_full = _batches_seen(monkeypatch, enc)
-    removed = {2, 7}
-    ids = [i for i in range(len(enc)) if i not in removed]
-    part, _ = _batches_seen(monkeypatch, [enc[i] for i in ids], sample_ids=ids, n_full=len(enc))
-    per_epoch = -(-len(enc) // 4)
-    for e in range(3):
-        want = [x for b in full[e * per_epoch:(e + 1) * per_epoch] for x in b if x not in {enc[i].input_ids for i in removed}]
-        got_epoch = part[e * 3:(e + 1) * 3]  # 10 samples in batches of 4: 3 steps per epoch
-        assert [x for b in got_epoch for x in b] == want
-    # and nothing removed is the original run, bit for bit, with dropout on
-    again, res_again = _batches_seen(monkeypatch, enc, sample_ids=list(range(len(enc))), n_full=len(enc))
+    w = np.ones(len(enc))
+    w[[2, 7]] = 0.0
+    part, res_part = _batches_seen(monkeypatch, enc, weights=w)
+    assert part == full and len(res_part.lrs) == len(res_full.lrs) == 3 * 3 and res_part.lrs == res_full.lrs
+    assert any(not torch.equal(res_full.epochs[-1][k], res_part.epochs[-1][k]) for k in res_full.initial)
+    again, res_again = _batches_seen(monkeypatch, enc, weights=np.ones(len(enc)))
     assert again == full
     assert all(torch.equal(res_full.epochs[-1][k], res_again.epochs[-1][k]) for k in res_full.initial)
+
+
+def _train_weighted(enc, weights, epochs=2):
+    model = add_lora(load_base("tiny")[0], LoraSpec(r=4, alpha=8, dropout=0.1), seed=0)
+    return finetune(model, enc, 0, TrainSpec(epochs=epochs, batch_size=4, lr=1e-2), CPU, progress=False,
+                    weights=weights)
+
+
+def test_a_weight_zero_sample_carries_nothing():
+    """Removing a sample whose weight is already 0 changes nothing, and so does replacing its text (its term has no
+    gradient; its batch-mates' masks and order do not depend on it)."""
+    enc = _encoded()
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.5, 1.5, len(enc))
+    w[5] = 0.0
+    base = _train_weighted(enc, w)
+    again = w.copy()
+    again[5] = 0.0  # "remove" sample 5 once more
+    other = list(enc)
+    other[5] = _encoded()[6]  # a different sample in its slot, still at weight 0
+    for res in (_train_weighted(enc, again), _train_weighted(other, w)):
+        assert all(torch.equal(base.epochs[-1][k], res.epochs[-1][k]) for k in base.initial)
+    moved = w.copy()
+    moved[5] = 1.0
+    assert any(not torch.equal(base.epochs[-1][k], _train_weighted(enc, moved).epochs[-1][k]) for k in base.initial)
+
+
+def test_the_step_loss_is_the_weighted_mean_over_the_batch():
+    """Reference: the first step's loss recomputed by hand, (1/|batch|) sum_i w_i L_i over the first batch of
+    epoch 1, with the initial adapter and the same dropout masks (dropout 0 here, so plain eval forward)."""
+    from engine.data.encoding import per_sample_loss
+    from engine.model.finetune import epoch_order
+
+    enc = _encoded()
+    w = np.arange(len(enc), dtype=float) % 3  # weights 0, 1, 2
+    model = add_lora(load_base("tiny")[0], LoRA_NO_DROPOUT, seed=0)
+    res = finetune(model, enc, 0, TrainSpec(epochs=1, batch_size=4, lr=1e-2), CPU, progress=False, weights=w)
+    fresh = add_lora(load_base("tiny")[0], LoRA_NO_DROPOUT, seed=0).eval()
+    first = epoch_order(0, 1, len(enc))[:4]
+    want = 0.0
+    with torch.no_grad():
+        for i in first:
+            e = enc[i]
+            ids = torch.tensor([e.input_ids])
+            loss = per_sample_loss(fresh(input_ids=ids).logits, torch.tensor([e.labels]))[0]
+            want += w[i] * float(loss) / 4
+    assert res.losses[0][2] == pytest.approx(want, rel=1e-5)
+
+
+LoRA_NO_DROPOUT = LoraSpec(r=4, alpha=8, dropout=0.0)
+
+
+def test_weights_are_checked():
+    enc = _encoded()
+    with pytest.raises(ValueError, match="one per sample"):
+        _train_weighted(enc, np.ones(3), epochs=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        _train_weighted(enc, -np.ones(len(enc)), epochs=1)
 
 
 def test_gradient_norm_is_clipped_before_every_step():
