@@ -19,6 +19,7 @@ from engine.catalog.methods import default_methods
 from ui.auth import require_login
 from ui.behaviour import GROUP_METRICS, concentration_panel, group_heatmap, label_bars, pick_group
 from ui.common import cursor, esc, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.labels import NEEDS_LABELS
 
 st.set_page_config(page_title="Behaviour · Influence Explorer", layout="wide")
 require_login()
@@ -66,8 +67,8 @@ def behaviour_section(con, run: str, ck: int, method: str, tests: pd.DataFrame) 
     st.markdown(f"**{esc(method)}** at checkpoint {ck}: query {md(q_desc)} ({len(query)})"
                 + (f" minus control {md(c_desc)} ({len(control)})" if contrast else ""))
     concentration_panel(ranked, "behaviour")
-    view = ranked.head(SHOWN)[["rank", "score", "query_mean", "control_mean", "label", "prompt", "response",
-                               "train_id"]]
+    view = ranked.head(SHOWN)[["rank", "score", "query_mean", "control_mean",
+                               *(["label"] if labels else []), "prompt", "response", "train_id"]]
     if not contrast:  # the score is the query mean itself: one column, not two equal ones
         view = view.drop(columns=["query_mean", "control_mean"])
     st.dataframe(view, hide_index=True, width="stretch", key="behaviour_table",
@@ -90,6 +91,9 @@ def groups_section(con, run: str, ck: int, method: str) -> None:
                "group to its own training group. For a harmful or backdoor task: how much of the harmful "
                "behaviour the harmful training data explains.")
     cols = list(store.GROUP_COLUMNS)
+    if not store.run_labelled(con, run):  # the group columns are label columns: nothing to group by
+        st.caption(f"By training and test group ({', '.join(cols)}): {NEEDS_LABELS} (this run's data has none).")
+        return
     c1, c2, _ = st.columns([1, 2, 2])
     wanted = qp_get("by", cols[0])
     by = c1.selectbox("Group by", cols, index=cols.index(wanted) if wanted in cols else 0, key="by")

@@ -13,9 +13,12 @@ import plotly.express as px
 import streamlit as st
 
 import store
+from engine.catalog.analyses import ANALYSIS_CATALOG, STABILITY_PERTURBATIONS
 from engine.evaluation import metrics
 from ui.auth import require_login
 from ui.common import chart_text, cursor, export_buttons, folded, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.labels import NEEDS_LABELS, has_label
+from ui.stability import perturbation_chart, perturbation_table, stability_warnings
 
 st.set_page_config(page_title="Compare methods · Influence Explorer", layout="wide")
 require_login()
@@ -126,21 +129,24 @@ def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:
     row_b = store.score_row(con, run, b, ck, tid)
     row = test_ids.index(tid)
     test_label = test.label.iloc[row]
-    st.markdown(f"**Test prompt #{tid}** (label *{md_literal(test_label, 80)}*): "
-                f"{md_literal(test.prompt.iloc[row], 300)}")
+    labelled = has_label(test_label)
+    shown_label = f" (label *{md_literal(test_label, 80)}*)" if labelled else ""
+    st.markdown(f"**Test prompt #{tid}**{shown_label}: {md_literal(test.prompt.iloc[row], 300)}")
 
     same = (train.label == test_label).to_numpy()
+    marks = np.where(same, "same label as test", "other label") if labelled else NEEDS_LABELS
     pts = pd.DataFrame({
         "train_id": train.sample_id.astype(int).to_numpy(),
         a if a != b else f"{a} (A)": row_a,
         b if a != b else f"{b} (B)": row_b,
-        "label": [chart_text(v, 60) for v in train.label],
+        "label": [chart_text(v, 60) if has_label(v) else NEEDS_LABELS for v in train.label],
         "prompt": [chart_text(v, 100) for v in train.prompt],
-        "same label": np.where(same, "same label as test", "other label"),
+        "same label": marks,
     })
     xa, yb = pts.columns[1], pts.columns[2]
     fig = px.scatter(pts, x=xa, y=yb, color="same label", hover_data=["train_id", "label", "prompt"],
-                     color_discrete_map={"same label as test": "#d62728", "other label": "#9aa5b1"},
+                     color_discrete_map={"same label as test": "#d62728", "other label": "#9aa5b1",
+                                         NEEDS_LABELS: "#4a6fa5"},
                      category_orders={"same label": ["same label as test", "other label"]})
     fig.update_traces(marker=dict(size=9, opacity=0.8))
     fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), height=420, legend_title_text="",
@@ -151,12 +157,41 @@ def show_pair(con, run: str, ck: int, names: list[str], k: int) -> None:
     right.metric(f"Spearman ({a} vs {b}) for this prompt", "n/a" if np.isnan(rho) else f"{rho:.3f}")
     right.metric(f"Top-{k} overlap for this prompt", f"{len(top_set(row_a, k) & top_set(row_b, k)) / k:.2f}")
     right.caption("Each point is a training sample. Red points share the test prompt's label: a good method "
-                  "scores them highest.")
+                  "scores them highest." if labelled else "Each point is a training sample (same-label marks "
+                  f"{NEEDS_LABELS}: this run's data has none).")
 
     show_disagreement(con, run, ck, a, b, k, test)
 
 
 FALLBACK_SCORES = 2_000_000  # runs without stored per-prompt agreement: recompute it up to this many scores per method
+
+
+def show_stability(con, run: str) -> None:
+    """The stability panel: per method and perturbation, how far its ranking moves when one setting changes
+    (the stability check's table and chart), with a warning per unstable method."""
+    st.subheader("Stability: does a method's ranking survive settings that should not matter?")
+    if "stability" not in store.analyses(con, run):
+        st.info(f"This run lacks {ANALYSIS_CATALOG['stability'].how_to}.")
+        return
+    rows = store.analysis_table(con, run, "stability")
+    order = {p: i for i, p in enumerate(STABILITY_PERTURBATIONS)}  # the catalog's order, as the check writes them
+    rows = rows.sort_values(["method", "perturbation"], key=lambda c: c.map(order) if c.name == "perturbation" else c,
+                            kind="stable").reset_index(drop=True)
+    summary = store.analysis_table(con, run, "stability_methods")
+    st.caption("Each method re-scored with one setting changed, against its own ranking with the run's setting: "
+               "mean top-k overlap (and Spearman) over the test prompts. A method's stability is its mean overlap "
+               "over the settings that should not matter; the loss positions are the reference, a change that "
+               "should matter. At the run's last checkpoint; the source column says where each pair of score "
+               "matrices came from (stored scores, cached features, or a new gradient pass over a subset).")
+    for sentence in stability_warnings(rows):
+        st.warning(sentence)
+    st.plotly_chart(perturbation_chart(rows), width="stretch", key="stability_chart")
+    grid = perturbation_table(rows).reset_index().merge(summary[["method", "stability"]], on="method", how="outer")
+    st.dataframe(grid, hide_index=True, width="stretch", key="stability_table",
+                 column_config={c: st.column_config.NumberColumn(c, format="%.2f") for c in grid.columns
+                                if c != "method"})
+    with st.expander("Every row (Spearman, samples compared, settings)"):
+        st.dataframe(rows, hide_index=True, width="stretch", key="stability_rows")
 
 
 def per_prompt_agreement(con, run: str, ck: int, a: str, b: str, k: int, test: pd.DataFrame) -> pd.DataFrame | None:
@@ -193,7 +228,8 @@ def show_disagreement(con, run: str, ck: int, a: str, b: str, k: int, test: pd.D
         "prompt": test.prompt.to_numpy(),
         "response": test.response.to_numpy(),
     }).merge(rows.rename(columns={"overlap": f"overlap@{k}"}).drop(columns="k"), on="test_id", how="left")
-    table = table[["test_id", "spearman", f"overlap@{k}", "label", "prompt", "response"]]
+    table = table[["test_id", "spearman", f"overlap@{k}", *(["label"] if test.label.notna().any() else []), "prompt",
+                   "response"]]
     table = table.sort_values(["spearman", "test_id"], na_position="last", kind="stable").reset_index(drop=True)
     st.caption("Test prompts ordered by the Spearman correlation of the two methods' score rows, lowest first "
                "(NaN: a row is constant or missing).")
@@ -221,6 +257,7 @@ try:
             st.info("No method has scores at this checkpoint.")
         else:
             show_agreement(con, run, ck, names)
+            show_stability(con, run)
             show_pair(con, run, ck, names, k)
 except store.StoreError as e:
     st.error(f"The store could not be read: {e}")

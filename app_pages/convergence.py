@@ -14,6 +14,7 @@ import store
 from ui.analysis_pages import analysis_page
 from ui.auth import require_login
 from ui.common import export_buttons
+from ui.labels import NEEDS_LABELS
 from ui.readings import GEN_ACC_RULE, convergence_reading
 
 st.set_page_config(page_title="Convergence · Influence Explorer", layout="wide")
@@ -111,8 +112,11 @@ def show(con, run: str) -> None:
     step_loss_chart(con, run)
 
     k = int(lb.k.iloc[0]) if len(lb) else 0
-    method_lines(lb, {"acc": "Acc@1", "coverage": f"Coverage@{k}"}, "Each method's Acc@1 and Coverage per "
-                 "checkpoint", "acc", y_range=[-0.02, 1.02])
+    if lb.acc.notna().any():
+        method_lines(lb, {"acc": "Acc@1", "coverage": f"Coverage@{k}"}, "Each method's Acc@1 and Coverage per "
+                     "checkpoint", "acc", y_range=[-0.02, 1.02])
+    else:
+        st.caption(f"Each method's Acc@1 and Coverage per checkpoint: {NEEDS_LABELS} (this run's data has none).")
     if drift.empty:
         st.info("Only one checkpoint was scored: there is no score stability to show.")
     else:

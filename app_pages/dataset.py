@@ -18,6 +18,7 @@ from engine.data.tasks.difficulty import length_stats, lexical_shortcut, sample_
 from ui import self_influence_view
 from ui.auth import require_login
 from ui.common import chart_text, cursor, export_buttons, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.labels import NEEDS_LABELS
 
 st.set_page_config(page_title="Dataset · Influence Explorer", layout="wide")
 require_login()
@@ -45,13 +46,14 @@ def show_browser(con, run: str, labels: list[str]) -> None:
     options = [ALL_LABELS, *labels]
     wanted_label = qp_get("label", ALL_LABELS)
     label = c2.selectbox("Label", options, index=options.index(wanted_label) if wanted_label in options else 0,
-                         key="label")
+                         key="label") if labels else ALL_LABELS
     q = c3.text_input("Search prompt and response (plain text, case-insensitive)", value=qp_get("q", ""), key="q")
     qp_set(split=None if split == "all" else split, label=None if label == ALL_LABELS else label, q=q or None)
 
     df = store.samples(con, run, split=None if split == "all" else split,
                        label=None if label == ALL_LABELS else label, search=q or None)
     st.caption(f"{len(df)} sample(s)")
+    df = df if labels else df.drop(columns=["label"])
     st.dataframe(df, hide_index=True, width="stretch", key="samples_table")
     downloads(df, f"{run}_samples", "samples")
 
@@ -60,6 +62,11 @@ def show_composition(all_samples: pd.DataFrame) -> None:
     st.subheader("Class composition")
     if all_samples.empty:
         st.info("This run has no samples.")
+        return
+    if all_samples.label.isna().all():
+        counts = all_samples.split.value_counts()
+        st.caption(f"By class: {NEEDS_LABELS} (this run's data has none). {int(counts.get('train', 0))} training "
+                   f"and {int(counts.get('test', 0))} test samples.")
         return
     comp = all_samples.groupby(["split", "label"]).size().rename("n").reset_index()
     comp["label"] = comp.label.map(lambda v: chart_text(v, 60))  # long labels: cut, the full one in the table
@@ -102,7 +109,7 @@ def show_topk(con, run: str, ck: int, info: dict, train: pd.DataFrame) -> None:
         f"n_top{k}": n_topk,
         "share": n_topk / max(n_test, 1),
         "n_top1": counts.n_top1.reindex(ids, fill_value=0).to_numpy(),
-        "label": train.label.to_numpy(),
+        **({"label": train.label.to_numpy()} if train.label.notna().any() else {}),
         "prompt": train.prompt.to_numpy(),
         "response": train.response.to_numpy(),
     })
@@ -119,17 +126,21 @@ def show_topk(con, run: str, ck: int, info: dict, train: pd.DataFrame) -> None:
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring the task's difficulty ...")
-def difficulty(run: str, _samples: pd.DataFrame) -> tuple[float, float, pd.DataFrame]:
-    """(shortcut rate, chance, length table) of a run; run folders are immutable, so the run name is the key."""
+def difficulty(run: str, _samples: pd.DataFrame) -> tuple[tuple[float | None, float | None], pd.DataFrame]:
+    """(shortcut rate, chance, length table) of a run; run folders are immutable, so the run name is the key.
+    Without labels the rate and chance are None and the lengths are per split only."""
     train, test = _samples[_samples.split == "train"], _samples[_samples.split == "test"]
+    labelled = _samples.label.notna().all()
     sc = lexical_shortcut([sample_text(p, r) for p, r in zip(train.prompt, train.response)], train.label.tolist(),
-                          [sample_text(p, r) for p, r in zip(test.prompt, test.response)], test.label.tolist())
+                          [sample_text(p, r) for p, r in zip(test.prompt, test.response)],
+                          test.label.tolist()) if labelled else None
     rows = []
     for split, part in (("train", train), ("test", test)):
-        for x in length_stats(part.response.tolist(), part.label.tolist()):
-            rows.append({"split": split, "label": x.label, "n": x.n, "mean": x.mean, "min": x.min, "q25": x.q25,
-                         "median": x.median, "q75": x.q75, "max": x.max})
-    return sc.rate, sc.chance, pd.DataFrame(rows)
+        groups = part.label.tolist() if labelled else ["(all)"] * len(part)
+        for x in length_stats(part.response.tolist(), groups):
+            rows.append({"split": split, **({"label": x.label} if labelled else {}), "n": x.n, "mean": x.mean,
+                         "min": x.min, "q25": x.q25, "median": x.median, "q75": x.q75, "max": x.max})
+    return (sc.rate, sc.chance) if sc else (None, None), pd.DataFrame(rows)
 
 
 def show_difficulty(run: str, all_samples: pd.DataFrame) -> None:
@@ -137,8 +148,15 @@ def show_difficulty(run: str, all_samples: pd.DataFrame) -> None:
     if (all_samples.split == "train").sum() == 0 or (all_samples.split == "test").sum() == 0:
         st.info("Difficulty needs training and test samples.")
         return
-    rate, chance, lengths = difficulty(run, all_samples)
+    (rate, chance), lengths = difficulty(run, all_samples)
     c1, c2 = st.columns([1, 3])
+    if rate is None:
+        c1.metric("Lexical shortcut", NEEDS_LABELS, help="BM25's top sample sharing the test label: no labels here")
+        c2.markdown("The lexical-shortcut rate (how often the training sample that shares the most words with a "
+                    f"test prompt has its label) {NEEDS_LABELS}; this run's data has none.")
+        st.caption("Response length in words (whitespace-separated) per split.")
+        st.dataframe(lengths, hide_index=True, width="stretch", key="difficulty_lengths")
+        return
     c1.metric("Lexical shortcut", f"{rate:.2f}", help="BM25 over prompt + response, lower-cased words")
     c2.markdown(
         f"For **{rate:.0%}** of the test prompts, the training sample that shares the most words with it (BM25 "

@@ -27,6 +27,7 @@ from engine.paths import default_store_path
 from ui import token_view
 from ui.auth import require_login
 from ui.common import chart_text, cursor, export_buttons, md, pick_checkpoint, pick_run, qp_get, qp_set
+from ui.labels import NEEDS_LABELS, has_label
 
 st.set_page_config(page_title="Explore · Influence Explorer", layout="wide")
 require_login()
@@ -50,8 +51,9 @@ def cut(text, limit: int = TEXT_CUT) -> str:
 
 
 def option_labels(samples: pd.DataFrame) -> dict[int, str]:
-    """Each sample's option text in the choosers (``#id · label · prompt``), by sample id."""
-    return {int(i): f"#{int(i)} · {cut(lab, 40)} · {cut(p, 90)}"
+    """Each sample's option text in the choosers (``#id · label · prompt``; ``#id · prompt`` without labels), by
+    sample id."""
+    return {int(i): f"#{int(i)} · " + (f"{cut(lab, 40)} · " if has_label(lab) else "") + cut(p, 90)
             for i, lab, p in zip(samples.sample_id, samples.label, samples.prompt)}
 
 
@@ -167,7 +169,7 @@ def choose_test(con, run: str, tests: pd.DataFrame, texts: dict[int, str]) -> pd
     c1, c2 = st.columns([2, 1])
     search = c1.text_input("Search test prompts", key="test_search", placeholder="words in the prompt or response")
     labels = [ALL_LABELS] + sorted(tests.label.dropna().unique().tolist())
-    label = c2.selectbox("Label", labels, key="test_label")
+    label = c2.selectbox("Label", labels, key="test_label") if len(labels) > 1 else ALL_LABELS
     shown = tests
     if search or label != ALL_LABELS:
         shown = store.samples(con, run, split="test", label=None if label == ALL_LABELS else label,
@@ -190,7 +192,8 @@ def choose_test(con, run: str, tests: pd.DataFrame, texts: dict[int, str]) -> pd
     with r:
         st.caption("Response")
         st.code(str(row.response), language=None, wrap_lines=True)
-    st.markdown(f"**Label:** {md(row.label)}")
+    if has_label(row.label):
+        st.markdown(f"**Label:** {md(row.label)}")
     return row
 
 
@@ -209,6 +212,9 @@ def rankings(con, run: str, ck: int, methods: list[str], tid: int, k: int, test_
                 st.warning(f"No ranking for {method} at checkpoint {ck}: {e}")
                 continue
             tables[method] = table
+            if not has_label(test_label):
+                unlabelled_table(table, method)
+                continue
             s = summarise(table, k, n_same)
             m1, m2 = st.columns(2)
             m1.metric("Top-1 correct", "✓" if s["top1"] else "✗",
@@ -223,6 +229,20 @@ def rankings(con, run: str, ck: int, methods: list[str], tid: int, k: int, test_
                                 f"{'✓' if r.same_label else '✗'}")
                     st.text(f"{r.prompt}\n→ {r.response}")
     return tables
+
+
+def unlabelled_table(table: pd.DataFrame, method: str) -> None:
+    """One method's ranked top k of a run without labels: no top-1 / coverage figures and no same-label marks."""
+    m1, m2 = st.columns(2)
+    m1.metric("Top-1 correct", NEEDS_LABELS, help="Whether the top sample shares the test label: the data has none.")
+    m2.metric("Coverage@k", NEEDS_LABELS, help="How many of the top k share the test label: the data has none.")
+    shown = display_table(table).drop(columns=["label"])
+    st.dataframe(shown, hide_index=True, width="stretch", key=f"table_{method}",
+                 column_config={**TABLE_COLUMNS, "score": score_column(table.score)})
+    with st.expander("Full text of the top samples"):
+        for r in table.head(20).itertuples(index=False):
+            st.markdown(f"**#{int(r.rank)}** · train {int(r.train_id)}")
+            st.text(f"{r.prompt}\n→ {r.response}")
 
 
 BOX_COLOURS = {"same": "#d62728", "different": "#7f7f7f"}
@@ -269,6 +289,9 @@ def box_figure(long: pd.DataFrame, methods: list[str]) -> go.Figure:
 
 def distribution(con, run: str, ck: int, methods: list[str], tid: int, train: pd.DataFrame, test_label) -> None:
     st.subheader("Score distribution by training label")
+    if not has_label(test_label):
+        st.caption(f"By training label: {NEEDS_LABELS} (this run's data has none).")
+        return
     st.caption("Every training sample's score for this test prompt, one box per label; the test prompt's own "
                "label should stand out on the right. Each method has its own scale.")
     # Drawn at once on runs whose every score is sent as a point; on larger runs on request, since the charting
@@ -359,7 +382,9 @@ def drill(con, run: str, ck: int, methods: list[str], k: int, train: pd.DataFram
     qp_set(train=trid)
     row = by_id.loc[trid]
     st.code(f"{row.prompt}\n→ {row.response}", language=None, wrap_lines=True)
-    st.markdown(f"**Label:** {md(row.label)}")
+    labelled = has_label(row.label)
+    if labelled:
+        st.markdown(f"**Label:** {md(row.label)}")
     st.markdown(f"**Test prompts that rank training sample {trid} in their top {k}**")
     for method, col in zip(methods, st.columns(len(methods))):
         with col:
@@ -369,9 +394,11 @@ def drill(con, run: str, ck: int, methods: list[str], k: int, train: pd.DataFram
             except store.StoreError as e:
                 st.warning(str(e))
                 continue
-            st.caption(f"{len(hits)} test prompt(s); {int(hits.same_label.sum())} share its label.")
-            view = hits[["test_id", "rank", "score", "label", "same_label", "prompt"]].copy()
-            view["same_label"] = np.where(hits.same_label.astype(bool), "✓ same", "✗ different")
+            st.caption(f"{len(hits)} test prompt(s)" + (f"; {int(hits.same_label.sum())} share its label."
+                                                        if labelled else "."))
+            view = hits[["test_id", "rank", "score", *(["label", "same_label"] if labelled else []), "prompt"]].copy()
+            if labelled:
+                view["same_label"] = np.where(hits.same_label.astype(bool), "✓ same", "✗ different")
             view["prompt"] = view.prompt.map(cut)
             st.dataframe(view, hide_index=True, width="stretch", key=f"drill_{method}",
                          column_config={"test_id": st.column_config.NumberColumn("test id", width="small"),
@@ -394,7 +421,7 @@ def drill(con, run: str, ck: int, methods: list[str], k: int, train: pd.DataFram
                 st.metric("Most often ranked first", f"#{int(lead.train_id)}",
                           f"{int(lead.n_top1)} test prompt(s), {lead.share:.0%}", delta_color="off",
                           delta_arrow="off")
-            view = top[["train_id", "n_top1", "share", "label", "prompt"]].head(15).copy()
+            view = top[["train_id", "n_top1", "share", *(["label"] if labelled else []), "prompt"]].head(15).copy()
             view["prompt"] = view.prompt.map(cut)
             st.dataframe(view, hide_index=True, width="stretch", key=f"dominant_{method}",
                          column_config={"train_id": st.column_config.NumberColumn("train id", width="small"),

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import store
-from engine.catalog.analyses import ANALYSES
+from engine.catalog.analyses import ANALYSES, ANALYSIS_CATALOG
 from engine.jobs import queue as jobs
 from engine.jobs import workers
 from engine.paths import default_jobs_dir, default_store_path, read_only
@@ -24,7 +24,9 @@ from engine.spec.presets import DEMO_TASKS
 from ui import demo_job, run_checks
 from ui.auth import current_user, require_login
 from ui.common import esc, get_store
-from ui.readings import difference_reading, leaderboard_reading
+from ui.labels import NEEDS_LABELS, method_board, without_label_metrics
+from ui.readings import difference_reading, leaderboard_reading, unlabelled_reading
+from ui.stability import stability_column, stability_warnings
 
 st.set_page_config(page_title="Influence Explorer", layout="wide")
 require_login()
@@ -168,7 +170,13 @@ def heatmap(grid: pd.DataFrame, checkpoints: dict, title: str) -> go.Figure:
 
 
 def show_heatmaps(board: pd.DataFrame) -> None:
-    """Methods × runs heatmaps of Acc@1 and Coverage@k at each run's last checkpoint, with chance and best."""
+    """Methods × runs heatmaps of Acc@1 and Coverage@k at each run's last checkpoint, with chance and best (runs
+    without labels are left out, and named)."""
+    unlabelled = sorted(set(board.run_id[board.acc.isna()]) - set(board.run_id[board.acc.notna()]))
+    if unlabelled:
+        st.caption(f"Not in the heatmaps, their data has no labels (Acc@1 and Coverage@k {NEEDS_LABELS}): "
+                   + ", ".join(esc(r) for r in unlabelled))
+    board = board[~board.run_id.isin(unlabelled)]
     if board.empty:
         return
     last = board[board.checkpoint == board.groupby("run_id").checkpoint.transform("max")]
@@ -193,6 +201,8 @@ def show_heatmaps(board: pd.DataFrame) -> None:
 def run_reading(con, run: str, board: pd.DataFrame) -> list[str]:
     """The computed sentences on one run's leaderboard at its last checkpoint."""
     info = store.run_info(con, run)
+    if not store.run_labelled(con, run):
+        return unlabelled_reading(unlabelled_board(con, run, board))
     spec = info.get("spec") or {}
     epochs = (spec.get("train") or {}).get("epochs") if info.get("kind", "pipeline") != "imported" else None
     last = board[board.checkpoint == board.checkpoint.max()]
@@ -243,6 +253,78 @@ def leaderboard_chart(last: pd.DataFrame, chance: float) -> go.Figure:
     return fig
 
 
+def stability_tables(con, run: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run's ``stability`` and ``stability_methods`` rows (empty frames when the check did not run)."""
+    if "stability" not in store.analyses(con, run):
+        return pd.DataFrame(), pd.DataFrame()
+    return store.analysis_table(con, run, "stability"), store.analysis_table(con, run, "stability_methods")
+
+
+def show_stability(con, run: str, board: pd.DataFrame) -> pd.DataFrame:
+    """``board`` with each method's stability (the check's figure at the run's last checkpoint) as a column, and a
+    warning per method whose ranking moves when a setting that should not matter changes."""
+    rows, summary = stability_tables(con, run)
+    if summary.empty:
+        st.caption(f"Stability: this run lacks {ANALYSIS_CATALOG['stability'].how_to}.")
+        return board
+    for sentence in stability_warnings(rows):
+        st.warning(sentence + " See the stability panel on the [Compare methods](Compare_methods) page.")
+    return board.assign(stability=board.method.map(stability_column(summary)))
+
+
+def unlabelled_board(con, run: str, board: pd.DataFrame) -> pd.DataFrame:
+    """``ui.labels.method_board`` of a run without labels at its last checkpoint: LDS where the retraining
+    analysis ran, the methods' agreement with each other, their stability where the check ran."""
+    last = int(board.checkpoint.max())
+    lds = store.analysis_table(con, run, "retrain_lds") if "retrain" in store.analyses(con, run) else None
+    return method_board(sorted(board.method.unique()), store.agreement(con, run, last), lds,
+                        stability_tables(con, run)[1])
+
+
+def show_unlabelled_leaderboard(con, run: str, board: pd.DataFrame) -> None:
+    """The leaderboard of a run without labels: no Acc@1 chart; the methods by LDS (where the retraining
+    analysis ran) or by agreement, and the stored rows with "needs labels" in the label columns."""
+    last = board[board.checkpoint == board.checkpoint.max()]
+    st.markdown(f"**Leaderboard** for `{html.escape(run)}` at checkpoint {int(last.checkpoint.iloc[0])}, "
+                f"k = {int(last.k.iloc[0])}: " + " ".join(unlabelled_reading(unlabelled_board(con, run, board))))
+    st.dataframe(unlabelled_board(con, run, board), hide_index=True, width="stretch", key="unlabelled_board",
+                 column_config={"agreement_spearman": st.column_config.NumberColumn(
+                     "agreement (Spearman)", help="mean Spearman with every other method's scores", format="%.3f"),
+                     "agreement_overlap": st.column_config.NumberColumn(
+                         "agreement (top-k overlap)", help="mean top-k overlap with every other method",
+                         format="%.3f")})
+    show_stability(con, run, board)
+    st.dataframe(without_label_metrics(board), hide_index=True, width="stretch")
+
+
+def fingerprint_rows(fp: dict) -> pd.DataFrame:
+    """The settings fingerprint (``store.run_fingerprint``) as (setting, value) rows of plain text."""
+    precision = fp.get("precision") or {}
+    scoring = sorted(set((precision.get("scoring_dtype") or {}).values()))
+    rows = [("loss positions", f"{fp.get('loss_positions')} (prompt {'masked' if fp.get('prompt_masked') else 'in the loss'}"
+                               f", preprocessing {fp.get('preprocessing')})"),
+            ("precision", f"model {precision.get('model')}, gradients {precision.get('gradients')}, scoring "
+                          f"{', '.join(scoring) or '-'}"),
+            ("attention kernel", str(fp.get("attention"))),
+            ("damping (lambda_c)", ", ".join(f"{m} {v:g}" for m, v in (fp.get("damping") or {}).items()) or "-"),
+            ("projection (dim, seed)", ", ".join(f"{m} {p['dim']}, {p['seed']}"
+                                                 for m, p in (fp.get("projection") or {}).items()) or "-"),
+            ("query aggregation", str(fp.get("query")))]
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def show_fingerprint(con, run: str) -> None:
+    """The run's settings fingerprint: what must match before two attribution results can be compared."""
+    fp = store.run_fingerprint(con, run)
+    with st.expander(f"Settings fingerprint of {run}", expanded=False):
+        if fp is None:
+            st.caption("Not recorded: the run was imported or written before fingerprints.")
+            return
+        st.caption("The settings that decide whether two attribution results are comparable: compare them before "
+                   "comparing two runs' rankings (or another tool's).")
+        st.dataframe(fingerprint_rows(fp), hide_index=True, width="stretch", key="fingerprint")
+
+
 def show_runs(s: store.Store) -> None:
     con = s.cursor()
     runs = store.list_runs(con)
@@ -261,10 +343,14 @@ def show_runs(s: store.Store) -> None:
     run = st.selectbox("Run", runs.run_id.tolist(), key="run")
     info = store.run_info(con, run)
     run_checks.show(con, run)
+    show_fingerprint(con, run)
     with st.expander(f"Spec and versions of {run}"):
         st.caption(f"spec hash {info.get('spec_hash', '')}")
         st.json({"spec": info.get("spec"), "versions": info.get("versions")}, expanded=1)
     board = board[board.run_id == run]
+    if not store.run_labelled(con, run):
+        show_unlabelled_leaderboard(con, run, board)
+        return
     last = board[board.checkpoint == board.checkpoint.max()]
     chance = float(last.chance_acc.iloc[0])
     best = float(last.best_coverage.iloc[0])
@@ -272,7 +358,10 @@ def show_runs(s: store.Store) -> None:
     st.markdown(f"**Leaderboard** for `{html.escape(run)}` at checkpoint {int(last.checkpoint.iloc[0])}, "
                 f"k = {k}: chance level {chance:.2f}, best possible coverage {best:.2f}")
     st.plotly_chart(leaderboard_chart(last, chance), width="stretch", key="leaderboard")
-    st.dataframe(board, hide_index=True, width="stretch")
+    st.dataframe(show_stability(con, run, board), hide_index=True, width="stretch",
+                 column_config={"stability": st.column_config.NumberColumn(
+                     "stability", format="%.2f", help="mean top-k overlap of the method's ranking when a setting "
+                     "that should not matter changes (the stability check; 1 = unmoved)")})
 
 
 st.title("Influence Explorer")

@@ -81,7 +81,7 @@ DATASET_CASES = [
     Case("wrong columns", "columns.jsonl",
          jsonl([{"question": r["prompt"], "answer": r["response"], "category": r["label"], "split": r["split"]}
                 for r in rows()]),
-         r"FILE: missing column\(s\): prompt/prompts; response; label/variation"),
+         r"FILE: missing column\(s\): prompt/prompts; response\. "),
     Case("non-UTF-8", "latin1.csv", csv_bytes(with_field(1, prompt="caf\u00e9 cr\u00e8me"), "latin-1"),
          r"FILE.*line 3.*not UTF-8|FILE.*not UTF-8.*line 3"),
     Case("a UTF-16 byte-order mark", "utf16.csv", csv_bytes(rows(), "utf-16"), r"FILE.*not UTF-8.*line 1|FILE.*line 1"),

@@ -19,6 +19,7 @@ import streamlit as st
 import store
 from engine.evaluation.concentration import concentration
 from ui.common import chart_text, esc, md, qp_get, qp_set
+from ui.labels import NEEDS_LABELS
 
 MODES = {"label": "by label", "search": "by search", "ids": "test ids"}
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -53,12 +54,13 @@ def parse_ids(text: str, valid: set[int] | None = None) -> tuple[list[int], str 
 def pick_group(con, run: str, tests: pd.DataFrame, key: str, title: str, optional: bool = False,
                default_labels: list[str] | None = None) -> tuple[list[int], str]:
     """A group of test prompts (widgets bound to the URL); returns ``(test ids, description)``. With ``optional``
-    the group may be left empty ("none")."""
-    modes = (["none"] if optional else []) + list(MODES)
+    the group may be left empty ("none"). Without labels (an unlabelled run) the group is picked by search or ids.
+    """
+    labels = sorted(tests.label.dropna().unique().tolist())
+    modes = (["none"] if optional else []) + [m for m in MODES if labels or m != "label"]
     wanted = qp_get(f"{key}_by", modes[0])
     by = st.radio(title, modes, index=modes.index(wanted) if wanted in modes else 0, horizontal=True,
                   key=f"{key}_by", format_func=lambda m: MODES.get(m, "none"))
-    labels = sorted(tests.label.dropna().unique().tolist())
     raw = qp_get(key, "") or ""
     if by == "none":
         qp_set(**{f"{key}_by": by, key: None})
@@ -109,7 +111,11 @@ def concentration_panel(ranked: pd.DataFrame, key: str) -> None:
 
 
 def label_bars(ranked: pd.DataFrame, key: str) -> None:
-    """Which training labels carry the behaviour: the sum of each label's positive scores, and its mean score."""
+    """Which training labels carry the behaviour: the sum of each label's positive scores, and its mean score
+    (a run without labels: says that this needs labels)."""
+    if ranked.label.isna().all():
+        st.caption(f"Positive influence by training label: {NEEDS_LABELS} (this run's data has none).")
+        return
     per = ranked.assign(positive=ranked.score.clip(lower=0)).groupby("label", dropna=False).agg(
         positive=("positive", "sum"), mean=("score", "mean"), n=("score", "size")).reset_index()
     per = per.sort_values("positive", ascending=False)

@@ -36,15 +36,16 @@ def section(con, run: str) -> None:
                "query. A sample far above the rest is one the model fits only by memorising it — often a "
                "mislabelled, duplicated or odd sample; look at those first. (Cosine-type methods, RepSim and the "
                "baselines score every sample 1 or nothing here, so they are left out.)")
-    st.dataframe(ranked.head(SHOWN), hide_index=True, width="stretch", key="self_influence_table",
+    labelled = ranked.label.notna().any()  # without labels: no label column, one box over every training sample
+    st.dataframe((ranked if labelled else ranked.drop(columns=["label"])).head(SHOWN), hide_index=True, width="stretch", key="self_influence_table",
                  column_config={"rank": st.column_config.NumberColumn("#", width=40),
                                 "train_id": st.column_config.NumberColumn("train id", width="small"),
                                 "score": st.column_config.NumberColumn("self-influence", format="%.4g")})
     # the chart full width below the table: beside it, long labels left the plot ~70 px wide at 1280 px
-    by_label = ranked.assign(label=ranked.label.map(lambda v: chart_text(v, 40)))
+    by_label = ranked.assign(label=ranked.label.map(lambda v: chart_text(v, 40)) if labelled else "all samples")
     fig = px.box(by_label, x="score", y="label", points="all", hover_data=["train_id"],
-                 labels={"score": "self-influence", "label": "training label"},
-                 title="Self-influence by training label")
+                 labels={"score": "self-influence", "label": "training label" if labelled else ""},
+                 title="Self-influence by training label" if labelled else "Self-influence (no labels)")
     if (ranked.score > 0).all() and ranked.score.max() / max(ranked.score.min(), 1e-300) > 100:
         fig.update_xaxes(type="log")
     fig.update_layout(height=max(280, 24 * by_label.label.nunique() + 120), margin=dict(l=10, r=10, t=40, b=10))

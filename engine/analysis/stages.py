@@ -21,11 +21,14 @@ from engine.analysis.convergence import checkpoint_eval
 from engine.analysis.ihvp_error import ihvp_error
 from engine.analysis.outputs import generation_report, sample_losses
 from engine.analysis.retrain_tables import result_tables
+from engine.analysis.stability import StabilityInputs, stability
 from engine.data.encoding import Encoded
 from engine.data.tasks.base import TaskData
 from engine.features.grads import KroneckerFactors
-from engine.model.finetune import set_lora_state
+from engine.features.stage import CheckpointData, PassSettings
+from engine.model.finetune import library_versions, set_lora_state
 from engine.runfolder import runformat
+from engine.scoring.methods.base import ScoringMethod
 from engine.spec.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the tokenizer's type only: importing transformers costs a second
@@ -70,6 +73,14 @@ class StageInputs:
     device: torch.device
     kfac: KroneckerFactors | None = None  # K-FAC factors of the training samples at ``checkpoint`` (when needed)
     runs_dir: Path | None = None  # the runs folder; the retrain bank defaults to ``retrain-bank`` beside it
+    # the stability check: the run's methods, the cached features at ``checkpoint`` and the checkpoints before it
+    # that TracIn sums, the stored scores at the previous scored checkpoint (None with one), how passes run, k
+    methods: list[ScoringMethod] | None = None
+    features: CheckpointData | None = None
+    history: list[CheckpointData] | None = None
+    previous: dict[str, np.ndarray] | None = None
+    settings: PassSettings | None = None
+    k: int = 10
 
 
 def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
@@ -81,6 +92,8 @@ def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
     test_labels = [s.label for s in inp.task.test]
     refs = [s.response for s in inp.task.test]
     bs = inp.spec.scoring.grad_batch_size
+    if "stability" in a.stages:
+        timings.update(_stability_stage(inp, write, progress))
     if "ihvp" in a.stages:
         t = time.perf_counter()
         rows = ihvp_error(inp.train_grads, inp.test_grads, inp.block_names, train_labels, test_labels,
@@ -101,6 +114,27 @@ def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
     return timings
 
 
+def _stability_stage(inp: StageInputs, write, progress) -> dict[str, float]:
+    """The stability check (engine.analysis.stability) at the last scored checkpoint; skipped above
+    ``analysis.stability_max_train`` training samples (a logged warning, no tables)."""
+    a, t = inp.spec.analysis, time.perf_counter()
+    if len(inp.task.train) > a.stability_max_train:
+        log.warning(f"stability: skipped, {len(inp.task.train)} training samples is over analysis.stability_max_train"
+                    f" = {a.stability_max_train}")
+        return {}
+    progress("stability: re-scoring with perturbed settings")
+    set_lora_state(inp.model, inp.states[inp.checkpoint])
+    inp.model.eval()
+    rows, summary = stability(StabilityInputs(
+        methods=inp.methods, now=inp.features, history=inp.history or [], matrices=inp.matrices,
+        previous=inp.previous, model=inp.model, tok=inp.tok, train=inp.task.train, test=inp.task.test,
+        train_spec=inp.spec.train, settings=inp.settings, dtype=inp.spec.dtype, k=inp.k, n_train=a.stability_train,
+        n_test=a.stability_test))
+    write("stability.parquet", table("stability", rows))
+    write("stability_methods.parquet", table("stability_methods", summary))
+    return {"stability_s": time.perf_counter() - t}
+
+
 RETRAIN_TABLES = ("groups", "modules", "tests", "predictions", "methods", "lds", "counterfactual")
 
 
@@ -114,7 +148,9 @@ def _retrain_setup(inp: StageInputs, refs):
                     "dropout": lora.dropout, "targets": sorted(lora.target_modules)},
         "data": encoded_digest(inp.train_enc, inp.tok.pad_token_id),
         "recipe": {"epochs": tr.epochs, "batch_size": tr.batch_size, "lr": tr.lr, "weight_decay": tr.weight_decay,
-                   "max_grad_norm": tr.max_grad_norm, "dtype": inp.spec.dtype, "device": inp.device.type},
+                   "max_grad_norm": tr.max_grad_norm, "dtype": inp.spec.dtype, "device": inp.device.type,
+                   "pad_attention": tr.pad_attention, "removal": rt.REMOVAL},
+        "libraries": library_versions(),
     }
     bank = RetrainBank(bank_root(a.retrain_bank, inp.runs_dir), identity)
     eval_settings = {"test": encoded_digest(inp.test_enc, inp.tok.pad_token_id), "reference": state_digest(original),
@@ -163,6 +199,9 @@ def _retrain_stage(inp: StageInputs, write, progress, refs) -> dict[str, float]:
                            a.lds_fraction, seed=tr.seed)
     for name in RETRAIN_TABLES:
         write(f"retrain_{name}.parquet", table(f"retrain_{name}", tables[name]))
+    if any(r["kind"] == "identity" and not r["identical"] for r in tables["groups"]):
+        log.warning("retrain: the retraining with nothing removed does not reproduce the original adapter bit for "
+                    "bit, so a removal's measured effect holds more than the removal (retrain_groups, 'identity')")
     new = [r for r in done.values() if not r["cached"]]
     return {"retrain_s": time.perf_counter() - t, "retrain_new": float(len(new)),
             "retrain_reused": float(len(done) - len(new)), "retrain_finetune_s": float(sum(r["train_s"] for r in new))}

@@ -24,6 +24,10 @@ __all__ = [
     "acc_at_1",
     "coverage_at_k",
     "paper_k",
+    "has_labels",
+    "default_k",
+    "UNLABELLED_K",
+    "LABEL_METRICS",
     "best_coverage",
     "chance_acc",
     "chance_coverage",
@@ -50,6 +54,7 @@ __all__ = [
     "paired_bootstrap_ci",
     "summarize",
     "summarize_with_labels",
+    "unstable_methods",
 ]
 
 
@@ -272,6 +277,24 @@ def paper_k(train_labels: Sequence[str]) -> int:
     return int(tr.size // len(set(tr.tolist())))
 
 
+UNLABELLED_K = 10  # the top k of an unlabelled run (no classes to size it by), at most n_train
+# the summary keys that need labels (None in an unlabelled run's metric rows: "needs labels", never a number)
+LABEL_METRICS = ("acc", "coverage", "acc_lo", "acc_hi", "coverage_lo", "coverage_hi", "auprc", "chance_acc",
+                 "chance_coverage", "best_coverage")
+
+
+def has_labels(labels: Sequence[str | None]) -> bool:
+    """Whether a split's labels exist: non-empty and no None (an unlabelled dataset's labels are all None)."""
+    return len(labels) > 0 and all(x is not None for x in labels)
+
+
+def default_k(train_labels: Sequence[str | None]) -> int:
+    """The run's k when the spec sets none: :func:`paper_k` with labels; without, ``min(UNLABELLED_K, n_train)``."""
+    if has_labels(train_labels):
+        return paper_k(train_labels)
+    return max(1, min(UNLABELLED_K, len(train_labels)))
+
+
 def best_coverage(train_labels: Sequence[str], test_labels: Sequence[str], k: int) -> float:
     """Largest achievable Coverage@k: mean over test of ``min(k, #same-label train) / k``.
 
@@ -473,7 +496,10 @@ def summarize_with_labels(S, train_labels: Sequence[str], test_labels: Sequence[
 
 
 def summary_of(ranked: RankedRows, train_labels: Sequence[str], test_labels: Sequence[str]) -> dict:
-    """:func:`summarize`'s dict from a labelled :class:`RankedRows`."""
+    """:func:`summarize`'s dict from a :class:`RankedRows`; one ranked without labels gives None for every key of
+    :data:`LABEL_METRICS` (only ``n_distinct_top1`` and ``k`` need no labels)."""
+    if ranked.top1_same is None:
+        return {**dict.fromkeys(LABEL_METRICS), "n_distinct_top1": int(np.unique(ranked.top1).size), "k": ranked.k}
     tr, te, k = _labels(train_labels, "train"), _labels(test_labels, "test"), ranked.k
     top1, hits = ranked.top1_same, ranked.hits
     acc_ci, cov_ci = bootstrap_ci(top1), bootstrap_ci(hits / k)
@@ -488,3 +514,21 @@ def summary_of(ranked: RankedRows, train_labels: Sequence[str], test_labels: Seq
         "n_distinct_top1": int(np.unique(ranked.top1).size),
         "k": k,
     }
+
+
+def unstable_methods(rows: Sequence[dict], threshold: float) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """The methods whose stability (mean top-k overlap over the perturbations that should not matter, the
+    ``stability`` table's rows: method, perturbation, should_matter, overlap) is under ``threshold``, by name:
+    ``(method, stability, [(perturbation, overlap), ...])`` with the perturbations under ``threshold``, worst first.
+    The one rule behind the pages' and the report's warnings."""
+    by_method: dict[str, list[tuple[str, float]]] = {}
+    for r in rows:
+        if not r["should_matter"]:
+            by_method.setdefault(r["method"], []).append((r["perturbation"], float(r["overlap"])))
+    out = []
+    for method in sorted(by_method):
+        pairs = by_method[method]
+        stability = float(np.mean([o for _, o in pairs]))
+        if stability < threshold:
+            out.append((method, stability, sorted([p for p in pairs if p[1] < threshold], key=lambda p: p[1])))
+    return out

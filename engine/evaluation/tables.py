@@ -45,7 +45,9 @@ def loss_table(losses: list[tuple[int, int, float]]) -> pa.Table:
 
 @dataclass
 class Evaluation:
-    """Metric rows for one run, filled checkpoint by checkpoint and method by method.
+    """Metric rows for one run, filled checkpoint by checkpoint and method by method. Without labels (an
+    unlabelled dataset: every label None) the label metrics are None and there are no per-label rows; the method
+    agreement needs none.
 
     :meth:`add` ranks each row of a method's matrix once; the average ranks go to a scratch file under
     ``workdir`` (a temporary folder; the system's when None) and the top-k sets stay in memory as bits, so
@@ -75,12 +77,13 @@ class Evaluation:
                 dtypes.append(ranks.dtype)
                 f.write(np.ascontiguousarray(ranks).tobytes())
 
-            ranked = metrics.rank_rows(S, self.k, np.asarray(self.train_labels), np.asarray(self.test_labels),
-                                       on_ranks=spill)
+            labelled = metrics.has_labels(self.train_labels)
+            ranked = metrics.rank_rows(S, self.k, *((np.asarray(self.train_labels), np.asarray(self.test_labels))
+                                                    if labelled else ()), on_ranks=spill)
         self._ranked.setdefault(checkpoint, {})[method] = (ranked, path, dtypes[0])
         row = metrics.summary_of(ranked, self.train_labels, self.test_labels)
         self.metrics.append({"method": method, "checkpoint": checkpoint, **row})
-        for r in metrics.per_label_of(ranked, self.test_labels):
+        for r in metrics.per_label_of(ranked, self.test_labels) if labelled else ():
             self.per_label.append({"method": method, "checkpoint": checkpoint, "k": self.k, **r})
         return row
 

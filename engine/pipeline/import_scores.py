@@ -74,7 +74,7 @@ def import_scores(dataset: Path, scores_csv: Path, method: str, run: str, runs_d
     S = -IF
     train_labels = [s.label for s in task.train]
     test_labels = [s.label for s in task.test]
-    k = k or metrics.paper_k(train_labels)
+    k = k or metrics.default_k(train_labels)
     ev = Evaluation(train_labels, test_labels, k)
     ev.add(method, 0, S)
     digest = hashlib.sha256(Path(scores_csv).read_bytes()).hexdigest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from engine.evaluation.metrics import bootstrap_ci
+from engine.evaluation.metrics import LABEL_METRICS, bootstrap_ci
 from store.queries.common import (
     connection,
     fetch_df,
@@ -18,6 +18,7 @@ from store.queries.common import (
     score_files,
     todo_one,
 )
+from store.queries.runs import unlabelled_runs
 
 
 def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFra
     (``source = 'computed'``): from ``topk`` when k is within the stored ranks, else from the score files in
     place. coverage@k = sum over test samples of same-label training samples among its top k / (n_test * k);
     best_coverage = mean of min(k, #same-label train) / k; chance = mean share of same-label training samples.
-    k is clipped to [1, n_train].
+    k is clipped to [1, n_train]. A run without labels has NaN in every label metric (``LABEL_METRICS``).
     """
     if run is not None:
         require_run(con, run)
@@ -42,9 +43,11 @@ def leaderboard(con, run: str | None = None, k: int | None = None) -> pd.DataFra
                                    {"run": run, "k": k}).fetchall()
     df = pd.concat([stored, _computed(con, todo)], ignore_index=True) if todo else stored
     df = df.sort_values(["run_id", "method", "checkpoint"], kind="stable").reset_index(drop=True)
+    unlabelled = df.run_id.isin(unlabelled_runs(con))
+    df.loc[unlabelled, list(LABEL_METRICS)] = float("nan")  # SQL's NULL = NULL comparisons would count as misses
     # intervals: stored with the metrics by the pipeline; for a custom k (or a run written before intervals)
     # bootstrapped here from the per-test hits, with the same rule (engine.evaluation.metrics.bootstrap_ci)
-    for i in df.index[df.acc_lo.isna()]:
+    for i in df.index[df.acc_lo.isna() & ~unlabelled]:
         r = df.loc[i]
         if not _has_scores(con, r.run_id, r.method, int(r.checkpoint)):
             continue

@@ -3,8 +3,11 @@ and the store's counts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
+from engine.runfolder.runformat import read_manifest
 from store.queries.common import (
     checkpoint_numbers,
     connection,
@@ -53,6 +56,32 @@ def run_info(con, run: str) -> dict:
     # how many ranks per test prompt the topk table holds for every score set (None without scores)
     info["stored_k"] = fetch_one(con, "SELECT min(top_k) FROM score_sets WHERE run_id = ?", [run])
     return info
+
+
+def run_fingerprint(con, run: str) -> dict | None:
+    """The settings fingerprint of ``run`` (the manifest's ``fingerprint``: loss positions, precision, attention
+    kernel, damping, projection, query; ``engine.pipeline.fingerprint``), read from its run folder; None for a run
+    written before it, an imported run, or a folder that is gone."""
+    require_run(con, run)
+    folder = fetch_one(con, "SELECT folder FROM runs WHERE run_id = ?", [run])
+    manifest = read_manifest(Path(folder)) if folder else None
+    value = (manifest or {}).get("fingerprint")
+    return value if isinstance(value, dict) else None
+
+
+def unlabelled_runs(con) -> set[str]:
+    """The runs whose samples carry no label (the user's data without a label column): their label metrics are
+    NULL and the pages say "needs labels" in their place."""
+    rows = fetch_df(con, "SELECT run_id FROM runs r WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE "
+                         "s.run_id = r.run_id AND s.label IS NOT NULL)")
+    return set(rows.run_id)
+
+
+def run_labelled(con, run: str) -> bool:
+    """Whether ``run``'s samples carry labels (Acc@1, Coverage@k, AUPRC and the label views need them)."""
+    require_run(con, run)
+    sql = "SELECT count(*) FROM samples WHERE run_id = ? AND label IS NOT NULL"
+    return bool(fetch_one(con, sql, [run]))
 
 
 def methods(con, run: str) -> list[str]:

@@ -29,6 +29,12 @@ def analysis_store_env(monkeypatch, tmp_path, tiny_analysis_run):
 
 
 @pytest.fixture
+def unlabelled_store_env(monkeypatch, tmp_path, tiny_unlabelled_run):
+    """Like ``store_env`` with the tiny run on an unlabelled dataset (and the three analyses); returns its name."""
+    return _store_env(monkeypatch, tmp_path, tiny_unlabelled_run)
+
+
+@pytest.fixture
 def jobs_env(monkeypatch, tmp_path):
     """An empty store in ``tmp_path`` (jobs in ``tmp_path/jobs``), writable; returns ``tmp_path``."""
     monkeypatch.setenv("INFLUENCE_STORE", str(tmp_path / "s.duckdb"))

@@ -12,7 +12,10 @@ Accepted layouts (auto-detected by :func:`load_dataset`):
 there a ``split`` column is not needed and, if present, ignored.
 
 Columns are the paper's (``prompts``, ``response``, ``variation``) or ours (``prompt``, ``response``,
-``label``), mixed freely; other columns are ignored. Integer labels become strings. Text fields hold at most
+``label``), mixed freely; other columns are ignored. Integer labels become strings. Labels are optional: a
+dataset without a label column, or whose label column is empty on every row, is unlabelled (every
+``Sample.label`` is None; what needs labels is left out downstream); one with labels on some rows only is refused,
+naming the first row without one. Text fields hold at most
 :data:`MAX_FIELD_CHARS` characters and no control characters besides tab and newline. Every problem raises
 InputError naming the file and, where it applies, the row (``line N`` / ``row N``) and the field. Nothing is
 written.
@@ -29,6 +32,7 @@ from engine.data.tasks.base import Sample, TaskData
 from engine.data.tasks.readers import EXTENSIONS, Table, read_table
 
 FIELDS = {"prompt": ("prompt", "prompts"), "response": ("response",), "label": ("label", "variation")}
+OPTIONAL_FIELDS = ("label",)  # a dataset without it is unlabelled
 SPLITS = ("train", "test")
 
 
@@ -119,7 +123,8 @@ def _read_hf_split(folder: Path) -> list[Table]:
 
 
 def _columns(table: Table, need_split: bool = False) -> dict[str, str]:
-    """Map each field (prompt, response, label[, split]) to the table's column for it."""
+    """Map each field (prompt, response, label[, split]) to the table's column for it (label only when the table
+    has one: it is optional)."""
     if not table.columns:
         raise InputError(f"{table.path}: the file is empty")
     found, missing = {}, []
@@ -129,7 +134,7 @@ def _columns(table: Table, need_split: bool = False) -> dict[str, str]:
             raise InputError(f"{table.path}: both {' and '.join(map(repr, present))} columns; keep one")
         if present:
             found[field] = present[0]
-        else:
+        elif field not in OPTIONAL_FIELDS:
             missing.append("/".join(aliases))
     if need_split:
         if "split" in table.columns:
@@ -163,7 +168,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _text(value: object, table: Table, where: str, column: str) -> str:
-    if value is None or value != value or (isinstance(value, str) and not value.strip()):  # value != value: NaN
+    if _blank(value):
         raise InputError(f"{table.path}, {where}: field '{column}' is empty")
     if not isinstance(value, str):
         raise InputError(f"{table.path}, {where}: field '{column}' must be text, got {type(value).__name__}")
@@ -177,6 +182,11 @@ def _text(value: object, table: Table, where: str, column: str) -> str:
     return value
 
 
+def _blank(value: object) -> bool:
+    """No value: missing, None, NaN (``value != value``) or only whitespace."""
+    return value is None or value != value or (isinstance(value, str) and not value.strip())
+
+
 def _label(value: object, table: Table, where: str, column: str) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -185,15 +195,46 @@ def _label(value: object, table: Table, where: str, column: str) -> str:
     return _text(value, table, where, column).strip()
 
 
-def _samples(tables: list[Table]) -> list[Sample]:
+def _labelled(tables: list[Table]) -> bool:
+    """Whether the dataset has labels: some row of some table has a non-empty label (then every row must)."""
+    for table in tables:
+        column = _columns(table).get("label")
+        if column is not None and any(not _blank(row.get(column)) for _, row in table.rows):
+            return True
+    return False
+
+
+def _check_every_label(tables: list[Table]) -> None:
+    """A labelled dataset: refuse it when a row has no label, naming the first such row in file order (a single
+    file's rows are split into train and test tables; their locators keep the file's line/row numbers)."""
+    missing: dict[str, tuple[int, str, str]] = {}  # file -> (number, locator, column) of its first row without
+    for table in tables:
+        column = _columns(table).get("label")
+        if column is None:
+            raise InputError(f"{table.path}: no label column (label/variation), but other files of the dataset "
+                             "have labels; give a label on every row or on none")
+        for where, row in table.rows:
+            number = int(where.split()[-1])
+            if _blank(row.get(column)) and number < missing.get(str(table.path), (number + 1,))[0]:
+                missing[str(table.path)] = (number, where, column)
+    if missing:
+        path, (_, where, column) = next(iter(missing.items()))
+        raise InputError(f"{path}, {where}: field '{column}' is empty, but other rows have labels; give a label on "
+                         "every row or on none (this is the first row without one)")
+
+
+def _samples(tables: list[Table], labelled: bool) -> list[Sample]:
+    """The rows as samples; ``labelled``: every row has a label (checked by :func:`_check_every_label`), else every
+    label is None."""
     samples = []
     for table in tables:
         cols = _columns(table)
         for where, row in table.rows:
+            label = _label(row.get(cols["label"]), table, where, cols["label"]) if labelled else None
             samples.append(Sample(
                 prompt=_text(row.get(cols["prompt"]), table, where, cols["prompt"]),
                 response=_text(row.get(cols["response"]), table, where, cols["response"]),
-                label=_label(row.get(cols["label"]), table, where, cols["label"]),
+                label=label,
             ))
     return samples
 
@@ -221,13 +262,18 @@ def _check_ids(tables: list[Table]) -> None:
 
 
 def _task(name: str, source: Path, train_tables: list[Table], test_tables: list[Table]) -> TaskData:
-    """Validate the rows and the label sets, then assemble the TaskData."""
+    """Validate the rows and (for a labelled dataset) the label sets, then assemble the TaskData."""
     _check_ids([*train_tables, *test_tables])
+    labelled = _labelled([*train_tables, *test_tables])
+    if labelled:
+        _check_every_label([*train_tables, *test_tables])
     splits = {}
     for split, tables in zip(SPLITS, (train_tables, test_tables)):
-        splits[split] = _samples(tables)
+        splits[split] = _samples(tables, labelled)
         if not splits[split]:
             raise InputError(f"{', '.join(str(t.path) for t in tables)}: the {split} split has no rows")
+    if not labelled:
+        return TaskData(name=name, train=tuple(splits["train"]), test=tuple(splits["test"]))
     train_labels = {s.label for s in splits["train"]}
     only_test = sorted({s.label for s in splits["test"]} - train_labels)
     if only_test:

@@ -22,7 +22,7 @@ def analysis_db(tiny_analysis_run, tmp_path):
 def test_every_analysis_table_round_trips(analysis_db):
     path, runs, run = analysis_db
     with store.Store(path, read_only=True) as s:
-        assert store.analyses(s.con, run) == ["ihvp", "convergence", "retrain"]
+        assert store.analyses(s.con, run) == ["ihvp", "convergence", "retrain", "stability"]
         for table in TABLES:
             got = store.analysis_table(s.con, run, table)
             want = pq.read_table(runs / run / f"{table}.parquet").to_pandas()
@@ -30,7 +30,8 @@ def test_every_analysis_table_round_trips(analysis_db):
             assert list(got.columns) == list(TABLES[table]), table
         points = store.retrain_points(s.con, run)
         groups = store.analysis_table(s.con, run, "retrain_groups")
-        assert len(points) == 3 * (groups.kind != "noise").sum() * 10  # 3 methods x removals x 10 test samples
+        removals = (~groups.kind.isin(["noise", "identity", "repeat"])).sum()  # the others predict nothing
+        assert len(points) == 3 * removals * 10  # 3 methods x removals x 10 test samples
         assert set(points.columns) >= {"method", "group_id", "kind", "test_id", "label", "predicted", "dloss",
                                        "noise_floor", "within_noise"}
         noise = store.retrain_noise(s.con, run)
@@ -47,6 +48,8 @@ def test_every_analysis_table_round_trips(analysis_db):
             rows = cf[cf.method == r.method]
             assert r.n_prompts == len(rows) and r.gain == pytest.approx((rows.dloss - rows.random_mean).mean())
             assert r.beats_random == pytest.approx(rows.beats_random.mean())
+            assert r.n_beats == rows.beats_random.sum() and r.n_random == rows.n_random.min() >= 19
+            assert r.mean_rank == pytest.approx(rows["rank"].mean()) and r.binom_p == pytest.approx(rows.binom_p.iloc[0])
         with pytest.raises(ValueError, match="unknown analysis table"):
             store.analysis_table(s.con, run, "runs; DROP TABLE runs")
         with pytest.raises(store.UnknownRunError):
