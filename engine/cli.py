@@ -4,7 +4,9 @@ Commands: run SPEC.yaml | demo [--model tiny|smollm2-135m] [--task grammars|harm
 attribute --model BASE --adapter DIR [--checkpoints DIR ...] --dataset PATH [--methods a,b] [--name RUN] |
 import-dataset PATH --name NAME | import-scores --dataset PATH --scores CSV --method NAME --run NAME |
 report --run NAME [--k K] [--json] | ingest | rebuild-store | worker [--once] |
-tokens --run NAME --checkpoint C --train I[,J...] [--methods a,b]. run, demo and attribute take
+tokens --run NAME --checkpoint C --train I[,J...] [--methods a,b] | index --run NAME [--force] |
+query --run NAME --prompt TEXT [--response TEXT | --generate] [--candidate] [--methods a,b] [--k K] [--json] |
+serve-query [--host H] [--port P]. run, demo and attribute take
 ``--analyses LIST``; run and attribute also run under torchrun. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
 ``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
 Bad input prints ``error: ...`` (no traceback) and exits with status 2.
@@ -65,19 +67,33 @@ def _ingest(args, folder: Path) -> None:
 
 def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
     import store
+    from engine.evaluation.metrics import LABEL_METRICS
 
     with store.Store(_store_path(args), read_only=True) as s:
         df = store.leaderboard(s.con, run=run, k=k)
-    if df.empty:
-        raise InputError(f"run {run!r} is not in the store {_store_path(args)}")
+        if df.empty:
+            raise InputError(f"run {run!r} is not in the store {_store_path(args)}")
+        labelled = store.run_labelled(s.con, run)
+        stability, perturbations = _stability(s.con, run)
+    # the check's figure at the run's last checkpoint, on every row; a run without the check has no such column
+    # in the text report and ``"stability": null`` in the JSON rows
+    df["stability"] = df.method.map(stability) if stability else None
     cols = [c for c in ("method", "checkpoint", "k", "acc", "coverage", "auprc", "chance_acc",
-                        "chance_coverage", "best_coverage", "n_distinct_top1") if c in df.columns]
-    if as_json:  # intervals as [lo, hi] (95 % bootstrap over test prompts; null when unknown)
-        rows = json.loads(df[cols].to_json(orient="records"))
+                        "chance_coverage", "best_coverage", "n_distinct_top1", "stability") if c in df.columns
+            and (c != "stability" or as_json or stability)]
+    if as_json:  # intervals as [lo, hi] (95 % bootstrap over test prompts; null when unknown or without labels)
+        rows = json.loads(df[cols].to_json(orient="records", double_precision=15))
         for row, (_, r) in zip(rows, df.iterrows()):
             row["acc_ci"] = _pair(r.acc_lo, r.acc_hi)
             row["coverage_ci"] = _pair(r.coverage_lo, r.coverage_hi)
+            row["labelled"] = labelled
+            row["perturbations"] = perturbations.get(r.method, {})
         print(json.dumps(rows, indent=1))
+    elif not labelled:  # the label metrics read "needs labels", never NaN
+        out = df[cols].astype(object)
+        out.loc[:, [c for c in cols if c in LABEL_METRICS]] = "needs labels"
+        print(f"run {run}: no labels, so no ground truth (Acc@1, Coverage@k, AUPRC need labels)")
+        print(out.to_string(index=False))
     else:
         # intervals as [lo,hi]: 95 % bootstrap over the test prompts (engine.evaluation.metrics.bootstrap_ci)
         out = df[cols].copy()
@@ -85,6 +101,27 @@ def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
         out.insert(out.columns.get_loc("coverage") + 1, "coverage_ci95",
                    [_span(a, b) for a, b in zip(df.coverage_lo, df.coverage_hi)])
         print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _stability(con, run: str) -> tuple[dict[str, float], dict[str, dict]]:
+    """The stability check of ``run``: method -> stability, and method -> {perturbation: {overlap, spearman,
+    should_matter, source}}; warnings for the unstable methods go to stderr. Both empty without the check."""
+    import store
+    from engine.catalog.analyses import STABILITY_WARN, stability_warning
+    from engine.evaluation.metrics import unstable_methods
+
+    if "stability" not in store.analyses(con, run):
+        return {}, {}
+    rows = store.analysis_table(con, run, "stability").to_dict("records")
+    summary = store.analysis_table(con, run, "stability_methods")
+    per: dict[str, dict] = {}
+    for r in rows:
+        per.setdefault(r["method"], {})[r["perturbation"]] = {
+            "overlap": float(r["overlap"]), "spearman": None if r["spearman"] != r["spearman"] else
+            float(r["spearman"]), "should_matter": bool(r["should_matter"]), "source": r["source"]}
+    for method, value, moving in unstable_methods(rows, STABILITY_WARN):
+        print(f"warning: {stability_warning(method, value, moving)}", file=sys.stderr)
+    return dict(zip(summary.method, summary.stability.astype(float))), per
 
 
 def _pair(lo, hi) -> list[float] | None:
@@ -102,7 +139,13 @@ def _print_folder_report(folder: Path) -> None:
     """The leaderboard straight from a run folder's metrics.parquet (needs no database)."""
     import pyarrow.parquet as pq
 
+    from engine.evaluation.metrics import LABEL_METRICS
+
     df = pq.read_table(folder / "metrics.parquet").to_pandas().sort_values(["method", "checkpoint"])
+    if len(df) and df.acc.isna().all():  # a run without labels: the label metrics read "needs labels", not NaN
+        print("no labels, so no ground truth (Acc@1, Coverage@k, AUPRC need labels)")
+        df = df.astype(object)
+        df.loc[:, [c for c in df.columns if c in LABEL_METRICS]] = "needs labels"
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
@@ -169,7 +212,7 @@ def attribute_spec(args):
 
     data: dict = {
         "model": {"name": args.model, "adapter": args.adapter, "checkpoints": list(args.checkpoints or []),
-                  "trust_remote_code": args.trust_remote_code},
+                  "trust_remote_code": args.trust_remote_code, "load_in": args.load_in},
         "task": {"name": "file", "path": args.dataset},
         "scoring": {"checkpoints": args.score_checkpoints},
         "train": {"loss_on": args.loss_on, "max_length": args.max_length},
@@ -197,7 +240,8 @@ def cmd_import_dataset(args) -> None:
 
     task = load_dataset(args.path, name=args.name)
     out = save_dataset(task, default_datasets_dir(_store_path(args)), args.name)
-    print(f"dataset {args.name}: {len(task.train)} train, {len(task.test)} test, {len(task.labels)} labels "
+    labels = f"{len(task.labels)} labels" if task.labelled else "no labels (the label metrics will need them)"
+    print(f"dataset {args.name}: {len(task.train)} train, {len(task.test)} test, {labels} "
           f"→ {out}\nuse it in a spec as  task: {{name: file, path: {out}}}")
 
 
@@ -260,6 +304,59 @@ def cmd_worker(args) -> None:
                 log=lambda msg: print(msg, flush=True), device=detect_device())
 
 
+def cmd_index(args) -> None:
+    from engine.query.build import build_index
+
+    body = build_index(_runs_dir(args) / args.run, force=args.force, progress=not args.quiet)
+    print(f"index of {args.run}: {body['size_bytes'] / 1e6:.1f} MB, checkpoints {body['checkpoints']}, "
+          f"methods {', '.join(body['prompt_methods'])}")
+
+
+def cmd_query(args) -> None:
+    from engine.query.api import answer, answer_rows
+
+    if args.generate and args.response is not None:
+        raise InputError("give --response or --generate, not both")
+    if args.candidate and args.generate:
+        raise InputError("--candidate scores the text given: --generate does not apply")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    a, where = answer(args.run, args.prompt, args.response, kind="candidate" if args.candidate else "prompt",
+                      generate=args.generate, methods=methods, k=args.k or 10, runs_dir=_runs_dir(args),
+                      use_server=not args.no_server)
+    if args.json:
+        print(json.dumps(answer_rows(a)))
+        return
+    _print_answer(a, where)
+
+
+def _print_answer(a: dict, where: str) -> None:
+    """The top k per method as text, with what the user should know (generated response, notes, refusals)."""
+    if a["generated"]:
+        print(f"the model answered: {a['response']}")
+    for note in a["notes"]:
+        print(f"note: {note}")
+    what = "training samples" if a["kind"] == "prompt" else "test prompts"
+    for m, top in a["top"].items():
+        print(f"{m}: best {what} " + "  ".join(f"#{i} ({s:.4g})" for i, s in top))
+    for m, why in a["cannot"].items():
+        print(f"{m}: cannot answer: {why}")
+    print(f"({a['seconds']['total_s']:.2f} s, computed by the {where} {'server' if where == 'server' else 'process'})")
+
+
+def cmd_serve_query(args) -> None:
+    from engine.query.client import find_server
+    from engine.query.server import serve
+
+    runs_dir = _runs_dir(args)
+    running = find_server(runs_dir)
+    if running is not None:
+        raise EngineStateError(f"a query server already serves {runs_dir} (pid {running.pid}, {running.url})")
+    preload = [r.strip() for r in args.preload.split(",") if r.strip()] if args.preload else []
+    print(f"query server for {runs_dir} (Ctrl-C stops it)", flush=True)
+    serve(runs_dir, host=args.host, port=args.port, advertise=args.advertise, max_sessions=args.max_runs,
+          memory_mb=args.memory_mb, preload=preload)
+
+
 def _spec_flag(parser: argparse.ArgumentParser, flag: str, path: str, *, spec_default: bool = True, **kw) -> None:
     """Add ``flag`` for the spec field at ``path``: its choices (and, with ``spec_default``, its default) are the
     field's own (``engine.spec.run_spec``: the rule's choices, or the values it suggests)."""
@@ -283,13 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     stages = argparse.ArgumentParser(add_help=False)
     stages.add_argument("--analyses", metavar="LIST",
                         help="analysis stages to run, overriding the spec: all, none, or a comma-separated list "
-                             f"of {', '.join(ANALYSES)} (demo default: all three)")
+                             f"of {', '.join(ANALYSES)} (demo default: all of them)")
     p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     _add_run_commands(sub, common, stages)
     _add_attribute_command(sub, common, stages)
     _add_store_commands(sub, common)
     _add_worker_commands(sub, common)
+    _add_query_commands(sub, common)
     return p
 
 
@@ -328,6 +426,7 @@ def _add_attribute_command(sub, common, stages) -> None:
                help="score the final adapter only, or every checkpoint")
     _spec_flag(s, "--device", "device")
     _spec_flag(s, "--dtype", "dtype")
+    _spec_flag(s, "--load-in", "model.load_in", help="a base quantized with bitsandbytes, as QLoRA trained it (CUDA)")
     s.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the base model")
     s.set_defaults(fn=cmd_attribute)
 
@@ -376,6 +475,37 @@ def _add_worker_commands(sub, common) -> None:
     s.add_argument("--once", action="store_true", help="exit when the queue is empty")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
     s.set_defaults(fn=cmd_worker)
+
+
+def _add_query_commands(sub, common) -> None:
+    s = sub.add_parser("index", parents=[common], help="build the query index of an existing run (for `query`)")
+    s.add_argument("--run", required=True, help="run name (a folder in the runs directory)")
+    s.add_argument("--force", action="store_true", help="rebuild an index the run already has")
+    s.set_defaults(fn=cmd_index)
+
+    s = sub.add_parser("query", parents=[common],
+                       help="attribute a new prompt (or, with --candidate, a new training text) against a run")
+    s.add_argument("--run", required=True, help="run name (a folder in the runs directory)")
+    s.add_argument("--prompt", required=True, help="the prompt (with --candidate: the candidate's prompt)")
+    s.add_argument("--response", help="its response (default: empty)")
+    s.add_argument("--generate", action="store_true", help="the response is the fine-tuned model's greedy answer")
+    s.add_argument("--candidate", action="store_true",
+                   help="score the text as a new TRAINING sample against the run's test prompts")
+    s.add_argument("--methods", help="comma-separated (default: every method of the run that can answer)")
+    s.add_argument("--k", type=int, help="how many best samples per method (default 10)")
+    s.add_argument("--json", action="store_true", help="a JSON list of {method, rank, train_id|test_id, score}")
+    s.add_argument("--no-server", action="store_true", help="load the run in this process even if a server runs")
+    s.set_defaults(fn=cmd_query)
+
+    s = sub.add_parser("serve-query", parents=[common],
+                       help="the query server: keeps runs loaded and answers queries (the app's Ask page uses it)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=0, help="port (default: a free one, written to query-server.json)")
+    s.add_argument("--advertise", help="host name clients should use (compose: the service name)")
+    s.add_argument("--max-runs", type=int, default=2, help="runs kept loaded at once")
+    s.add_argument("--memory-mb", type=int, help="index tensors kept in memory per run (default: all)")
+    s.add_argument("--preload", metavar="RUN[,RUN]", help="runs to load at start")
+    s.set_defaults(fn=cmd_serve_query)
 
 
 def _raise_interrupt(signum, frame):

@@ -96,6 +96,12 @@ def features_cache_dir(runs_dir: str | os.PathLike | None = None) -> Path:
     return Path(runs_dir if runs_dir is not None else default_runs_dir()).resolve().parent / "features"
 
 
+def query_server_file(runs_dir: str | os.PathLike | None = None) -> Path:
+    """Where the query server that serves ``runs_dir`` (else :func:`default_runs_dir`) says how to reach it:
+    ``query-server.json`` beside the runs folder (its log: ``query-server.log`` there)."""
+    return Path(runs_dir if runs_dir is not None else default_runs_dir()).resolve().parent / "query-server.json"
+
+
 def retrain_bank_dir(runs_dir: str | os.PathLike | None) -> Path | None:
     """The retrain bank when the spec does not name one: ``$INFLUENCE_RETRAIN_BANK``, else ``retrain-bank/`` beside
     ``runs_dir``; None when neither says where (retrainings are then not kept)."""

@@ -1,11 +1,14 @@
-"""``make run``: the app and one worker, started together and stopped together (the pair compose starts).
+"""``make run``: the app, one worker and the query server, started together and stopped together (as compose does).
 
     .venv/bin/python scripts/run_app.py [--port 8501] [--address ADDR]
 
 - Refuses to start when the port is taken, and says by what: an Influence Explorer (Streamlit) already
   answering there, or another program.
 - Starts ``python -m engine worker`` (its output appended to ``<store dir>/worker.log``, i.e. ``data/worker.log``
-  by default) and ``streamlit run app.py`` on the same store (``$INFLUENCE_STORE`` or ``data/influence.duckdb``).
+  by default), ``python -m engine serve-query`` (the query server of the Ask page, on localhost; its output in
+  ``query-server.log`` beside the runs folder) and ``streamlit run app.py`` on the same store
+  (``$INFLUENCE_STORE`` or ``data/influence.duckdb``). A query server that exits is started again by the Ask page
+  when it needs one.
 - Ctrl-C or SIGTERM stops both (the worker ends a running job's run and puts the job back in the queue); if the
   app exits, the worker is stopped too; if the worker exits on its own, the app keeps running (the Jobs page
   then says that no worker is running) and the launcher says so here.
@@ -29,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.jobs.workers import die_with_parent  # noqa: E402  (after the path set-up above)
-from engine.paths import default_store_path, worker_log_path  # noqa: E402
+from engine.paths import default_runs_dir, default_store_path, query_server_file, worker_log_path  # noqa: E402
 
 STOP_GRACE_S = 20.0
 
@@ -95,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(new_session=False))
         procs.append(worker)
+        query_log = query_server_file(default_runs_dir(store_path)).with_name("query-server.log")
+        with open(query_log, "ab") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "engine", "serve-query", "--store", str(store_path)], cwd=REPO, env=env,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(new_session=False)))
         cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
         if args.address:
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                                preexec_fn=die_with_parent(new_session=False))
         procs.append(app)
         print(f"make run: app on http://localhost:{args.port} (pid {app.pid}, store {store_path}); worker pid "
-              f"{worker.pid}, log {log_path}. Ctrl-C stops both.", flush=True)
+              f"{worker.pid}, log {log_path}; query server pid {procs[1].pid}, log {query_log}. Ctrl-C stops "
+              "them all.", flush=True)
         while stopping["signal"] is None:
             if app.poll() is not None:
                 print(f"make run: the app exited (status {app.returncode}); stopping the worker", file=sys.stderr)
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                       "running, queued jobs wait for a worker", file=sys.stderr)
                 procs.remove(worker)
             time.sleep(0.5)
-        print("make run: stopping the app and the worker", file=sys.stderr)
+        print("make run: stopping the app, the worker and the query server", file=sys.stderr)
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind

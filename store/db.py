@@ -21,6 +21,7 @@ from engine.paths import default_runs_dir, default_store_path, store_memory_limi
 from engine.runfolder.runformat import pid_alive
 from store import ingest as _ingest
 from store.errors import SchemaVersionError, StoreError, StoreLockedError
+from store.queries import asks as _asks
 from store.schema import TOP_K, check_schema, ensure_schema
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,8 @@ def rebuild(
     complete, so a crash mid-rebuild leaves the old file untouched. Works when the old file is missing,
     corrupt or from another schema/DuckDB version. Refuses (:class:`StoreLockedError`) while another process
     holds the old file; close your own :class:`~store.db.Store` on it first. Runs that fail to load are
-    skipped with a warning unless ``strict``. ``store_kw`` go to :class:`~store.db.Store` (memory_limit, ...).
+    skipped with a warning unless ``strict``. The saved queries of the Ask page, which no run folder holds, are
+    copied from the old file when it can be read (:func:`store.queries.asks.copy_saved_queries`). ``store_kw`` go to :class:`~store.db.Store` (memory_limit, ...).
     """
     db_path = Path(db_path).resolve()
     runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(db_path)
@@ -237,12 +239,13 @@ def rebuild(
     try:
         with Store(tmp, **store_kw) as store:
             ingested = _ingest.ingest_all(store.con, runs_dir, strict=strict, top_k=store.top_k)
+            kept = _asks.copy_saved_queries(db_path, store.con)  # the one thing not in the run folders
             store.con.execute("CHECKPOINT")
         _remove_db_files(db_path, keep_main=True)  # a stale WAL must never be replayed onto the new file
         os.replace(tmp, db_path)
     finally:
         _remove_db_files(tmp)
-    log.info("rebuilt %s from %s: %d run(s)", db_path, runs_dir, len(ingested))
+    log.info("rebuilt %s from %s: %d run(s), %d saved queries kept", db_path, runs_dir, len(ingested), kept)
     return ingested
 
 

@@ -1,5 +1,6 @@
 """The DuckDB schema: the small run-folder tables copied in (plus ``run_id``), ``runs``, ``score_sets``,
-``score_files`` and ``topk``. The score matrices are NOT copied: they stay in the run folder's Parquet and are
+``score_files`` and ``topk``; and the Ask page's saved queries (``asks``, ``ask_results``), the one thing not
+rebuilt from run folders. The score matrices are NOT copied: they stay in the run folder's Parquet and are
 read in place (``read_parquet`` on the files of the run folder ``runs.folder`` listed in ``score_files``).
 
 Every table is keyed by ``run_id`` (the run folder's name). The copied tables are described once in
@@ -107,6 +108,37 @@ CREATE TABLE IF NOT EXISTS topk (
 
 VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 
+# Saved queries of the Ask page (store.queries.asks). Not in run folders and not per-run rows of RUN_TABLES: an
+# ingest never touches them, and store.db.rebuild copies them from the old file into the new one. New tables in an
+# existing file appear at its next read-write open (CREATE TABLE IF NOT EXISTS): no schema-version bump needed.
+ASKS_DDL = """
+CREATE TABLE IF NOT EXISTS asks (
+    ask_id VARCHAR PRIMARY KEY,      -- random, URL-safe (the Ask page's ?q=)
+    run_id VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,           -- "prompt" (ids are training samples) | "candidate" (ids are test prompts)
+    prompt VARCHAR NOT NULL,
+    response VARCHAR NOT NULL,       -- given, or the model's answer when generated
+    generated BOOLEAN NOT NULL,
+    methods_json VARCHAR NOT NULL,   -- the methods answered, in the order asked
+    k INTEGER NOT NULL,
+    seconds DOUBLE,                  -- request to answer, as the server timed it
+    cannot_json VARCHAR NOT NULL,    -- {method: why it cannot answer}
+    notes_json VARCHAR NOT NULL,     -- [what the user should know, e.g. truncation]
+    created TIMESTAMP NOT NULL       -- UTC
+)
+"""
+
+ASK_RESULTS_DDL = """
+CREATE TABLE IF NOT EXISTS ask_results (
+    ask_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    rank INTEGER NOT NULL,           -- 1 = best
+    sample_id INTEGER NOT NULL,      -- a training sample (kind prompt) or a test prompt (kind candidate)
+    score DOUBLE
+)
+"""
+ASK_TABLES = ("asks", "ask_results")  # kept across rebuilds (store.db.rebuild), in the order they are copied
+
 # Tables holding per-run rows, in the order ingest deletes/inserts them.
 RUN_TABLES = ("runs", "score_sets", "score_files", "topk", *PARQUET_TABLES)
 
@@ -139,8 +171,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: str = "") -> None:
         raise _version_error(path, version)
     con.execute("BEGIN TRANSACTION")
     try:
-        for ddl in (VERSION_DDL, RUNS_DDL, SCORE_SETS_DDL, SCORE_FILES_DDL, TOPK_DDL,
-                    *(table_ddl(t) for t in PARQUET_TABLES)):
+        for ddl in (VERSION_DDL, RUNS_DDL, SCORE_SETS_DDL, SCORE_FILES_DDL, TOPK_DDL, ASKS_DDL,
+                    ASK_RESULTS_DDL, *(table_ddl(t) for t in PARQUET_TABLES)):
             con.execute(ddl)
         if version is None:
             con.execute("DELETE FROM schema_version")

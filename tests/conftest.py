@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from engine.catalog.methods import CATALOG
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -21,7 +23,11 @@ TINY_SPEC = {
     "model": {"name": "tiny"},
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
     "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "max_length": 48},
-    "scoring": {"checkpoints": "all", "shard_size": 16},
+    # every method, RepT too (it is not a default one: engine.catalog.methods.REPT_NOT_DEFAULT)
+    "scoring": {"methods": list(CATALOG), "checkpoints": "all", "shard_size": 16, "query_index": True},
+    # no analysis, not even the stability check that is on by default (the fixtures below run it; it re-scores
+    # every method several times, which the many tests of this run do not need)
+    "analysis": {"stages": []},
 }
 
 
@@ -33,7 +39,8 @@ def tiny_spec():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A complete run folder of the tiny pipeline (all methods, 2 checkpoints, 30 train, 10 test)."""
+    """A complete run folder of the tiny pipeline (all methods, 2 checkpoints, 30 train, 10 test, with its query
+    index: copy it before changing it)."""
     from engine.pipeline.run import run_pipeline
     from engine.spec.load import spec_from_dict
 
@@ -52,7 +59,7 @@ def tiny_store(tiny_run, tmp_path_factory):
     return path
 
 
-ANALYSIS_STAGES = {"stages": ["ihvp", "convergence", "retrain"], "retrain_single": 1, "retrain_labels": 1,
+ANALYSIS_STAGES = {"stages": ["ihvp", "convergence", "retrain", "stability"], "retrain_single": 1, "retrain_labels": 1,
                    "retrain_seeds": 2, "noise_seeds": 2, "lds_subsets": 4, "cf_prompts": 1, "generate_tokens": 4,
                    "ihvp_iterations": [1, 10, 100]}
 
@@ -67,6 +74,45 @@ def tiny_analysis_run(tmp_path_factory):
     spec = {**TINY_SPEC, "name": "tiny-analyses", "analysis": ANALYSIS_STAGES,
             "scoring": {**TINY_SPEC["scoring"], "methods": ["gradsim", "datainf", "tracin"]}}
     return run_pipeline(spec_from_dict(spec), tmp_path_factory.mktemp("analysis-runs"), progress=False)
+
+
+def write_unlabelled_dataset(path, n_train_per_label=3, n_test_per_label=1):
+    """A JSONL dataset without a label column (the user's own data as it usually is): the tiny grammars rows with
+    their labels dropped, one ``split`` column. Returns ``path``."""
+    import json
+
+    from engine.data.tasks import build_task
+
+    task = build_task("grammars", seed=0, n_train_per_label=n_train_per_label, n_test_per_label=n_test_per_label)
+    rows = [{"prompt": s.prompt, "response": s.response, "split": split}
+            for split, ss in (("train", task.train), ("test", task.test)) for s in ss]
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def unlabelled_data(tmp_path):
+    """:func:`write_unlabelled_dataset` into ``tmp_path/unlabelled.jsonl`` (30 train, 10 test rows, no labels)."""
+    return write_unlabelled_dataset(tmp_path / "unlabelled.jsonl")
+
+
+UNLABELLED_METHODS = ["gradsim", "datainf", "tracin", "repsim", "gradsim_proj", "ekfac", "bm25"]
+UNLABELLED_ANALYSES = {"stages": ["ihvp", "convergence", "retrain", "stability"], "retrain_single": 1, "retrain_labels": 1,
+                       "retrain_seeds": 1, "noise_seeds": 1, "lds_subsets": 3, "cf_prompts": 1,
+                       "generate_tokens": 4, "ihvp_iterations": [1, 10]}
+
+
+@pytest.fixture(scope="session")
+def tiny_unlabelled_run(tmp_path_factory):
+    """The tiny pipeline on an unlabelled dataset file (30 train, 10 test, no labels), seven methods (every feature
+    kind) and every analysis (small retraining plan)."""
+    from engine.pipeline.run import run_pipeline
+    from engine.spec.load import spec_from_dict
+
+    data = write_unlabelled_dataset(tmp_path_factory.mktemp("unlabelled") / "data.jsonl")
+    spec = {**TINY_SPEC, "name": "tiny-unlabelled", "task": {"name": "file", "path": str(data)},
+            "analysis": UNLABELLED_ANALYSES, "scoring": {**TINY_SPEC["scoring"], "methods": UNLABELLED_METHODS}}
+    return run_pipeline(spec_from_dict(spec), tmp_path_factory.mktemp("unlabelled-runs"), progress=False)
 
 
 # ---- a "foreign" adapter: fine-tuned with transformers.Trainer + peft in the test, not with engine.model.finetune ----

@@ -24,6 +24,7 @@ NAVIGATION: dict[str, tuple[PageInfo, ...]] = {
     "Results": (
         PageInfo("app_pages/home.py", "Home", "", ":material/home:"),
         PageInfo("app_pages/explore.py", "Explore", "Explore", ":material/search:"),
+        PageInfo("app_pages/ask.py", "Ask", "Ask", ":material/question_answer:"),
         PageInfo("app_pages/compare_methods.py", "Compare methods", "Compare_methods", ":material/compare_arrows:"),
         PageInfo("app_pages/dataset.py", "Dataset", "Dataset", ":material/table_rows:"),
         PageInfo("app_pages/behaviour.py", "Behaviour", "Behaviour", ":material/group_work:"),

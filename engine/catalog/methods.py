@@ -110,6 +110,14 @@ class ReptParams(Params):
 
 # ---------------------------------------------------------------------------------------------- methods
 
+# RepT as implemented here (the raw join of h and dh at the final layer) equals RepSim to every printed digit on
+# every task: ||h|| >> ||dh||, so the cosine of the join is the cosine of h. The authors' version picks the layer
+# of a "phase transition" found on a probing set and joins normalised parts; without their probing protocol we
+# cannot check a faithful version against the paper, so RepT runs only when a spec names it (``balance: true``
+# joins unit-length parts).
+REPT_NOT_DEFAULT = ("by default it ranks as RepSim does (the hidden state's norm dominates the joined vector); "
+                    "name it in scoring.methods to run it")
+
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -144,6 +152,8 @@ class MethodInfo:
     projects: str | None = None  # a ``*_proj`` method: the method it computes on projected gradients
     influence: bool = False  # an influence function: an inverse-Hessian-vector product in the score
     shown: int = 0  # > 0: a page that picks methods for the user shows this one, in this order (1 first)
+    # why the method is not in a spec's default methods (None: it is); a spec that names it still runs it
+    not_default: str | None = None
 
     @property
     def has_self_influence(self) -> bool:
@@ -193,10 +203,10 @@ def _hints(cls) -> dict:
 
 
 def _m(name, reads, params, description, family="gradient", tokens="linear", projects=None, influence=False,
-       shown=0) -> MethodInfo:
+       shown=0, not_default=None) -> MethodInfo:
     assert set(reads) <= set(FEATURE_KINDS), reads
     return MethodInfo(name, frozenset(reads), params, description, family,
-                      tokens if family == "gradient" else None, projects, influence, shown)
+                      tokens if family == "gradient" else None, projects, influence, shown, not_default)
 
 
 CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
@@ -231,7 +241,7 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
        shown=2),
     _m("rept", {"rept"}, ReptParams,
        "RepT: cosine of [hidden state at the last prompt token, d loss / d that hidden state] (final layer).",
-       "representation"),
+       "representation", not_default=REPT_NOT_DEFAULT),
     _m("gradsim_proj", {"proj"}, ProjParams,
        "GradSim on random projections of the gradients (k dims per LoRA block, seeded): scales to 100k samples.",
        projects="gradsim"),
@@ -250,7 +260,8 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
 )}
 
 METHOD_NAMES = tuple(sorted(CATALOG))
-DEFAULT_METHODS = tuple(CATALOG)  # a spec's default: every method, in catalog order
+# a spec's default: every method but those with a reason not to be, in catalog order
+DEFAULT_METHODS = tuple(name for name, info in CATALOG.items() if info.not_default is None)
 
 
 def default_methods(available, n: int | None = None, where=None) -> list[str]:
@@ -289,3 +300,23 @@ def changed_params(p) -> dict[str, Any]:
 
 def params_dict(p) -> dict[str, Any]:
     return dataclasses.asdict(p)
+
+
+# What a method needs that a new query (engine.query) does not have: the reason it cannot answer, per direction.
+# "prompt": a new test prompt scored against the run's training samples; "candidate": a new training text scored
+# against the run's test prompts. Every other method answers both from the run's query index.
+_CANNOT_ANSWER = {
+    "prompt": {"random": "its scores are a seeded hash of the test sample's id, and a new prompt has none"},
+    "candidate": {
+        "random": "its scores are a seeded hash of the training sample's id, and a candidate text has none",
+        "bm25": "a candidate text would change the document frequencies of the corpus it is scored in",
+    },
+}
+QUERY_KINDS = tuple(_CANNOT_ANSWER)
+
+
+def cannot_answer(name: str, kind: str = "prompt") -> str | None:
+    """Why method ``name`` cannot answer a new query of ``kind`` ("prompt" or "candidate"), or None if it can."""
+    if kind not in _CANNOT_ANSWER:
+        raise ValueError(f"query kind must be one of {QUERY_KINDS}, got {kind!r}")
+    return _CANNOT_ANSWER[kind].get(name)

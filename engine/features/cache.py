@@ -7,8 +7,9 @@ So the features stage writes each shard to disk as soon as it is computed, metho
 shards that are already there and computes only the rest.
 
 Layout of ``<root>/<key>/`` (``root``: ``$INFLUENCE_FEATURES`` or ``features/`` beside the runs folder; ``key``: a hash of
-everything the features depend on — model, adapter weights, data, LoRA and training recipe, encoding, dtype,
-device, batch and shard sizes — but not the methods, so new methods reuse the features)::
+everything the features depend on — model, adapter weights, data, LoRA and training recipe (``train.pad_attention``
+included), encoding, dtype, device, batch and shard sizes, the torch/transformers/peft versions — but not the
+methods, so new methods reuse the features)::
 
     key.json                      what the key was made from
     states.safetensors            the adapter states (checkpoint 0..C) and, in its metadata, the fine-tuning
@@ -40,6 +41,7 @@ from engine.features.grads import KroneckerFactors
 from engine.features.plan import FeaturePlan, ProjKey
 from engine.features.projection import ProjectedGrads
 from engine.features.types import Features
+from engine.model.finetune import library_versions
 from engine.model.states import AdapterStates
 
 FORMAT = 1
@@ -53,7 +55,8 @@ def feature_key(spec, task, adapter_digest: str | None) -> tuple[str, dict]:
     basis = {"format": FORMAT, "model": d["model"], "adapter_sha256": adapter_digest, "lora": d["lora"],
              "train": d["train"], "dtype": d["dtype"], "device": d["device"], "samples_sha256": samples,
              "n_train": len(task.train), "n_test": len(task.test),
-             "grad_batch_size": d["scoring"]["grad_batch_size"], "shard_size": d["scoring"]["shard_size"]}
+             "grad_batch_size": d["scoring"]["grad_batch_size"], "shard_size": d["scoring"]["shard_size"],
+             "libraries": library_versions()}
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:24], basis
 
 
@@ -166,8 +169,12 @@ class TensorLRU:
     """Tensors read from cache files, kept while their total stays under ``budget`` bytes (least recently used
     out first): a small run stays in memory after the first pass, a large one is read shard by shard."""
 
-    def __init__(self, budget: int):
+    def __init__(self, budget: int, dtype: torch.dtype | None = None):
         self.budget = budget
+        # floating tensors are converted to ``dtype`` as they are read (None: kept as stored): a query session whose
+        # methods compute in float64 keeps the upcast copy, so each query does not convert the index again (float32
+        # to float64 is exact: the scores do not change)
+        self.dtype = dtype
         self.items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self.bytes = 0
 
@@ -183,7 +190,10 @@ class TensorLRU:
         if missing:
             with safe_open(str(path), "pt") as f:
                 for n in missing:
-                    out[n] = t = f.get_tensor(n)
+                    t = f.get_tensor(n)
+                    if self.dtype is not None and t.is_floating_point():
+                        t = t.to(self.dtype)
+                    out[n] = t
                     size = t.numel() * t.element_size()
                     if size <= self.budget:
                         self.items[(str(path), n)] = t

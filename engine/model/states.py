@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from engine.data.encoding import Encoded
+from engine.errors import InputError
 from engine.model import adapters
 from engine.model.adapters import UserAdapter
-from engine.model.base import load_base, resolve_device
+from engine.model.base import check_quantized, load_base, resolve_device
 from engine.model.finetune import add_lora, finetune, lora_state
 from engine.runfolder.runformat import CHECKPOINTS_DIR
 from engine.runfolder.writer import RunWriter
@@ -56,15 +58,31 @@ def load_model(spec: RunSpec, device: torch.device | None = None) -> LoadedModel
     ``device``: where the model goes (a torchrun rank's own device); default: the spec's ``device`` rule."""
     device = device if device is not None else resolve_device(spec.device)
     dtype = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
+    load_in = spec.model.load_in
+    if load_in != "none":  # before anything is read: a quantized base needs CUDA and bitsandbytes
+        check_quantized(load_in, device)
     user = adapters.find_adapter(spec.model.adapter, spec.model.checkpoints) if spec.model.adapter else None
     if user is not None:
         adapters.check_base_name(user, spec.model.name)
-    model, tok = load_base(spec.model.name, trust_remote_code=spec.model.trust_remote_code, dtype=dtype)
+    model, tok = load_base(spec.model.name, trust_remote_code=spec.model.trust_remote_code, dtype=dtype,
+                           load_in=load_in, device=device)
     if user is None:
-        return LoadedModel(add_lora(model, spec.lora, seed=spec.train.seed).to(device), tok, device)
+        return LoadedModel(_placed(add_lora(model, spec.lora, seed=spec.train.seed), load_in, device), tok, device)
     states = adapters.check_shapes(user, model)
-    model = adapters.attach(model, user, seed=spec.train.seed).to(device)
+    model = _placed(adapters.attach(model, user, seed=spec.train.seed), load_in, device)
     return LoadedModel(model, tok, device, user, states)
+
+
+def _placed(model: torch.nn.Module, load_in: str, device: torch.device) -> torch.nn.Module:
+    """The peft model on ``device``. A quantized base is already there (bitsandbytes placed it while loading, and
+    its packed weights are not moved again); its LoRA matrices are made float32, so that fine-tuning updates and the
+    per-sample gradients are float32 whatever the compute dtype."""
+    if load_in == "none":
+        return model.to(device)
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            p.data = p.data.to(device=device, dtype=torch.float32)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- adapter states
@@ -121,3 +139,12 @@ def write_checkpoints(writer: RunWriter, states: AdapterStates, lm: LoadedModel)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
         (folder / "adapter_config.json").write_text(adapter_cfg, encoding="utf-8")
+
+
+def checkpoint_state(run_folder, c: int) -> dict[str, torch.Tensor]:
+    """The adapter state of checkpoint ``c`` as :func:`write_checkpoints` kept it in a run folder; InputError
+    naming the file when it is missing."""
+    path = Path(run_folder) / CHECKPOINTS_DIR / f"epoch-{c}" / "adapter_model.safetensors"
+    if not path.is_file():
+        raise InputError(f"run {Path(run_folder).name!r}: the adapter state of checkpoint {c} is missing ({path})")
+    return load_file(str(path))

@@ -60,6 +60,7 @@ from engine.features.stage import (
 from engine.model.adapters import adapter_digest
 from engine.model.finetune import set_lora_state
 from engine.model.states import AdapterStates, LoadedModel, load_model, write_checkpoints
+from engine.pipeline.fingerprint import fingerprint
 from engine.pipeline.stages import (
     cached_adapter_states,
     encode_data,
@@ -71,10 +72,11 @@ from engine.pipeline.stages import (
     say,
     tensor_lru,
 )
-from engine.runfolder.runformat import SCORES_DIR, scores_file, table
+from engine.runfolder.runformat import INDEX_DIR, SCORES_DIR, scores_file, table
 from engine.runfolder.writer import RunWriter, open_run
 from engine.scoring.methods import score_in_shards
 from engine.scoring.methods.base import ScoringMethod
+from engine.scoring.query_index import index_body, index_checkpoints, write_index
 from engine.scoring.self_influence import self_influence
 from engine.spec.run_spec import RunSpec
 
@@ -163,7 +165,7 @@ def _prepare(spec: RunSpec, runs_dir: Path, progress: bool, dist: Dist) -> Run:
     texts = (tuple(sample_text(s.prompt, s.response) for s in task.train),
              tuple(sample_text(s.prompt, s.response) for s in task.test)) if plan.text else None
     return Run(spec, runs_dir, progress, dist, task, methods, plan, lm, data,
-               k=spec.scoring.k or metrics.paper_k(data.train_labels), settings=pass_settings(spec, lm, progress),
+               k=spec.scoring.k or metrics.default_k(data.train_labels), settings=pass_settings(spec, lm, progress),
                cache=open_cache(spec, task, lm, runs_dir), lru=tensor_lru(spec),
                texts=texts, notes=list(lm.user.warnings) if lm.user is not None else [])
 
@@ -285,12 +287,37 @@ def _finish(run: Run, writer: RunWriter, states: AdapterStates, s: Scored, self_
             every = s.now.train if run.dist.world_size == 1 else all_train_shards(
                 run.cache, s.now.checkpoint, len(run.task.train), spec.scoring.shard_size, run.plan, run.lru)
             train_grads = materialize(every)
-        timings.update(run_stages(_stage_inputs(run, states, s.now, train_grads, s.matrices, s.drift),
-                                  writer.write_table, say(run.progress)))
+        previous = ScoreMatrices(writer.tmp, s.scored[-2], [m.name for m in run.methods], len(run.task.test),
+                                 len(run.task.train), run.lru.budget) if len(s.scored) > 1 else None
+        inputs = _stage_inputs(run, states, s.now, train_grads, s.matrices, s.drift, history=s.history,
+                               previous=previous)
+        if "stability" in spec.analysis.stages and run.dist.world_size > 1:
+            # rank 0 re-scores alone: its training side must hold every shard (a preconditioned method's statistics
+            # would otherwise wait for the other processes, which are not scoring any more)
+            now, history = _whole_training_set(run.cache, s.now, s.history, run.plan, run.lru, run.dist,
+                                               spec.scoring.shard_size)
+            inputs = dataclasses.replace(inputs, features=now, history=history)
+        timings.update(run_stages(inputs, writer.write_table, say(run.progress)))
     writer.adopt(SCORES_DIR)  # the other ranks' score files
+    if spec.scoring.query_index:
+        extra["query_index"] = _index_stage(run, writer, states, s)
     timings["total_s"] = time.perf_counter() - t0
     return writer.commit({**_manifest(spec, run.task, run.methods, run.plan, states, s.scored, run.k, run.lm,
                                       timings, run.notes, run.dist, s.shards), **extra})
+
+
+def _index_stage(run: Run, writer: RunWriter, states: AdapterStates, s: Scored) -> dict:
+    """Rank 0: the query index (engine.scoring.query_index) from the feature cache and the statistics the methods
+    computed while scoring the last checkpoint; returns its summary for the manifest."""
+    t = time.perf_counter()
+    checkpoints = index_checkpoints(run.plan, s.now.checkpoint)
+    sides = {c.checkpoint: c.test for c in s.history} | {s.now.checkpoint: s.now.test}
+    body = write_index(writer.tmp / INDEX_DIR, run.cache, checkpoints,
+                       shard_count(len(run.task.train), run.spec.scoring.shard_size), sides, run.plan,
+                       s.now.train.memo, index_body(run.spec, [m.name for m in run.methods], len(run.task.train),
+                                                    len(run.task.test), states))
+    run.timings["index_s"] = time.perf_counter() - t
+    return {k: body[k] for k in ("size_bytes", "checkpoints", "methods")}
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -375,15 +402,18 @@ def checks_stage(writer: RunWriter, spec: RunSpec, lm: LoadedModel, data: Encode
 
 
 def _stage_inputs(run: Run, states: AdapterStates, now: CheckpointData, train_grads, matrices,
-                  drift: list) -> StageInputs:
-    """What the analyses read, at the last scored checkpoint ``now`` (``matrices``: its score matrices)."""
+                  drift: list, history: list[CheckpointData] | None = None,
+                  previous: ScoreMatrices | None = None) -> StageInputs:
+    """What the analyses read, at the last scored checkpoint ``now`` (``matrices``: its score matrices; ``history``:
+    the checkpoints TracIn sums; ``previous``: the score matrices of the scored checkpoint before it)."""
     spec, lm, task, data, runs_dir = run.spec, run.lm, run.task, run.data, run.runs_dir
     return StageInputs(
         spec=spec, model=lm.model, tok=lm.tok, task=task, train_enc=data.train, test_enc=data.test,
         states=[states.initial, *states.states], scaling=lm.scaling, checkpoint=now.checkpoint,
         train_grads=train_grads, test_grads=now.test.grads, block_names=now.train.block_names,
         matrices={name: matrices[name] for name in matrices}, drift=drift, device=lm.device, kfac=now.train.kfac,
-        runs_dir=runs_dir)
+        runs_dir=runs_dir, methods=run.methods, features=now, history=history, previous=previous,
+        settings=run.settings, k=run.k)
 
 
 def _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes, dist, shards) -> dict:
@@ -396,6 +426,6 @@ def _manifest(spec, task, methods, plan, states, scored, k, lm, timings, notes, 
         "checkpoints": scored, "checkpoint_info": states.info(), "feature_plan": plan.to_dict(),
         "n_train": len(task.train), "n_test": len(task.test), "labels": task.labels, "k_default": k,
         "device": str(lm.device), "timings": timings, "warnings": notes, "analyses": list(spec.analysis.stages),
-        "world_size": dist.world_size, "feature_shards": shards,
+        "world_size": dist.world_size, "feature_shards": shards, "fingerprint": fingerprint(spec, methods, lm.model),
         "shard_ranks": {str(i): i % dist.world_size for i in range(shard_count(len(task.train), spec.scoring.shard_size))},
     }

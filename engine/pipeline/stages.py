@@ -8,12 +8,14 @@ token command :mod:`engine.pipeline.tokens` and :mod:`engine.pipeline.import_sco
     open_cache(spec, task, lm, runs_dir)             the run's feature cache
     pass_settings(spec, lm, progress), tensor_lru(spec)  how the feature passes run, what stays in memory
     cached_adapter_states(...) -> AdapterStates      fine-tuned (or the user's) states, through the cache
+    reload_spec(folder, manifest) -> RunSpec         a finished run's spec, its model loadable from its folder
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from engine.data.encoding import EncodedData, encode
@@ -26,8 +28,10 @@ from engine.features.stage import PassSettings
 from engine.model.adapters import adapter_digest
 from engine.model.states import AdapterStates, LoadedModel, adapter_states
 from engine.paths import features_cache_dir
+from engine.runfolder.runformat import CHECKPOINTS_DIR
 from engine.scoring.methods import get_method
 from engine.scoring.methods.base import ScoringMethod
+from engine.spec.load import spec_from_dict
 from engine.spec.run_spec import RunSpec, TaskSpec, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,8 @@ def load_data(spec: RunSpec) -> TaskData:
 def encode_data(task: TaskData, tok, train: TrainSpec) -> EncodedData:
     """Every sample encoded with the spec's template, length and loss settings (``tok``: the model's tokenizer)."""
     def enc(s):
-        return encode(s, tok, train.template, train.max_length, train.loss_on, train.preprocessing)
+        return encode(s, tok, train.template, train.max_length, train.loss_on, train.preprocessing,
+                      train.pad_attention)
 
     return EncodedData([enc(s) for s in task.train], [enc(s) for s in task.test],
                        [s.label for s in task.train], [s.label for s in task.test])
@@ -101,3 +106,14 @@ def cached_adapter_states(spec: RunSpec, lm: LoadedModel, data: EncodedData, cac
         cache.save_states(states)
     dist.barrier()
     return states if states is not None else cache.load_states()
+
+
+def reload_spec(folder: Path, manifest: dict) -> RunSpec:
+    """The spec of the finished run at ``folder`` (``manifest``: its manifest), with a user's adapter read from the
+    run folder's own copy of its states (``checkpoints/epoch-<c>``), so the run stays usable when the user's folder
+    moves; for such runs the adapter's digest, hence the feature-cache key, is that copy's."""
+    spec = spec_from_dict(manifest["spec"])
+    if spec.model.adapter:
+        last = Path(folder) / CHECKPOINTS_DIR / f"epoch-{max(manifest['checkpoints'])}"
+        spec = replace(spec, model=replace(spec.model, adapter=str(last), checkpoints=()))
+    return spec

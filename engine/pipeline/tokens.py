@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from safetensors.torch import load_file
 
 from engine.catalog.methods import method_info
 from engine.data.tasks.base import Sample, TaskData
@@ -24,14 +23,13 @@ from engine.features.plan import FeaturePlan, plan_for
 from engine.features.stage import ensure_features, load_checkpoint, method_features
 from engine.features.types import Features, as_train_data
 from engine.model.finetune import set_lora_state
-from engine.model.states import load_model
-from engine.pipeline.stages import encode_data, open_cache, pass_settings, say, tensor_lru
-from engine.runfolder.runformat import CHECKPOINTS_DIR, read_manifest
+from engine.model.states import checkpoint_state, load_model
+from engine.pipeline.stages import encode_data, open_cache, pass_settings, reload_spec, say, tensor_lru
+from engine.runfolder.runformat import read_manifest
 from engine.scoring.methods import get_method
 from engine.scoring.methods.base import ScoringMethod
 from engine.scoring.token_files import TokenResult, manifest_id, no_token_view, result_path
 from engine.scoring.tokens import token_pieces, token_shares
-from engine.spec.load import spec_from_dict
 from engine.spec.run_spec import RunSpec
 
 
@@ -99,10 +97,7 @@ def _request(folder: Path, checkpoint: int, train_ids: list[int], methods: list[
     unknown = [m for m in names if m not in manifest["methods"]]
     if unknown:
         raise InputError(f"run {folder.name!r} has no scores of {unknown}; its methods: {manifest['methods']}")
-    spec = spec_from_dict(manifest["spec"])
-    if spec.model.adapter:  # the run folder holds its own copy of every adapter state
-        last = folder / CHECKPOINTS_DIR / f"epoch-{max(manifest['checkpoints'])}"
-        spec = replace(spec, model=replace(spec.model, adapter=str(last), checkpoints=()))
+    spec = reload_spec(folder, manifest)
     if device is not None:
         spec = replace(spec, device=device)
     splitting = [ScoringMethod(m, spec.scoring.method_params(m)) for m in names if method_info(m).tokens]
@@ -180,7 +175,7 @@ def _token_features(req: TokenRequest, lm, data, cache, step):
     now = None
     for c in plan.checkpoints([req.checkpoint]):
         step(f"gradients at checkpoint {c}")
-        set_lora_state(lm.model, load_file(str(folder / CHECKPOINTS_DIR / f"epoch-{c}" / "adapter_model.safetensors")))
+        set_lora_state(lm.model, checkpoint_state(folder, c))
         lm.model.eval()
         ensure_features(cache, c, lm.model, data.train, data.test, settings, plan, dist, c == req.checkpoint)
         now = load_checkpoint(cache, c, weights[c], req.n_train, req.n_test, settings, plan, dist, lru,

@@ -46,6 +46,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SCORES_DIR = "scores"
 CHECKPOINTS_DIR = "checkpoints"
+INDEX_DIR = "index"  # the query index (engine.scoring.query_index), when the run keeps one
+INDEX_FILE = "index.json"
 
 # type name -> (Arrow type, SQL type)
 TYPES: dict[str, tuple[pa.DataType, str]] = {
@@ -147,9 +149,12 @@ _ANALYSIS = [
                           "ba_norm_mean": _F, "ba_norm_std": _F, "merged_norm_mean": _F, "merged_norm_std": _F,
                           "mean_dloss": _F, "mean_abs_dloss": _F, "kl_mean": _F, "behaviour_rate": _F,
                           "behaviour_change": _F, "gen_acc": _F, "identical": _B, "within_noise": _B,
-                          "cached": _B, "time_s": _F},
-       ("group_id",), "one retraining: a group removed, a noise-floor reseed, an LDS subset or a counterfactual",
-       optional=("seed", "merged_norm_mean", "merged_norm_std", "within_noise", "cached"), by="retrain", order=("kind", "group_id")),
+                          "cached": _B, "time_s": _F, "steps": _I, "seed_abs_dloss": _F, "seed_spread": _F,
+                          "seed_rho": _F},
+       ("group_id",), "one retraining: a group removed, a noise-floor reseed, an LDS subset, a counterfactual, the "
+       "nothing-removed check or a removal repeated at a second seed (with its effect there)",
+       optional=("seed", "merged_norm_mean", "merged_norm_std", "within_noise", "cached", "steps", "seed_abs_dloss",
+                 "seed_spread", "seed_rho"), by="retrain", order=("kind", "group_id")),
     _t("retrain_modules", {"group_id": _S, "module": _S, "delta_norm": _F, "ba_norm": _F, "merged_norm": _F},
        ("group_id", "module"), "per-module parameter change of a retraining", optional=("merged_norm",), by="retrain"),
     _t("retrain_tests", {"group_id": _S, "test_id": _I, "dloss": _F, "kl": _F, "noise_floor": _F,
@@ -158,16 +163,32 @@ _ANALYSIS = [
        optional=("noise_floor", "within_noise"), by="retrain"),
     _t("retrain_predictions", {"group_id": _S, "method": _S, "test_id": _I, "predicted": _F},
        ("method", "group_id", "test_id"), "each method's predicted loss change of a retraining", by="retrain"),
-    _t("retrain_methods", {"method": _S, "kind": _S, "spearman": _F, "n_pairs": _I, "n_groups": _I},
-       ("method", "kind"), "Spearman of predicted vs actual loss change per method and group kind (run folders "
-       "before the per-kind split read NULL)", nullable_keys=("kind",), optional=("kind", "spearman", "n_groups"), by="retrain"),
+    _t("retrain_methods", {"method": _S, "kind": _S, "spearman": _F, "n_pairs": _I, "n_groups": _I,
+                           "centred": _F, "per_test": _F, "control": _F, "control_centred": _F,
+                           "control_per_test": _F, "n_tests": _I},
+       ("method", "kind"), "Spearman of predicted vs actual loss change per method and group kind: pooled, centred "
+       "per test prompt and per test prompt, each beside the row-mean control (run folders before the per-kind "
+       "split read NULL)", nullable_keys=("kind",),
+       optional=("kind", "spearman", "n_groups", "centred", "per_test", "control", "control_centred",
+                 "control_per_test", "n_tests"), by="retrain"),
     _t("retrain_lds", {"method": _S, "lds": _F, "lds_lo": _F, "lds_hi": _F, "n_subsets": _I, "alpha": _F,
                        "n_test": _I, "n_boot": _I},
        ("method",), "linear datamodeling score over M random alpha-subsets, with its 95 % bootstrap interval", by="retrain"),
     _t("retrain_counterfactual", {"method": _S, "test_id": _I, "group_id": _S, "k": _I, "dloss": _F,
                                   "random_mean": _F, "random_min": _F, "random_max": _F, "n_random": _I,
-                                  "noise_floor": _F, "beats_random": _B, "within_noise": _B},
-       ("method", "test_id"), "removing a method's top-k for a test prompt vs removing k random samples", by="retrain"),
+                                  "noise_floor": _F, "beats_random": _B, "within_noise": _B, "rank": _I,
+                                  "binom_p": _F},
+       ("method", "test_id"), "removing a method's top-k for a test prompt vs removing k random samples: its rank "
+       "among the random draws and the binomial p over the method's prompts", optional=("rank", "binom_p"),
+       by="retrain"),
+    _t("stability", {"method": _S, "perturbation": _S, "should_matter": _B, "source": _S, "n_train": _I,
+                     "n_test": _I, "k": _I, "overlap": _F, "spearman": _F, "note": _S},
+       ("method", "perturbation"), "how far a method's ranking moves when one setting changes: mean top-k overlap "
+       "and mean Spearman over the test prompts (engine.analysis.stability)", by="stability"),
+    _t("stability_methods", {"method": _S, "stability": _F, "spearman": _F, "n_perturbations": _I, "worst": _S,
+                             "worst_overlap": _F, "reference_overlap": _F},
+       ("method",), "a method's stability: its mean top-k overlap over the perturbations that should not matter "
+       "(1 for a model-free baseline: no setting reaches its scores)", by="stability"),
 ]
 
 TABLES: dict[str, Table] = {t.name: t for t in _CORE + [
@@ -197,13 +218,16 @@ MANIFEST_FIELDS: dict[str, str] = {
     "feature_plan": "the features the chosen methods and analyses read (engine.features.plan.FeaturePlan)",
     "n_train": "training samples",
     "n_test": "test samples",
-    "labels": "distinct labels",
-    "k_default": "the paper's k = floor(n_train / n_labels)",
+    "labels": "distinct labels ([] for an unlabelled dataset: the label metrics are then NULL)",
+    "k_default": "the paper's k = floor(n_train / n_labels); without labels min(10, n_train)",
     "device": "torch device the run used",
     "timings": "seconds per stage",
     "warnings": "one line per method or stage that warned",
     "analyses": "analysis stages that ran",
     "checks_failed": "number of failed numerical self-checks (absent when the checks did not run)",
+    "fingerprint": "the settings that decide whether two attribution results are comparable "
+                   "(engine.pipeline.fingerprint): loss positions, precision, attention kernel, damping per method, "
+                   "projection dimension and seed, query aggregation",
 }
 
 
@@ -315,3 +339,12 @@ def list_complete_runs(runs_dir: Path) -> list[Path]:
     if not runs_dir.is_dir():
         return []
     return sorted(p for p in runs_dir.iterdir() if p.is_dir() and is_complete(p))
+
+
+def index_info(folder: Path) -> dict | None:
+    """What a run's query index holds (its ``index/index.json``: checkpoints, methods, size), or None without one."""
+    try:
+        info = json.loads((Path(folder) / INDEX_DIR / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None

@@ -60,12 +60,17 @@ class ModelSpec:
     checkpoints: the adapter's intermediate checkpoints, in training order: adapter folders, or parent folders
         whose ``checkpoint-<step>`` subfolders (HF Trainer's layout) are taken in step order. TracIn and the
         convergence analysis use them. Only with ``adapter``.
+    load_in: "none" (the base in the run's dtype), or "4bit" / "8bit": the base quantized through bitsandbytes as
+        QLoRA trains it (bf16 compute, LoRA matrices and their gradients in float32); CUDA only
+        (``engine.model.base.load_base``).
     """
 
     name: str = field(default="tiny", metadata=rule(suggest=BUILTIN_MODELS))
     trust_remote_code: bool = False
     adapter: str | None = None
     checkpoints: tuple[str, ...] = ()
+    load_in: str = field(default="none", metadata=rule(choices=("none", "4bit", "8bit"), help=(
+        "quantize the base model with bitsandbytes (QLoRA): 4bit or 8bit; needs CUDA and the bitsandbytes package")))
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,10 @@ class TrainSpec:
         own chat template (user turn = prompt, assistant turn = response).
     preprocessing: "clean" (EOS after the response, padding carries no loss) or "paper" (the authors' code: no EOS,
         every sample left-padded to max_length with EOS, pads kept in the loss; needs loss_on "sequence").
+    pad_attention: how a position that sees no key (the leading pads of "paper") attends: "none" (no attention,
+        as transformers 5.x does: its loss term carries no gradient) or "legacy_unmask" (every position, as
+        transformers 4.46 with sdpa on CUDA did for the authors: their pad terms carried most of the gradient);
+        used for fine-tuning, gradients and representations (engine.data.encoding).
     max_grad_norm: clip the gradient norm at this value before each step (0 = off; HF Trainer's default is 1.0).
     seed: LoRA initialisation, data order and dropout masks.
     """
@@ -98,6 +107,9 @@ class TrainSpec:
     loss_on: str = field(default="response", metadata=rule(choices=("response", "sequence")))
     template: str = "[INST] {prompt} [/INST] {response}"
     preprocessing: str = field(default="clean", metadata=rule(choices=("clean", "paper")))
+    pad_attention: str = field(default="none", metadata=rule(choices=("none", "legacy_unmask"), help=(
+        "how the leading pads of 'paper' attend: none (transformers 5.x) or legacy_unmask (transformers 4.46 on "
+        "CUDA, the authors' stack: they attend to every position)")))
     max_grad_norm: float = field(default=0.0, metadata=rule(minimum=0))
     seed: int = 0
 
@@ -131,6 +143,9 @@ class ScoringSpec:
     feature_memory_mb: int = field(default=256, metadata=rule(positive=True))
     # s(z_i, z_i) of every training sample (engine.scoring.self_influence) for the methods where it means something
     self_influence: bool = True
+    # keep a query index beside the run (engine.query.index): the last checkpoint's training features and each
+    # method's training-side statistics, so new prompts and candidate texts can be attributed later
+    query_index: bool = False
 
     def method_params(self, name: str):
         """The parameter object of method ``name`` in this run (``engine.catalog.methods.resolve_params``)."""
@@ -161,9 +176,14 @@ class AnalysisSpec:
         ``retrain_workers``: parallel processes on CPU (0 = automatic; always 1 on CUDA). ``retrain_bank``: where
         retrained adapters are kept for reuse ("" = ``retrain-bank`` next to the runs folder, or
         ``$INFLUENCE_RETRAIN_BANK``; "off" = keep nothing).
+    stability: how far each method's ranking moves when a setting that should not matter changes
+        (engine.analysis.stability); on by default (the default ``stages``), skipped (with a warning) above
+        ``stability_max_train`` training samples; the settings that need a new gradient pass are measured on the
+        first ``stability_train`` training and ``stability_test`` test samples.
     """
 
-    stages: tuple[str, ...] = field(default=(), metadata=rule(choices=ANALYSES, noun="analysis", unique=True))
+    stages: tuple[str, ...] = field(default=("stability",), metadata=rule(choices=ANALYSES, noun="analysis",
+                                                                          unique=True))
     ihvp_lambda_c: tuple[float, ...] = field(default=(0.1, 1.0, 10.0, 100.0), metadata=rule(positive=True))
     ihvp_iterations: tuple[int, ...] = field(default=(1, 3, 10, 30, 100, 300, 1000, 3000),
                                              metadata=rule(minimum=0))
@@ -181,6 +201,12 @@ class AnalysisSpec:
     cf_methods: tuple[str, ...] = field(default=(), metadata=rule(choices=METHOD_NAMES, noun="method"))
     retrain_workers: int = field(default=0, metadata=rule(minimum=0))
     retrain_bank: str = ""
+    stability_train: int = field(default=200, metadata=rule(positive=True, help=(
+        "training samples of the stability check's new gradient passes (precision, attention, loss positions, "
+        "projection seed)")))
+    stability_test: int = field(default=50, metadata=rule(positive=True))
+    stability_max_train: int = field(default=5000, metadata=rule(positive=True, help=(
+        "the stability check runs on runs up to this many training samples")))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@
     behaviour       GROUP_COLUMNS, behaviour_scores, group_influence
     self_influence  self_influence_sets, self_influence
     checks          checks, check_status
+    asks            save_query, saved_queries, saved_query, answer_samples, copy_saved_queries: the Ask page's
+                    saved queries (the one module that writes; kept, not rebuilt, by a rebuild)
     common          what they share: running SQL, checking names and arguments, score files read in place, the
                     ranking CTEs
 

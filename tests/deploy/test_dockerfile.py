@@ -120,7 +120,7 @@ def test_compose_config_is_valid():
 
 def test_compose_services_share_the_data_volume():
     svc = _compose_model("--profile", "gpu")["services"]
-    assert set(svc) == {"app", "worker", "worker-gpu"}
+    assert set(svc) == {"app", "worker", "worker-gpu", "query"}
     for name in svc:
         mounts = [(v["type"], v["source"], v["target"]) for v in svc[name]["volumes"]]
         assert mounts == [("volume", "data", "/data")], name
@@ -131,10 +131,14 @@ def test_compose_services_share_the_data_volume():
         assert svc[name]["healthcheck"]["disable"] is True
     assert svc["worker"]["build"]["args"]["VARIANT"] == "cpu"
     assert svc["worker-gpu"]["build"]["args"]["VARIANT"] == "cuda"
+    # the query server listens on the compose network and tells the app (through /data) to reach it by name
+    query = svc["query"]["command"]
+    assert query[:4] == ["python", "-m", "engine", "serve-query"] and "--advertise" in query
+    assert query[query.index("--advertise") + 1] == "query" and "ports" not in svc["query"]
 
 
 def test_compose_gpu_reservation_only_in_the_gpu_profile():
-    assert set(_compose_model()["services"]) == {"app", "worker"}
+    assert set(_compose_model()["services"]) == {"app", "worker", "query"}
     gpu = _compose_model("--profile", "gpu")["services"]["worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
     (dev,) = gpu["deploy"]["resources"]["reservations"]["devices"]

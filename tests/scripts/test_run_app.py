@@ -37,18 +37,21 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def _started(proc, tmp_path) -> tuple[int, int]:
-    """Wait for the launcher's start line and the worker's heartbeat file; return (app pid, worker pid)."""
+def _started(proc, tmp_path) -> tuple[int, int, int]:
+    """Wait for the launcher's start line and the worker's heartbeat file; return the pids of the app, the worker
+    and the query server."""
     line = proc.stdout.readline()
     m = re.search(r"\(pid (\d+),.*worker pid (\d+)", line)
     assert m, line
     app_pid, worker_pid = int(m.group(1)), int(m.group(2))
+    q = re.search(r"query server pid (\d+)", line)
+    assert q, line
     end = time.time() + 60
     while not [w for w in workers.alive(tmp_path / "jobs") if w["pid"] == worker_pid]:
         assert time.time() < end, "the worker never registered"
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.2)
-    return app_pid, worker_pid
+    return app_pid, worker_pid, int(q.group(1))
 
 
 def test_a_taken_port_is_refused_with_a_plain_message_and_nothing_starts(tmp_path):
@@ -66,7 +69,7 @@ def test_sigterm_stops_the_app_and_the_worker(tmp_path):
     port = _free_port()
     proc = _launch(tmp_path, port)
     try:
-        app_pid, worker_pid = _started(proc, tmp_path)
+        app_pid, worker_pid, query_pid = _started(proc, tmp_path)
         end = time.time() + 60
         while True:  # the app answers on the port
             try:
@@ -80,7 +83,7 @@ def test_sigterm_stops_the_app_and_the_worker(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 0, out
-    assert _gone(app_pid) and _gone(worker_pid)
+    assert _gone(app_pid) and _gone(worker_pid) and _gone(query_pid)
     assert workers.alive(tmp_path / "jobs") == []
     assert "jobs in" in (tmp_path / "worker.log").read_text()  # the worker's own log, next to the store
 
@@ -88,10 +91,10 @@ def test_sigterm_stops_the_app_and_the_worker(tmp_path):
 def test_when_the_app_dies_the_worker_is_stopped_too(tmp_path):
     proc = _launch(tmp_path, _free_port())
     try:
-        app_pid, worker_pid = _started(proc, tmp_path)
+        app_pid, worker_pid, query_pid = _started(proc, tmp_path)
         os.kill(app_pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode != 0 and "the app exited" in out, out
-    assert _gone(worker_pid) and workers.alive(tmp_path / "jobs") == []
+    assert _gone(worker_pid) and _gone(query_pid) and workers.alive(tmp_path / "jobs") == []

@@ -162,8 +162,18 @@ def block_damping(train: TrainData, l: int, dt, dev, lambda_c: float) -> torch.T
     """DataInf's damping of block l over every training sample: ``sum_i ||g_il||^2 / (n d_l lambda_c)``."""
     if not lambda_c > 0:
         raise InputError(f"method parameter 'lambda_c' must be > 0, got {lambda_c!r}")
-    total = block_sums(train, l, dt, dev, lambda g: sq_norms(g).sum())
-    return total / (train.n * train.widths[l] * lambda_c)
+    return memo_sums(train, ("sq_norm_sum", l, dt, dev), lambda: block_sums(
+        train, l, dt, dev, lambda g: sq_norms(g).sum())) / (train.n * train.widths[l] * lambda_c)
+
+
+def memo_sums(train: TrainData, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A statistic of the training side (``make()``, a pass over its shards), kept in ``train.memo[key]``: the
+    methods of one call share it, and a query session (``engine.query``) pays for it once, not per query. Keys
+    start with the statistic's name, then (block, dtype, device); :mod:`engine.scoring.query_index` saves them
+    with the run's query index."""
+    if key not in train.memo:
+        train.memo[key] = make()
+    return train.memo[key]
 
 
 GRAM_MEMO_BYTES = 256 << 20  # Gram factors kept for the next method of the same call while under this total

@@ -37,7 +37,7 @@ import torch
 from engine.errors import InputError
 from engine.features.types import Features, TrainData
 
-from ._common import block_damping, block_sums, check_grads, compute, damping, sq_norms
+from ._common import block_damping, block_sums, check_grads, compute, damping, memo_sums, sq_norms
 
 _EIGEN: WeakKeyDictionary = WeakKeyDictionary()  # KroneckerFactors -> {block: (s, Q_S, a, Q_A)}
 
@@ -122,8 +122,9 @@ def kronecker_queries(corrected: bool, name: str):
             V = v.to(device=dev, dtype=dt)
             s, QS, a, QA = (t.to(device=dev, dtype=dt) for t in eigenbasis(factors, l))
             if corrected:
-                sums = block_sums(train, l, dt, dev, lambda G: torch.cat(
-                    [sq_norms(G).sum()[None], rotate(G, QS, QA).square().sum(0).ravel()]))
+                sums = memo_sums(train, ("ekfac_sums", l, dt, dev), lambda: block_sums(
+                    train, l, dt, dev, lambda G: torch.cat(
+                        [sq_norms(G).sum()[None], rotate(G, QS, QA).square().sum(0).ravel()])))
                 lam = sums[0] / (train.n * train.widths[l] * p.lambda_c)
                 eig = (sums[1:] / train.n).reshape(QS.shape[0], QA.shape[0])
             else:

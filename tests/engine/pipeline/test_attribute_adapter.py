@@ -127,3 +127,22 @@ def test_an_intermediate_checkpoint_is_scored_with_its_own_weights(attributed, f
     G, V = _reference_grads(base, out, dataset, checkpoint_dir=out / "checkpoint-5")
     want = sum(V[n] @ G[n].T for n in G).numpy()
     np.testing.assert_allclose(_scores(attributed, "gradsim", 1), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_users_adapter_run_answers_new_queries_from_its_own_copy_of_the_states(attributed, tmp_path):
+    """``engine index`` on an attributed run, then a test prompt asked again: its stored scores, with the adapter
+    read from the run folder's copy (the user's folder is not needed once the run exists)."""
+    import shutil
+
+    from engine.query.build import build_index
+    from engine.query.session import QuerySession
+
+    folder = tmp_path / "runs" / attributed.name
+    shutil.copytree(attributed, folder)
+    body = build_index(folder, progress=False)
+    assert set(body["prompt_methods"]) == set(METHODS.split(","))
+    test = pq.read_table(folder / "samples.parquet").to_pandas().query("split == 'test'").sort_values("sample_id")
+    a = QuerySession(folder).ask(test.prompt.iloc[1], test.response.iloc[1], methods=["gradsim", "tracin"])
+    for m in ("gradsim", "tracin"):
+        ref = _scores(attributed, m, 3)[1]
+        assert np.max(np.abs(a.scores[m] - ref)) <= 1e-4 * np.max(np.abs(ref)), m

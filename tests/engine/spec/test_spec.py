@@ -20,6 +20,8 @@ def test_defaults_and_presets_validate():
     assert PRESETS["quick"].train.epochs < paper.train.epochs
     # the authors' exact setup: their preprocessing, HF Trainer's clipping; the LDS as in the literature
     assert paper.train.preprocessing == "paper" and paper.train.max_grad_norm == 1.0
+    # and the attention their transformers 4.46 gave the left pads on CUDA; elsewhere transformers 5.x's
+    assert paper.train.pad_attention == "legacy_unmask" and spec.train.pad_attention == "none"
     assert (paper.analysis.lds_subsets, paper.analysis.lds_fraction) == (50, 0.5)
     assert spec.train.preprocessing == "clean" and PRESETS["quick"].train.preprocessing == "clean"
 

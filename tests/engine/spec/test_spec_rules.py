@@ -64,13 +64,15 @@ def test_the_rule_bearing_fields():
     assert enforced == {
         "task.n_train_per_label", "task.n_test_per_label", "lora.r", "lora.alpha", "lora.dropout",
         "lora.target_modules", "train.epochs", "train.batch_size", "train.lr", "train.max_length", "train.loss_on",
-        "train.preprocessing", "train.max_grad_norm", "scoring.methods", "scoring.checkpoints", "scoring.lambda_c",
+        "train.preprocessing", "train.pad_attention", "train.max_grad_norm", "scoring.methods", "scoring.checkpoints", "scoring.lambda_c",
         "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim", "scoring.proj_seed",
         "scoring.feature_cache", "scoring.feature_memory_mb", "analysis.stages", "analysis.ihvp_lambda_c",
         "analysis.ihvp_iterations", "analysis.ihvp_entries", "analysis.generate_tokens", "analysis.retrain_single",
         "analysis.retrain_labels", "analysis.retrain_fraction", "analysis.retrain_seeds", "analysis.noise_seeds",
         "analysis.lds_subsets", "analysis.lds_fraction", "analysis.cf_prompts", "analysis.cf_methods",
-        "analysis.retrain_workers", "checks.samples", "checks.rows", "checks.columns", "device", "dtype"}
+        "analysis.retrain_workers", "analysis.stability_train", "analysis.stability_test",
+        "analysis.stability_max_train", "checks.samples", "checks.rows", "checks.columns", "device", "dtype",
+        "model.load_in"}
     # suggestions only: any other value is allowed
     assert set(RULES) - enforced == {"model.name"}
 
@@ -138,10 +140,11 @@ def test_the_device_choice_is_declared_on_the_field():
 
 
 def test_spec_hashes_did_not_change():
-    """The hashes the specs had before their rules became field metadata (run folders are named by them)."""
+    """The specs' hashes (run folders are named by them): rules as field metadata left them as they were; a new field
+    changes them all, on purpose (CONTRIBUTING, "Add a spec field")."""
     assert {n: s.spec_hash[:16] for n, s in PRESETS.items()} == {
-        "paper": "4b89b2e3c48fa48c", "quick": "ff696b6493b113c6"}
-    assert RunSpec().spec_hash[:16] == "8aa67b10eb390223"
+        "paper": "bee21b20f1800bbe", "quick": "5bf3556ca723838e"}
+    assert RunSpec().spec_hash[:16] == "dfc3195ef33674e3"
     assert {(m, t): demo_spec(m, t).spec_hash[:16] for m in ("tiny", "smollm2-135m") for t in DEMO_TASKS} == {
-        ("tiny", "grammars"): "ff696b6493b113c6", ("tiny", "harmful_s"): "a2aa8bc3a554f952",
-        ("smollm2-135m", "grammars"): "30830d54f121cb9a", ("smollm2-135m", "harmful_s"): "2870ce8d234c0604"}
+        ("tiny", "grammars"): "a69e635693d0a5c8", ("tiny", "harmful_s"): "978358913803b743",
+        ("smollm2-135m", "grammars"): "5227c2e0915d7b8c", ("smollm2-135m", "harmful_s"): "813ddd2a99b74a09"}
