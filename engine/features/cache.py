@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from engine.features.projection import ProjectedGrads
 from engine.features.types import Features
 from engine.model.finetune import library_versions
 from engine.model.states import AdapterStates
+from engine.runfolder.runformat import pid_alive
 
 FORMAT = 1
 
@@ -76,6 +78,20 @@ def covers(have: dict, need: dict) -> bool:
         set(need["proj"]) <= set(have.get("proj", []))
 
 
+LEASES = "leases"  # one empty file per process using a cache folder: <host>-<pid>
+
+
+def _lease_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _held(name: str) -> bool:
+    host, _, pid = name.rpartition("-")
+    if host != socket.gethostname():
+        return True
+    return pid.isdigit() and pid_alive(int(pid))
+
+
 @dataclass
 class FeatureCache:
     """One cache folder (``root/key``); methods to write and read shard files."""
@@ -103,8 +119,33 @@ class FeatureCache:
         header = read_header(path)
         return header is not None and covers(header["contents"], need)
 
+    # ---- who is using it: two runs with the same features (two workers, one spec under two names) share one
+    # folder, and the first to finish must not delete it while the other still reads it (its query index links it)
+    def lease(self) -> None:
+        """Mark the folder as in use by this process until :meth:`release`."""
+        (self.folder / LEASES).mkdir(parents=True, exist_ok=True)
+        (self.folder / LEASES / _lease_name()).write_text("")
+
+    def release(self) -> None:
+        """Drop this process's lease (if any)."""
+        (self.folder / LEASES / _lease_name()).unlink(missing_ok=True)
+        try:
+            (self.folder / LEASES).rmdir()
+        except OSError:  # other leases, or none was ever taken
+            pass
+
+    def in_use(self) -> bool:
+        """Whether another live process holds a lease: one of this machine whose pid is alive, or any of another
+        machine (which cannot be checked from here; the folder then stays, which costs disk, not results)."""
+        folder = self.folder / LEASES
+        return folder.is_dir() and any(_held(p.name) for p in folder.iterdir() if p.name != _lease_name())
+
     def remove(self) -> None:
-        """Delete this key's folder (and the cache root when nothing else is left in it)."""
+        """Delete this key's folder (and the cache root when nothing else is left in it), unless another process
+        still uses it (:meth:`in_use`): then the last of them deletes it."""
+        self.release()
+        if self.in_use():
+            return
         shutil.rmtree(self.folder, ignore_errors=True)
         try:
             self.folder.parent.rmdir()

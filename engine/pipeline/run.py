@@ -96,16 +96,22 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
     t0 = time.perf_counter()
     run = _prepare(spec, Path(runs_dir), progress, dist or Dist())
     owner = run.dist.broadcast_int(os.getpid())  # rank 0 owns the run folder; the others write into it
-    with open_run(runs_dir, spec.run_name, owner_pid=owner) as writer:
-        states = _adapter_stage(run, writer)
-        scored = _score_checkpoints(run, writer, states)
-        self_rows = _self_influence(run, scored)
-        _spread_retrainings(run, writer, states, scored)
-        if not run.dist.main:
-            run.dist.barrier()  # rank 0 commits
-            return None
-        folder = _finish(run, writer, states, scored, self_rows, t0)
-    run.dist.barrier()
+    if run.dist.main:  # another run with the same features must not delete the cache under this one
+        run.cache.lease()
+    try:
+        with open_run(runs_dir, spec.run_name, owner_pid=owner) as writer:
+            states = _adapter_stage(run, writer)
+            scored = _score_checkpoints(run, writer, states)
+            self_rows = _self_influence(run, scored)
+            _spread_retrainings(run, writer, states, scored)
+            if not run.dist.main:
+                run.dist.barrier()  # rank 0 commits
+                return None
+            folder = _finish(run, writer, states, scored, self_rows, t0)
+        run.dist.barrier()
+    finally:
+        if run.dist.main:
+            run.cache.release()
     if spec.scoring.feature_cache == "delete":
         run.cache.remove()
     return folder
