@@ -237,11 +237,13 @@ def legacy_unmask_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy per sample over its loss tokens: [B, T, V], [B, T] → [B] (float32).
+    """Mean next-token cross-entropy per sample over its loss tokens: [B, T, V], [B, T] → [B] (float32; float64
+    for float64 logits, which the metagradient's finite-difference tests need).
 
     A sample with no loss token (truncated away) gets 0, not NaN.
     """
-    shift_logits = logits[:, :-1].float()
+    shift_logits = logits[:, :-1]
+    shift_logits = shift_logits if shift_logits.dtype == torch.float64 else shift_logits.float()
     shift_labels = labels[:, 1:]
     tok = torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),

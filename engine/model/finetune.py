@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -94,12 +94,37 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n)]
 
 
+def step_schedule(seed: int, epochs: int, n: int, batch_size: int) -> list[tuple[int, list[int]]]:
+    """Every optimizer step of a fine-tune in order: (epoch (1-based), the sample ids of its batch). Epoch e's
+    batches are consecutive slices of :func:`epoch_order`; the last batch of an epoch may be short."""
+    out = []
+    for epoch in range(1, epochs + 1):
+        order = epoch_order(seed, epoch, n)
+        out += [(epoch, order[start:start + batch_size]) for start in range(0, n, batch_size)]
+    return out
+
+
+def batch_terms(model, train_set: list[Encoded], chunk: Sequence[int], pad_id: int, device: torch.device, rows,
+                seed: int, epoch: int) -> torch.Tensor:
+    """The per-sample losses [B] of the training batch ``chunk`` (ids into ``train_set``) as a fine-tuning step
+    computes them: the batch's dropout row keys set (``rows`` from :func:`per_sample_dropout`, None without
+    dropout), the model's forward in its current mode. The one home of a training step's forward, shared by
+    :func:`finetune` and the replay (engine.model.replay), so that both compute the same function."""
+    if rows is not None:
+        rows.keys = row_keys(seed, epoch, chunk).to(device)
+    batch = collate([train_set[i] for i in chunk], pad_id)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention"])
+    return per_sample_loss(out.logits, batch["labels"])
+
+
 def check_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor | None:
-    """The per-sample loss weights as a float32 tensor [n] (None stays None: every weight 1); ValueError unless
-    there is one finite, non-negative weight per training sample."""
+    """The per-sample loss weights as a float64 tensor [n] (None stays None: every weight 1; a step casts them to
+    its loss's dtype, where 0 and 1 are exact and a finite-difference weight 1 ± eps keeps its digits in float64);
+    ValueError unless there is one finite, non-negative weight per training sample."""
     if weights is None:
         return None
-    w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
     if w.shape != (n,):
         raise ValueError(f"{tuple(w.shape)} sample weights for {n} training samples (one per sample)")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
@@ -109,12 +134,15 @@ def check_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor | Non
 
 def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, device: torch.device,
              progress: bool = True, *, weights: Sequence[float] | None = None,
-             seed: int | None = None) -> TrainResult:
+             seed: int | None = None, on_step: Callable | None = None) -> TrainResult:
     """Train the LoRA parameters of a peft ``model`` in place; return per-epoch states and step losses.
 
     weights: one loss weight per sample of ``train_set`` [n] (default all 1; 0 = removed, see the module
     docstring); the step count and schedule never depend on them. seed: data-order and dropout seed (default
     ``cfg.seed``). Each step's loss is ``(1/|batch|) sum_i w_i L(z_i)``; ``losses`` records that value.
+    on_step(step, epoch, chunk, params, opt): called at every step (1-based) after the gradient (clipped) is in
+    ``params[k].grad`` and before ``opt.step()`` moves the weights: the state the step starts from (the replay of
+    engine.model.replay records it there).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -122,41 +150,34 @@ def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, devic
     seed = cfg.seed if seed is None else int(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(train_set) // cfg.batch_size)
-    sched = get_linear_schedule_with_warmup(opt, 0, steps_per_epoch * cfg.epochs)
+    schedule = step_schedule(seed, cfg.epochs, len(train_set), cfg.batch_size)
+    sched = get_linear_schedule_with_warmup(opt, 0, len(schedule))
     result = TrainResult(initial=lora_state(model))
-    step = 0
-    bar = tqdm(total=steps_per_epoch * cfg.epochs, desc="fine-tune", disable=not progress, unit="step")
+    bar = tqdm(total=len(schedule), desc="fine-tune", disable=not progress, unit="step")
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), per_sample_dropout(model) as rows:
         torch.manual_seed(seed)  # any other dropout in the base model: deterministic per run
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            order = epoch_order(seed, epoch, len(train_set))
-            for start in range(0, len(order), cfg.batch_size):
-                chunk = order[start:start + cfg.batch_size]
-                if rows is not None:
-                    rows.keys = row_keys(seed, epoch, chunk).to(device)
-                batch = collate([train_set[i] for i in chunk], pad_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention"])
-                terms = per_sample_loss(out.logits, batch["labels"])
-                if w_all is not None:
-                    terms = terms * w_all[chunk].to(terms.device)
-                loss = terms.mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                result.lrs.append(sched.get_last_lr()[0])
-                opt.step()
-                sched.step()
-                step += 1
-                value = loss.item()
-                result.losses.append((epoch, step, value))
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")
-            result.epochs.append(lora_state(model))
+        model.train()
+        for step, (epoch, chunk) in enumerate(schedule, start=1):
+            terms = batch_terms(model, train_set, chunk, pad_id, device, rows, seed, epoch)
+            if w_all is not None:
+                terms = terms * w_all[chunk].to(terms.device, terms.dtype)
+            loss = terms.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            result.lrs.append(sched.get_last_lr()[0])
+            if on_step is not None:  # the state the step starts from, before the optimizer moves it
+                on_step(step, epoch, chunk, params, opt)
+            opt.step()
+            sched.step()
+            value = loss.item()
+            result.losses.append((epoch, step, value))
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")
+            if step == len(schedule) or schedule[step][0] != epoch:
+                result.epochs.append(lora_state(model))
     bar.close()
     model.eval()
     return result
