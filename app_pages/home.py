@@ -25,7 +25,7 @@ from ui import demo_job, run_checks
 from ui.auth import current_user, require_login
 from ui.common import esc, get_store
 from ui.labels import NEEDS_LABELS, method_board, without_label_metrics
-from ui.readings import difference_reading, leaderboard_reading, unlabelled_reading
+from ui.readings import decomposition_sentences, difference_reading, leaderboard_reading, unlabelled_reading
 from ui.stability import stability_column, stability_warnings
 
 st.set_page_config(page_title="Influence Explorer", layout="wide")
@@ -202,13 +202,20 @@ def run_reading(con, run: str, board: pd.DataFrame) -> list[str]:
     """The computed sentences on one run's leaderboard at its last checkpoint."""
     info = store.run_info(con, run)
     if not store.run_labelled(con, run):
-        return unlabelled_reading(unlabelled_board(con, run, board))
+        return unlabelled_reading(unlabelled_board(con, run, board)) + decomposition(con, run)
     spec = info.get("spec") or {}
     epochs = (spec.get("train") or {}).get("epochs") if info.get("kind", "pipeline") != "imported" else None
     last = board[board.checkpoint == board.checkpoint.max()]
     out = leaderboard_reading(last, int(info.get("n_test") or 0), model=str(info.get("model") or ""),
                               n_labels=len(info.get("labels") or []) or None, epochs=epochs)
-    return out + noise_readings(con, run, last)
+    return out + noise_readings(con, run, last) + decomposition(con, run)
+
+
+def decomposition(con, run: str) -> list[str]:
+    """The LDS decomposition against metagrad, where the retraining analysis computed it (else nothing)."""
+    if "retrain" not in store.analyses(con, run):
+        return []
+    return decomposition_sentences(store.analysis_table(con, run, "retrain_decomposition"))
 
 
 def noise_readings(con, run: str, last: pd.DataFrame) -> list[str]:

@@ -1,6 +1,7 @@
 """Retraining: parameter change vs output change when training samples are removed, next to the noise floor of
 retraining itself, and how well each method predicts what removal does (LDS with its interval, per-kind Spearman,
-the counterfactual check) (analysis stage ``retrain``).
+the counterfactual check), and how good attribution can be on the run: every method's LDS beside exact
+metagradients on the prompts that have them (analysis stage ``retrain``).
 
 State in the URL: ``run``, ``output`` (the output-change measure), ``method``. No torch, no SQL.
 """
@@ -13,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import store
+from engine.catalog.analyses import DECOMPOSITION_PARTS, METAGRAD, METAGRAD_DESCRIPTION
 from ui.analysis_pages import analysis_page, pick_choice
 from ui.auth import require_login
 from ui.common import chart_text, export_buttons
@@ -20,6 +22,7 @@ from ui.readings import (
     GEN_ACC_RULE,
     KIND_NAMES,
     counterfactual_reading,
+    decomposition_sentences,
     fmt,
     identity_reading,
     kind_figure,
@@ -165,6 +168,32 @@ def _long_cf(d: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([top, rnd])[["method", "prompt", "test_id", "removed", "Δ loss", "err_plus", "err_minus"]]
 
 
+def show_decomposition(con, run: str) -> None:
+    """How good attribution can be on this run: every method's LDS beside metagrad's on the prompts that have it,
+    with what each score assumes, and the gap split into curvature and convergence (``retrain_decomposition``)."""
+    st.subheader("How good can attribution be here?")
+    dec = store.analysis_table(con, run, "retrain_decomposition")
+    if dec.empty:
+        st.info(f"No exact metagradients in this run: set `analysis.metagrad_prompts` (the {METAGRAD} reference "
+                "replays the fine-tuning run and differentiates each prompt's loss with respect to every training "
+                "sample's weight; runs the engine fine-tuned only).")
+        return
+    for sentence in decomposition_sentences(dec):
+        st.markdown(f"- {sentence}")
+    mg = store.analysis_table(con, run, "retrain_metagrad")
+    prompts = sorted(int(j) for j in mg.test_id.unique())
+    st.caption(f"Prompts with {METAGRAD} (test ids): {', '.join(map(str, prompts))}. Other prompts have no "
+               f"{METAGRAD} row in any table. {METAGRAD_DESCRIPTION.capitalize()}.")
+    table = dec[["method", "part", "lds", "lds_lo", "lds_hi", "n_test"]].copy()
+    order = {m: i for i, m in enumerate(DECOMPOSITION_PARTS)}
+    table = table.sort_values("method", key=lambda c: c.map(lambda m: order.get(m, len(order)))).rename(
+        columns={"part": "what the score assumes", "lds_lo": "95 % from", "lds_hi": "to",
+                 "n_test": "prompts with a defined LDS"})
+    st.dataframe(table, hide_index=True, width="stretch", key="decomposition_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("lds", "95 % from", "to")})
+    export_buttons(table, f"{run}_decomposition", "download_decomposition", "Decomposition")
+
+
 def show(con, run: str) -> None:
     groups = store.analysis_table(con, run, "retrain_groups")
     methods = store.analysis_table(con, run, "retrain_methods")
@@ -213,6 +242,8 @@ def show(con, run: str) -> None:
                 "with: `analysis.retrain_seeds: 0`).")
     else:
         counterfactual_chart(cf)
+
+    show_decomposition(con, run)
 
     names = sorted(methods.method.unique().tolist())
     points = store.retrain_points(con, run)

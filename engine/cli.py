@@ -75,6 +75,9 @@ def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
             raise InputError(f"run {run!r} is not in the store {_store_path(args)}")
         labelled = store.run_labelled(s.con, run)
         stability, perturbations = _stability(s.con, run)
+        retrained = "retrain" in store.analyses(s.con, run)
+        lds = store.analysis_table(s.con, run, "retrain_lds") if retrained else None
+        dec = store.analysis_table(s.con, run, "retrain_decomposition") if retrained else None
     # the check's figure at the run's last checkpoint, on every row; a run without the check has no such column
     # in the text report and ``"stability": null`` in the JSON rows
     df["stability"] = df.method.map(stability) if stability else None
@@ -88,8 +91,13 @@ def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
             row["coverage_ci"] = _pair(r.coverage_lo, r.coverage_hi)
             row["labelled"] = labelled
             row["perturbations"] = perturbations.get(r.method, {})
-        print(json.dumps(rows, indent=1))
-    elif not labelled:  # the label metrics read "needs labels", never NaN
+        print(json.dumps(rows + _lds_fields(rows, lds, dec), indent=1))
+        return
+    if dec is not None and not dec.empty:  # the text report: the decomposition against metagrad, in words
+        from engine.catalog.analyses import decomposition_summary
+
+        print(" ".join(decomposition_summary(dec.to_dict("records"))))
+    if not labelled:  # the label metrics read "needs labels", never NaN
         out = df[cols].astype(object)
         out.loc[:, [c for c in cols if c in LABEL_METRICS]] = "needs labels"
         print(f"run {run}: no labels, so no ground truth (Acc@1, Coverage@k, AUPRC need labels)")
@@ -101,6 +109,34 @@ def _print_report(args, run: str, k: int | None, as_json: bool) -> None:
         out.insert(out.columns.get_loc("coverage") + 1, "coverage_ci95",
                    [_span(a, b) for a, b in zip(df.coverage_lo, df.coverage_hi)])
         print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _lds_fields(rows: list[dict], lds, dec) -> list[dict]:
+    """Sets ``lds``, ``lds_ci`` ([lo, hi]) and ``lds_metagrad_prompts`` (the method's LDS on the prompts that have
+    metagrad, from the decomposition) on every JSON row (null without the retraining analysis or the value), and
+    returns the extra rows: one ``method = "metagrad"`` row per checkpoint of the others (label metrics null, its
+    LDS over its own prompts, ``metagrad_prompts``: how many)."""
+    by = {} if lds is None else {r.method: r for r in lds.itertuples()}
+    on = {} if dec is None else {r.method: r for r in dec.itertuples()}
+    for row in rows:
+        r, d = by.get(row["method"]), on.get(row["method"])
+        row["lds"] = None if r is None or r.lds != r.lds else float(r.lds)
+        row["lds_ci"] = None if r is None else _pair(r.lds_lo, r.lds_hi)
+        row["lds_metagrad_prompts"] = None if d is None or d.lds != d.lds else float(d.lds)
+    from engine.catalog.analyses import METAGRAD
+
+    if METAGRAD not in by:
+        return []
+    r, keys = by[METAGRAD], list(rows[0]) if rows else []
+    n = int(dec.n_prompts.iloc[0]) if dec is not None and not dec.empty else int(r.n_test)
+    out = []
+    for ck in sorted({row.get("checkpoint") for row in rows} or {None})[-1:]:
+        row = {key: None for key in keys}
+        row.update(method=METAGRAD, checkpoint=ck, lds=None if r.lds != r.lds else float(r.lds),
+                   lds_ci=_pair(r.lds_lo, r.lds_hi), lds_metagrad_prompts=None if r.lds != r.lds else float(r.lds),
+                   metagrad_prompts=n, labelled=rows[0].get("labelled") if rows else None, perturbations={})
+        out.append(row)
+    return out
 
 
 def _stability(con, run: str) -> tuple[dict[str, float], dict[str, dict]]:

@@ -61,18 +61,18 @@ def tiny_store(tiny_run, tmp_path_factory):
 
 ANALYSIS_STAGES = {"stages": ["ihvp", "convergence", "retrain", "stability"], "retrain_single": 1, "retrain_labels": 1,
                    "retrain_seeds": 2, "noise_seeds": 2, "lds_subsets": 4, "cf_prompts": 1, "generate_tokens": 4,
-                   "ihvp_iterations": [1, 10, 100]}
+                   "ihvp_iterations": [1, 10, 100], "metagrad_prompts": 3}
 
 
 @pytest.fixture(scope="session")
 def tiny_analysis_run(tmp_path_factory):
-    """The tiny run with the three analysis stages (at most 13 retrainings: 2 noise, 1 single, 1 label, 2 random,
-    up to 3 top-k, 4 LDS subsets) and three methods."""
+    """The tiny run with the three analysis stages (at most 14 retrainings: 2 noise, 1 single, 1 label, 2 random,
+    up to 4 top-k, 4 LDS subsets), four methods and metagrad on 3 prompts."""
     from engine.pipeline.run import run_pipeline
     from engine.spec.load import spec_from_dict
 
     spec = {**TINY_SPEC, "name": "tiny-analyses", "analysis": ANALYSIS_STAGES,
-            "scoring": {**TINY_SPEC["scoring"], "methods": ["gradsim", "datainf", "tracin"]}}
+            "scoring": {**TINY_SPEC["scoring"], "methods": ["gradsim", "datainf", "tracin", "exact"]}}
     return run_pipeline(spec_from_dict(spec), tmp_path_factory.mktemp("analysis-runs"), progress=False)
 
 

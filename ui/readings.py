@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from engine.catalog.analyses import METAGRAD, decomposition_summary
 from engine.catalog.methods import CATALOG
 from engine.evaluation import metrics
 from ui.common import esc
@@ -431,11 +432,21 @@ def lds_reading(lds: pd.DataFrame) -> list[str]:
                       if overlap else ", clear of every other method's interval")
                    + (f". Lowest: **{esc(worst.method)}** with {fmt(worst.lds)} ({fmt(worst.lds_lo)} to "
                       f"{fmt(worst.lds_hi)})." if len(m) > 1 else "."))
+    if METAGRAD in set(m.method):
+        n_mg = int(m[m.method == METAGRAD].n_test.iloc[0])
+        out.append(f"**{METAGRAD}** (exact metagradients through the fine-tuning run) is scored on its {n_mg} "
+                   "prompts only; the decomposition below sets every method beside it on those prompts.")
     if M < LDS_MIN_SUBSETS:
         out.append(f"**Too few subsets for the interval to mean anything:** with M = {M}, each prompt's Spearman is "
                    f"taken over {M} points, so the LDS and its bootstrap interval are rough. Use at least "
                    f"{LDS_MIN_SUBSETS} subsets (`analysis.lds_subsets`; the `paper` preset runs 50).")
     return out
+
+
+def decomposition_sentences(dec: pd.DataFrame) -> list[str]:
+    """The LDS decomposition on the prompts that have metagrad (``retrain_decomposition`` rows), in plain words
+    (engine.catalog.analyses.decomposition_summary); empty without metagrad."""
+    return [] if dec is None or dec.empty else decomposition_summary(dec.to_dict("records"))
 
 
 def counterfactual_reading(summary: pd.DataFrame) -> list[str]:

@@ -20,6 +20,7 @@ Retrainings (:func:`plan`, each a :class:`Group`; groups that remove the same se
   :data:`CF_RANDOM_DRAWS` draws, its baseline);
 - ``topk``: for each of ``cf_prompts`` test prompts (spread over the labels) and each checked method, that
   method's top k training samples for the prompt (the counterfactual check, Bergson-style remove-and-retrain);
+  ``metagrad`` (engine.analysis.metagrad) is always checked, on the prompts it has;
 - ``lds``: ``lds_subsets`` random subsets keeping ``lds_fraction`` of the set (engine.analysis.lds);
 - ``repeat``: with a noise floor, the single, label and random removals again at seed + 1, so that a removal's
   effect there (against the full set at seed + 1, ``noise-1``) can be set beside its effect at the train seed:
@@ -54,6 +55,7 @@ import torch
 from engine.analysis.bank import RetrainBank, eval_key
 from engine.analysis.lds import lds_subsets
 from engine.analysis.outputs import generation_report, loss_and_kl
+from engine.catalog.analyses import METAGRAD
 from engine.data.encoding import Encoded
 from engine.evaluation import metrics
 from engine.model.finetune import finetune, set_lora_state
@@ -155,6 +157,8 @@ def topk_groups(matrices: dict[str, np.ndarray], methods: Sequence[str], prompts
     out = []
     for j in prompts:
         for m in methods:
+            if not np.isfinite(matrices[m][j]).all():  # metagrad has rows for its own prompts only
+                continue
             top = tuple(sorted(metrics.ranking(matrices[m][j:j + 1])[0, :k].tolist()))
             out.append(Group(f"topk-{m}-t{j}", "topk", f"top {k} of {m} for test prompt {j}", top, seed, m, j))
     return out
@@ -170,6 +174,8 @@ def plan(train_labels: Sequence[str], test_labels: Sequence[str], matrices: dict
                               fraction=a.retrain_fraction, n_random=a.retrain_seeds, seed=seed)
     groups += removals
     checked = [m for m in (a.cf_methods or sorted(matrices)) if m in matrices]
+    if METAGRAD in matrices and METAGRAD not in checked:  # the exact answer is checked beside whichever methods
+        checked.append(METAGRAD)
     prompts = cf_prompts(test_labels, a.cf_prompts, seed) if checked and a.retrain_seeds else []
     groups += topk_groups(matrices, checked, prompts, k, seed)
     if prompts:  # the counterfactual's baseline: at least CF_RANDOM_DRAWS random k-sets (no generations needed)

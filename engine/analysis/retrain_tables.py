@@ -27,6 +27,11 @@ Tables (columns in engine.analysis.stages.TABLES):
 - ``retrain_counterfactual``: per (method, checked test prompt) the dloss of that prompt after removing the
   method's top k, beside the dloss after each of the random k-removals (mean, min, max; at least 19 draws), the
   top k's rank among them, the binomial p over the method's prompts, and the noise floor.
+- ``retrain_decomposition``: with ``metagrad`` (exact metagradients, engine.model.replay), every method's LDS on
+  the prompts that have it, each labelled with what it assumes (:func:`decomposition_rows`).
+
+``metagrad``'s matrix has rows only for its prompts (NaN elsewhere): every figure of a method is taken over the
+prompts it covers (:func:`covered`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from engine.analysis.lds import lds
+from engine.catalog.analyses import DECOMPOSITION_PARTS, METAGRAD
 from engine.evaluation.metrics import spearman_rows
 
 MEASURES = ("mean_abs_dloss", "kl_mean", "abs_behaviour_change", "param_change")
@@ -127,6 +133,13 @@ def test_rows(groups, results: dict, orig_loss: np.ndarray) -> list[dict]:
     return rows
 
 
+def covered(S: np.ndarray) -> np.ndarray:
+    """The test prompts [m] (bool) a score matrix has a row for: every method scores every prompt, ``metagrad``
+    only those of ``analysis.metagrad_prompts`` (its other rows are NaN). A method's figures are taken over its
+    covered prompts only."""
+    return np.isfinite(S).all(axis=1)
+
+
 def predictions(S: np.ndarray, removed: Sequence[int]) -> np.ndarray:
     """Predicted dloss per test sample [m]: the sum of the removed samples' scores."""
     return S[:, list(removed)].sum(axis=1) if len(removed) else np.zeros(S.shape[0])
@@ -167,12 +180,16 @@ def method_rows(groups, results: dict, orig_loss: np.ndarray, matrices: dict[str
     kinds = [k for k in dict.fromkeys(g.kind for g in groups) if k not in UNPREDICTED]
     for method in sorted(matrices):  # one matrix at a time: a ScoreMatrices reads each from the score files
         S = np.asarray(matrices[method], dtype=np.float64)
+        ok = covered(S)
+        if not ok.any():
+            continue
+        S = S[ok]
         row_mean = S.mean(axis=1)
         for kind in kinds:
             gs = [g for g in groups if g.kind == kind]
             P = np.stack([predictions(S, g.removed) for g in gs], axis=1)  # [m, G]
             C = np.stack([len(g.removed) * row_mean for g in gs], axis=1)
-            D = np.stack([np.asarray(results[g.group_id]["loss"]) - orig_loss for g in gs], axis=1)
+            D = np.stack([(np.asarray(results[g.group_id]["loss"]) - orig_loss)[ok] for g in gs], axis=1)
             f, c = kind_figures(P, D), kind_figures(C, D)
             rows.append({"method": method, "kind": kind, "spearman": _nan_none(f["spearman"]),
                          "centred": _nan_none(f["centred"]), "per_test": _nan_none(f["per_test"]),
@@ -183,8 +200,9 @@ def method_rows(groups, results: dict, orig_loss: np.ndarray, matrices: dict[str
 
 
 def lds_rows(groups, results: dict, matrices: dict[str, np.ndarray], alpha: float, n_boot: int = 1000,
-             seed: int = 0) -> list[dict]:
-    """Per method the LDS over the ``lds`` groups, with its 95 % bootstrap interval (nothing without them)."""
+             seed: int = 0, prompts: np.ndarray | None = None) -> list[dict]:
+    """Per method the LDS over the ``lds`` groups, with its 95 % bootstrap interval (nothing without them), over
+    the method's covered test prompts; ``prompts`` (bool [m]) narrows every method to those prompts."""
     subsets = [g for g in groups if g.kind == "lds"]
     if not subsets:
         return []
@@ -192,8 +210,12 @@ def lds_rows(groups, results: dict, matrices: dict[str, np.ndarray], alpha: floa
     rows = []
     for method in sorted(matrices):  # one at a time, as in method_rows
         S = np.asarray(matrices[method], dtype=np.float64)
+        ok = covered(S) if prompts is None else covered(S) & prompts
+        if not ok.any():
+            continue
+        S = S[ok]
         kept = S.sum(axis=1, keepdims=True) - np.stack([predictions(S, g.removed) for g in subsets], axis=1)
-        r = lds(kept, loss, n_boot=n_boot, seed=seed)
+        r = lds(kept, loss[ok], n_boot=n_boot, seed=seed)
         rows.append({"method": method, "lds": _nan_none(r["lds"]), "lds_lo": _nan_none(r["lo"]),
                      "lds_hi": _nan_none(r["hi"]), "n_subsets": len(subsets), "alpha": float(alpha),
                      "n_test": r["n_test"], "n_boot": int(n_boot)})
@@ -255,7 +277,7 @@ def result_tables(groups, results: dict, matrices: dict[str, np.ndarray], orig_l
             continue
         for method, S in matrices.items():
             preds += [{"group_id": g.group_id, "method": method, "test_id": j, "predicted": float(p)}
-                      for j, p in enumerate(predictions(np.asarray(S), g.removed))]
+                      for j, p in enumerate(predictions(np.asarray(S), g.removed)) if np.isfinite(p)]
     return {
         "groups": rows,
         "modules": [{"group_id": g.group_id, **m} for g in groups for m in results[g.group_id]["modules"]],
@@ -264,4 +286,31 @@ def result_tables(groups, results: dict, matrices: dict[str, np.ndarray], orig_l
         "methods": method_rows(groups, results, orig_loss, matrices),
         "lds": lds_rows(groups, results, matrices, alpha, n_boot, seed),
         "counterfactual": counterfactual_rows(groups, results, orig_loss, k),
+        "decomposition": decomposition_rows(groups, results, matrices, orig_loss, alpha, n_boot, seed),
     }
+
+
+def decomposition_rows(groups, results: dict, matrices: dict[str, np.ndarray], orig_loss: np.ndarray, alpha: float,
+                       n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Every method's LDS on the test prompts that have ``metagrad`` (the same subsets, the same prompts), each
+    with the assumption it stands for (``part``, engine.catalog.analyses.DECOMPOSITION_PARTS), and, on every row,
+    how far the LDS subsets move those prompts' losses (``signal``: mean |dloss| over subsets and prompts) beside
+    their noise floor (``noise_floor``: the mean over the prompts of the largest |dloss| of a reshuffle; NULL
+    without noise retrainings): an LDS near 0 means little where the signal is inside the noise. Nothing without
+    metagrad or LDS subsets."""
+    subsets = [g for g in groups if g.kind == "lds"]
+    if METAGRAD not in matrices or not subsets:
+        return []
+    on = covered(np.asarray(matrices[METAGRAD], dtype=np.float64))
+    if not on.any():
+        return []
+    D = np.stack([np.asarray(results[g.group_id]["loss"]) - orig_loss for g in subsets], axis=1)[on]
+    floor = test_noise_floor(groups, results, orig_loss)
+    extra = {"signal": float(np.abs(D).mean()), "noise_floor": None if floor is None else float(floor[on].mean()),
+             "n_prompts": int(on.sum())}
+    parts = dict(DECOMPOSITION_PARTS)
+    rows = lds_rows(groups, results, matrices, alpha, n_boot, seed, prompts=on)
+    order = {m: i for i, m in enumerate(parts)}
+    rows.sort(key=lambda r: (order.get(r["method"], len(order)), r["method"]))
+    return [{"method": r["method"], "part": parts.get(r["method"], ""), "lds": r["lds"], "lds_lo": r["lds_lo"],
+             "lds_hi": r["lds_hi"], "n_test": r["n_test"], "n_subsets": r["n_subsets"], **extra} for r in rows]

@@ -19,9 +19,11 @@ from engine.analysis import retrain as rt
 from engine.analysis.bank import RetrainBank, bank_root, base_digest, encoded_digest, state_digest
 from engine.analysis.convergence import checkpoint_eval
 from engine.analysis.ihvp_error import ihvp_error
+from engine.analysis.metagrad import WithRows, metagrad_matrix, metagrad_prompts
 from engine.analysis.outputs import generation_report, sample_losses
 from engine.analysis.retrain_tables import result_tables
 from engine.analysis.stability import StabilityInputs, stability
+from engine.catalog.analyses import METAGRAD
 from engine.data.encoding import Encoded
 from engine.data.tasks.base import TaskData
 from engine.features.grads import KroneckerFactors
@@ -135,11 +137,11 @@ def _stability_stage(inp: StageInputs, write, progress) -> dict[str, float]:
     return {"stability_s": time.perf_counter() - t}
 
 
-RETRAIN_TABLES = ("groups", "modules", "tests", "predictions", "methods", "lds", "counterfactual")
+RETRAIN_TABLES = ("groups", "modules", "tests", "predictions", "methods", "lds", "counterfactual", "decomposition")
 
 
-def _retrain_setup(inp: StageInputs, refs):
-    """The retraining context (model, data, recipe, bank) and plan: ``(ctx, groups, k, jobs)``."""
+def _retrain_context(inp: StageInputs, refs) -> rt.Context:
+    """The retraining context: model, data, recipe, and the retrain bank keyed by them."""
     a, tr, lora = inp.spec.analysis, inp.spec.train, inp.spec.lora
     original = inp.states[-1]
     identity = {
@@ -160,9 +162,15 @@ def _retrain_setup(inp: StageInputs, refs):
                      train_enc=inp.train_enc, test_enc=inp.test_enc, test_refs=refs, marker=inp.task.behaviour,
                      train_cfg=tr, device=inp.device, scaling=inp.scaling, max_new_tokens=a.generate_tokens,
                      batch_size=inp.spec.scoring.grad_batch_size, bank=bank, eval_settings=eval_settings)
-    groups, _, k = rt.plan([s.label for s in inp.task.train], [s.label for s in inp.task.test], inp.matrices, a,
-                           tr.seed)
-    return ctx, groups, k, rt.unique_retrainings(groups)
+    return ctx
+
+
+def _retrain_plan(inp: StageInputs, matrices: dict[str, np.ndarray]):
+    """The retrainings: ``(groups, k, jobs)``, the top-k sets from ``matrices`` (the run's scores; in the retrain
+    stage with metagrad's rows added)."""
+    groups, _, k = rt.plan([s.label for s in inp.task.train], [s.label for s in inp.task.test], matrices,
+                           inp.spec.analysis, inp.spec.train.seed)
+    return groups, k, rt.unique_retrainings(groups)
 
 
 def spread_retrainings(inp: StageInputs, rank: int, world_size: int, progress) -> int:
@@ -172,7 +180,8 @@ def spread_retrainings(inp: StageInputs, rank: int, world_size: int, progress) -
     retrains alone)."""
     if world_size <= 1 or "retrain" not in inp.spec.analysis.stages:
         return 0
-    ctx, _, _, jobs = _retrain_setup(inp, [s.response for s in inp.task.test])
+    ctx = _retrain_context(inp, [s.response for s in inp.task.test])
+    _, _, jobs = _retrain_plan(inp, inp.matrices)  # metagrad's own top-k sets are left to rank 0
     if ctx.bank.root is None:
         return 0
     mine = jobs[rank::world_size]
@@ -191,17 +200,22 @@ def _retrain_stage(inp: StageInputs, write, progress, refs) -> dict[str, float]:
     orig_loss = sample_losses(inp.model, inp.test_enc, inp.tok.pad_token_id, inp.device, bs)
     _, orig_behaviour = generation_report(inp.model, inp.tok, inp.test_enc, refs, inp.task.behaviour, inp.device,
                                           a.generate_tokens, bs)
-    ctx, groups, k, jobs = _retrain_setup(inp, refs)
+    ctx = _retrain_context(inp, refs)
+    prompts = metagrad_prompts([s.label for s in inp.task.test], a.metagrad_prompts, tr.seed)
+    exact, exact_rows, exact_t = metagrad_matrix(ctx, prompts, tr.seed, progress)
+    matrices = WithRows(inp.matrices, METAGRAD, exact) if prompts else inp.matrices
+    groups, k, jobs = _retrain_plan(inp, matrices)
     workers = a.retrain_workers or rt.auto_workers(len(jobs), inp.device)
     done = dict(zip([(r, s) for r, s, _ in jobs], rt.run_retrainings(ctx, jobs, workers, progress)))
     results = {g.group_id: done[g.retraining] for g in groups}
-    tables = result_tables(groups, results, inp.matrices, orig_loss, float(orig_behaviour.mean()), k,
+    tables = result_tables(groups, results, matrices, orig_loss, float(orig_behaviour.mean()), k,
                            a.lds_fraction, seed=tr.seed)
-    for name in RETRAIN_TABLES:
+    tables["metagrad"] = exact_rows
+    for name in RETRAIN_TABLES + ("metagrad",):
         write(f"retrain_{name}.parquet", table(f"retrain_{name}", tables[name]))
     if any(r["kind"] == "identity" and not r["identical"] for r in tables["groups"]):
         log.warning("retrain: the retraining with nothing removed does not reproduce the original adapter bit for "
                     "bit, so a removal's measured effect holds more than the removal (retrain_groups, 'identity')")
     new = [r for r in done.values() if not r["cached"]]
-    return {"retrain_s": time.perf_counter() - t, "retrain_new": float(len(new)),
+    return {"retrain_s": time.perf_counter() - t, "retrain_new": float(len(new)), **exact_t,
             "retrain_reused": float(len(done) - len(new)), "retrain_finetune_s": float(sum(r["train_s"] for r in new))}

@@ -57,5 +57,76 @@ def stability_warning(method: str, stability: float, moving: list[tuple[str, flo
     under it with their top-k overlap, worst first; ``method`` as the caller shows it, escaped where it must be)."""
     causes = " and when ".join(f"{STABILITY_PERTURBATIONS[p][0]} changes (top-k overlap {o:.2f})" for p, o in moving)
     return f"{method} (stability {stability:.2f} < {STABILITY_WARN:g}): this ranking changes when {causes}."
+
+# The retraining analysis' exact answer (engine.model.replay): not a method of the catalog (it needs the run's
+# fine-tuning replayed, and covers only ``analysis.metagrad_prompts`` prompts), but its rows in the retraining
+# tables carry this method name beside every method's.
+METAGRAD = "metagrad"
+METAGRAD_DESCRIPTION = ("exact metagradients: -d L(test) / d (a training sample's loss weight), through the "
+                        "fine-tuning run itself (AdamW, schedule, clipping, dropout masks, data order)")
+# The LDS decomposition on the prompts that have metagrad: method -> what its score assumes, in table order
+DECOMPOSITION_PARTS: dict[str, str] = {
+    "exact": "converged model, exact curvature (explicit inverse)",
+    "datainf": "converged model + DataInf's curvature approximation",
+    "ekfac": "converged model + EK-FAC's curvature approximation",
+    "kfac": "converged model + K-FAC's curvature approximation",
+    "lissa": "converged model + LiSSA's iterative inverse",
+    "lissa_paper": "converged model + the paper's 3 LiSSA steps",
+    "tracin": "the training trajectory, no curvature",
+    METAGRAD: "the training trajectory, exact (the best achievable here)",
+}
+
+
+def decomposition_reading(lds: dict[str, float], signal: float | None = None,
+                          noise_floor: float | None = None) -> list[str]:
+    """Plain sentences from the decomposition's LDS values (method -> LDS on the metagrad prompts): of the gap
+    between DataInf and metagrad, how much the curvature approximation costs (exact - DataInf) and how much the
+    converged-model assumption (metagrad - exact); what metagrad itself leaves; whether the subsets' effect is
+    above the noise. Empty without metagrad."""
+    mg = lds.get(METAGRAD)
+    if mg is None:
+        return []
+    out = []
+    di, ex = lds.get("datainf"), lds.get("exact")
+    if di is not None and ex is not None:
+        gap = mg - di
+        if gap > 0:
+            curv, conv = ex - di, mg - ex
+            out.append(f"Of the gap between DataInf (LDS {di:.2f}) and the best achievable here (metagrad, {mg:.2f}), "
+                       f"{curv:.2f} ({curv / gap:.0%}) comes from the curvature approximation (the exact inverse "
+                       f"reaches {ex:.2f}) and {conv:.2f} ({conv / gap:.0%}) from assuming the model converged.")
+        else:
+            out.append(f"DataInf (LDS {di:.2f}) is not below metagrad ({mg:.2f}) on these prompts: there is no gap "
+                       f"to split (exact inverse {ex:.2f}).")
+    tr = lds.get("tracin")
+    if tr is not None:
+        out.append(f"TracIn, the same trajectory without curvature or the optimizer's own steps, reaches {tr:.2f}.")
+    out.append(f"metagrad itself leaves {1 - mg:.2f} of a perfect LDS: what its first-order view of each sample's "
+               "weight misses when half the training set is removed at once (removal is not an infinitesimal "
+               "reweighting) and what the retrainings' own noise hides.")
+    if signal is not None and noise_floor is not None:
+        above = signal > noise_floor
+        out.append(f"The LDS subsets move these prompts' losses by {signal:.3g} on average, "
+                   f"{'above' if above else 'inside'} their noise floor ({noise_floor:.3g}: a reshuffle of the same "
+                   f"data){'' if above else ', so every LDS here is close to a coin toss'}.")
+    return out
+
+
+def decomposition_summary(rows: list[dict]) -> list[str]:
+    """:func:`decomposition_reading` from ``retrain_decomposition`` rows (dicts; NaN/None LDS values are left out),
+    headed by how many prompts and subsets it stands on: one paragraph, or nothing without rows."""
+    def num(x):
+        return None if x is None or x != x else float(x)
+
+    if not rows:
+        return []
+    values = {r["method"]: num(r["lds"]) for r in rows if num(r["lds"]) is not None}
+    first = rows[0]
+    body = decomposition_reading(values, num(first["signal"]), num(first["noise_floor"]))
+    head = (f"On the {int(first['n_prompts'])} test prompts with exact metagradients ({METAGRAD}) and the same "
+            f"{int(first['n_subsets'])} LDS subsets:")
+    return [head + " " + " ".join(body)] if body else []
+
+
 ANALYSIS_CATALOG: dict[str, AnalysisInfo] = {a.name: a for a in _ANALYSES}
 ANALYSES: tuple[str, ...] = tuple(ANALYSIS_CATALOG)  # the stage names, in the order a run runs them

@@ -181,6 +181,13 @@ _ANALYSIS = [
        ("method", "test_id"), "removing a method's top-k for a test prompt vs removing k random samples: its rank "
        "among the random draws and the binomial p over the method's prompts", optional=("rank", "binom_p"),
        by="retrain"),
+    _t("retrain_metagrad", {"test_id": _I, "train_id": _I, "score": _F},
+       ("test_id", "train_id"), "exact metagradients of the prompts of analysis.metagrad_prompts: -dL(test)/dw_i "
+       "through the fine-tuning run (larger = more responsible)", by="retrain"),
+    _t("retrain_decomposition", {"method": _S, "part": _S, "lds": _F, "lds_lo": _F, "lds_hi": _F, "n_test": _I,
+                                 "n_subsets": _I, "signal": _F, "noise_floor": _F, "n_prompts": _I},
+       ("method",), "every method's LDS on the prompts that have metagrad, with what its score assumes, the "
+       "subsets' effect on those prompts and their noise floor", by="retrain"),
     _t("stability", {"method": _S, "perturbation": _S, "should_matter": _B, "source": _S, "n_train": _I,
                      "n_test": _I, "k": _I, "overlap": _F, "spearman": _F, "note": _S},
        ("method", "perturbation"), "how far a method's ranking moves when one setting changes: mean top-k overlap "

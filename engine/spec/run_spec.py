@@ -173,6 +173,11 @@ class AnalysisSpec:
         - the counterfactual check: for ``cf_prompts`` test prompts, remove each method's top k (k as above) and
           compare with the random k-sets; ``cf_methods`` = the methods checked (empty = every scored method;
           a listed method the run does not score is skipped).
+        - the exact answer to compare against: ``metagrad_prompts`` test prompts (the counterfactual's prompts
+          first, then more spread over the labels the same way) get ``metagrad``, the derivative of their loss
+          with respect to each training sample's loss weight through the fine-tuning run itself
+          (engine.model.replay), with its LDS and counterfactual rows beside every method's and the decomposition
+          of the LDS gap (0 = off; runs the engine fine-tuned only).
         ``retrain_workers``: parallel processes on CPU (0 = automatic; always 1 on CUDA). ``retrain_bank``: where
         retrained adapters are kept for reuse ("" = ``retrain-bank`` next to the runs folder, or
         ``$INFLUENCE_RETRAIN_BANK``; "off" = keep nothing).
@@ -199,6 +204,8 @@ class AnalysisSpec:
     cf_prompts: int = field(default=5, metadata=rule(minimum=0))
     # a known method that the run does not score is skipped
     cf_methods: tuple[str, ...] = field(default=(), metadata=rule(choices=METHOD_NAMES, noun="method"))
+    metagrad_prompts: int = field(default=0, metadata=rule(minimum=0, help=(
+        "test prompts that get exact metagradients through the fine-tuning run (0 = none; needs retrain)")))
     retrain_workers: int = field(default=0, metadata=rule(minimum=0))
     retrain_bank: str = ""
     stability_train: int = field(default=200, metadata=rule(positive=True, help=(
@@ -339,6 +346,13 @@ def _validate_analysis(spec: RunSpec) -> None:
         if ANALYSIS_CATALOG[stage].every_checkpoint and spec.scoring.checkpoints != "all":
             raise InputError(f"spec field 'analysis.stages' includes {stage}, which compares every epoch "
                              "checkpoint: set scoring.checkpoints to all")
+    if a.metagrad_prompts and "retrain" not in a.stages:
+        raise InputError("spec field 'analysis.metagrad_prompts' needs the retrain stage in analysis.stages (metagrad "
+                         "is measured against the retrainings)")
+    if a.metagrad_prompts and spec.model.adapter:
+        raise InputError("spec field 'analysis.metagrad_prompts' needs a run the engine fine-tunes: metagrad replays "
+                         "the fine-tuning step by step (initial weights, data order, dropout masks), which a "
+                         "model.adapter trained elsewhere does not give; set it to 0 for this adapter")
     if 0 < a.lds_subsets < 3:
         raise InputError("spec field 'analysis.lds_subsets' must be 0 (no LDS) or at least 3 (a Spearman "
                          f"correlation across subsets needs 3 points), got {a.lds_subsets!r}")

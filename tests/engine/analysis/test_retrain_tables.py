@@ -190,3 +190,53 @@ def test_predictions_cover_every_group_but_noise(synthetic):
     assert len(t["predictions"]) == (len(groups) - 2) * N_TEST
     p = next(r for r in t["predictions"] if r["group_id"] == "label-a" and r["test_id"] == 2)
     assert p["predicted"] == pytest.approx(S[2, :4].sum())
+
+
+def _lds_loop(S, groups, results, prompts):
+    """Mean over ``prompts`` of the Spearman across the LDS subsets of the kept samples' score sum and -loss."""
+    subsets = [g for g in groups if g.kind == "lds"]
+    rhos = []
+    for j in prompts:
+        kept = [sum(S[j, i] for i in range(N_TRAIN) if i not in g.removed) for g in subsets]
+        rhos.append(spearmanr(kept, [-results[g.group_id]["loss"][j] for g in subsets]).statistic)
+    return float(np.mean(rhos))
+
+
+def test_metagrad_rows_cover_its_prompts_only_and_the_decomposition_sets_every_method_beside_it(synthetic):
+    """metagrad's matrix has rows for two prompts (NaN elsewhere): its LDS, kind figures and predictions use those
+    prompts only; the decomposition gives every method's LDS on exactly those prompts (a loop here), labelled, and
+    the subsets' mean |dloss| on them beside their mean noise floor."""
+    groups, results, S, orig, _ = synthetic
+    rng = np.random.default_rng(5)
+    exact = np.full_like(S, np.nan)
+    on = [1, 3]
+    exact[on] = S[on] + rng.normal(0, 0.3, (2, N_TRAIN))
+    t = result_tables(groups, results, {"datainf": S, "metagrad": exact}, orig, 0.75, k=2, alpha=0.5, n_boot=200)
+    lds = {r["method"]: r for r in t["lds"]}
+    assert lds["metagrad"]["n_test"] == 2 and lds["datainf"]["n_test"] == N_TEST
+    assert lds["metagrad"]["lds"] == pytest.approx(_lds_loop(exact, groups, results, on))
+    assert {r["test_id"] for r in t["predictions"] if r["method"] == "metagrad"} == set(on)
+    kinds = {(r["method"], r["kind"]): r for r in t["methods"]}
+    assert kinds[("metagrad", "random")]["n_pairs"] == 2 * 3  # 2 prompts x 3 random groups
+    dec = {r["method"]: r for r in t["decomposition"]}
+    assert set(dec) == {"datainf", "metagrad"} and dec["datainf"]["part"].startswith("converged model + DataInf")
+    assert dec["datainf"]["lds"] == pytest.approx(_lds_loop(S, groups, results, on))
+    assert dec["metagrad"]["lds"] == pytest.approx(lds["metagrad"]["lds"]) and dec["datainf"]["n_prompts"] == 2
+    subsets = [g for g in groups if g.kind == "lds"]
+    signal = np.mean([abs(results[g.group_id]["loss"][j] - orig[j]) for g in subsets for j in on])
+    floors = [max(abs(results[g]["loss"][j] - orig[j]) for g in ("noise-1", "noise-2")) for j in on]
+    assert dec["datainf"]["signal"] == pytest.approx(signal) and dec["datainf"]["noise_floor"] == pytest.approx(
+        np.mean(floors))
+    assert result_tables(groups, results, {"datainf": S}, orig, 0.75, k=2, alpha=0.5, n_boot=50)["decomposition"] == []
+
+
+def test_decomposition_reading_splits_the_gap_in_plain_words():
+    from engine.catalog.analyses import decomposition_reading
+
+    text = " ".join(decomposition_reading({"datainf": 0.2, "exact": 0.3, "metagrad": 0.9, "tracin": 0.5}, 0.02,
+                                          0.01))
+    assert "Of the gap between DataInf (LDS 0.20) and the best achievable here (metagrad, 0.90)" in text
+    assert "0.10 (14%) comes from the curvature approximation" in text and "0.60 (86%) from assuming" in text
+    assert "TracIn" in text and "leaves 0.10" in text and "above their noise floor" in text
+    assert "no gap" in " ".join(decomposition_reading({"datainf": 0.9, "exact": 0.8, "metagrad": 0.7}))
+    assert decomposition_reading({"datainf": 0.2}) == []
