@@ -35,9 +35,10 @@ PRESETS: dict[str, RunSpec] = {
         train=TrainSpec(epochs=2, batch_size=8, lr=1e-3, max_length=64, loss_on="sequence"),
         scoring=ScoringSpec(checkpoints="all", grad_batch_size=16),
         # the costly stage: every retraining is a fine-tune (see README, "The three analyses", for the count)
-        # 2 reshuffles, 1 single sample, 1 label, 2 random k-sets, <= 4 top-k sets, 6 half-size LDS subsets
+        # 2 reshuffles, 1 single sample, 1 label, 2 random k-sets, <= 6 top-k sets, 6 half-size LDS subsets; exact
+        # metagradients on the 2 counterfactual prompts (one more fine-tune, replayed backwards)
         analysis=AnalysisSpec(stages=ANALYSES, retrain_single=1, retrain_labels=1, retrain_seeds=2, noise_seeds=2,
-                              lds_subsets=6, cf_prompts=2, cf_methods=("datainf", "repsim")),
+                              lds_subsets=6, cf_prompts=2, cf_methods=("datainf", "repsim"), metagrad_prompts=2),
     ),
 }
 

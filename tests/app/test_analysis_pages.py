@@ -99,6 +99,11 @@ def test_retraining_page(analysis_store_env, open_page, analysis_data, charts):
     assert "row-mean control" in text and "within one removal size" in text
     assert "Check passed: retraining with nothing removed reproduces the original adapter bit for bit" in text
     assert "Repeated at a second data-order seed" in text and "Ranked among 19 random" in text
+    # exact metagradients on 3 prompts: the decomposition's reading and table
+    assert "On the 3 test prompts with exact metagradients (metagrad)" in text and "leaves" in text
+    (dec,) = [d.value for d in at.dataframe if "what the score assumes" in d.value.columns]
+    assert list(dec.method[:4]) == ["exact", "datainf", "tracin", "metagrad"] and "gradsim" in set(dec.method)
+    assert any("Prompts with metagrad (test ids)" in c.value for c in at.caption)
     assert any("noise floor" in c.value for c in at.caption)
     assert any("contain the reference response, both lowercased" in c.value for c in at.caption)  # the rule, named
     (groups,) = [d.value for d in at.dataframe if "kind" in d.value.columns]

@@ -222,6 +222,29 @@ def test_report_carries_bootstrap_intervals(tiny_store, capsys):
     assert re.fullmatch(r"\[\d\.\d{3},\d\.\d{3}\]", first.split()[4])
 
 
+def test_report_carries_the_lds_and_a_metagrad_row(tiny_analysis_run, tmp_path, capsys):
+    """A run with the retraining analysis and metagrad: every JSON row has its method's LDS with interval and its
+    LDS on the metagrad prompts; one more row has method "metagrad" (no label metrics; its LDS, its prompt count);
+    the text report opens with the decomposition in words."""
+    import store
+
+    db = tmp_path / "s.duckdb"
+    with store.Store(db) as s:
+        s.ingest_run(tiny_analysis_run)
+    assert main(["report", "--run", "tiny-analyses", "--json", "--store", str(db)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    lds = pq.read_table(tiny_analysis_run / "retrain_lds.parquet").to_pandas().set_index("method")
+    dec = pq.read_table(tiny_analysis_run / "retrain_decomposition.parquet").to_pandas().set_index("method")
+    (mg,) = [r for r in rows if r["method"] == "metagrad"]
+    assert mg["acc"] is None and mg["metagrad_prompts"] == 3
+    assert mg["lds"] == pytest.approx(lds.loc["metagrad", "lds"]) and len(mg["lds_ci"]) == 2
+    for r in rows:
+        assert r["lds"] == pytest.approx(lds.loc[r["method"], "lds"])
+        assert r["lds_metagrad_prompts"] == pytest.approx(dec.loc[r["method"], "lds"])
+    assert main(["report", "--run", "tiny-analyses", "--store", str(db)]) == 0
+    assert capsys.readouterr().out.startswith("On the 3 test prompts with exact metagradients (metagrad)")
+
+
 # ---------------------------------------------------------------------------------------------- report, rebuild, --k
 
 

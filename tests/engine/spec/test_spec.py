@@ -69,6 +69,10 @@ def test_hash_is_stable_across_key_order_and_format(tmp_path):
     ({"analysis": {"lds_fraction": 1.0}}, "analysis.lds_fraction"),
     ({"analysis": {"noise_seeds": -1}}, "analysis.noise_seeds"),
     ({"analysis": {"cf_methods": ["gradsim", "magic"]}}, "analysis.cf_methods[1]"),
+    ({"analysis": {"metagrad_prompts": -1}}, "analysis.metagrad_prompts"),
+    ({"analysis": {"metagrad_prompts": 2, "stages": ["stability"]}}, "analysis.metagrad_prompts' needs the retrain"),
+    ({"analysis": {"metagrad_prompts": 2, "stages": ["retrain"]}, "model": {"name": "tiny", "adapter": "/a"}},
+     "analysis.metagrad_prompts' needs a run the engine fine-tunes"),
 ])
 def test_bad_fields_are_named(data, field):
     with pytest.raises(InputError, match=field.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):

@@ -70,7 +70,7 @@ def test_the_rule_bearing_fields():
         "analysis.ihvp_iterations", "analysis.ihvp_entries", "analysis.generate_tokens", "analysis.retrain_single",
         "analysis.retrain_labels", "analysis.retrain_fraction", "analysis.retrain_seeds", "analysis.noise_seeds",
         "analysis.lds_subsets", "analysis.lds_fraction", "analysis.cf_prompts", "analysis.cf_methods",
-        "analysis.retrain_workers", "analysis.stability_train", "analysis.stability_test",
+        "analysis.metagrad_prompts", "analysis.retrain_workers", "analysis.stability_train", "analysis.stability_test",
         "analysis.stability_max_train", "checks.samples", "checks.rows", "checks.columns", "device", "dtype",
         "model.load_in"}
     # suggestions only: any other value is allowed
@@ -143,8 +143,8 @@ def test_spec_hashes_did_not_change():
     """The specs' hashes (run folders are named by them): rules as field metadata left them as they were; a new field
     changes them all, on purpose (CONTRIBUTING, "Add a spec field")."""
     assert {n: s.spec_hash[:16] for n, s in PRESETS.items()} == {
-        "paper": "bee21b20f1800bbe", "quick": "5bf3556ca723838e"}
-    assert RunSpec().spec_hash[:16] == "dfc3195ef33674e3"
+        "paper": "c755123be0822422", "quick": "18b6f39f11a62d73"}
+    assert RunSpec().spec_hash[:16] == "c03d7216000123c0"
     assert {(m, t): demo_spec(m, t).spec_hash[:16] for m in ("tiny", "smollm2-135m") for t in DEMO_TASKS} == {
-        ("tiny", "grammars"): "a69e635693d0a5c8", ("tiny", "harmful_s"): "978358913803b743",
-        ("smollm2-135m", "grammars"): "5227c2e0915d7b8c", ("smollm2-135m", "harmful_s"): "813ddd2a99b74a09"}
+        ("tiny", "grammars"): "fe9cc54df25a4ca3", ("tiny", "harmful_s"): "88900388252d2459",
+        ("smollm2-135m", "grammars"): "47a32b986f2fa2c4", ("smollm2-135m", "harmful_s"): "78bf758cf553dafb"}
