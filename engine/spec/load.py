@@ -32,6 +32,10 @@ def spec_from_dict(data: dict) -> RunSpec:
         if preset not in PRESETS:
             raise InputError(f"spec field 'preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
         data = _deep_merge(PRESETS[preset].to_dict(), given)
+        adapter = isinstance(given.get("model"), dict) and given["model"].get("adapter")
+        asked = isinstance(given.get("analysis"), dict) and "metagrad_prompts" in given["analysis"]
+        if adapter and not asked:  # a preset's metagrad is for runs the engine fine-tunes (it replays the run)
+            data["analysis"] = {**data.get("analysis", {}), "metagrad_prompts": 0}
     spec = validate(build(RunSpec, data, ""))
     # the user's own words, not a preset's: a preset's recipe is not how the user's adapter was trained
     retrains = [s for s in spec.analysis.stages if ANALYSIS_CATALOG[s].retrains]

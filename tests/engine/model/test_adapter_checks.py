@@ -168,3 +168,9 @@ def test_retrain_on_an_adapter_needs_the_recipe(tmp_path):
         spec_from_dict({**spec, "preset": "quick"})  # a preset's recipe is not the adapter's
     ok = spec_from_dict({**spec, "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3}})
     assert ok.analysis.stages == ("retrain",)
+    # the quick preset's metagrad replays a run the engine fine-tuned: not for an adapter, unless asked (refused)
+    quick = spec_from_dict({**spec, "preset": "quick", "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3}})
+    assert quick.analysis.metagrad_prompts == 0 and "retrain" in quick.analysis.stages
+    with pytest.raises(InputError, match="metagrad_prompts' needs a run the engine fine-tunes"):
+        spec_from_dict({**spec, "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
+                        "analysis": {"stages": ["retrain"], "metagrad_prompts": 2}})
