@@ -205,7 +205,8 @@ class AnalysisSpec:
     # a known method that the run does not score is skipped
     cf_methods: tuple[str, ...] = field(default=(), metadata=rule(choices=METHOD_NAMES, noun="method"))
     metagrad_prompts: int = field(default=0, metadata=rule(minimum=0, help=(
-        "test prompts that get exact metagradients through the fine-tuning run (0 = none; needs retrain)")))
+        "test prompts that get exact metagradients through the fine-tuning run (0 = none; used by the retrain "
+        "stage)")))
     retrain_workers: int = field(default=0, metadata=rule(minimum=0))
     retrain_bank: str = ""
     stability_train: int = field(default=200, metadata=rule(positive=True, help=(
@@ -346,10 +347,8 @@ def _validate_analysis(spec: RunSpec) -> None:
         if ANALYSIS_CATALOG[stage].every_checkpoint and spec.scoring.checkpoints != "all":
             raise InputError(f"spec field 'analysis.stages' includes {stage}, which compares every epoch "
                              "checkpoint: set scoring.checkpoints to all")
-    if a.metagrad_prompts and "retrain" not in a.stages:
-        raise InputError("spec field 'analysis.metagrad_prompts' needs the retrain stage in analysis.stages (metagrad "
-                         "is measured against the retrainings)")
-    if a.metagrad_prompts and spec.model.adapter:
+    # without the retrain stage metagrad_prompts does nothing (as cf_prompts): a preset's value stays harmless
+    if a.metagrad_prompts and "retrain" in a.stages and spec.model.adapter:
         raise InputError("spec field 'analysis.metagrad_prompts' needs a run the engine fine-tunes: metagrad replays "
                          "the fine-tuning step by step (initial weights, data order, dropout masks), which a "
                          "model.adapter trained elsewhere does not give; set it to 0 for this adapter")

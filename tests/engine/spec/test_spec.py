@@ -70,7 +70,6 @@ def test_hash_is_stable_across_key_order_and_format(tmp_path):
     ({"analysis": {"noise_seeds": -1}}, "analysis.noise_seeds"),
     ({"analysis": {"cf_methods": ["gradsim", "magic"]}}, "analysis.cf_methods[1]"),
     ({"analysis": {"metagrad_prompts": -1}}, "analysis.metagrad_prompts"),
-    ({"analysis": {"metagrad_prompts": 2, "stages": ["stability"]}}, "analysis.metagrad_prompts' needs the retrain"),
     ({"analysis": {"metagrad_prompts": 2, "stages": ["retrain"]}, "model": {"name": "tiny", "adapter": "/a"}},
      "analysis.metagrad_prompts' needs a run the engine fine-tunes"),
 ])
@@ -100,3 +99,12 @@ def test_run_name_defaults_to_task_model_hash():
     spec = spec_from_dict({"model": {"name": "tiny"}})
     assert spec.run_name == f"grammars-tiny-{spec.spec_hash[:8]}"
     assert spec_from_dict({"name": "mine"}).run_name == "mine"
+
+
+def test_metagrad_prompts_without_the_retrain_stage_do_nothing():
+    """As cf_prompts: the quick preset's metagrad with its analyses left out (``demo --analyses none``) is valid."""
+    spec = spec_from_dict({"preset": "quick", "analysis": {"stages": []}})
+    assert spec.analysis.metagrad_prompts == 2 and spec.analysis.stages == ()
+    with_adapter = spec_from_dict({"model": {"name": "tiny", "adapter": "/a"},
+                                   "analysis": {"stages": ["stability"], "metagrad_prompts": 2}})
+    assert with_adapter.analysis.metagrad_prompts == 2
