@@ -89,15 +89,23 @@ def decomposition_reading(lds: dict[str, float], signal: float | None = None,
     out = []
     di, ex = lds.get("datainf"), lds.get("exact")
     if di is not None and ex is not None:
-        gap = mg - di
-        if gap > 0:
-            curv, conv = ex - di, mg - ex
+        gap, curv, conv = mg - di, ex - di, mg - ex
+        if gap <= 0:
+            out.append(f"DataInf (LDS {di:.2f}) is not below metagrad ({mg:.2f}) on these prompts: there is no gap "
+                       f"to split (exact inverse {ex:.2f}).")
+        elif curv >= 0 and conv >= 0:
             out.append(f"Of the gap between DataInf (LDS {di:.2f}) and the best achievable here (metagrad, {mg:.2f}), "
                        f"{curv:.2f} ({curv / gap:.0%}) comes from the curvature approximation (the exact inverse "
                        f"reaches {ex:.2f}) and {conv:.2f} ({conv / gap:.0%}) from assuming the model converged.")
+        elif curv < 0:
+            out.append(f"Of the gap between DataInf (LDS {di:.2f}) and the best achievable here (metagrad, {mg:.2f}), "
+                       f"none comes from the curvature approximation: the exact inverse scores lower ({ex:.2f}), so "
+                       f"DataInf's approximation helps here by {-curv:.2f}. Assuming the model converged costs the "
+                       f"whole gap and more: metagrad is {conv:.2f} above the exact inverse.")
         else:
-            out.append(f"DataInf (LDS {di:.2f}) is not below metagrad ({mg:.2f}) on these prompts: there is no gap "
-                       f"to split (exact inverse {ex:.2f}).")
+            out.append(f"Of the gap between DataInf (LDS {di:.2f}) and metagrad ({mg:.2f}), the curvature "
+                       f"approximation accounts for all of it and more: the exact inverse ({ex:.2f}) is above "
+                       f"metagrad, so on these prompts the converged-model assumption costs nothing measurable.")
     tr = lds.get("tracin")
     if tr is not None:
         out.append(f"TracIn, the same trajectory without curvature or the optimizer's own steps, reaches {tr:.2f}.")

@@ -239,4 +239,9 @@ def test_decomposition_reading_splits_the_gap_in_plain_words():
     assert "0.10 (14%) comes from the curvature approximation" in text and "0.60 (86%) from assuming" in text
     assert "TracIn" in text and "leaves 0.10" in text and "above their noise floor" in text
     assert "no gap" in " ".join(decomposition_reading({"datainf": 0.9, "exact": 0.8, "metagrad": 0.7}))
+    helps = " ".join(decomposition_reading({"datainf": 0.67, "exact": 0.57, "metagrad": 0.78}))
+    assert "none comes from the curvature approximation" in helps and "helps here by 0.10" in helps
+    assert "metagrad is 0.21 above the exact inverse" in helps and "%" not in helps
+    above = " ".join(decomposition_reading({"datainf": 0.5, "exact": 0.8, "metagrad": 0.7}))
+    assert "accounts for all of it and more" in above
     assert decomposition_reading({"datainf": 0.2}) == []
