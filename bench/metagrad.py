@@ -7,8 +7,10 @@ decomposition of the gap, and what metagrad costs beside one fine-tune.
 
 Per task: the demo spec of the ``quick`` preset on ``--model`` (grammars: 60 training / 30 test samples; harmful_s:
 the paper's mix S, 40 / 40), every default method, the retrain stage only, with ``--subsets`` LDS subsets keeping
-half of the training set, one reshuffle for the noise floor, and ``metagrad`` on ``--prompts`` test prompts. The
-retrain bank beside ``--runs`` keeps the retrainings, so a second run of this script retrains nothing.
+half of the training set, one reshuffle for the noise floor, and ``metagrad`` on ``--prompts`` test prompts
+(``retrain_labels: 0`` means every label, so each label's removal and its second-seed repeat are retrained too and
+not reported: 20 of grammars' 72 retrainings). The retrain bank beside ``--runs`` keeps the retrainings, so a
+second run of this script retrains nothing.
 
 Printed per task: a table (method, what it assumes, LDS on the metagrad prompts with its interval, LDS on every
 prompt), the decomposition in words, and the cost: the recorded fine-tune, the reverse sweep per prompt and one
