@@ -31,7 +31,9 @@ def test_every_analysis_table_round_trips(analysis_db):
         points = store.retrain_points(s.con, run)
         groups = store.analysis_table(s.con, run, "retrain_groups")
         removals = (~groups.kind.isin(["noise", "identity", "repeat"])).sum()  # the others predict nothing
-        assert len(points) == 3 * removals * 10  # 3 methods x removals x 10 test samples
+        # 4 methods x removals x 10 test samples, and metagrad on its 3 prompts only
+        assert len(points) == removals * (4 * 10 + 3)
+        assert points[points.method == "metagrad"].test_id.nunique() == 3
         assert set(points.columns) >= {"method", "group_id", "kind", "test_id", "label", "predicted", "dloss",
                                        "noise_floor", "within_noise"}
         noise = store.retrain_noise(s.con, run)
