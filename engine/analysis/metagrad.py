@@ -16,9 +16,9 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from engine.analysis.retrain import Context, cf_prompts
+from engine.model.adapters import same_tensors
 from engine.model.replay import metagradients, record
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def metagrad_matrix(ctx: Context, prompts: Sequence[int], seed: int,
     t0 = time.perf_counter()
     traj = record(ctx.model, ctx.train_enc, ctx.tok.pad_token_id, ctx.train_cfg, ctx.device, ctx.initial, seed)
     t1 = time.perf_counter()
-    same = all(torch.equal(traj.final[k], ctx.original[k]) for k in ctx.original)
+    same = same_tensors(traj.final, ctx.original)
     if not same:
         log.warning("metagrad: the replayed fine-tune does not reproduce the run's adapter bit for bit, so its "
                     "metagradients describe a run that differs from this one by rounding or nondeterminism")

@@ -58,6 +58,7 @@ from engine.analysis.outputs import generation_report, loss_and_kl
 from engine.catalog.analyses import METAGRAD
 from engine.data.encoding import Encoded
 from engine.evaluation import metrics
+from engine.model.adapters import same_tensors
 from engine.model.finetune import finetune, set_lora_state
 
 REMOVAL = "weight 0 in the original batches"  # how a retraining removes samples (retrain-bank key material)
@@ -289,7 +290,7 @@ def measure(ctx: Context, removed: Sequence[int], seed: int, full: bool) -> dict
                                                   ctx.device, ctx.max_new_tokens, ctx.batch_size)
             ev.update(answer=answer.tolist(), behaviour=behaviour.tolist())
         ctx.bank.save_eval(key, _eval_key(ctx, full), ev)
-    identical = all(torch.equal(state[k], ctx.original[k]) for k in ctx.original)
+    identical = same_tensors(state, ctx.original)
     return {"key": key, "modules": parameter_change(ctx.original, state, ctx.scaling), **ev, "identical": identical,
             "cached": cached, "train_s": train_s, "steps": steps, "time_s": time.perf_counter() - t}
 

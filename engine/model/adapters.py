@@ -175,7 +175,7 @@ def find_adapter(adapter: str, checkpoints: tuple[str, ...] = ()) -> UserAdapter
     final_step = _step(final_path)
     kept = []
     for p, c in zip(folders, cfgs):
-        if p.resolve() == final_path.resolve() or _same_tensors(_tensors(p), final_tensors):
+        if p.resolve() == final_path.resolve() or same_tensors(_tensors(p), final_tensors):
             final_step = final_step if final_step is not None else _step(p)
         else:
             kept.append((p, c))
@@ -213,7 +213,8 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_state(AdapterFolder(folder, {}))
 
 
-def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same names and bit-identical tensors."""
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
