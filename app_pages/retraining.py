@@ -183,7 +183,7 @@ def show_decomposition(con, run: str) -> None:
     mg = store.analysis_table(con, run, "retrain_metagrad")
     prompts = sorted(int(j) for j in mg.test_id.unique())
     st.caption(f"Prompts with {METAGRAD} (test ids): {', '.join(map(str, prompts))}. Other prompts have no "
-               f"{METAGRAD} row in any table. {METAGRAD_DESCRIPTION.capitalize()}.")
+               f"{METAGRAD} row in any table. {METAGRAD_DESCRIPTION[:1].upper() + METAGRAD_DESCRIPTION[1:]}.")
     table = dec[["method", "part", "lds", "lds_lo", "lds_hi", "n_test"]].copy()
     order = {m: i for i, m in enumerate(DECOMPOSITION_PARTS)}
     table = table.sort_values("method", key=lambda c: c.map(lambda m: order.get(m, len(order)))).rename(
