@@ -248,7 +248,27 @@ def test_a_dead_server_named_by_the_state_file_is_replaced_by_a_new_one(ask_env,
     assert _ranked(at, ["repsim"])["repsim"]["id"].tolist() == [i for i, _ in want]
 
 
-def test_five_sessions_asking_at_once_all_get_their_own_answer(ask_env, open_page):
+@pytest.fixture
+def one_compile_at_a_time(monkeypatch):
+    """Serialise page compilation across AppTests.
+
+    CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state, so two threads running
+    ``ast.parse`` at once can fail with "AST constructor recursion depth mismatch" (seen in CI). A Streamlit server
+    compiles a page once, under its one script cache's lock; AppTest makes a fresh cache for every run, so five
+    AppTests in threads compile at once. One lock over every cache restores what the server does.
+    """
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+
+    lock, compile_page = threading.Lock(), ScriptCache.get_bytecode
+
+    def serialised(self, script_path):
+        with lock:
+            return compile_page(self, script_path)
+
+    monkeypatch.setattr(ScriptCache, "get_bytecode", serialised)
+
+
+def test_five_sessions_asking_at_once_all_get_their_own_answer(ask_env, open_page, one_compile_at_a_time):
     run, server = ask_env
     prompts = [f"{'a b ' * (j + 1)}a" for j in range(5)]
     pages = [open_page(PAGE) for _ in prompts]
