@@ -8,7 +8,8 @@ Each size is one ``python -m engine run`` of the grammars task (one epoch, every
 last checkpoint scored; TracIn also takes the gradients of the earlier checkpoints) with the feature cache on
 disk and ``scoring.feature_memory_mb`` MB of cached tensors kept in memory. Peak RSS is the child process's
 ``ru_maxrss``; times are the manifest's per-stage timings. The goal: peak RSS at the largest n within 1.3x of
-the size before it, and time linear in n_train (the per-1k columns flat).
+the size before it, and time linear in n_train (the per-1k columns flat). A second table gives every stage's own
+peak RSS (the run's memory probe, ``peak_memory_mb`` in its manifest): where the memory goes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def run_one(model: str, n: int, n_test: int, methods: list[str] | None, memory_m
             "scoring": {"checkpoints": "last", "shard_size": shard, "grad_batch_size": 32,
                         "feature_memory_mb": memory_mb, **({"methods": methods} if methods else {}),
                         # self-influence of a preconditioned method costs as much as n test prompts: not here
-                        "self_influence": False}}
+                        "self_influence": False},
+            # scoring only: the analyses (the stability check is on by default) re-score and are timed elsewhere
+            "analysis": {"stages": []}}
     path = work / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "engine", "run", str(path), "--store", str(work / "s.duckdb"), "--quiet",
@@ -50,7 +53,8 @@ def run_one(model: str, n: int, n_test: int, methods: list[str] | None, memory_m
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"run at n={n} failed:\n{proc.stderr.read()[-3000:]}")
     manifest = json.loads((work / "runs" / spec["name"] / "manifest.json").read_text())
-    return {"n": n, "wall_s": wall, "rss_mb": usage.ru_maxrss / 1024, "timings": manifest["timings"]}
+    return {"n": n, "wall_s": wall, "rss_mb": usage.ru_maxrss / 1024, "timings": manifest["timings"],
+            "stages": manifest["peak_memory_mb"]["rss"]}
 
 
 def table(rows: list[dict]) -> str:
@@ -67,6 +71,15 @@ def table(rows: list[dict]) -> str:
                  f"{t['metrics_s']:.1f}", f"{t['total_s']:.0f}"]
         out.append("| " + " | ".join(cells) + " |")
         prev = r["rss_mb"]
+    return "\n".join(out)
+
+
+def stage_table(rows: list[dict]) -> str:
+    """Peak RSS (MB) of every stage at every n (the run's memory probe, engine.pipeline.memory)."""
+    stages = list(dict.fromkeys(s for r in rows for s in r["stages"]))
+    out = ["| stage | " + " | ".join(f"n = {r['n']:,}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    for s in stages:
+        out.append(f"| {s} | " + " | ".join(f"{r['stages'].get(s, float('nan')):.0f}" for r in rows) + " |")
     return "\n".join(out)
 
 
@@ -89,6 +102,8 @@ def main(argv=None) -> None:
     print(f"model {args.model}, {args.n_test} test prompts, shard {args.shard}, feature memory {args.memory_mb} MB, "
           f"{os.cpu_count()} CPUs")
     print(table(rows))
+    print("\npeak RSS per stage, MB (each stage's own peak: the mark is reset as it starts)")
+    print(stage_table(rows))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,7 @@ from engine.model.adapters import adapter_digest
 from engine.model.finetune import set_lora_state
 from engine.model.states import AdapterStates, LoadedModel, load_model, write_checkpoints
 from engine.pipeline.fingerprint import fingerprint
+from engine.pipeline.memory import MemoryProbe
 from engine.pipeline.stages import (
     cached_adapter_states,
     encode_data,
@@ -94,7 +96,10 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
     ``dist``: this process's place in a torchrun job (default: one process).
     """
     t0 = time.perf_counter()
-    run = _prepare(spec, Path(runs_dir), progress, dist or Dist())
+    dist = dist or Dist()
+    probe = MemoryProbe(cuda=torch.cuda.is_available())
+    with probe.stage("load"):
+        run = _prepare(spec, Path(runs_dir), progress, dist, probe)
     owner = run.dist.broadcast_int(os.getpid())  # rank 0 owns the run folder; the others write into it
     if run.dist.main:  # another run with the same features must not delete the cache under this one
         run.cache.lease()
@@ -136,6 +141,7 @@ class Run:
     cache: FeatureCache
     lru: TensorLRU
     texts: tuple[tuple[str, ...], tuple[str, ...]] | None
+    memory: MemoryProbe  # peak memory per stage, for the manifest
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -157,7 +163,7 @@ class Scored:
     shards: dict[str, int]
 
 
-def _prepare(spec: RunSpec, runs_dir: Path, progress: bool, dist: Dist) -> Run:
+def _prepare(spec: RunSpec, runs_dir: Path, progress: bool, dist: Dist, memory: MemoryProbe) -> Run:
     """Data, methods, plan, model and cache, each checked before the run folder is opened."""
     task = load_data(spec)
     methods = run_methods(spec)
@@ -173,13 +179,14 @@ def _prepare(spec: RunSpec, runs_dir: Path, progress: bool, dist: Dist) -> Run:
     return Run(spec, runs_dir, progress, dist, task, methods, plan, lm, data,
                k=spec.scoring.k or metrics.default_k(data.train_labels), settings=pass_settings(spec, lm, progress),
                cache=open_cache(spec, task, lm, runs_dir), lru=tensor_lru(spec),
-               texts=texts, notes=list(lm.user.warnings) if lm.user is not None else [])
+               texts=texts, memory=memory, notes=list(lm.user.warnings) if lm.user is not None else [])
 
 
 def _adapter_stage(run: Run, writer: RunWriter) -> AdapterStates:
     """The adapter states (fine-tuned, or the user's); rank 0 writes the samples, the losses and the checkpoints."""
     t = time.perf_counter()
-    states = cached_adapter_states(run.spec, run.lm, run.data, run.cache, run.dist, run.progress)
+    with run.memory.stage("finetune"):
+        states = cached_adapter_states(run.spec, run.lm, run.data, run.cache, run.dist, run.progress)
     run.timings["finetune_s"] = time.perf_counter() - t
     if run.dist.main:
         writer.write_table("samples.parquet", samples_table(run.task))
@@ -207,12 +214,13 @@ def _score_checkpoints(run: Run, writer: RunWriter, states: AdapterStates) -> Sc
         set_lora_state(run.lm.model, states.states[c - 1])
         run.lm.model.eval()
         t = time.perf_counter()
-        done, kept = ensure_features(run.cache, c, run.lm.model, run.data.train, run.data.test, run.settings, plan,
-                                     dist, c in scored)
-        out.shards["computed"] += done
-        out.shards["reused"] += kept
-        out.now = load_checkpoint(run.cache, c, states.weights[c - 1], n_train, n_test, run.settings, plan, dist,
-                                  run.lru, c in scored, run.texts)
+        with run.memory.stage("features"):
+            done, kept = ensure_features(run.cache, c, run.lm.model, run.data.train, run.data.test, run.settings,
+                                         plan, dist, c in scored)
+            out.shards["computed"] += done
+            out.shards["reused"] += kept
+            out.now = load_checkpoint(run.cache, c, states.weights[c - 1], n_train, n_test, run.settings, plan, dist,
+                                      run.lru, c in scored, run.texts)
         timings["features_s"] += time.perf_counter() - t
         if plan.history:
             out.history.append(out.now)
@@ -220,11 +228,12 @@ def _score_checkpoints(run: Run, writer: RunWriter, states: AdapterStates) -> Sc
             continue
         t = time.perf_counter()
         run.notes.extend(score_checkpoint(writer, run.methods, out.now, out.history, spec.scoring.shard_size,
-                                          timings))
+                                          timings, run.memory))
         timings["scoring_s"] += time.perf_counter() - t
         dist.barrier()  # every rank's score files are written
         if dist.main:
-            _evaluate(run, writer, c, out)
+            with run.memory.stage("metrics"):
+                _evaluate(run, writer, c, out)
     out.shards = _all_rank_shards(dist, out.shards)
     return out
 
@@ -257,9 +266,10 @@ def _self_influence(run: Run, s: Scored) -> list[dict] | None:
     if not (run.plan.self_influence and run.dist.main):
         return None
     t = time.perf_counter()
-    now, history = _whole_training_set(run.cache, s.now, s.history, run.plan, run.lru, run.dist,
-                                       run.spec.scoring.shard_size)
-    rows = self_influence_stage(now, history, run.methods)
+    with run.memory.stage("self_influence"):
+        now, history = _whole_training_set(run.cache, s.now, s.history, run.plan, run.lru, run.dist,
+                                           run.spec.scoring.shard_size)
+        rows = self_influence_stage(now, history, run.methods)
     run.timings["self_influence_s"] = time.perf_counter() - t
     return rows
 
@@ -285,8 +295,10 @@ def _finish(run: Run, writer: RunWriter, states: AdapterStates, s: Scored, self_
     spec, timings = run.spec, run.timings
     if self_rows is not None:
         writer.write_table("self_influence.parquet", table("self_influence", self_rows))
-    s.ev.write(writer)
-    extra = checks_stage(writer, spec, run.lm, run.data, states, s.now.checkpoint, s.finite, timings, run.notes)
+    with run.memory.stage("metrics"):
+        s.ev.write(writer)
+    with run.memory.stage("checks"):
+        extra = checks_stage(writer, spec, run.lm, run.data, states, s.now.checkpoint, s.finite, timings, run.notes)
     if spec.analysis.stages:
         train_grads = None
         if run.plan.grads and "ihvp" in spec.analysis.stages:  # the study reads every training gradient
@@ -303,13 +315,16 @@ def _finish(run: Run, writer: RunWriter, states: AdapterStates, s: Scored, self_
             now, history = _whole_training_set(run.cache, s.now, s.history, run.plan, run.lru, run.dist,
                                                spec.scoring.shard_size)
             inputs = dataclasses.replace(inputs, features=now, history=history)
-        timings.update(run_stages(inputs, writer.write_table, say(run.progress)))
+        with run.memory.stage("analyses"):
+            timings.update(run_stages(inputs, writer.write_table, say(run.progress)))
     writer.adopt(SCORES_DIR)  # the other ranks' score files
     if spec.scoring.query_index:
-        extra["query_index"] = _index_stage(run, writer, states, s)
+        with run.memory.stage("index"):
+            extra["query_index"] = _index_stage(run, writer, states, s)
     timings["total_s"] = time.perf_counter() - t0
     return writer.commit({**_manifest(spec, run.task, run.methods, run.plan, states, s.scored, run.k, run.lm,
-                                      timings, run.notes, run.dist, s.shards), **extra})
+                                      timings, run.notes, run.dist, s.shards),
+                          "peak_memory_mb": run.memory.peaks(), **extra})
 
 
 def _index_stage(run: Run, writer: RunWriter, states: AdapterStates, s: Scored) -> dict:
@@ -330,16 +345,17 @@ def _index_stage(run: Run, writer: RunWriter, states: AdapterStates, s: Scored) 
 
 
 def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: CheckpointData,
-                     history: list[CheckpointData], shard_size: int, seconds: dict[str, float]) -> list[str]:
+                     history: list[CheckpointData], shard_size: int, seconds: dict[str, float],
+                     memory: MemoryProbe | None = None) -> list[str]:
     """Score every method at ``now`` over this process's training shards, writing one score file per (method,
-    shard) as it goes; adds each method's time to ``seconds[score_<name>_s]``; returns one warning line per
-    method that warned."""
+    shard) as it goes; adds each method's time to ``seconds[score_<name>_s]`` (and its peak memory to ``memory``,
+    stage ``score_<name>``); returns one warning line per method that warned."""
     c = now.checkpoint
     notes = []
     for m in methods:
         t = time.perf_counter()
         train_x, test_x = method_features(m.proj_key, now, history)
-        with warnings.catch_warnings(record=True) as caught:
+        with memory.stage(f"score_{m.name}") if memory else nullcontext(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             for start, stop, S_block in score_in_shards(m.name, train_x, test_x, p=m.params):
                 writer.write_table(scores_file(m.name, c, start // shard_size),

@@ -229,6 +229,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "k_default": "the paper's k = floor(n_train / n_labels); without labels min(10, n_train)",
     "device": "torch device the run used",
     "timings": "seconds per stage",
+    "peak_memory_mb": "peak memory per stage in MB (engine.pipeline.memory): rss per stage, the run's peak_rss, gpu on "
+                      "CUDA; resettable false means each stage reads the process's peak so far",
     "warnings": "one line per method or stage that warned",
     "analyses": "analysis stages that ran",
     "checks_failed": "number of failed numerical self-checks (absent when the checks did not run)",
