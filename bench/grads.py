@@ -18,6 +18,17 @@ import warnings
 import torch
 
 
+def trained_looking(model):
+    """The LoRA model with small random B matrices (B = 0 at initialisation would leave the A blocks without
+    gradient), in eval mode; the benches' stand-in for a fine-tuned adapter."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_((torch.randn(p.shape, generator=g) * 0.01).to(p.device))
+    return model.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -40,13 +51,7 @@ def main() -> None:
     spec = PRESETS["quick"]
     device = resolve_device(args.device)
     model, tok = load_base(args.model)
-    model = add_lora(model, spec.lora, seed=0).to(device)
-    with torch.no_grad():  # a trained-looking adapter: B != 0 so every block carries gradient
-        g = torch.Generator().manual_seed(0)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_((torch.randn(p.shape, generator=g) * 0.01).to(p.device))
-    model.eval()
+    model = trained_looking(add_lora(model, spec.lora, seed=0).to(device))
     task = build_task("grammars", seed=0, n_train_per_label=max(1, args.n // 10 + 1), n_test_per_label=1)
     enc = [encode(s, tok, spec.train.template, spec.train.max_length, spec.train.loss_on)
            for s in task.train[: args.n]]

@@ -6,8 +6,8 @@ method, and peak memory (RSS), at several n_train, each run in a fresh process.
 
 Each size is one ``python -m engine run`` of the grammars task (one epoch, every method unless --methods, the
 last checkpoint scored; TracIn also takes the gradients of the earlier checkpoints) with the feature cache on
-disk and ``scoring.feature_memory_mb`` MB of cached tensors kept in memory. Peak RSS is the child process's
-``ru_maxrss``; times are the manifest's per-stage timings. The goal: peak RSS at the largest n within 1.3x of
+disk and ``scoring.feature_memory_mb`` MB of cached tensors kept in memory. Peak RSS is the run's own probe's
+peak over its stages (the child's ``ru_maxrss`` when larger); times are the manifest's per-stage timings. The goal: peak RSS at the largest n within 1.3x of
 the size before it, and time linear in n_train (the per-1k columns flat). A second table gives every stage's own
 peak RSS (the run's memory probe, ``peak_memory_mb`` in its manifest): where the memory goes.
 """
@@ -29,14 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_one(model: str, n: int, n_test: int, methods: list[str] | None, memory_mb: int, shard: int,
-            work: Path) -> dict:
+            grad_batch: int | None, work: Path) -> dict:
     labels = 10  # grammars: 10 rules
     spec = {"name": f"scale-{model}-{n}", "model": {"name": model},
             "task": {"name": "grammars", "seed": 0, "n_train_per_label": n // labels,
                      "n_test_per_label": max(1, n_test // labels)},
             "lora": {"r": 4, "alpha": 32, "dropout": 0.0},
             "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3, "max_length": 48, "loss_on": "sequence"},
-            "scoring": {"checkpoints": "last", "shard_size": shard, "grad_batch_size": 32,
+            "scoring": {"checkpoints": "last", "shard_size": shard, "grad_batch_size": grad_batch,
                         "feature_memory_mb": memory_mb, **({"methods": methods} if methods else {}),
                         # self-influence of a preconditioned method costs as much as n test prompts: not here
                         "self_influence": False},
@@ -53,7 +53,10 @@ def run_one(model: str, n: int, n_test: int, methods: list[str] | None, memory_m
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"run at n={n} failed:\n{proc.stderr.read()[-3000:]}")
     manifest = json.loads((work / "runs" / spec["name"] / "manifest.json").read_text())
-    return {"n": n, "wall_s": wall, "rss_mb": usage.ru_maxrss / 1024, "timings": manifest["timings"],
+    # the run resets its high-water mark per stage (engine.pipeline.memory), so the exit's ru_maxrss is the last
+    # stage's: the run's peak is the larger of it and the manifest's peak over every stage
+    peak = max(usage.ru_maxrss / 1024, manifest["peak_memory_mb"]["peak_rss"])
+    return {"n": n, "wall_s": wall, "rss_mb": peak, "timings": manifest["timings"],
             "stages": manifest["peak_memory_mb"]["rss"]}
 
 
@@ -91,16 +94,20 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", help="comma-separated (default: every default method)")
     ap.add_argument("--memory-mb", type=int, default=64, help="scoring.feature_memory_mb")
     ap.add_argument("--shard", type=int, default=2048, help="scoring.shard_size")
+    ap.add_argument("--grad-batch", default="auto", help="scoring.grad_batch_size (default auto: from the model's "
+                    "activation budget, engine.model.footprint; fine-tuning's micro-batches follow the same budget)")
     ap.add_argument("--work", help="folder for runs and the feature cache (default: a temp folder)")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         rows = []
         for n in args.n:
-            rows.append(run_one(args.model, n, args.n_test, methods, args.memory_mb, args.shard, Path(tmp)))
+            grad_batch = None if args.grad_batch == "auto" else int(args.grad_batch)
+            rows.append(run_one(args.model, n, args.n_test, methods, args.memory_mb, args.shard, grad_batch,
+                                Path(tmp)))
             print(f"n={n}: {rows[-1]['rss_mb']:.0f} MB, {rows[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
     print(f"model {args.model}, {args.n_test} test prompts, shard {args.shard}, feature memory {args.memory_mb} MB, "
-          f"{os.cpu_count()} CPUs")
+          f"gradient batch {args.grad_batch}, {os.cpu_count()} CPUs")
     print(table(rows))
     print("\npeak RSS per stage, MB (each stage's own peak: the mark is reset as it starts)")
     print(stage_table(rows))

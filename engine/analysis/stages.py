@@ -84,6 +84,12 @@ class StageInputs:
     settings: PassSettings | None = None
     k: int = 10
 
+    @property
+    def batch_size(self) -> int:
+        """Samples per batch of the analyses' passes: the run's gradient-pass batch (``scoring.grad_batch_size``,
+        resolved by the pipeline when automatic)."""
+        return self.settings.batch_size if self.settings else self.spec.scoring.grad_batch_size or 16
+
 
 def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
                progress: Callable[[str], None]) -> dict[str, float]:
@@ -93,7 +99,7 @@ def run_stages(inp: StageInputs, write: Callable[[str, pa.Table], None],
     train_labels = [s.label for s in inp.task.train]
     test_labels = [s.label for s in inp.task.test]
     refs = [s.response for s in inp.task.test]
-    bs = inp.spec.scoring.grad_batch_size
+    bs = inp.batch_size
     if "stability" in a.stages:
         timings.update(_stability_stage(inp, write, progress))
     if "ihvp" in a.stages:
@@ -161,7 +167,7 @@ def _retrain_context(inp: StageInputs, refs) -> rt.Context:
     ctx = rt.Context(model=inp.model, tok=inp.tok, initial=inp.states[0], original=original,
                      train_enc=inp.train_enc, test_enc=inp.test_enc, test_refs=refs, marker=inp.task.behaviour,
                      train_cfg=tr, device=inp.device, scaling=inp.scaling, max_new_tokens=a.generate_tokens,
-                     batch_size=inp.spec.scoring.grad_batch_size, bank=bank, eval_settings=eval_settings)
+                     batch_size=inp.batch_size, bank=bank, eval_settings=eval_settings)
     return ctx
 
 
@@ -194,7 +200,7 @@ def _retrain_stage(inp: StageInputs, write, progress, refs) -> dict[str, float]:
     """The retraining analysis; returns its time, the number of retrainings run and reused from the bank, and
     the seconds spent fine-tuning the new ones."""
     a, t = inp.spec.analysis, time.perf_counter()
-    bs = inp.spec.scoring.grad_batch_size
+    bs = inp.batch_size
     tr = inp.spec.train
     set_lora_state(inp.model, inp.states[-1])
     orig_loss = sample_losses(inp.model, inp.test_enc, inp.tok.pad_token_id, inp.device, bs)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from engine.data.encoding import IGNORE, Encoded, collate
+from engine.data.encoding import Encoded, collate
 from engine.errors import EngineStateError
+from engine.model.lm_loss import batch_loss
 
 
 def lora_blocks(model) -> list[tuple[str, torch.nn.Module]]:
@@ -101,18 +102,9 @@ class _Recorder:
 
 
 def _sparse_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean loss [B] and last-layer hidden states [B, T, h], applying the LM head only at
-    positions that carry a loss (with a 49k vocabulary the head dominates the cost on prompt tokens)."""
-    base = model.get_base_model()
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    b_idx, t_idx = (labels != IGNORE).nonzero(as_tuple=True)
-    logits = base.get_output_embeddings()(hidden[b_idx, t_idx]).float()
-    tok = torch.nn.functional.cross_entropy(logits, labels[b_idx, t_idx], reduction="none")
-    B = labels.shape[0]
-    total = torch.zeros(B, device=tok.device).index_add(0, b_idx, tok)
-    count = torch.zeros(B, device=tok.device).index_add(0, b_idx, torch.ones_like(tok))
-    return total / count.clamp(min=1), hidden
+    """Per-sample mean loss [B] and last-layer hidden states [B, T, h] (the head only at positions that carry a
+    loss, in chunks: :func:`engine.model.lm_loss.batch_loss`)."""
+    return batch_loss(model, batch)
 
 
 def _add_factors(act, grad, rec, dys, mask) -> None:
@@ -147,36 +139,44 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
         raise EngineStateError("the model has no LoRA blocks (no lora_A/lora_B linear of the active adapter): "
                                "check lora.target_modules against the model's module names")
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
-    grads: list[list[torch.Tensor]] = [[] for _ in blocks]
-    reps, losses = [], []
+    n = len(samples)
+    # the results, allocated once and filled at each sample's own row: no per-batch pieces to concatenate and
+    # reorder (three copies of a shard's gradients at once, 0.9 GB each for 1k SmolLM2 samples)
+    grads: list[torch.Tensor | None] = [None] * len(blocks)  # [n, d_l], allocated at the first batch's dtype
+    reps: torch.Tensor | None = None  # [n, h], allocated when the first batch shows h
+    losses = torch.empty(n)
     f64 = {"dtype": torch.float64, "device": device}
     act = [torch.zeros(m.in_features, m.in_features, **f64) for _, m in blocks] if kfac else []
     gcov = [torch.zeros(m.out_features, m.out_features, **f64) for _, m in blocks] if kfac else []
     tokens = 0
     with _Recorder(blocks) as rec, tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample") as bar:
         for start in range(0, len(order), batch_size):
-            batch = collate([samples[i] for i in order[start:start + batch_size]], pad_id)
+            rows = torch.tensor(order[start:start + batch_size], dtype=torch.long)  # the batch's input positions
+            batch = collate([samples[i] for i in rows.tolist()], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, hidden = _sparse_loss(model, batch)
             dys = torch.autograd.grad(loss.sum(), rec.outputs, allow_unused=True)
             for i, (x, dy) in enumerate(zip(rec.inputs, dys)):
                 if dy is None:  # a block the loss does not reach (cannot happen for q/v, kept for safety)
                     dy = torch.zeros(*x.shape[:2], blocks[i][1].out_features, device=x.device)
-                g = torch.einsum("bto,bti->boi", dy.float(), x.float())
-                grads[i].append(g.reshape(g.shape[0], -1).cpu())
+                g = torch.einsum("bto,bti->boi", dy.float(), x.float())  # bfloat16 under an autocast (the check)
+                if grads[i] is None:
+                    grads[i] = torch.empty(n, g.shape[1] * g.shape[2], dtype=g.dtype)
+                grads[i][rows] = g.reshape(g.shape[0], -1).cpu()
             if kfac:
                 mask = batch["token_mask"]  # the sample's positions (its own leading pads carry loss: paper)
                 _add_factors(act, gcov, rec, dys, mask)
                 tokens += int(mask.sum())
             idx = (batch["prompt_len"] - 1).clamp(min=0)
-            reps.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), idx].float().detach().cpu())
-            losses.append(loss.detach().float().cpu())
+            if reps is None:
+                reps = torch.empty(n, hidden.shape[-1])
+            reps[rows] = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx].float().detach().cpu()
+            losses[rows] = loss.detach().float().cpu()
             bar.update(len(batch["prompt_len"]))
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return SampleFeatures(
-        grads=[torch.cat(g)[inverse] for g in grads], reps=torch.cat(reps)[inverse],
-        loss=torch.cat(losses)[inverse], block_names=tuple(name for name, _ in blocks),
+        grads=[g if g is not None else torch.empty(0, m.out_features * m.in_features) for g, (_, m) in zip(grads, blocks)],
+        reps=reps if reps is not None else torch.empty(0, 0),
+        loss=losses, block_names=tuple(name for name, _ in blocks),
         kfac=KroneckerFactors([a.cpu() for a in act], [g.cpu() for g in gcov], tokens, len(samples)) if kfac else None,
     )
 
@@ -184,6 +184,8 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
 def merge_features(parts: list[SampleFeatures]) -> SampleFeatures:
     """Concatenate features of consecutive shards (same blocks, in shard order)."""
     names = parts[0].block_names
+    if len(parts) == 1:  # nothing to concatenate: no copy (a shard's gradients can be a GB)
+        return parts[0]
     bad = next((i for i, p in enumerate(parts) if p.block_names != names), None)
     if bad is not None:
         raise EngineStateError(f"feature shards have different LoRA blocks: shard 0 has {len(names)} "

@@ -1,8 +1,11 @@
 """LoRA fine-tuning with peft: AdamW with linear decay (no warm-up), optional gradient-norm clipping, a checkpoint
 (LoRA state) after every epoch.
 
+A batch whose activations would not fit the memory budget goes through the model in parts whose gradients add up
+(``train.micro_batch_size``, :func:`micro_batch_size`): the same step, up to float rounding.
+
 The training objective is the mean over the batch of per-sample mean token losses
-(``engine.data.encoding.per_sample_loss``), i.e. the empirical risk (1/n) Σ_i L(z_i) whose per-sample gradients
+(``engine.model.lm_loss.batch_loss``), i.e. the empirical risk (1/n) Σ_i L(z_i) whose per-sample gradients
 the attribution methods use. Attribution runs in eval mode (no dropout).
 
 Data order and dropout are fixed per training sample, so that a retraining without some samples
@@ -28,9 +31,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from engine.data.encoding import Encoded, collate, per_sample_loss
+from engine.data.encoding import Encoded, collate
 from engine.errors import InputError
 from engine.model.dropout import per_sample_dropout, row_keys
+from engine.model.footprint import batch_for_budget
+from engine.model.lm_loss import batch_loss
 from engine.spec.run_spec import LoraSpec, TrainSpec
 
 
@@ -105,17 +110,28 @@ def step_schedule(seed: int, epochs: int, n: int, batch_size: int) -> list[tuple
 
 
 def batch_terms(model, train_set: list[Encoded], chunk: Sequence[int], pad_id: int, device: torch.device, rows,
-                seed: int, epoch: int) -> torch.Tensor:
+                seed: int, epoch: int, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The per-sample losses [B] of the training batch ``chunk`` (ids into ``train_set``) as a fine-tuning step
     computes them: the batch's dropout row keys set (``rows`` from :func:`per_sample_dropout`, None without
-    dropout), the model's forward in its current mode. The one home of a training step's forward, shared by
-    :func:`finetune` and the replay (engine.model.replay), so that both compute the same function."""
+    dropout), the model's forward in its current mode (:func:`engine.model.lm_loss.batch_loss`: the head only
+    where a loss is taken). The one home of a training step's forward, shared by :func:`finetune` and the replay
+    (engine.model.replay, which passes the step's LoRA weights as ``params``), so both compute the same function."""
     if rows is not None:
         rows.keys = row_keys(seed, epoch, chunk).to(device)
     batch = collate([train_set[i] for i in chunk], pad_id)
     batch = {k: v.to(device) for k, v in batch.items()}
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention"])
-    return per_sample_loss(out.logits, batch["labels"])
+    return batch_loss(model, batch, params)[0]
+
+
+def micro_batch_size(model, train_set: list[Encoded], cfg: TrainSpec) -> int:
+    """How many samples of a batch go through the model at once: ``train.micro_batch_size``, or (None) the most
+    whose saved activations fit the budget (engine.model.footprint) at the longest sample's length. A step then
+    accumulates the gradients of its parts; with one part it is the plain batch step, bit for bit."""
+    if cfg.micro_batch_size is not None:
+        return min(cfg.micro_batch_size, cfg.batch_size)
+    longest = max((len(e.input_ids) for e in train_set), default=1)
+    dtype_bytes = next(p for p in model.parameters()).element_size()
+    return min(cfg.batch_size, batch_for_budget(model.config, longest, dtype_bytes=dtype_bytes))
 
 
 def check_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor | None:
@@ -148,6 +164,7 @@ def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, devic
 
     w_all = check_weights(weights, len(train_set))
     seed = cfg.seed if seed is None else int(seed)
+    micro = micro_batch_size(model, train_set, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = step_schedule(seed, cfg.epochs, len(train_set), cfg.batch_size)
@@ -159,12 +176,16 @@ def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, devic
         torch.manual_seed(seed)  # any other dropout in the base model: deterministic per run
         model.train()
         for step, (epoch, chunk) in enumerate(schedule, start=1):
-            terms = batch_terms(model, train_set, chunk, pad_id, device, rows, seed, epoch)
-            if w_all is not None:
-                terms = terms * w_all[chunk].to(terms.device, terms.dtype)
-            loss = terms.mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = [chunk[a:a + micro] for a in range(0, len(chunk), micro)]
+            value = 0.0
+            for part in parts:  # gradient accumulation: the batch's loss, a part's activations at a time
+                terms = batch_terms(model, train_set, part, pad_id, device, rows, seed, epoch)
+                if w_all is not None:
+                    terms = terms * w_all[part].to(terms.device, terms.dtype)
+                loss = terms.mean() if len(parts) == 1 else terms.sum() / len(chunk)
+                loss.backward()
+                value += loss.item()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             result.lrs.append(sched.get_last_lr()[0])
@@ -172,7 +193,6 @@ def finetune(model, train_set: list[Encoded], pad_id: int, cfg: TrainSpec, devic
                 on_step(step, epoch, chunk, params, opt)
             opt.step()
             sched.step()
-            value = loss.item()
             result.losses.append((epoch, step, value))
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")

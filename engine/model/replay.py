@@ -42,10 +42,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine.data.encoding import Encoded, collate, per_sample_loss
+from engine.data.encoding import Encoded, collate
 from engine.errors import InputError
 from engine.model.dropout import per_sample_dropout
 from engine.model.finetune import batch_terms, finetune, lora_state, set_lora_state
+from engine.model.lm_loss import batch_loss
 from engine.spec.run_spec import TrainSpec
 
 # torch's clip_grad_norm_ divides by (total norm + this); the replay's clipping is the same function
@@ -208,16 +209,12 @@ def _test_grads(model, names, final: list[torch.Tensor], test_set: list[Encoded]
                 pad_id: int, device: torch.device) -> list[list[torch.Tensor]]:
     """Per prompt, grad_theta of its mean token loss at the final weights in eval mode (no dropout), as
     attribution measures a test loss: one tensor per trainable parameter."""
-    from torch.func import functional_call
-
     model.eval()
     out = []
     for j in prompts:
         theta = [t.detach().to(device).requires_grad_(True) for t in final]
         batch = {k: v.to(device) for k, v in collate([test_set[j]], pad_id).items()}
-        logits = functional_call(model, dict(zip(names, theta)), (),
-                                 {"input_ids": batch["input_ids"], "attention_mask": batch["attention"]}).logits
-        loss = per_sample_loss(logits, batch["labels"])[0]
+        loss = batch_loss(model, batch, dict(zip(names, theta)))[0][0]
         out.append(list(torch.autograd.grad(loss, theta)))
     return out
 
@@ -228,9 +225,6 @@ def metagradients(model, traj: Trajectory, train_set: list[Encoded], test_set: l
     """Scores ``S [len(prompts), n]`` (float64): ``S[k, i] = -dL(z'_{prompts[k]}; theta_T(w)) / dw_i`` at w = 1
     (larger = more responsible; see the module docstring), by one reverse sweep over the recorded steps for all
     the prompts together. The model's LoRA parameters are left at the trajectory's final state, in eval mode."""
-    from torch.func import functional_call
-
-
     named = trainable(model)
     names, like = [n for n, _ in named], [p for _, p in named]
     n, K, P = len(train_set), len(prompts), len(like)
@@ -255,8 +249,7 @@ def metagradients(model, traj: Trajectory, train_set: list[Encoded], test_set: l
             theta, m, v = load(s.theta), load(s.m), load(s.v)
             w = torch.ones(len(s.chunk), dtype=s.theta.dtype, device=device, requires_grad=True)
             params = dict(zip(names, theta))
-            terms = batch_terms(lambda **kw: functional_call(model, params, (), kw), train_set, s.chunk, pad_id,
-                                device, rows, traj.seed, s.epoch)
+            terms = batch_terms(model, train_set, s.chunk, pad_id, device, rows, traj.seed, s.epoch, params=params)
             loss = (terms * w.to(terms.dtype)).mean()
             g = clip(list(torch.autograd.grad(loss, theta, create_graph=True)), traj.max_grad_norm)
             new = [UPDATES[traj.update](th, mm, vv, gg, lr=s.lr, count=s.count, betas=traj.betas, eps=traj.eps,

@@ -67,6 +67,7 @@ from engine.pipeline.stages import (
     cached_adapter_states,
     encode_data,
     feature_plan,
+    grad_batch_size,
     load_data,
     open_cache,
     pass_settings,
@@ -413,7 +414,7 @@ def checks_stage(writer: RunWriter, spec: RunSpec, lm: LoadedModel, data: Encode
                                spec.checks.samples, spec.dtype)
     if spec.dtype == "bfloat16":
         rows += checks.bf16_rows(lm.model, data.train, data.test, lm.tok.pad_token_id, lm.device, checkpoint,
-                                 spec.checks.rows, spec.checks.columns, spec.scoring.grad_batch_size)
+                                 spec.checks.rows, spec.checks.columns, grad_batch_size(spec, lm))
     rows = [r.as_dict() for r in rows + finite]
     writer.write_table("checks.parquet", table("checks", rows))
     failed = [r for r in rows if not r["passed"]]

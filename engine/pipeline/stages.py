@@ -26,6 +26,7 @@ from engine.features.distributed import Dist
 from engine.features.plan import FeaturePlan, plan_for
 from engine.features.stage import PassSettings
 from engine.model.adapters import adapter_digest
+from engine.model.footprint import batch_for_budget
 from engine.model.states import AdapterStates, LoadedModel, adapter_states
 from engine.paths import features_cache_dir
 from engine.runfolder.runformat import CHECKPOINTS_DIR
@@ -80,9 +81,18 @@ def say(progress: bool):
     return log.info
 
 
+def grad_batch_size(spec: RunSpec, lm: LoadedModel) -> int:
+    """``scoring.grad_batch_size``, or (None) the most samples of ``train.max_length`` tokens whose activations fit
+    the budget of engine.model.footprint for this model."""
+    if spec.scoring.grad_batch_size is not None:
+        return spec.scoring.grad_batch_size
+    dtype_bytes = next(p for p in lm.model.parameters()).element_size()
+    return batch_for_budget(lm.model.config, spec.train.max_length, dtype_bytes=dtype_bytes)
+
+
 def pass_settings(spec: RunSpec, lm: LoadedModel, progress: bool) -> PassSettings:
     """How the feature passes run for this spec and model: device, padding, batch and shard sizes."""
-    return PassSettings(lm.device, lm.tok.pad_token_id, spec.scoring.grad_batch_size, spec.scoring.shard_size,
+    return PassSettings(lm.device, lm.tok.pad_token_id, grad_batch_size(spec, lm), spec.scoring.shard_size,
                         progress)
 
 

@@ -97,6 +97,9 @@ class TrainSpec:
         used for fine-tuning, gradients and representations (engine.data.encoding).
     max_grad_norm: clip the gradient norm at this value before each step (0 = off; HF Trainer's default is 1.0).
     seed: LoRA initialisation, data order and dropout masks.
+    micro_batch_size: how many samples of a batch go through the model at once (the batch's gradient accumulated
+        over its parts; the same step up to rounding); None: the most whose activations fit the budget of
+        engine.model.footprint at the longest sample's length.
     """
 
     epochs: int = field(default=10, metadata=rule(positive=True))
@@ -112,6 +115,9 @@ class TrainSpec:
         "CUDA, the authors' stack: they attend to every position)")))
     max_grad_norm: float = field(default=0.0, metadata=rule(minimum=0))
     seed: int = 0
+    micro_batch_size: int | None = field(default=None, metadata=rule(positive=True, help=(
+        "samples per forward pass within a batch (gradients accumulated); empty: as many as fit a 512 MB "
+        "activation budget")))
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,8 @@ class ScoringSpec:
     checkpoints: str = field(default="last", metadata=rule(choices=("last", "all")))
     lambda_c: float = field(default=10.0, metadata=rule(
         positive=True, help="every damped method's lambda_l = mean(g^2) / lambda_c"))
-    grad_batch_size: int = field(default=16, metadata=rule(positive=True))
+    grad_batch_size: int | None = field(default=16, metadata=rule(positive=True, help=(
+        "samples per batch of the gradient passes; empty: as many as fit a 512 MB activation budget")))
     shard_size: int = field(default=512, metadata=rule(positive=True))
     k: int | None = field(default=None, metadata=rule(positive=True))
     # the *_proj methods: k dimensions per LoRA block and the seed of the projection (engine.features.projection)

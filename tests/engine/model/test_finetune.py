@@ -217,3 +217,42 @@ def test_gradient_norm_is_clipped_before_every_step():
         handle.remove()
     assert min(free) > 1e-3  # unclipped gradients are larger than the cap ...
     assert max(norms) <= 1e-3 * (1 + 1e-5)  # ... and clipped ones are at most the cap
+
+
+def test_micro_batches_take_the_same_steps_as_whole_batches():
+    """A batch run in parts whose gradients add up is the plain batch step, up to float rounding (float64 here),
+    with dropout on (its masks follow the sample, not the part) and uneven parts."""
+    def run(micro):
+        model, tok = load_base("tiny", dtype=torch.float64)
+        model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.1), seed=0)
+        enc = [encode(s, tok, "[INST] {prompt} [/INST] {response}", 32, "response") for s in DATA]
+        cfg = TrainSpec(epochs=2, batch_size=5, lr=1e-2, seed=0, micro_batch_size=micro, max_grad_norm=1.0)
+        return finetune(model, enc, tok.pad_token_id, cfg, CPU, progress=False, weights=[1.0, 0.0, 2.0] * 5 + [1.0])
+
+    whole, parts = run(None), run(2)  # None: the tiny model's budget takes the whole batch of 5
+    for k in whole.initial:
+        torch.testing.assert_close(parts.epochs[-1][k], whole.epochs[-1][k], rtol=1e-10, atol=1e-13)
+    assert [v for *_, v in parts.losses] == pytest.approx([v for *_, v in whole.losses], rel=1e-12)
+    assert any(not torch.equal(parts.epochs[-1][k], whole.initial[k]) for k in whole.initial)  # it trained
+
+
+def test_the_automatic_micro_batch_follows_the_activation_budget():
+    from engine.model.finetune import micro_batch_size
+    from engine.model.footprint import activation_bytes_per_token
+
+    model, tok = load_base("tiny")
+    enc = [encode(s, tok, "[INST] {prompt} [/INST] {response}", 32, "response") for s in DATA]
+    assert micro_batch_size(model, enc, TrainSpec(batch_size=8)) == 8  # the tiny model: the whole batch fits
+    assert micro_batch_size(model, enc, TrainSpec(batch_size=8, micro_batch_size=3)) == 3
+    assert micro_batch_size(model, enc, TrainSpec(batch_size=2, micro_batch_size=3)) == 2
+    # a SmolLM2-shaped config: 1.61 MB of saved activations per token from the count, x the margin
+    from transformers import LlamaConfig
+
+    smol = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                       num_key_value_heads=3, vocab_size=49152)
+    per_token = activation_bytes_per_token(smol)
+    assert per_token == int(30 * (9 * 576 + 3 * 192 + 5 * 1536) * 4 * 1.15)
+    from engine.model.footprint import batch_for_budget
+
+    assert batch_for_budget(smol, 48) == int(512 * 2**20 // (per_token * 48))  # 5 samples of 48 tokens
+    assert batch_for_budget(smol, 10_000) == 1 and batch_for_budget(smol, 1, budget_mb=1e9) == 64

@@ -64,7 +64,7 @@ def test_the_rule_bearing_fields():
     assert enforced == {
         "task.n_train_per_label", "task.n_test_per_label", "lora.r", "lora.alpha", "lora.dropout",
         "lora.target_modules", "train.epochs", "train.batch_size", "train.lr", "train.max_length", "train.loss_on",
-        "train.preprocessing", "train.pad_attention", "train.max_grad_norm", "scoring.methods", "scoring.checkpoints", "scoring.lambda_c",
+        "train.preprocessing", "train.pad_attention", "train.max_grad_norm", "train.micro_batch_size", "scoring.methods", "scoring.checkpoints", "scoring.lambda_c",
         "scoring.grad_batch_size", "scoring.shard_size", "scoring.k", "scoring.proj_dim", "scoring.proj_seed",
         "scoring.feature_cache", "scoring.feature_memory_mb", "analysis.stages", "analysis.ihvp_lambda_c",
         "analysis.ihvp_iterations", "analysis.ihvp_entries", "analysis.generate_tokens", "analysis.retrain_single",
@@ -143,8 +143,8 @@ def test_spec_hashes_did_not_change():
     """The specs' hashes (run folders are named by them): rules as field metadata left them as they were; a new field
     changes them all, on purpose (CONTRIBUTING, "Add a spec field")."""
     assert {n: s.spec_hash[:16] for n, s in PRESETS.items()} == {
-        "paper": "c755123be0822422", "quick": "18b6f39f11a62d73"}
-    assert RunSpec().spec_hash[:16] == "c03d7216000123c0"
+        "paper": "0b29359b98dc7d43", "quick": "49581b74f452da11"}
+    assert RunSpec().spec_hash[:16] == "1878de6351625b95"
     assert {(m, t): demo_spec(m, t).spec_hash[:16] for m in ("tiny", "smollm2-135m") for t in DEMO_TASKS} == {
-        ("tiny", "grammars"): "fe9cc54df25a4ca3", ("tiny", "harmful_s"): "88900388252d2459",
-        ("smollm2-135m", "grammars"): "47a32b986f2fa2c4", ("smollm2-135m", "harmful_s"): "78bf758cf553dafb"}
+        ("tiny", "grammars"): "09ade36557d1142d", ("tiny", "harmful_s"): "16dbf071eef38cc4",
+        ("smollm2-135m", "grammars"): "ef568746ee1d16be", ("smollm2-135m", "harmful_s"): "f1806056683bf375"}
