@@ -235,24 +235,3 @@ def test_micro_batches_take_the_same_steps_as_whole_batches():
     assert [v for *_, v in parts.losses] == pytest.approx([v for *_, v in whole.losses], rel=1e-12)
     assert any(not torch.equal(parts.epochs[-1][k], whole.initial[k]) for k in whole.initial)  # it trained
 
-
-def test_the_automatic_micro_batch_follows_the_activation_budget():
-    from engine.model.finetune import micro_batch_size
-    from engine.model.footprint import activation_bytes_per_token
-
-    model, tok = load_base("tiny")
-    enc = [encode(s, tok, "[INST] {prompt} [/INST] {response}", 32, "response") for s in DATA]
-    assert micro_batch_size(model, enc, TrainSpec(batch_size=8)) == 8  # the tiny model: the whole batch fits
-    assert micro_batch_size(model, enc, TrainSpec(batch_size=8, micro_batch_size=3)) == 3
-    assert micro_batch_size(model, enc, TrainSpec(batch_size=2, micro_batch_size=3)) == 2
-    # a SmolLM2-shaped config: 1.61 MB of saved activations per token from the count, x the margin
-    from transformers import LlamaConfig
-
-    smol = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                       num_key_value_heads=3, vocab_size=49152)
-    per_token = activation_bytes_per_token(smol)
-    assert per_token == int(30 * (9 * 576 + 3 * 192 + 5 * 1536) * 4 * 1.15)
-    from engine.model.footprint import batch_for_budget
-
-    assert batch_for_budget(smol, 48) == int(512 * 2**20 // (per_token * 48))  # 5 samples of 48 tokens
-    assert batch_for_budget(smol, 10_000) == 1 and batch_for_budget(smol, 1, budget_mb=1e9) == 64
