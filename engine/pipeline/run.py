@@ -98,9 +98,10 @@ def run_pipeline(spec: RunSpec, runs_dir: Path, progress: bool = True, dist: Dis
     """
     t0 = time.perf_counter()
     dist = dist or Dist()
-    probe = MemoryProbe(cuda=torch.cuda.is_available())
+    probe = MemoryProbe()
     with probe.stage("load"):
         run = _prepare(spec, Path(runs_dir), progress, dist, probe)
+    probe.cuda = run.lm.device.type == "cuda"  # GPU peaks from here on; a CPU run never initialises CUDA for them
     owner = run.dist.broadcast_int(os.getpid())  # rank 0 owns the run folder; the others write into it
     if run.dist.main:  # another run with the same features must not delete the cache under this one
         run.cache.lease()
