@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from engine.data.encoding import Encoded, collate
 from engine.errors import InputError
 from engine.model.dropout import per_sample_dropout, row_keys
-from engine.model.footprint import batch_for_budget
+from engine.model.footprint import activation_dtype_bytes, batch_for_budget
 from engine.model.lm_loss import batch_loss
 from engine.spec.run_spec import LoraSpec, TrainSpec
 
@@ -130,8 +130,7 @@ def micro_batch_size(model, train_set: list[Encoded], cfg: TrainSpec) -> int:
     if cfg.micro_batch_size is not None:
         return min(cfg.micro_batch_size, cfg.batch_size)
     longest = max((len(e.input_ids) for e in train_set), default=1)
-    dtype_bytes = next(p for p in model.parameters()).element_size()
-    return min(cfg.batch_size, batch_for_budget(model.config, longest, dtype_bytes=dtype_bytes))
+    return min(cfg.batch_size, batch_for_budget(model.config, longest, dtype_bytes=activation_dtype_bytes(model)))
 
 
 def check_weights(weights: Sequence[float] | None, n: int) -> torch.Tensor | None:

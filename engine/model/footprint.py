@@ -43,6 +43,13 @@ def activation_bytes_per_token(config, dtype_bytes: int = 4) -> int:
     return int(cfg.num_hidden_layers * per_layer * dtype_bytes * MARGIN)
 
 
+def activation_dtype_bytes(model) -> int:
+    """The element size of ``model``'s activations: its floating-point weights' (a quantized base's packed integer
+    weights compute in bfloat16: 2)."""
+    floating = next((p for p in model.parameters() if p.is_floating_point() and not p.requires_grad), None)
+    return floating.element_size() if floating is not None else 2
+
+
 def batch_for_budget(config, tokens_per_sample: int, budget_mb: float = ACTIVATION_BUDGET_MB,
                      dtype_bytes: int = 4, most: int = MAX_AUTO_BATCH) -> int:
     """The largest batch (1 to ``most``) of samples padded to ``tokens_per_sample`` tokens whose saved activations

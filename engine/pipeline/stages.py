@@ -26,7 +26,7 @@ from engine.features.distributed import Dist
 from engine.features.plan import FeaturePlan, plan_for
 from engine.features.stage import PassSettings
 from engine.model.adapters import adapter_digest
-from engine.model.footprint import batch_for_budget
+from engine.model.footprint import activation_dtype_bytes, batch_for_budget
 from engine.model.states import AdapterStates, LoadedModel, adapter_states
 from engine.paths import features_cache_dir
 from engine.runfolder.runformat import CHECKPOINTS_DIR
@@ -86,8 +86,7 @@ def grad_batch_size(spec: RunSpec, lm: LoadedModel) -> int:
     the budget of engine.model.footprint for this model."""
     if spec.scoring.grad_batch_size is not None:
         return spec.scoring.grad_batch_size
-    dtype_bytes = next(p for p in lm.model.parameters()).element_size()
-    return batch_for_budget(lm.model.config, spec.train.max_length, dtype_bytes=dtype_bytes)
+    return batch_for_budget(lm.model.config, spec.train.max_length, dtype_bytes=activation_dtype_bytes(lm.model))
 
 
 def pass_settings(spec: RunSpec, lm: LoadedModel, progress: bool) -> PassSettings:

@@ -30,3 +30,14 @@ def test_the_automatic_micro_batch_follows_the_activation_budget():
 
     assert batch_for_budget(smol, 48) == int(512 * 2**20 // (per_token * 48))  # 5 samples of 48 tokens
     assert batch_for_budget(smol, 10_000) == 1 and batch_for_budget(smol, 1, budget_mb=1e9) == 64
+
+
+def test_the_activation_element_size_follows_the_frozen_weights():
+    import torch
+
+    from engine.model.finetune import add_lora
+    from engine.model.footprint import activation_dtype_bytes
+    from engine.spec.run_spec import LoraSpec
+
+    assert activation_dtype_bytes(add_lora(load_base("tiny")[0], LoraSpec(), seed=0)) == 4
+    assert activation_dtype_bytes(add_lora(load_base("tiny", dtype=torch.bfloat16)[0], LoraSpec(), seed=0)) == 2
