@@ -41,3 +41,16 @@ def test_the_activation_element_size_follows_the_frozen_weights():
 
     assert activation_dtype_bytes(add_lora(load_base("tiny")[0], LoraSpec(), seed=0)) == 4
     assert activation_dtype_bytes(add_lora(load_base("tiny", dtype=torch.bfloat16)[0], LoraSpec(), seed=0)) == 2
+
+
+def test_an_empty_grad_batch_size_is_sized_from_the_budget():
+    from types import SimpleNamespace
+
+    from engine.model.footprint import batch_for_budget
+    from engine.pipeline.stages import grad_batch_size
+    from engine.spec.load import spec_from_dict
+
+    lm = SimpleNamespace(model=load_base("tiny")[0])
+    auto = spec_from_dict({"scoring": {"grad_batch_size": None}, "train": {"max_length": 64}})
+    assert grad_batch_size(auto, lm) == batch_for_budget(lm.model.config, 64) == 64  # tiny: the cap
+    assert grad_batch_size(spec_from_dict({"scoring": {"grad_batch_size": 7}}), lm) == 7
