@@ -284,7 +284,23 @@ def kfac_totals(paths: list[Path], headers: list[dict], reduce, template: Path) 
         tokens += h["kfac_tokens"]
         samples += h["rows"]
     counts = reduce(torch.tensor([float(tokens), float(samples)], dtype=torch.float64))
-    return KroneckerFactors([reduce(a) for a in act], [reduce(g) for g in grad], int(counts[0]), int(counts[1]))
+    return KroneckerFactors(_share_equal([reduce(a) for a in act]), [reduce(g) for g in grad], int(counts[0]),
+                            int(counts[1]))
+
+
+def _share_equal(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The list with every tensor equal to an earlier one replaced by that one: the q and v ``lora_A`` blocks of a
+    layer see the same input, so their activation factors are equal (SmolLM2: 30 x 2.6 MB held twice through
+    every scoring stage). Read-only from here on; the Kronecker methods then also decompose each one once."""
+    seen: dict[tuple, list[torch.Tensor]] = {}
+    out = []
+    for t in tensors:
+        key = (tuple(t.shape), t.dtype, float(t.sum()))
+        same = next((u for u in seen.get(key, []) if torch.equal(u, t)), None)
+        if same is None:
+            seen.setdefault(key, []).append(t)
+        out.append(t if same is None else same)
+    return out
 
 
 def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:

@@ -18,6 +18,7 @@ method what it reads.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -135,10 +136,15 @@ def test_ranges(n_test: int, dist) -> list[tuple[int, int]]:
 
 
 def ensure_features(cache: FeatureCache, checkpoint: int, model, train_enc: list, test_enc: list,
-                    run: PassSettings, plan: FeaturePlan, dist, scored: bool) -> tuple[int, int]:
+                    run: PassSettings, plan: FeaturePlan, dist, scored: bool,
+                    after_shard: Callable[[], None] | None = None) -> tuple[int, int]:
     """Compute this process's missing shards (and test part) at ``checkpoint`` into the cache; return
     ``(computed, reused)`` shard counts. A shard file already there with the contents the plan needs is reused
-    (a resumed run, or new methods on the same features). All processes meet at the end."""
+    (a resumed run, or new methods on the same features). All processes meet at the end.
+
+    ``after_shard``: called once a shard's features are written and dropped (the pipeline hands the freed heap
+    back to the system there: a shard's gradients and its passes' activations, interleaved on the heap, would
+    otherwise stay resident into the next shard and the stages after)."""
     if not scored:  # only TracIn's history reads this checkpoint: full gradients and nothing else
         plan = FeaturePlan(grads=True)
     keep = plan.keep_train_grads or not scored
@@ -154,12 +160,17 @@ def ensure_features(cache: FeatureCache, checkpoint: int, model, train_enc: list
         side = side_features(model, train_enc[a:b], run, plan, train=True, keep_grads=keep,
                              desc=f"train grads @{checkpoint} [{a}:{b}]")
         write_side(path, side, need_train, a, dist.rank)
+        del side
         computed += 1
+        if after_shard is not None:
+            after_shard()
     a, b = dist.test_part(len(test_enc))
     path = cache.test_file(checkpoint, a, b)
     if b > a and not cache.has(path, need_test):
         write_side(path, side_features(model, test_enc[a:b], run, plan, train=False, keep_grads=True,
                                        desc=f"test grads @{checkpoint}"), need_test, a, dist.rank)
+        if after_shard is not None:
+            after_shard()
     dist.barrier()
     return computed, reused
 

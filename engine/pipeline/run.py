@@ -62,7 +62,7 @@ from engine.model.adapters import adapter_digest
 from engine.model.finetune import set_lora_state
 from engine.model.states import AdapterStates, LoadedModel, load_model, write_checkpoints
 from engine.pipeline.fingerprint import fingerprint
-from engine.pipeline.memory import MemoryProbe
+from engine.pipeline.memory import MemoryProbe, release_freed_memory
 from engine.pipeline.stages import (
     cached_adapter_states,
     encode_data,
@@ -218,7 +218,7 @@ def _score_checkpoints(run: Run, writer: RunWriter, states: AdapterStates) -> Sc
         t = time.perf_counter()
         with run.memory.stage("features"):
             done, kept = ensure_features(run.cache, c, run.lm.model, run.data.train, run.data.test, run.settings,
-                                         plan, dist, c in scored)
+                                         plan, dist, c in scored, after_shard=release_freed_memory)
             out.shards["computed"] += done
             out.shards["reused"] += kept
             out.now = load_checkpoint(run.cache, c, states.weights[c - 1], n_train, n_test, run.settings, plan, dist,

@@ -20,6 +20,7 @@ CUDA inputs are computed on the GPU); only the final score matrix is moved to th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -210,13 +211,36 @@ def gram_factor(train: TrainData, l: int, dt, dev) -> torch.Tensor:
     return C
 
 
-def grad_train_blocks(shard: Features, p) -> list[torch.Tensor]:
-    """The training side of a shard: ``[G_l]`` in the compute dtype/device of parameters ``p``."""
+class LazyBlocks(Sequence):
+    """A training side whose block l is made when it is read (``make(l)``), not all at once.
+
+    Why: :func:`dot_queries` reads one block at a time, and converting a whole shard to float64 up front held a
+    second, double-size copy of it (472 MB for 256 SmolLM2 samples, the largest allocation of the EK-FAC stage).
+    Reading a block twice makes it twice; every caller reads each block once."""
+
+    def __init__(self, count: int, make: Callable[[int], torch.Tensor]):
+        self.count, self.make = count, make
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, l):
+        if isinstance(l, slice):
+            return [self[i] for i in range(*l.indices(self.count))]
+        if not -self.count <= l < self.count:
+            raise IndexError(l)
+        return self.make(l % self.count)
+
+
+def grad_train_blocks(shard: Features, p) -> Sequence[torch.Tensor]:
+    """The training side of a shard: ``[G_l]`` in the compute dtype/device of parameters ``p``, each block
+    converted as it is read (:class:`LazyBlocks`)."""
     if not shard.grads:
         raise InputError("this method needs per-sample gradients of the training samples (Features.grads)")
     dt = resolve_dtype(p.dtype)
     dev = resolve_device(p.device, shard.grads[0])
-    return [g.to(device=dev, dtype=dt) for g in shard.grads]
+    grads = shard.grads
+    return LazyBlocks(len(grads), lambda l: grads[l].to(device=dev, dtype=dt))
 
 
 def gram_method(precondition: Preconditioner):

@@ -63,15 +63,17 @@ def check_factors(train: TrainData, name: str):
     return f
 
 
-def _eigh(cache: dict, M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (clamped at 0) and eigenvectors of the symmetric M, reusing an equal matrix's from ``cache``
-    (the q and v ``lora_A`` blocks of a layer share their input, hence their activation factor)."""
-    key = (tuple(M.shape), float(M.sum()))
+def _eigh(cache: dict, source: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (clamped at 0) and eigenvectors of the symmetric ``source / count`` in float64, reusing an
+    equal factor's from ``cache`` (the q and v ``lora_A`` blocks of a layer share their input, hence their
+    activation factor). The cache keeps the factor itself (already held by the KroneckerFactors), not a float64
+    copy of it: that copy was half of the eigenbases' memory."""
+    key = (tuple(source.shape), float(source.sum()), count)
     for other, eig in cache.get(key, []):
-        if torch.equal(other, M):
+        if other is source or torch.equal(other, source):
             return eig
-    w, Q = torch.linalg.eigh(M)
-    cache.setdefault(key, []).append((M, (w.clamp(min=0), Q)))
+    w, Q = torch.linalg.eigh(source.double() / max(count, 1))
+    cache.setdefault(key, []).append((source, (w.clamp(min=0), Q)))
     return cache[key][-1][1]
 
 
@@ -79,8 +81,8 @@ def eigenbasis(factors, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """``(s, Q_S, a, Q_A)`` of block ``block``: eigenvalues (clamped at 0) and eigenvectors (columns), float64."""
     cache = _EIGEN.setdefault(factors, {"blocks": {}, "matrices": {}})
     if block not in cache["blocks"]:
-        s, QS = _eigh(cache["matrices"], factors.grad[block].double() / max(factors.samples, 1))
-        a, QA = _eigh(cache["matrices"], factors.act[block].double() / max(factors.tokens, 1))
+        s, QS = _eigh(cache["matrices"], factors.grad[block], factors.samples)
+        a, QA = _eigh(cache["matrices"], factors.act[block], factors.tokens)
         cache["blocks"][block] = (s, QS, a, QA)
     return cache["blocks"][block]
 

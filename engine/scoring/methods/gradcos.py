@@ -11,32 +11,39 @@ scores 0 against everything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from engine.features.types import Features, TrainData
 
-from ._common import check_grads, compute, full_score, grad_train_blocks
+from ._common import LazyBlocks, check_grads, compute, full_score, grad_train_blocks
 from .base import register
 
 
-def _unit_rows(blocks: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Scale row r of every block by 1 / sqrt(sum_l ||block_l[r]||^2) (rows of norm 0 stay 0)."""
+def _inverse_norms(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """1 / sqrt(sum_l ||block_l[r]||^2) per row r (0 for a row of norm 0)."""
     norm = torch.sqrt(sum(torch.einsum("nd,nd->n", b, b) for b in blocks))
-    inv = torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
-    return [b * inv[:, None] for b in blocks]
+    return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
 
 
 def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
     """``Q_l = V_l / ||V||`` [m, d_l] in the compute dtype/device."""
     check_grads(train, test)
     dt, dev = compute(train, p)
-    return _unit_rows([v.to(device=dev, dtype=dt) for v in test.grads])
+    V = [v.to(device=dev, dtype=dt) for v in test.grads]
+    inv = _inverse_norms(V)
+    return [v * inv[:, None] for v in V]
 
 
-def train_side(shard: Features, p) -> list[torch.Tensor]:
-    """``T_l = G_l / ||G||`` of the shard (each row's norm over all blocks)."""
-    return _unit_rows(grad_train_blocks(shard, p))
+def train_side(shard: Features, p) -> Sequence[torch.Tensor]:
+    """``T_l = G_l / ||G||`` of the shard (each row's norm over all blocks), each block scaled as it is read."""
+    G = grad_train_blocks(shard, p)
+    inv = _inverse_norms(G)
+    return LazyBlocks(len(G), lambda l: G[l] * inv[:, None])
+
+
 
 
 @register("gradcos", queries=queries, train_side=train_side)
