@@ -25,11 +25,13 @@ from engine.data.uploads import keep_upload, list_datasets, max_upload_bytes, va
 from engine.errors import InputError
 from engine.jobs import queue as jobs
 from engine.jobs import workers
+from engine.jobs.plan_client import plan_spec
 from engine.paths import DEFAULT_STORE_PATH, default_datasets_dir, default_jobs_dir, default_store_path, read_only
 from engine.spec.load import spec_from_dict
 from engine.spec.presets import PRESETS
 from ui.auth import can_submit, current_user, require_login
 from ui.common import esc, get_store, md
+from ui.plan_view import show_plan
 from ui.spec_form import (
     DEVICE_FIELD,
     ENCODING_FIELDS,
@@ -211,9 +213,14 @@ def spec_form(datasets_dir) -> dict | None:
                     if fields_:
                         st.markdown(f"**{m}**")
                         entered[m] = {p.name: _param_widget(p, st) for p in fields_}
-        submitted = st.form_submit_button("Validate and queue", type="primary", disabled=not can_submit())
-    if not submitted:
+        b1, b2 = st.columns(2)
+        submitted = b1.form_submit_button("Validate and queue", type="primary", disabled=not can_submit())
+        planned = b2.form_submit_button("Plan memory and disk first", disabled=not can_submit(),
+                                        help="Predict each stage's peak memory and the disk from the model's "
+                                             "configuration (nothing is loaded), on this machine's memory")
+    if not (submitted or planned):
         return None
+    st.session_state["f_action"] = "queue" if submitted else "plan"
     preset = st.session_state.get("f_preset", "quick")
     spec = {"preset": preset, **changes(values, preset)}
     params = param_changes({m: {k: (None if v == "" else v) for k, v in vals.items()} for m, vals in entered.items()})
@@ -228,16 +235,33 @@ def spec_form(datasets_dir) -> dict | None:
     return spec
 
 
+def _checked(spec: dict):
+    """The form's spec dict as a RunSpec; InputError for what the form left out."""
+    if spec.get("task", {}).get("name") == "file" and not spec["task"].get("path"):
+        raise InputError("spec field 'task.path': no dataset chosen; upload one first or give a path")
+    if "adapter" in spec.get("model", {}):
+        if not spec["model"]["adapter"]:
+            raise InputError("spec field 'model.adapter': give the adapter folder (a path on the worker's machine)")
+        if not spec["model"].get("name"):
+            raise InputError("spec field 'model.name': give the base model the adapter was trained on")
+    return spec_from_dict(spec)
+
+
+def plan(spec: dict) -> None:
+    """The spec's memory plan (a child process: the plan needs torch's meta device), shown before queueing."""
+    try:
+        _checked(spec)
+        with st.spinner("Planning memory and disk from the model's configuration…"):
+            result = plan_spec(spec)
+    except InputError as e:
+        st.error(f"No plan: {e}")
+        return
+    show_plan(result)
+
+
 def queue(spec: dict, jobs_dir) -> None:
     try:
-        if spec.get("task", {}).get("name") == "file" and not spec["task"].get("path"):
-            raise InputError("spec field 'task.path': no dataset chosen; upload one first or give a path")
-        if "adapter" in spec.get("model", {}):
-            if not spec["model"]["adapter"]:
-                raise InputError("spec field 'model.adapter': give the adapter folder (a path on the worker's machine)")
-            if not spec["model"].get("name"):
-                raise InputError("spec field 'model.name': give the base model the adapter was trained on")
-        run_spec = spec_from_dict(spec)
+        run_spec = _checked(spec)
         job_id = jobs.submit(jobs_dir, run_spec, submitted_by=current_user())
     except InputError as e:
         st.error(f"Not queued: {e}")
@@ -344,7 +368,9 @@ if read_only():
 else:
     upload_section(datasets_dir)
     spec = spec_form(datasets_dir)
-    if spec is not None:
+    if spec is not None and st.session_state.get("f_action") == "plan":
+        plan(spec)
+    elif spec is not None:
         queue(spec, jobs_dir)
 st.subheader("Queue")
 job_list(jobs_dir)

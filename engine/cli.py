@@ -6,6 +6,7 @@ import-dataset PATH --name NAME | import-scores --dataset PATH --scores CSV --me
 report --run NAME [--k K] [--json] | ingest | rebuild-store | worker [--once] |
 tokens --run NAME --checkpoint C --train I[,J...] [--methods a,b] | index --run NAME [--force] |
 query --run NAME --prompt TEXT [--response TEXT | --generate] [--candidate] [--methods a,b] [--k K] [--json] |
+plan SPEC.yaml [--memory-gb G] [--device cuda --gpu-memory-gb G] [--json] |
 serve-query [--host H] [--port P]. run, demo and attribute take
 ``--analyses LIST``; run and attribute also run under torchrun. Every command takes ``--store FILE`` (default ``$INFLUENCE_STORE`` or
 ``data/influence.duckdb``); run folders live in ``$INFLUENCE_RUNS`` or ``<store dir>/runs``.
@@ -230,6 +231,15 @@ def cmd_run(args) -> None:
     _run_spec(args, _with_analyses(load_spec(args.spec), args.analyses))
 
 
+def cmd_plan(args) -> None:
+    from engine.pipeline.plan import format_plan, plan_run
+    from engine.spec.load import load_spec
+
+    plan = plan_run(load_spec(args.spec), device=args.device, memory_gb=args.memory_gb,
+                    gpu_memory_gb=args.gpu_memory_gb)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+
+
 def cmd_demo(args) -> None:
     from engine.pipeline.run import run_pipeline
     from engine.spec.presets import demo_spec
@@ -433,6 +443,14 @@ def _add_run_commands(sub, common, stages) -> None:
     s = sub.add_parser("run", parents=[common, stages], help="run a spec file")
     s.add_argument("spec")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("plan", help="predict a spec's peak memory per stage and its disk, before running it")
+    s.add_argument("spec")
+    s.add_argument("--device", choices=("cpu", "cuda"), help="plan for this device (default: the spec's)")
+    s.add_argument("--memory-gb", type=float, help="host memory to fit (default: this machine's)")
+    s.add_argument("--gpu-memory-gb", type=float, help="GPU memory to fit (default: the GPU here, if any)")
+    s.add_argument("--json", action="store_true", help="the plan as JSON")
+    s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("demo", parents=[common, stages], help="the 'quick' preset on a built-in model")
     _spec_flag(s, "--model", "model.name")

@@ -59,15 +59,22 @@ def build_tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<pad>")
 
 
-def build_tiny_model(vocab_size: int, seed: int = 0):
-    """A 2-layer random-init Llama (hidden 64), deterministic for a given seed."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_config(vocab_size: int):
+    """The tiny model's configuration: a 2-layer Llama, hidden 64."""
+    from transformers import LlamaConfig
 
-    cfg = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=0, pad_token_id=1,
     )
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    """A 2-layer random-init Llama (hidden 64), deterministic for a given seed."""
+    from transformers import LlamaForCausalLM
+
+    cfg = tiny_config(vocab_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
@@ -208,12 +215,7 @@ def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype 
                 tok.save_pretrained(folder)
                 model, _ = _load_pretrained("tiny", folder, True, False, dtype, load_in, device)
     else:
-        if name == "smollm2-135m":
-            where, local = str(smollm2_folder()), True
-        elif Path(name).is_dir():
-            where, local = name, True
-        else:
-            where, local = name, False
+        where, local = _where(name)
         if not trust_remote_code:
             _refuse_remote_code(name, where, local)
         model, tok = _load_pretrained(name, where, local, trust_remote_code, dtype, load_in, device)
@@ -222,6 +224,54 @@ def load_base(name: str, *, trust_remote_code: bool = False, dtype: torch.dtype 
     tok.padding_side = "right"
     model.eval()
     return model, tok
+
+
+def _where(name: str) -> tuple[str, bool]:
+    """``(folder or hub id, whether it is a local folder)`` of a model name other than "tiny"."""
+    if name == "smollm2-135m":
+        return str(smollm2_folder()), True
+    if Path(name).is_dir():
+        return name, True
+    return name, False
+
+
+def base_config(name: str, *, trust_remote_code: bool = False):
+    """The model's transformers configuration alone (its ``config.json``; no weights are read, nothing is
+    downloaded): for plans made before a run (engine.pipeline.plan)."""
+    if name == "tiny":
+        return tiny_config(len(build_tiny_tokenizer()))
+    where, local = _where(name)
+    if not trust_remote_code:
+        _refuse_remote_code(name, where, local)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        hint = "" if local else " (not a local folder, and not in the local Hugging Face cache; nothing is downloaded)"
+        raise InputError(f"model {name!r}: no readable config.json{hint} ({type(e).__name__}: {e})") from None
+
+
+def meta_model(config, dtype: torch.dtype = torch.float32, *, trust_remote_code: bool = False):
+    """A causal LM of ``config`` on the meta device: every shape, no memory, no weights."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    """The model's tokenizer, or None when its folder holds only a configuration (a plan for a model that is not
+    here: lengths are then taken as ``train.max_length``)."""
+    if name == "tiny":
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    where, _ = _where(name)
+    try:
+        return AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _load_pretrained(name: str, where: str, local: bool, trust_remote_code: bool, dtype: torch.dtype, load_in: str,

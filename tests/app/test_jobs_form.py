@@ -177,3 +177,30 @@ def test_no_page_imports_torch(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.strip().splitlines()[-1]) >= 8
+
+
+def test_the_plan_button_shows_the_memory_plan_and_queues_nothing(env):
+    """"Plan memory and disk first": the plan of the form's spec (a child process), each stage's peak, and no job."""
+    at = _run()
+    at.get("form_submit_button")[1].click()
+    at.run(timeout=300)
+    assert not at.exception, at.exception
+    assert not [e.value for e in at.error]
+    assert any("Memory plan for tiny" in s.value and "fits" in s.value for s in at.success), \
+        [s.value for s in at.success]
+    table = at.dataframe[0].value
+    assert {"load", "finetune", "features"} <= set(table["stage"]) and (table["host MB"] > 0).all()
+    assert not jobs.list_jobs(env / "jobs")
+
+
+def test_a_spec_the_plan_cannot_read_says_why_without_a_traceback(env, tmp_path):
+    at = _run()
+    at.radio(key="f_mode").set_value("attribute an existing adapter").run()
+    at.text_input(key="f_base").input("tiny")
+    at.text_input(key="f_adapter").input(str(tmp_path / "no-adapter-here"))
+    at.get("form_submit_button")[1].click()
+    at.run(timeout=300)
+    assert not at.exception, at.exception
+    (err,) = [e.value for e in at.error]
+    assert err.startswith("No plan:") and "model.adapter" in err and "Traceback" not in err
+    assert not jobs.list_jobs(env / "jobs")
