@@ -17,6 +17,7 @@ With ``kfac=True`` the same pass also sums the K-FAC factors of every block over
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -125,12 +126,15 @@ def _add_factors(act, grad, rec, dys, mask) -> None:
 
 
 def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.device, batch_size: int = 16,
-                    desc: str = "gradients", progress: bool = True, kfac: bool = False) -> SampleFeatures:
+                    desc: str = "gradients", progress: bool = True, kfac: bool = False,
+                    rows_sink: Callable[[torch.Tensor, list[torch.Tensor]], None] | None = None) -> SampleFeatures:
     """Per-sample LoRA gradients, final-layer hidden state at the last prompt token, and loss.
 
     Samples are batched in order of length (less padding) and returned in input order. Returns CPU float32
     tensors; memory on the device is bounded by ``batch_size``. ``kfac``: also sum the K-FAC factors
-    (:class:`KroneckerFactors`) over these samples.
+    (:class:`KroneckerFactors`) over these samples. ``rows_sink``: each batch's gradients are handed to
+    ``rows_sink(rows, [G_l [b, d_l] float32 CPU])`` (``rows``: their input positions) instead of being kept, and
+    the result's ``grads`` are empty [0, d_l] blocks (the feature stage streams them into the shard file).
     """
     if model.training:
         raise EngineStateError("per-sample gradients need model.eval() (dropout off) to be exact")
@@ -156,13 +160,20 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, hidden = _sparse_loss(model, batch)
             dys = torch.autograd.grad(loss.sum(), rec.outputs, allow_unused=True)
+            batch_grads = []
             for i, (x, dy) in enumerate(zip(rec.inputs, dys)):
                 if dy is None:  # a block the loss does not reach (cannot happen for q/v, kept for safety)
                     dy = torch.zeros(*x.shape[:2], blocks[i][1].out_features, device=x.device)
                 g = torch.einsum("bto,bti->boi", dy.float(), x.float())  # bfloat16 under an autocast (the check)
+                if rows_sink is not None:
+                    batch_grads.append(g.reshape(g.shape[0], -1).cpu())
+                    continue
                 if grads[i] is None:
                     grads[i] = torch.empty(n, g.shape[1] * g.shape[2], dtype=g.dtype)
                 grads[i][rows] = g.reshape(g.shape[0], -1).cpu()
+            if rows_sink is not None:
+                rows_sink(rows, batch_grads)
+                del batch_grads
             if kfac:
                 mask = batch["token_mask"]  # the sample's positions (its own leading pads carry loss: paper)
                 _add_factors(act, gcov, rec, dys, mask)

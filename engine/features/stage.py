@@ -25,15 +25,18 @@ import torch
 
 from engine.features.cache import (
     FeatureCache,
+    ShardWriter,
     TensorLRU,
     contents_of,
     kfac_totals,
     load_features,
+    proj_name,
     read_header,
+    side_header,
     write_side,
 )
 from engine.features.distributed import Dist
-from engine.features.grads import KroneckerFactors, merge_features, sample_features
+from engine.features.grads import KroneckerFactors, lora_blocks, merge_features, sample_features
 from engine.features.plan import FeaturePlan, ProjKey
 from engine.features.projection import ProjectedGrads, Projector, merge_projected
 from engine.features.rept import rept_features
@@ -135,6 +138,66 @@ def test_ranges(n_test: int, dist) -> list[tuple[int, int]]:
     return [Dist(r, dist.world_size).test_part(n_test) for r in range(dist.world_size)]
 
 
+def stream_train_shard(path, model, samples: list, run: PassSettings, plan: FeaturePlan, keep_grads: bool,
+                       start: int, rank: int, desc: str) -> None:
+    """One training shard's features written straight into its cache file (:class:`ShardWriter`): each batch's
+    gradients go to disk as they are computed, and are projected there, so a shard never holds its full
+    gradients in memory. The file is the one :func:`write_side` writes for :func:`side_features`' result."""
+    n = len(samples)
+    blocks = lora_blocks(model)
+    widths = [m.out_features * m.in_features for _, m in blocks]
+    kfac = plan.kfac
+    projectors = {k: Projector(widths, *k) for k in plan.projections}
+    projected = {k: [torch.empty(n, w) for w in pr.out_widths()] for k, pr in projectors.items()}
+    rept = rept_features(model, samples, run.pad_id, run.device, run.batch_size, desc=f"{desc} RepT",
+                         progress=run.progress) if plan.rept else None
+    hidden = getattr(model.config, "get_text_config", lambda: model.config)().hidden_size
+    f32, f64 = torch.float32, torch.float64
+    tensors = {"reps": (f32, (n, hidden)), "loss": (f32, (n,))}
+    if keep_grads:
+        tensors |= {f"grads.{l}": (f32, (n, w)) for l, w in enumerate(widths)}
+    if kfac:
+        tensors |= {f"kfac.act.{l}": (f64, (m.in_features,) * 2) for l, (_, m) in enumerate(blocks)}
+        tensors |= {f"kfac.grad.{l}": (f64, (m.out_features,) * 2) for l, (_, m) in enumerate(blocks)}
+    for k, parts in projected.items():
+        tensors |= {f"{proj_name(k)}.{l}": (f32, tuple(t.shape)) for l, t in enumerate(parts)}
+    if rept is not None:
+        tensors["rept"] = (f32, tuple(rept.shape))
+    contents = contents_of(plan, True, keep_grads)
+    proj_widths = {proj_name(k): list(widths) for k in projectors}
+    names = tuple(name for name, _ in blocks)
+
+    def header(tokens: int) -> dict:
+        return side_header(n, start, rank, names, widths if keep_grads else None, proj_widths, contents, tokens)
+
+    writer = ShardWriter(path, tensors, header(10 ** 15))  # room for any token count
+
+    def sink(rows: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        for l, g in enumerate(grads):
+            if keep_grads:
+                writer.write_rows(f"grads.{l}", rows, g)
+            for k, pr in projectors.items():
+                projected[k][l][rows] = pr.project_block(l, g)
+
+    try:
+        f = sample_features(model, samples, run.pad_id, run.device, run.batch_size, desc, run.progress, kfac=kfac,
+                            rows_sink=sink)
+        writer.write("reps", f.reps)
+        writer.write("loss", f.loss)
+        for l in range(len(blocks)) if kfac else ():
+            writer.write(f"kfac.act.{l}", f.kfac.act[l])
+            writer.write(f"kfac.grad.{l}", f.kfac.grad[l])
+        for k, parts in projected.items():
+            for l, t in enumerate(parts):
+                writer.write(f"{proj_name(k)}.{l}", t)
+        if rept is not None:
+            writer.write("rept", rept)
+        writer.close(header(f.kfac.tokens if kfac else 0))
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def ensure_features(cache: FeatureCache, checkpoint: int, model, train_enc: list, test_enc: list,
                     run: PassSettings, plan: FeaturePlan, dist, scored: bool,
                     after_shard: Callable[[], None] | None = None) -> tuple[int, int]:
@@ -157,10 +220,8 @@ def ensure_features(cache: FeatureCache, checkpoint: int, model, train_enc: list
             reused += 1
             continue
         a, b = bounds[i]
-        side = side_features(model, train_enc[a:b], run, plan, train=True, keep_grads=keep,
-                             desc=f"train grads @{checkpoint} [{a}:{b}]")
-        write_side(path, side, need_train, a, dist.rank)
-        del side
+        stream_train_shard(path, model, train_enc[a:b], run, plan, keep, a, dist.rank,
+                           desc=f"train grads @{checkpoint} [{a}:{b}]")
         computed += 1
         if after_shard is not None:
             after_shard()
