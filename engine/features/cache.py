@@ -194,7 +194,18 @@ def write_side(path: Path, side, contents: dict, start: int, rank: int) -> None:
         tensors["rept"] = side.rept
     header = side_header(side.n, start, rank, side.block_names, [int(g.shape[1]) for g in side.grads]
                          if side.grads else None, widths, contents, side.kfac.tokens if contents["kfac"] else 0)
-    _atomic_save({k: v.contiguous() for k, v in tensors.items()}, {"json": json.dumps(header)}, path)
+    _atomic_save(_unshared({k: v.contiguous() for k, v in tensors.items()}), {"json": json.dumps(header)}, path)
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of every tensor that shares its memory with an earlier one (safetensors refuses shared tensors; the
+    K-FAC activation factors of blocks fed one input are one object: engine.features.grads._add_factors)."""
+    seen, out = set(), {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        out[k] = v.clone() if ptr is not None and ptr in seen else v
+        seen.add(ptr)
+    return out
 
 
 def side_header(rows: int, start: int, rank: int, block_names, widths: list[int] | None, proj_widths: dict,

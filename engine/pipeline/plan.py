@@ -11,9 +11,9 @@ every stage     the runtime (interpreter, torch, transformers, the store's libra
 fine-tune       the adapter's training state (weights, gradients, AdamW's two moments: 16 bytes per LoRA
                 value), one micro-batch's saved activations (:func:`engine.model.footprint.activation_bytes_per_token`
                 x micro-batch x longest sample), the LM head's chunks (:func:`head_mb`), the recorded states
-features        one gradient batch's activations and its per-sample gradients, one training shard's gradients
-                (kept until the shard is written), the test side's gradients, the K-FAC factor sums, the
-                projections and their matrices
+features        one gradient batch's activations and its per-sample gradients (a training shard streams into
+                its cache file, so its gradients are not held), the test side's gradients, the K-FAC factor
+                sums, the projections and their matrices
 each method     the cached tensors kept in memory (``scoring.feature_memory_mb``) and one shard read, the
                 method's training-side statistics (Gram factors, Kronecker eigenbases), the preconditioned test
                 gradients (float64) and the score matrix (float64)
@@ -309,13 +309,15 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
     shard = min(spec.scoring.shard_size, n)
     kfac_mb = _kfac_mb(s, shared=True) if fplan.kfac else 0.0
     proj = {k: _proj_width(s, k[0]) for k in fplan.projections}
-    features = {"shard gradients": 4 * D * shard / MB,
-                "test gradients": 4 * D * m / MB}
+    # a training shard streams into its file a batch at a time (engine.features.stage.stream_train_shard): its
+    # gradients are not held; its projections are, until the shard is written
+    features = {"test gradients": 4 * D * m / MB}
     if kfac_mb:
-        features["K-FAC factor sums"] = _kfac_mb(s) + kfac_mb  # the shard's own, then the totals
+        # the shard's own sums while its pass runs (the totals, read after the pass, are no larger)
+        features["K-FAC factor sums"] = kfac_mb
     for k, width in proj.items():
         features[f"projection {k[0]}"] = min(PROJ_MEMO_MB, 4 * sum(min(k[0], w) * w for w in s.widths
-                                                                   if w > k[0]) / MB) + 4 * width * n / MB
+                                                                   if w > k[0]) / MB) + 4 * width * shard / MB
     stages.append(Stage("features", *split(
         {"activations (gradient batch)": s.act_bytes_per_token * grad_batch * tokens / MB,
          "LM head chunks": head_mb(s.vocab, grad_batch * tokens), "batch gradients": 2 * 4 * D * grad_batch / MB}, features)))
