@@ -293,7 +293,8 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
     host_base = {"runtime": RUNTIME_MB} if gpu else dict(base)
 
     def split(compute: dict[str, float], held: dict[str, float]) -> tuple[dict, dict]:
-        """Compute-side parts go to the GPU on CUDA, to the host otherwise; held parts stay on the host."""
+        """Compute-side parts go to the GPU on CUDA (with the weights, which stay there for the whole run), to the
+        host otherwise; held parts (shards, statistics, scores: the methods run on the host) stay on the host."""
         if gpu:
             return host_base | held, on_gpu | compute
         return base | compute | held, {}
@@ -312,15 +313,15 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
     # a training shard streams into its file a batch at a time (engine.features.stage.stream_train_shard): its
     # gradients are not held; its projections are, until the shard is written
     features = {"test gradients": 4 * D * m / MB}
+    pass_parts = {"activations (gradient batch)": s.act_bytes_per_token * grad_batch * tokens / MB,
+                  "LM head chunks": head_mb(s.vocab, grad_batch * tokens), "batch gradients": 2 * 4 * D * grad_batch / MB}
     if kfac_mb:
-        # the shard's own sums while its pass runs (the totals, read after the pass, are no larger)
-        features["K-FAC factor sums"] = kfac_mb
+        # the shard's own sums, on the pass's device while it runs (the totals, read after it, are no larger)
+        pass_parts["K-FAC factor sums"] = kfac_mb
     for k, width in proj.items():
         features[f"projection {k[0]}"] = min(PROJ_MEMO_MB, 4 * sum(min(k[0], w) * w for w in s.widths
                                                                    if w > k[0]) / MB) + 4 * width * shard / MB
-    stages.append(Stage("features", *split(
-        {"activations (gradient batch)": s.act_bytes_per_token * grad_batch * tokens / MB,
-         "LM head chunks": head_mb(s.vocab, grad_batch * tokens), "batch gradients": 2 * 4 * D * grad_batch / MB}, features)))
+    stages.append(Stage("features", *split(pass_parts, features)))
     # scoring: what every method's stage holds (the cached tensors, one shard read, the test side, K-FAC sums)
     cached = min(spec.scoring.feature_memory_mb, 4 * D * n / MB)
     held = {"cached features": cached, "one shard read": 4 * D * shard / MB, "test gradients": 4 * D * m / MB,
@@ -344,9 +345,9 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
             parts["queries (float64)"] = 8 * D * m / MB
         else:  # baselines and representation methods: no gradients read
             parts.pop("one shard read")
-        stages.append(Stage(f"score_{name}", base | parts))
-    stages.append(Stage("metrics", base | {"score matrices (two at a time)": 2 * 8 * n * m / MB}
-                        | ({"K-FAC factor sums": kfac_mb} if kfac_mb else {})))
+        stages.append(Stage(f"score_{name}", *split({}, parts)))
+    stages.append(Stage("metrics", *split({}, {"score matrices (two at a time)": 2 * 8 * n * m / MB}
+                                          | ({"K-FAC factor sums": kfac_mb} if kfac_mb else {}))))
     return stages
 
 

@@ -62,7 +62,15 @@ def test_a_llama_2_7b_config_is_planned_without_weights(tmp_path):
     assert s.act_bytes_per_token == int(32 * (9 * 4096 + 3 * 4096 + 5 * 11008) * 2 * 1.15)
     features = plan.stage("features")
     assert features.gpu_parts["weights"] == pytest.approx(2 * s.base_params / 2**20)
-    assert plan.peak_gpu_mb < 80 * 1024 and plan.proposals["grad_batch_size"] >= plan.grad_batch
+    # 16 samples of 512 tokens: 60 GB of activations beside the weights and the K-FAC sums (float64 [4096, 4096]
+    # per lora_B block) do not fit 80 GB; the proposed batch does
+    assert plan.grad_batch == 16 and plan.peak_gpu_mb > 80 * 1024
+    b = plan.proposals["grad_batch_size"]
+    assert 1 <= b < 16
+    fitted = plan_run(spec_from_dict({**spec.to_dict(), "scoring": {**spec.to_dict()["scoring"],
+                                                                     "grad_batch_size": b}}),
+                      device="cuda", gpu_memory_gb=80)
+    assert fitted.peak_gpu_mb <= 0.9 * 80 * 1024
 
 
 def _with_batch(b: int):
