@@ -9,7 +9,8 @@ last checkpoint scored; TracIn also takes the gradients of the earlier checkpoin
 disk and ``scoring.feature_memory_mb`` MB of cached tensors kept in memory. Peak RSS is the run's own probe's
 peak over its stages (the child's ``ru_maxrss`` when larger); times are the manifest's per-stage timings. The goal: peak RSS at the largest n within 1.3x of
 the size before it, and time linear in n_train (the per-1k columns flat). A second table gives every stage's own
-peak RSS (the run's memory probe, ``peak_memory_mb`` in its manifest): where the memory goes.
+peak RSS (the run's memory probe, ``peak_memory_mb`` in its manifest): where the memory goes, beside what
+``python -m engine plan`` predicted for the same spec before the run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def run_one(model: str, n: int, n_test: int, methods: list[str] | None, memory_m
     path.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "engine", "run", str(path), "--store", str(work / "s.duckdb"), "--quiet",
            "--no-ingest"]
+    planned = subprocess.run([sys.executable, "-m", "engine", "plan", str(path), "--json"], cwd=REPO,
+                             capture_output=True, text=True)
+    plan = json.loads(planned.stdout) if planned.returncode == 0 else None  # engine plan: the prediction
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -57,7 +61,9 @@ def run_one(model: str, n: int, n_test: int, methods: list[str] | None, memory_m
     # stage's: the run's peak is the larger of it and the manifest's peak over every stage
     peak = max(usage.ru_maxrss / 1024, manifest["peak_memory_mb"]["peak_rss"])
     return {"n": n, "wall_s": wall, "rss_mb": peak, "timings": manifest["timings"],
-            "stages": manifest["peak_memory_mb"]["rss"]}
+            "stages": manifest["peak_memory_mb"]["rss"],
+            "planned": {k: v["host_mb"] for k, v in plan["stages"].items()} | {"peak": plan["peak_mb"]}
+            if plan else {}}
 
 
 def table(rows: list[dict]) -> str:
@@ -78,11 +84,21 @@ def table(rows: list[dict]) -> str:
 
 
 def stage_table(rows: list[dict]) -> str:
-    """Peak RSS (MB) of every stage at every n (the run's memory probe, engine.pipeline.memory)."""
+    """Peak RSS (MB) of every stage at every n (the run's memory probe, engine.pipeline.memory), beside what
+    ``engine plan`` predicted for it before the run (and the ratio measured / predicted)."""
     stages = list(dict.fromkeys(s for r in rows for s in r["stages"]))
-    out = ["| stage | " + " | ".join(f"n = {r['n']:,}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    out = ["| stage | " + " | ".join(f"n = {r['n']:,}: measured / planned" for r in rows) + " |",
+           "|---|" + "---|" * len(rows)]
+
+    def cell(r, s):
+        got, want = r["stages"].get(s, float("nan")), r["planned"].get(s)
+        return f"{got:.0f}" + (f" / {want:.0f} ({got / want:.2f})" if want else "")
+
     for s in stages:
-        out.append(f"| {s} | " + " | ".join(f"{r['stages'].get(s, float('nan')):.0f}" for r in rows) + " |")
+        out.append(f"| {s} | " + " | ".join(cell(r, s) for r in rows) + " |")
+    out.append("| **peak** | " + " | ".join(
+        f"{r['rss_mb']:.0f}" + (f" / {r['planned']['peak']:.0f} ({r['rss_mb'] / r['planned']['peak']:.2f})"
+                                 if r["planned"] else "") for r in rows) + " |")
     return "\n".join(out)
 
 
@@ -109,7 +125,8 @@ def main(argv=None) -> None:
     print(f"model {args.model}, {args.n_test} test prompts, shard {args.shard}, feature memory {args.memory_mb} MB, "
           f"gradient batch {args.grad_batch}, {os.cpu_count()} CPUs")
     print(table(rows))
-    print("\npeak RSS per stage, MB (each stage's own peak: the mark is reset as it starts)")
+    print("\npeak RSS per stage, MB (each stage's own peak: the mark is reset as it starts), measured / predicted by "
+          "`engine plan` (ratio)")
     print(stage_table(rows))
 
 

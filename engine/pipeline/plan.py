@@ -322,32 +322,39 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
         features[f"projection {k[0]}"] = min(PROJ_MEMO_MB, 4 * sum(min(k[0], w) * w for w in s.widths
                                                                    if w > k[0]) / MB) + 4 * width * shard / MB
     stages.append(Stage("features", *split(pass_parts, features)))
-    # scoring: what every method's stage holds (the cached tensors, one shard read, the test side, K-FAC sums)
+    # scoring: what every method's stage holds (the cached tensors, one shard read, the test side, K-FAC sums),
+    # plus the statistics the methods before it kept (TrainData.memo, the eigenbases: kept for the methods after
+    # it, the analyses and the query index)
     cached = min(spec.scoring.feature_memory_mb, 4 * D * n / MB)
-    held = {"cached features": cached, "one shard read": 4 * D * shard / MB, "test gradients": 4 * D * m / MB,
-            "score matrix": 8 * n * m / MB}
+    held = {"cached features": cached, "test gradients": 4 * D * m / MB}
     if kfac_mb:
         held["K-FAC factor sums"] = kfac_mb
+    kept: dict[str, float] = {}
     widest = max(s.widths)
+    proj_dim = spec.scoring.proj_dim
     for name in methods:
-        parts = dict(held)
+        parts = held | kept | {"score matrix": 8 * n * m / MB}
+        reads_grads = name in (*_GRAM_METHODS, *_KRONECKER_METHODS, "tracin", "datainf", "gradsim", "gradcos")
+        if reads_grads:
+            parts["one shard read"] = 4 * D * shard / MB
+            parts["queries (float64)"] = 8 * D * m / MB
         if name in _GRAM_METHODS:
-            parts["Gram factors"] = min(GRAM_MEMO_BYTES / MB, 8 * sum(min(n, w) * w for w in s.widths) / MB) \
-                + 8 * min(n, widest) * widest / MB
-            parts["queries (float64)"] = 8 * D * m / MB
+            kept["Gram factors kept"] = min(GRAM_MEMO_BYTES / MB, 8 * sum(min(n, w) * w for w in s.widths) / MB)
+            parts["Gram factors kept"] = kept["Gram factors kept"]
+            parts["Gram factor of one block"] = 8 * min(n, widest) * widest / MB
         elif name in _KRONECKER_METHODS:
-            parts["eigenbases"] = _eigen_mb(s)
-            parts["queries (float64)"] = 8 * D * m / MB
+            kept["eigenbases"] = _eigen_mb(s)
+            parts["eigenbases"] = kept["eigenbases"]
         elif name.endswith("_proj"):
-            parts.pop("one shard read")
-            parts["projected features"] = 4 * sum(min(128, w) for w in s.widths) * n / MB
-        elif name in ("tracin", "datainf", "gradsim", "gradcos"):
-            parts["queries (float64)"] = 8 * D * m / MB
-        else:  # baselines and representation methods: no gradients read
-            parts.pop("one shard read")
+            parts["projected features"] = 4 * _proj_width(s, proj_dim) * n / MB
         stages.append(Stage(f"score_{name}", *split({}, parts)))
-    stages.append(Stage("metrics", *split({}, {"score matrices (two at a time)": 2 * 8 * n * m / MB}
-                                          | ({"K-FAC factor sums": kfac_mb} if kfac_mb else {}))))
+    stages.append(Stage("metrics", *split({}, held | kept | {"score matrices (two at a time)": 2 * 8 * n * m / MB})))
+    # the kept statistics are released before the checks unless the query index saves them (engine.pipeline.run)
+    after = held | (kept if spec.scoring.query_index else {})
+    if spec.checks.enabled:  # the padding check: a gradient pass over checks.samples samples in one batch
+        k = spec.checks.samples
+        stages.append(Stage("checks", *split({"activations (check batch)": s.act_bytes_per_token * k * tokens / MB,
+                                              "LM head chunks": head_mb(s.vocab, k * tokens)}, after)))
     return stages
 
 

@@ -77,7 +77,7 @@ from engine.pipeline.stages import (
 )
 from engine.runfolder.runformat import INDEX_DIR, SCORES_DIR, scores_file, table
 from engine.runfolder.writer import RunWriter, open_run
-from engine.scoring.methods import score_in_shards
+from engine.scoring.methods import release_statistics, score_in_shards
 from engine.scoring.methods.base import ScoringMethod
 from engine.scoring.query_index import index_body, index_checkpoints, write_index
 from engine.scoring.self_influence import self_influence
@@ -299,6 +299,8 @@ def _finish(run: Run, writer: RunWriter, states: AdapterStates, s: Scored, self_
         writer.write_table("self_influence.parquet", table("self_influence", self_rows))
     with run.memory.stage("metrics"):
         s.ev.write(writer)
+    if not spec.scoring.query_index:  # the index saves them; nothing else after this point needs them kept
+        release_statistics(s.now.train)
     with run.memory.stage("checks"):
         extra = checks_stage(writer, spec, run.lm, run.data, states, s.now.checkpoint, s.finite, timings, run.notes)
     if spec.analysis.stages:

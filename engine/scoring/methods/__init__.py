@@ -37,6 +37,7 @@ from . import (  # noqa: F401  (every method module registers itself; random_sco
     tracin,
 )
 from ._common import dot_queries
+from ._kronecker import forget_eigenbases
 from .base import REGISTRY, Method, register
 
 __all__ = ["REGISTRY", "Method", "register", "get_method", "score_in_shards"]
@@ -86,3 +87,12 @@ def score_in_shards(
     Q = method.queries(data, test, p)
     for start, stop, shard in data.shards():
         yield start, stop, dot_queries(Q, method.train_side(shard, p))
+
+
+def release_statistics(train: TrainData) -> None:
+    """Forget the training-side statistics the methods kept while scoring ``train`` (its ``memo``: damping sums,
+    Gram factors; the Kronecker eigenbases of its K-FAC factors). A method asked again recomputes them (a pass over
+    the shards); the pipeline releases them once nothing after the checks reads them (no query index)."""
+    train.memo.clear()
+    if train.kfac is not None:
+        forget_eigenbases(train.kfac)

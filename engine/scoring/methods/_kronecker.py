@@ -77,6 +77,11 @@ def _eigh(cache: dict, source: torch.Tensor, count: int) -> tuple[torch.Tensor, 
     return cache[key][-1][1]
 
 
+def forget_eigenbases(factors) -> None:
+    """Drop the eigenbases kept for ``factors`` (recomputed when asked again)."""
+    _EIGEN.pop(factors, None)
+
+
 def eigenbasis(factors, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(s, Q_S, a, Q_A)`` of block ``block``: eigenvalues (clamped at 0) and eigenvectors (columns), float64."""
     cache = _EIGEN.setdefault(factors, {"blocks": {}, "matrices": {}})
