@@ -87,3 +87,32 @@ def test_projected_methods_read_a_given_projection_shard_by_shard():
     got = np.concatenate([b for _, _, b in score_in_shards("datainf_proj", only_proj, test, 6, proj_dim=8,
                                                            proj_seed=2)], axis=1)
     assert rel_err(got, want) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["ekfac", "kfac", "exact", "lissa", "datainf"])
+def test_released_statistics_are_recomputed_to_the_same_scores(name):
+    """release_statistics forgets what the methods kept (memo, eigenbases); asked again, a method recomputes them
+    and scores the same."""
+    from engine.scoring.methods import release_statistics
+    from engine.scoring.methods._kronecker import _EIGEN
+
+    train, test = token_features(5, n=30)
+    data = TrainData.of(train, shard_size=7)
+    before = np.concatenate([b[2] for b in score_in_shards(name, data, test)], axis=1)
+    assert data.memo or data.kfac in _EIGEN
+    release_statistics(data)
+    assert not data.memo and data.kfac not in _EIGEN
+    after = np.concatenate([b[2] for b in score_in_shards(name, data, test)], axis=1)
+    np.testing.assert_array_equal(after, before)
+
+
+def test_lazy_blocks_are_made_when_read():
+    from engine.scoring.methods._common import LazyBlocks
+
+    made = []
+    blocks = LazyBlocks(3, lambda l: made.append(l) or torch.full((2, 1), float(l)))
+    assert len(blocks) == 3 and made == []
+    assert float(blocks[-1][0, 0]) == 2.0 and made == [2]
+    assert [float(b[0, 0]) for b in blocks] == [0.0, 1.0, 2.0] and made == [2, 0, 1, 2]
+    with pytest.raises(IndexError):
+        blocks[3]
