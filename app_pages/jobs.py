@@ -150,6 +150,16 @@ def _data_inputs(source: str, kept: list[str], datasets_dir, values: dict) -> di
     return {"name": "file", "path": path.strip()}
 
 
+def _form_buttons() -> str | None:
+    """The form's two buttons: "queue", "plan" (the memory plan first), or None when neither was pressed."""
+    b1, b2 = st.columns(2)
+    queue_it = b1.form_submit_button("Validate and queue", type="primary", disabled=not can_submit())
+    plan_it = b2.form_submit_button("Plan memory and disk first", disabled=not can_submit(),
+                                    help="Predict each stage's peak memory and the disk from the model's "
+                                         "configuration (nothing is loaded), on this machine's memory")
+    return "queue" if queue_it else "plan" if plan_it else None
+
+
 def spec_form(datasets_dir) -> dict | None:
     """The run-spec form; returns the spec dict when submitted: the preset plus what the user changed."""
     kept = list_datasets(datasets_dir)
@@ -213,14 +223,10 @@ def spec_form(datasets_dir) -> dict | None:
                     if fields_:
                         st.markdown(f"**{m}**")
                         entered[m] = {p.name: _param_widget(p, st) for p in fields_}
-        b1, b2 = st.columns(2)
-        submitted = b1.form_submit_button("Validate and queue", type="primary", disabled=not can_submit())
-        planned = b2.form_submit_button("Plan memory and disk first", disabled=not can_submit(),
-                                        help="Predict each stage's peak memory and the disk from the model's "
-                                             "configuration (nothing is loaded), on this machine's memory")
-    if not (submitted or planned):
+        action = _form_buttons()
+    if action is None:
         return None
-    st.session_state["f_action"] = "queue" if submitted else "plan"
+    st.session_state["f_action"] = action
     preset = st.session_state.get("f_preset", "quick")
     spec = {"preset": preset, **changes(values, preset)}
     params = param_changes({m: {k: (None if v == "" else v) for k, v in vals.items()} for m, vals in entered.items()})
