@@ -234,8 +234,10 @@ class ShardWriter:
         self.entries: dict[str, dict] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         offset = 0
-        for name, (dtype, shape) in tensors.items():
-            size = torch.empty(0, dtype=dtype).element_size() * math.prod(shape)
+        # laid out as safetensors' own writer lays them out (widest element first, then by name): every tensor
+        # starts aligned to its element size
+        for name, (dtype, shape) in sorted(tensors.items(), key=lambda kv: (-_itemsize(kv[1][0]), kv[0])):
+            size = _itemsize(dtype) * math.prod(shape)
             self.entries[name] = {"dtype": self._DTYPES[dtype], "shape": list(shape),
                                   "data_offsets": [offset, offset + size]}
             self.dtypes[name] = dtype
@@ -245,8 +247,12 @@ class ShardWriter:
         self.data_start = 8 + self.header_len
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.fd = os.open(self.tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-        os.ftruncate(self.fd, self.data_start + offset)
+        self.fd: int | None = os.open(self.tmp, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(self.fd, self.data_start + offset)
+        except OSError:
+            self.abort()
+            raise
 
     def _header(self, metadata: dict) -> bytes:
         return json.dumps({"__metadata__": {"json": json.dumps(metadata)}, **self.entries},
@@ -261,7 +267,7 @@ class ShardWriter:
 
     def write_rows(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Rows ``rows`` (positions in the shard) of the 2-D tensor ``name``: ``values`` [len(rows), width]."""
-        width = self.entries[name]["shape"][1] * values.element_size()
+        width = self.entries[name]["shape"][1] * _itemsize(self.dtypes[name])
         order = torch.argsort(rows)
         rows, values = rows[order], values[order]
         i = 0
@@ -271,6 +277,12 @@ class ShardWriter:
                 j += 1
             self._put(name, int(rows[i]) * width, values[i:j])
             i = j
+
+    def read(self, name: str) -> torch.Tensor:
+        """A tensor as written so far (a block read back to be projected: from the page cache, not kept)."""
+        a, b = self.entries[name]["data_offsets"]
+        data = os.pread(self.fd, b - a, self.data_start + a)
+        return torch.frombuffer(bytearray(data), dtype=self.dtypes[name]).reshape(self.entries[name]["shape"])
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if list(tensor.shape) != self.entries[name]["shape"]:
@@ -283,12 +295,20 @@ class ShardWriter:
         if len(head) > self.header_len:
             raise ValueError("the shard file's header outgrew the room reserved for it")
         os.pwrite(self.fd, self.header_len.to_bytes(8, "little") + head + b" " * (self.header_len - len(head)), 0)
-        os.close(self.fd)
+        fd, self.fd = self.fd, None
+        os.close(fd)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        os.close(self.fd)
+        """Close and remove the temporary file (nothing partial stays)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
         self.tmp.unlink(missing_ok=True)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
 
 
 def read_header(path: Path) -> dict | None:

@@ -147,7 +147,10 @@ def stream_train_shard(path, model, samples: list, run: PassSettings, plan: Feat
     blocks = lora_blocks(model)
     widths = [m.out_features * m.in_features for _, m in blocks]
     kfac = plan.kfac
-    projectors = {k: Projector(widths, *k) for k in plan.projections}
+    # without full gradients to read back, a shard is projected batch by batch: its projectors keep every matrix
+    # (SmolLM2 at k = 128: 141 MB), not regenerate most of them for every batch
+    memo = 64 << 20 if keep_grads else 1 << 40
+    projectors = {k: Projector(widths, *k, memo_bytes=memo) for k in plan.projections}
     projected = {k: [torch.empty(n, w) for w in pr.out_widths()] for k, pr in projectors.items()}
     rept = rept_features(model, samples, run.pad_id, run.device, run.batch_size, desc=f"{desc} RepT",
                          progress=run.progress) if plan.rept else None
@@ -176,12 +179,19 @@ def stream_train_shard(path, model, samples: list, run: PassSettings, plan: Feat
         for l, g in enumerate(grads):
             if keep_grads:
                 writer.write_rows(f"grads.{l}", rows, g)
-            for k, pr in projectors.items():
-                projected[k][l][rows] = pr.project_block(l, g)
+            else:  # nothing to read back: project the batch (each projector keeps its whole shard's matrices)
+                for k, pr in projectors.items():
+                    projected[k][l][rows] = pr.project_block(l, g)
 
     try:
         f = sample_features(model, samples, run.pad_id, run.device, run.batch_size, desc, run.progress, kfac=kfac,
                             rows_sink=sink)
+        if keep_grads:  # project block by block from the file: each matrix made once per shard, one block in memory
+            for l in range(len(blocks)) if projectors else ():
+                G = writer.read(f"grads.{l}")
+                for k, pr in projectors.items():
+                    projected[k][l] = pr.project_block(l, G)
+                del G
         writer.write("reps", f.reps)
         writer.write("loss", f.loss)
         for l in range(len(blocks)) if kfac else ():

@@ -319,8 +319,9 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
         # the shard's own sums, on the pass's device while it runs (the totals, read after it, are no larger)
         pass_parts["K-FAC factor sums"] = kfac_mb
     for k, width in proj.items():
-        features[f"projection {k[0]}"] = min(PROJ_MEMO_MB, 4 * sum(min(k[0], w) * w for w in s.widths
-                                                                   if w > k[0]) / MB) + 4 * width * shard / MB
+        matrices = 4 * sum(min(k[0], w) * w for w in s.widths if w > k[0]) / MB  # kept whole when the shard
+        features[f"projection {k[0]}"] = (min(PROJ_MEMO_MB, matrices) if fplan.keep_train_grads  # is projected
+                                          else matrices) + 4 * width * shard / MB          # per batch
     stages.append(Stage("features", *split(pass_parts, features)))
     # scoring: what every method's stage holds (the cached tensors, one shard read, the test side, K-FAC sums),
     # plus the statistics the methods before it kept (TrainData.memo, the eigenbases: kept for the methods after

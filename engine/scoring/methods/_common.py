@@ -264,9 +264,13 @@ def dot_queries(Q: list[torch.Tensor], T: list[torch.Tensor]) -> np.ndarray:
 
     The second phase of every two-phase method, for a whole training set or one shard of it.
     """
-    S = torch.zeros(Q[0].shape[0], T[0].shape[0], dtype=Q[0].dtype, device=Q[0].device)
+    S = None  # sized from the first training block as it is read (a LazyBlocks block is made once)
     for q, t in zip(Q, T):
+        if S is None:
+            S = torch.zeros(q.shape[0], t.shape[0], dtype=q.dtype, device=q.device)
         S.addmm_(q, t.T)
+    if S is None:
+        raise InputError("no gradient blocks to score")
     return S.cpu().numpy().astype(np.float64, copy=False)
 
 

@@ -2,6 +2,8 @@
 projected per batch) is the same file as the in-memory path writes (``side_features`` + ``write_side``): every
 tensor bit for bit and the same header — with gradients kept or only projections, with K-FAC and RepT."""
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -40,6 +42,12 @@ def test_the_streamed_shard_equals_the_in_memory_one(lora_model, tmp_path, keep)
     for k in a:
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
     assert read_header(want) == read_header(got)
+    raw = got.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    start = 8 + int.from_bytes(raw[:8], "little")
+    sizes = {"F64": 8, "F32": 4}
+    assert start % 8 == 0
+    assert all(v["data_offsets"][0] % sizes[v["dtype"]] == 0 for k, v in header.items() if k != "__metadata__")
     assert not list(tmp_path.glob(".*tmp*"))  # the temporary file became the shard
 
 
