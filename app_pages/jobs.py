@@ -152,7 +152,9 @@ def _data_inputs(source: str, kept: list[str], datasets_dir, values: dict) -> di
 
 def _form_buttons() -> str | None:
     """The form's two buttons: "queue", "plan" (the memory plan first), or None when neither was pressed."""
-    b1, b2 = st.columns(2)
+    b1, b2, b3 = st.columns(3)
+    b3.number_input("Worker's GPU memory, GB (for the plan of a cuda run)", min_value=1.0, value=80.0,
+                    key="f_plan_gpu_gb")
     queue_it = b1.form_submit_button("Validate and queue", type="primary", disabled=not can_submit())
     plan_it = b2.form_submit_button("Plan memory and disk first", disabled=not can_submit(),
                                     help="Predict each stage's peak memory and the disk from the model's "
@@ -258,7 +260,7 @@ def plan(spec: dict) -> None:
     try:
         _checked(spec)
         with st.spinner("Planning memory and disk from the model's configuration…"):
-            result = plan_spec(spec)
+            result = plan_spec(spec, gpu_memory_gb=st.session_state.get("f_plan_gpu_gb"))
     except InputError as e:
         st.error(f"No plan: {e}")
         return

@@ -247,7 +247,7 @@ def base_config(name: str, *, trust_remote_code: bool = False):
 
     try:
         return AutoConfig.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError, KeyError) as e:
         hint = "" if local else " (not a local folder, and not in the local Hugging Face cache; nothing is downloaded)"
         raise InputError(f"model {name!r}: no readable config.json{hint} ({type(e).__name__}: {e})") from None
 
@@ -256,8 +256,12 @@ def meta_model(config, dtype: torch.dtype = torch.float32, *, trust_remote_code:
     """A causal LM of ``config`` on the meta device: every shape, no memory, no weights."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:  # no causal-LM class, or fields of wrong types
+        raise InputError(f"model configuration {getattr(config, 'name_or_path', '') or config.model_type!r} "
+                         f"does not build a causal LM ({type(e).__name__}: {e})") from None
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):

@@ -35,7 +35,6 @@ Sizes are in MB (2**20 bytes) throughout.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -44,6 +43,7 @@ import torch
 from engine.errors import InputError
 from engine.features.plan import FeaturePlan
 from engine.features.stage import shard_bounds
+from engine.model import adapters
 from engine.model.base import base_config, load_tokenizer, meta_model
 from engine.model.finetune import add_lora
 from engine.model.footprint import MAX_AUTO_BATCH, activation_bytes_per_token
@@ -170,11 +170,13 @@ def model_shape(spec: RunSpec) -> ModelShape:
     cfg = base_config(spec.model.name, trust_remote_code=spec.model.trust_remote_code)
     dtype = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
     model = meta_model(cfg, dtype, trust_remote_code=spec.model.trust_remote_code)
-    lora = _adapter_lora(spec)
     params = {id(p): p for p in model.parameters()}  # tied weights once
     base_params = sum(p.numel() for p in params.values())
     weight_bytes = _weight_bytes(model, spec.model.load_in, dtype)
-    peft_model = add_lora(model, lora, seed=0)
+    if spec.model.adapter:  # the user's adapter: its own configuration, checked as a run checks it
+        peft_model = adapters.attach(model, adapters.find_adapter(spec.model.adapter, spec.model.checkpoints), 0)
+    else:
+        peft_model = add_lora(model, spec.lora, seed=0)
     blocks = []
     for name, mod in peft_model.named_modules():
         for part in ("lora_A", "lora_B"):
@@ -187,32 +189,14 @@ def model_shape(spec: RunSpec) -> ModelShape:
                       int(text.num_hidden_layers), int(getattr(text, "vocab_size", 0) or 0))
 
 
-def _adapter_lora(spec: RunSpec):
-    """The LoRA shape to plan for: the user's adapter's (rank, targets) when the spec names one, else spec.lora."""
-    if not spec.model.adapter:
-        return spec.lora
-    from dataclasses import replace
-    from pathlib import Path
-
-    path = Path(spec.model.adapter) / "adapter_config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-        targets = cfg["target_modules"]
-        targets = (targets,) if isinstance(targets, str) else tuple(targets)
-        return replace(spec.lora, r=int(cfg["r"]), target_modules=targets)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"spec field 'model.adapter': {path} is not a readable LoRA adapter config "
-                         f"({type(e).__name__}: {e})") from None
-
-
 def _weight_bytes(model, load_in: str, dtype: torch.dtype) -> int:
     """Bytes of the base weights as loaded: the dtype's, or bitsandbytes' for the linear layers' weights."""
     if load_in == "none":
         seen = {id(p): p for p in model.parameters()}
         return sum(p.numel() * torch.empty(0, dtype=dtype).element_size() for p in seen.values())
     per_linear = 0.5 + 1 / 64 if load_in == "4bit" else 1.0  # NF4 with double-quantized absmax (~0.51 byte)
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)
-              and "lm_head" not in type(m).__name__}
+    out_emb = model.get_output_embeddings()  # bitsandbytes leaves the LM head (and a tied embedding) in bfloat16
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out_emb}
     total = 0.0
     for p in {id(p): p for p in model.parameters()}.values():
         total += p.numel() * (per_linear if id(p) in linear else 2)  # the rest in bfloat16
@@ -232,6 +216,9 @@ def plan_run(spec: RunSpec, *, device: str | None = None, memory_gb: float | Non
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
+    for flag, value in (("--memory-gb", memory_gb), ("--gpu-memory-gb", gpu_memory_gb)):
+        if value is not None and not value > 0:
+            raise InputError(f"{flag} must be > 0, got {value}")
     gpu = device == "cuda"
     budget = memory_gb * 1024 if memory_gb else _host_memory_mb()
     gpu_budget = None
@@ -278,11 +265,13 @@ class _AutoBatch:
 
 
 def _longest_sample(spec: RunSpec, task) -> tuple[int, str]:
+    """The longest training sample's tokens (what fine-tuning's micro-batches are sized for, and what a gradient
+    batch pads to at most), and where the lengths came from."""
     tok = load_tokenizer(spec.model.name, trust_remote_code=spec.model.trust_remote_code)
     if tok is None:
         return spec.train.max_length, "max_length"
     data = encode_data(task, tok, spec.train)
-    return max(len(e.input_ids) for e in (*data.train, *data.test)), "tokenizer"
+    return max(len(e.input_ids) for e in data.train), "tokenizer"
 
 
 def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str], n: int, m: int, tokens: int,
