@@ -12,13 +12,15 @@ TracIn is a sum over checkpoints even when only the last one is scored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from engine.errors import InputError
 from engine.features.types import Features, TrainData
 
-from ._common import compute, full_score, resolve_device, resolve_dtype
+from ._common import LazyBlocks, compute, full_score, resolve_device, resolve_dtype
 from .base import register
 
 
@@ -31,12 +33,14 @@ def queries(train: TrainData, test: Features, p) -> list[torch.Tensor]:
     return [w * v.to(device=dev, dtype=dt) for (w, _), (_, vs) in zip(train.history, test.history) for v in vs]
 
 
-def train_side(shard: Features, p) -> list[torch.Tensor]:
-    """``[G_l^c for each checkpoint c, block l]`` of the shard."""
+def train_side(shard: Features, p) -> Sequence[torch.Tensor]:
+    """``[G_l^c for each checkpoint c, block l]`` of the shard, each block converted as it is read
+    (:class:`LazyBlocks`: a float64 copy of the whole shard was the stage's largest allocation)."""
     if not shard.history:
         raise InputError("tracin needs Features.history")
     dt, dev = resolve_dtype(p.dtype), resolve_device(p.device, shard.history[0][1][0])
-    return [g.to(device=dev, dtype=dt) for _, gs in shard.history for g in gs]
+    blocks = [g for _, gs in shard.history for g in gs]
+    return LazyBlocks(len(blocks), lambda i: blocks[i].to(device=dev, dtype=dt))
 
 
 @register("tracin", queries=queries, train_side=train_side)
