@@ -6,7 +6,7 @@ nothing downloaded), the LoRA adapter is wrapped around it there, and the data i
 weights needed) for the real sequence lengths. From these shapes, each stage's peak is the sum of what it holds:
 
 ==============  ============================================================================================
-every stage     the runtime (interpreter, torch, transformers, the store's libraries: :data:`RUNTIME_MB`) and
+every stage     the runtime (interpreter, torch, transformers, the store's libraries: :func:`runtime_mb`, measured) and
                 the base weights (parameters x element size; 4-bit ~0.5 byte, 8-bit 1 byte per linear weight)
 fine-tune       the adapter's training state (weights, gradients, AdamW's two moments: 16 bytes per LoRA
                 value), one micro-batch's saved activations (:func:`engine.model.footprint.activation_bytes_per_token`
@@ -35,8 +35,11 @@ Sizes are in MB (2**20 bytes) throughout.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -53,9 +56,25 @@ from engine.scoring.methods._common import GRAM_MEMO_BYTES
 from engine.spec.run_spec import RunSpec
 
 MB = 1 << 20
-# The process before it holds anything of the run: Python, torch, transformers, peft, pyarrow, the store's libraries
-# (the tiny model's load stage measures 515 MB on this project's CPU machines, its weights < 1 MB)
+# The process before it holds anything of the run: Python, torch, transformers, peft, pyarrow, the store's
+# libraries. Measured here (runtime_mb): this process's resident size once it has imported what a run imports, plus
+# what a run's start adds (threads, the tokenizer, the data: RUN_START_MB, the tiny model's load stage minus those
+# imports, 515 - 323 MB on this project's CPU machines). RUNTIME_MB where /proc cannot be read.
 RUNTIME_MB = 500.0
+RUN_START_MB = 190.0
+
+
+@functools.cache
+def runtime_mb() -> float:
+    """The runtime of a run on this machine, in MB (see RUN_START_MB): the libraries' footprint differs between
+    environments (a CI virtualenv measured 73 MB more than a developer's)."""
+    import engine.pipeline.run  # noqa: F401  (everything a run imports)
+
+    try:
+        found = re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    return int(found.group(1)) / 1024 + RUN_START_MB if found else RUNTIME_MB
 
 
 def head_mb(vocab: int, positions: int) -> float:
@@ -211,6 +230,7 @@ def plan_run(spec: RunSpec, *, device: str | None = None, memory_gb: float | Non
     device: "cpu" or "cuda" (default: the spec's device; "auto" plans for the CPU unless a GPU is here);
     memory_gb: host memory to fit (default: this machine's); gpu_memory_gb: the GPU's (needed with cuda when no
     GPU is visible here)."""
+    runtime_mb()  # measured first, before this process builds anything of its own
     device = device or spec.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -277,9 +297,9 @@ def _longest_sample(spec: RunSpec, task) -> tuple[int, str]:
 def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str], n: int, m: int, tokens: int,
             grad_batch: int, micro: int, gpu: bool) -> list[Stage]:
     P, D = s.lora_params, s.lora_params
-    base = {"runtime": RUNTIME_MB, "weights": s.weight_bytes / MB}
+    base = {"runtime": runtime_mb(), "weights": s.weight_bytes / MB}
     on_gpu = {"weights": s.weight_bytes / MB} if gpu else {}
-    host_base = {"runtime": RUNTIME_MB} if gpu else dict(base)
+    host_base = {"runtime": runtime_mb()} if gpu else dict(base)
 
     def split(compute: dict[str, float], held: dict[str, float]) -> tuple[dict, dict]:
         """Compute-side parts go to the GPU on CUDA (with the weights, which stay there for the whole run), to the
@@ -290,7 +310,7 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
 
     # on the CPU the weights are mapped from their safetensors file and become resident as the first pass touches
     # them (SmolLM2: 561 MB measured at load, 1,010 MB once fine-tuning ran): load holds the runtime
-    stages = [Stage("load", {"runtime": RUNTIME_MB}, on_gpu)] if not gpu else [Stage("load", *split({}, {}))]
+    stages = [Stage("load", {"runtime": runtime_mb()}, on_gpu)] if not gpu else [Stage("load", *split({}, {}))]
     epochs = spec.train.epochs
     if not spec.model.adapter:
         stages.append(Stage("finetune", *split(
