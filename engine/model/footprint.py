@@ -54,5 +54,11 @@ def batch_for_budget(config, tokens_per_sample: int, budget_mb: float = ACTIVATI
                      dtype_bytes: int = 4, most: int = MAX_AUTO_BATCH) -> int:
     """The largest batch (1 to ``most``) of samples padded to ``tokens_per_sample`` tokens whose saved activations
     fit ``budget_mb`` (at least 1: one sample is the least a pass can take)."""
-    per_sample = activation_bytes_per_token(config, dtype_bytes) * max(1, tokens_per_sample)
+    return batch_for_bytes(activation_bytes_per_token(config, dtype_bytes), tokens_per_sample, budget_mb, most)
+
+
+def batch_for_bytes(bytes_per_token: int, tokens_per_sample: int, budget_mb: float = ACTIVATION_BUDGET_MB,
+                    most: int = MAX_AUTO_BATCH) -> int:
+    """:func:`batch_for_budget` from a per-token activation count already made (the memory plan's)."""
+    per_sample = bytes_per_token * max(1, tokens_per_sample)
     return max(1, min(most, int(budget_mb * MB // per_sample)))

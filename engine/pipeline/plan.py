@@ -49,7 +49,7 @@ from engine.features.stage import shard_bounds
 from engine.model import adapters
 from engine.model.base import base_config, load_tokenizer, meta_model
 from engine.model.finetune import add_lora
-from engine.model.footprint import MAX_AUTO_BATCH, activation_bytes_per_token
+from engine.model.footprint import MAX_AUTO_BATCH, activation_bytes_per_token, batch_for_bytes
 from engine.model.lm_loss import HEAD_CHUNK_MB
 from engine.pipeline.stages import encode_data, feature_plan, load_data, run_methods
 from engine.scoring.methods._common import GRAM_MEMO_BYTES
@@ -258,10 +258,9 @@ def plan_run(spec: RunSpec, *, device: str | None = None, memory_gb: float | Non
     notes = [] if lengths_from == "tokenizer" else [
         f"no tokenizer beside the model's configuration: samples taken as {tokens} tokens (train.max_length)"]
     # the batch sizes the run will take (engine.pipeline.stages.grad_batch_size, finetune.micro_batch_size)
-    cfg_batch = _AutoBatch(shape.act_bytes_per_token)
-    grad_batch = spec.scoring.grad_batch_size or cfg_batch.fit(spec.train.max_length)
+    grad_batch = spec.scoring.grad_batch_size or batch_for_bytes(shape.act_bytes_per_token, spec.train.max_length)
     micro = (min(spec.train.micro_batch_size, spec.train.batch_size) if spec.train.micro_batch_size
-             else min(spec.train.batch_size, cfg_batch.fit(tokens)))
+             else min(spec.train.batch_size, batch_for_bytes(shape.act_bytes_per_token, tokens)))
     stages = _stages(spec, shape, fplan, [mm.name for mm in methods], n, m, tokens, grad_batch, micro, gpu)
     disk = _disk(spec, shape, fplan, [mm.name for mm in methods], n, m)
     plan = Plan(spec.name, device, shape, n, m, tokens, lengths_from, grad_batch, micro, stages, disk, budget,
@@ -269,19 +268,6 @@ def plan_run(spec: RunSpec, *, device: str | None = None, memory_gb: float | Non
     plan.proposals = _proposals(spec, shape, fplan, [mm.name for mm in methods], n, m, tokens, gpu, budget,
                                 gpu_budget, plan)
     return plan
-
-
-class _AutoBatch:
-    """The automatic batch rule of engine.model.footprint, from a per-token activation count."""
-
-    def __init__(self, per_token: int):
-        self.per_token = per_token
-
-    def fit(self, tokens: int, budget_mb: float | None = None) -> int:
-        from engine.model.footprint import ACTIVATION_BUDGET_MB
-
-        per_sample = self.per_token * max(1, tokens)
-        return max(1, min(MAX_AUTO_BATCH, int((budget_mb or ACTIVATION_BUDGET_MB) * MB // per_sample)))
 
 
 def _longest_sample(spec: RunSpec, task) -> tuple[int, str]:
