@@ -354,8 +354,15 @@ def worker_loop(jobs_dir: str | os.PathLike, store_path: str | os.PathLike, runs
     def on_signal(signum, _frame):
         stop["flag"] = True
 
-    me = workers.register(jobs_dir, device)  # the heartbeat file that shows this worker on the Jobs page
+    # The handlers go in before the heartbeat file appears: whoever sees the file may signal the worker at once,
+    # and a SIGTERM that met the default handler would kill it without removing the file.
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        me = workers.register(jobs_dir, device)  # the heartbeat file that shows this worker on the Jobs page
+    except BaseException:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        raise
     n = 0
     try:
         log(f"worker {worker} ({me.info['device']}): jobs in {Path(jobs_dir).resolve()}")

@@ -118,6 +118,25 @@ def test_a_real_worker_shows_up_and_disappears_when_stopped_or_killed(tmp_path):
     assert not list((tmp_path / "jobs" / ".workers").glob("*.json"))
 
 
+def test_the_stop_handler_is_in_place_before_the_heartbeat_file_appears(tmp_path, monkeypatch):
+    """Whoever sees the heartbeat file may send SIGTERM at once (the test above does): the worker must already
+    catch it then, or the default handler kills it and leaves its file behind."""
+    from engine.jobs import queue
+
+    seen = {}
+    real_register = workers.register
+
+    def register(*args, **kwargs):
+        seen["handler"] = signal.getsignal(signal.SIGTERM)
+        return real_register(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "register", register)
+    before = signal.getsignal(signal.SIGTERM)
+    assert queue.worker_loop(tmp_path / "jobs", tmp_path / "s.duckdb", once=True, log=lambda _: None) == 0
+    assert seen["handler"] not in (before, signal.SIG_DFL)  # the worker's own handler, already installed
+    assert signal.getsignal(signal.SIGTERM) == before  # and put back when the loop ends
+
+
 SPAWNER = """
 import sys, threading, time
 from engine.jobs import workers
