@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import InputError
+from engine.model.lm_loss import check_lora_in_decoder
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -336,4 +337,5 @@ def attach(base, ua: UserAdapter, seed: int):
                              "linear layer; only LoRA on linear layers can be attributed")
         if isinstance(mod, LoraLinear) and mod.use_dora.get("default", False):
             raise InputError(f"LoRA layer {name} uses DoRA, which is not supported")
+    check_lora_in_decoder(model, f"adapter {ua.final.path}")
     return model

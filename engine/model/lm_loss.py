@@ -17,6 +17,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from engine.data.encoding import IGNORE
+from engine.errors import InputError
 
 HEAD_CHUNK_MB = 64  # float32 logits of at most this many MB exist at once in head_loss (rows x vocabulary x 4 B)
 
@@ -73,6 +74,26 @@ def lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     return base.get_decoder(), base.get_output_embeddings(), {
         "scale": float(scale) if scale not in (None, 1, 1.0) else None,
         "softcap": float(softcap) if softcap else None}
+
+
+def check_lora_in_decoder(model, source: str) -> None:
+    """Refuse LoRA layers outside the decoder (on the LM head, or a module beside the decoder), naming them.
+
+    Every pass here applies the head only at loss positions, to rows gathered from the whole batch, in
+    checkpointed chunks (:func:`head_loss`): a LoRA layer there sees no per-sample [B, T, ·] activations, so its
+    per-sample gradients and K-FAC factors cannot be taken the way the decoder's are, and the replay
+    (``batch_loss(params=...)``) cannot differentiate through it. ``source``: what asked for those layers (a spec
+    field or an adapter folder), for the message."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    decoder, _, _ = lm_parts(model)
+    inside = {id(m) for m in decoder.modules()}
+    outside = [name.removeprefix("base_model.model.") for name, m in model.named_modules()
+               if isinstance(m, LoraLayer) and id(m) not in inside]
+    if outside:
+        raise InputError(f"{source} puts LoRA on {', '.join(outside[:3])}, outside the decoder layers; only LoRA "
+                         "inside the decoder can be attributed (the LM head is applied to loss positions only, "
+                         "so it has no per-sample activations to take gradients from)")
 
 
 def batch_loss(model, batch: dict, params: dict[str, torch.Tensor] | None = None

@@ -149,6 +149,21 @@ def test_lora_on_an_embedding_is_refused(case, capsys, tmp_path):
     _refused(lambda *e: run(*e, adapter=emb), capsys, store, "embed_tokens", "only LoRA on linear layers")
 
 
+def test_lora_on_the_lm_head_is_refused(case, capsys, tmp_path):
+    """The head is applied to gathered loss positions only, in checkpointed chunks: no per-sample gradients there
+    (it crashed in the gradient pass before it was refused)."""
+    b, o, store, run = case
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    head = tmp_path / "head"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(b),
+                           LoraConfig(r=2, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
+    model.save_pretrained(head)
+    _edit_config(head, base_model_name_or_path=str(b))
+    _refused(lambda *e: run(*e, adapter=head), capsys, store, str(head), "lm_head", "outside the decoder")
+
+
 def test_checkpoints_without_adapter_is_a_spec_error(tmp_path):
     from engine.errors import InputError
     from engine.spec.load import spec_from_dict

@@ -53,6 +53,13 @@ def test_initial_lora_depends_on_seed_only():
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_lora_outside_the_decoder_is_a_spec_error():
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match=r"lora.target_modules.*lm_head.*outside the decoder"):
+        add_lora(load_base("tiny")[0], LoraSpec(target_modules=("q_proj", "lm_head")), seed=0)
+
+
 CUDA = "cuda"  # the device checked against the CPU below
 
 
