@@ -51,7 +51,8 @@ from engine.model.base import base_config, load_tokenizer, meta_model
 from engine.model.finetune import add_lora
 from engine.model.footprint import MAX_AUTO_BATCH, activation_bytes_per_token, batch_for_bytes
 from engine.model.lm_loss import HEAD_CHUNK_MB
-from engine.pipeline.stages import encode_data, feature_plan, load_data, run_methods
+from engine.pipeline.stages import encode_data, feature_plan, load_data, releases_early, run_methods
+from engine.scoring.methods import get_method
 from engine.scoring.methods._common import GRAM_MEMO_BYTES
 from engine.spec.run_spec import RunSpec
 
@@ -83,11 +84,12 @@ def head_mb(vocab: int, positions: int) -> float:
     return 3.0 * min(float(HEAD_CHUNK_MB), 4 * vocab * positions / MB)
 
 
-# per-method state beyond the shard being read: the methods whose statistics are Gram factors / eigenbases
-_GRAM_METHODS = ("exact", "lissa", "lissa_paper")
-_KRONECKER_METHODS = ("kfac", "ekfac")
+# the methods that read the shard's full gradients (their per-method state beyond the shard being read: the
+# statistics they keep, Method.keeps)
+_GRADIENT_METHODS = ("exact", "lissa", "lissa_paper", "kfac", "ekfac", "tracin", "datainf", "gradsim", "gradcos")
 # LoRA-wrapped layers of one module that read the same input (Llama-style names), so share their K-FAC factor
 _SAME_INPUT = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
+_KEPT_FAMILY = {"Gram factors kept": "gram", "eigenbases": "kronecker"}  # engine.scoring.methods.base.STATISTICS
 PROJ_MEMO_MB = 64.0  # engine.features.projection.Projector's matrices kept per projection key
 CANDIDATE_PROJ_DIMS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -328,26 +330,8 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
     held = {"cached features": cached, "test gradients": 4 * D * m / MB}
     if kfac_mb:
         held["K-FAC factor sums"] = kfac_mb
-    kept: dict[str, float] = {}
-    widest = max(s.widths)
-    proj_dim = spec.scoring.proj_dim
-    for name in methods:
-        parts = held | kept | {"score matrix": 8 * n * m / MB}
-        reads_grads = name in (*_GRAM_METHODS, *_KRONECKER_METHODS, "tracin", "datainf", "gradsim", "gradcos")
-        if reads_grads:
-            # TracIn reads the shard and the queries at every checkpoint it sums over (the scored one included)
-            times = len(fplan.checkpoints(scored)) if name == "tracin" else 1
-            parts["one shard read"] = times * 4 * D * shard / MB
-            parts["queries (float64)"] = times * 8 * D * m / MB
-        if name in _GRAM_METHODS:
-            kept["Gram factors kept"] = min(GRAM_MEMO_BYTES / MB, 8 * sum(min(n, w) * w for w in s.widths) / MB)
-            parts["Gram factors kept"] = kept["Gram factors kept"]
-            parts["Gram factor of one block"] = 8 * min(n, widest) * widest / MB
-        elif name in _KRONECKER_METHODS:
-            kept["eigenbases"] = _eigen_mb(s)
-            parts["eigenbases"] = kept["eigenbases"]
-        elif name.endswith("_proj"):
-            parts["projected features"] = 4 * _proj_width(s, proj_dim) * n / MB
+    per_method, kept = _method_parts(spec, s, fplan, methods, n, m, shard, scored, held)
+    for name, parts in per_method:
         stages.append(Stage(f"score_{name}", *split({}, parts)))
     stages.append(Stage("metrics", *split({}, held | kept | {"score matrices (two at a time)": 2 * 8 * n * m / MB})))
     # the kept statistics are released before the checks unless the query index saves them (engine.pipeline.run)
@@ -357,6 +341,37 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
         stages.append(Stage("checks", *split({"activations (check batch)": s.act_bytes_per_token * k * tokens / MB,
                                               "LM head chunks": head_mb(s.vocab, k * tokens)}, after)))
     return stages
+
+
+def _method_parts(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str], n: int, m: int, shard: int,
+                  scored: list[int], held: dict[str, float]) -> tuple[list[tuple[str, dict]], dict[str, float]]:
+    """What each method's stage holds on the host (``held``, the shard it reads, its queries, the statistics kept
+    so far: ``Method.keeps``, freed early where ``releases_early``), and the statistics still kept after the last."""
+    D, widest, out = s.lora_params, max(s.widths), []
+    kept: dict[str, float] = {}
+    early = releases_early(spec)
+    for i, name in enumerate(methods):
+        if early:  # what no method from this one on keeps is freed before it (engine.pipeline.run)
+            later = set().union(*(get_method(x).keeps for x in methods[i:]))
+            kept = {k: v for k, v in kept.items() if _KEPT_FAMILY[k] in later}
+        parts = held | kept | {"score matrix": 8 * n * m / MB}
+        keeps = get_method(name).keeps
+        if name in _GRADIENT_METHODS:
+            # TracIn reads the shard and the queries at every checkpoint it sums over (the scored one included)
+            times = len(fplan.checkpoints(scored)) if name == "tracin" else 1
+            parts["one shard read"] = times * 4 * D * shard / MB
+            parts["queries (float64)"] = times * 8 * D * m / MB
+        if "gram" in keeps:
+            kept["Gram factors kept"] = min(GRAM_MEMO_BYTES / MB, 8 * sum(min(n, w) * w for w in s.widths) / MB)
+            parts["Gram factors kept"] = kept["Gram factors kept"]
+            parts["Gram factor of one block"] = 8 * min(n, widest) * widest / MB
+        elif "kronecker" in keeps:
+            kept["eigenbases"] = _eigen_mb(s)
+            parts["eigenbases"] = kept["eigenbases"]
+        elif name.endswith("_proj"):
+            parts["projected features"] = 4 * _proj_width(s, spec.scoring.proj_dim) * n / MB
+        out.append((name, parts))
+    return out, kept
 
 
 def _kfac_mb(s: ModelShape, shared: bool = False) -> float:

@@ -71,13 +71,14 @@ from engine.pipeline.stages import (
     load_data,
     open_cache,
     pass_settings,
+    releases_early,
     run_methods,
     say,
     tensor_lru,
 )
 from engine.runfolder.runformat import INDEX_DIR, SCORES_DIR, scores_file, table
 from engine.runfolder.writer import RunWriter, open_run
-from engine.scoring.methods import release_statistics, score_in_shards
+from engine.scoring.methods import get_method, release_statistics, score_in_shards
 from engine.scoring.methods.base import ScoringMethod
 from engine.scoring.query_index import index_body, index_checkpoints, write_index
 from engine.scoring.self_influence import self_influence
@@ -230,7 +231,7 @@ def _score_checkpoints(run: Run, writer: RunWriter, states: AdapterStates) -> Sc
             continue
         t = time.perf_counter()
         run.notes.extend(score_checkpoint(writer, run.methods, out.now, out.history, spec.scoring.shard_size,
-                                          timings, run.memory))
+                                          timings, run.memory, release_early=releases_early(spec)))
         timings["scoring_s"] += time.perf_counter() - t
         dist.barrier()  # every rank's score files are written
         if dist.main:
@@ -350,13 +351,16 @@ def _index_stage(run: Run, writer: RunWriter, states: AdapterStates, s: Scored) 
 
 def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: CheckpointData,
                      history: list[CheckpointData], shard_size: int, seconds: dict[str, float],
-                     memory: MemoryProbe | None = None) -> list[str]:
+                     memory: MemoryProbe | None = None, release_early: bool = False) -> list[str]:
     """Score every method at ``now`` over this process's training shards, writing one score file per (method,
     shard) as it goes; adds each method's time to ``seconds[score_<name>_s]`` (and its peak memory to ``memory``,
-    stage ``score_<name>``); returns one warning line per method that warned."""
+    stage ``score_<name>``); returns one warning line per method that warned. ``release_early``: before each
+    method, free the statistics no method from it on keeps (:func:`releases_early`)."""
     c = now.checkpoint
     notes = []
-    for m in methods:
+    for i, m in enumerate(methods):
+        if release_early:
+            release_statistics(now.train, unless_kept_by=[get_method(x.name) for x in methods[i:]])
         t = time.perf_counter()
         train_x, test_x = method_features(m.proj_key, now, history)
         with memory.stage(f"score_{m.name}") if memory else nullcontext(), warnings.catch_warnings(record=True) as caught:

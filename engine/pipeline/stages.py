@@ -9,6 +9,7 @@ token command :mod:`engine.pipeline.tokens` and :mod:`engine.pipeline.import_sco
     pass_settings(spec, lm, progress), tensor_lru(spec)  how the feature passes run, what stays in memory
     cached_adapter_states(...) -> AdapterStates      fine-tuned (or the user's) states, through the cache
     reload_spec(folder, manifest) -> RunSpec         a finished run's spec, its model loadable from its folder
+    releases_early(spec) -> bool                     a method's kept statistics freed once no later method keeps them
 """
 
 from __future__ import annotations
@@ -126,3 +127,11 @@ def reload_spec(folder: Path, manifest: dict) -> RunSpec:
         last = Path(folder) / CHECKPOINTS_DIR / f"epoch-{max(manifest['checkpoints'])}"
         spec = replace(spec, model=replace(spec.model, adapter=str(last), checkpoints=()))
     return spec
+
+
+def releases_early(spec: RunSpec) -> bool:
+    """Whether the training-side statistics a method keeps are freed as soon as no method still to come keeps
+    them (``release_statistics(train, unless_kept_by=...)``): when no later stage reads them, i.e. no
+    self-influence (it re-reads every method's) and no query index (it saves them). The memory plan
+    (engine.pipeline.plan) follows the same rule; engine.pipeline.run.score_checkpoint applies it."""
+    return not spec.scoring.self_influence and not spec.scoring.query_index

@@ -9,7 +9,7 @@ sample ``i`` is MORE responsible for test sample ``j``; the paper's influence va
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -89,10 +89,27 @@ def score_in_shards(
         yield start, stop, dot_queries(Q, method.train_side(shard, p))
 
 
-def release_statistics(train: TrainData) -> None:
-    """Forget the training-side statistics the methods kept while scoring ``train`` (its ``memo``: damping sums,
-    Gram factors; the Kronecker eigenbases of its K-FAC factors). A method asked again recomputes them (a pass over
-    the shards); the pipeline releases them once nothing after the checks reads them (no query index)."""
-    train.memo.clear()
-    if train.kfac is not None:
+# TrainData.memo key names (their first element) by statistics family (engine.scoring.methods.base.STATISTICS)
+_MEMO_FAMILY = {"gram": "gram", "ekfac_sums": "kronecker"}
+
+
+def release_statistics(train: TrainData, unless_kept_by: Iterable[Method] | None = None) -> None:
+    """Forget the training-side statistics the methods kept while scoring ``train``. A method asked again
+    recomputes them (a pass over the shards).
+
+    ``unless_kept_by=None``: all of them (its ``memo``: damping sums, Gram factors; the Kronecker eigenbases of
+    its K-FAC factors); the pipeline does so once nothing after the checks reads them (no query index).
+    ``unless_kept_by=methods``: only the large families (:data:`~engine.scoring.methods.base.STATISTICS`) that
+    none of ``methods`` keeps: the pipeline calls it before each method with the methods still to come, so the
+    Gram factors of exact and LiSSA (256 MB on SmolLM2 at 1k samples) do not sit through K-FAC, EK-FAC and the
+    rest, when no later stage reads them."""
+    if unless_kept_by is None:
+        train.memo.clear()
+        if train.kfac is not None:
+            forget_eigenbases(train.kfac)
+        return
+    wanted = set().union(*(m.keeps for m in unless_kept_by))
+    for key in [k for k in train.memo if _MEMO_FAMILY.get(k[0] if isinstance(k, tuple) else k) not in (None, *wanted)]:
+        del train.memo[key]
+    if "kronecker" not in wanted and train.kfac is not None:
         forget_eigenbases(train.kfac)

@@ -30,6 +30,13 @@ import torch
 from engine.catalog.methods import MethodInfo, method_info
 from engine.features.types import Features
 
+# The training-side statistics a method keeps in memory from one method to the next (``Method.keeps``), by
+# family: what engine.scoring.methods.release_statistics frees once no method still to come keeps it.
+STATISTICS = {
+    "gram": "Gram factors of each block's training gradients (TrainData.memo 'gram'; exact, LiSSA, paper LiSSA)",
+    "kronecker": "Kronecker eigenbases of the K-FAC factors and EK-FAC's eigenvalue sums (K-FAC, EK-FAC)",
+}
+
 Score = Callable[[Any, Features, Any], np.ndarray]
 Queries = Callable[[Any, Features, Any], list[torch.Tensor]]  # (TrainData, test Features, p)
 TrainSide = Callable[[Features, Any], list[torch.Tensor]]  # (one training shard's Features, p)
@@ -45,7 +52,8 @@ class Method:
     (reads statistics of all training shards) and train_side(shard, p) -> list[Tensor [rows, d_l]] with
     ``S[:, shard] = sum_l Q_l @ train_side(shard, p)_l^T``. A method that is not a sum of dot products of
     features (the baselines) streams with blocks(train_data, test, p) -> iterator of ``(start, stop, S[:,
-    start:stop])`` over the training data's bounds instead.
+    start:stop])`` over the training data's bounds instead. ``keeps``: the families of :data:`STATISTICS` its
+    query phase keeps for the methods after it (another method with the same family reuses them).
     """
 
     info: MethodInfo
@@ -53,6 +61,7 @@ class Method:
     queries: Queries | None = None
     train_side: TrainSide | None = None
     blocks: Callable | None = None
+    keeps: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -99,18 +108,22 @@ REGISTRY: dict[str, Method] = {}
 
 
 def register(name: str, *, queries: Queries | None = None, train_side: TrainSide | None = None,
-             blocks: Callable | None = None):
+             blocks: Callable | None = None, keeps: tuple[str, ...] = ()):
     """Decorator: implement catalog entry ``name`` with ``score(train, test, p)``.
 
     ``queries``/``train_side`` give the two-phase form that lets ``score_in_shards`` compute the score matrix
-    one training shard at a time, ``blocks`` the block-by-block form of the other methods; see :class:`Method`.
+    one training shard at a time, ``blocks`` the block-by-block form of the other methods; ``keeps`` the
+    statistics it keeps (:data:`STATISTICS`); see :class:`Method`.
     """
     info = method_info(name)
+    unknown = sorted(set(keeps) - set(STATISTICS))
+    if unknown:
+        raise ValueError(f"method {name!r} keeps unknown statistics {unknown}; known: {sorted(STATISTICS)}")
 
     def wrap(fn):
         if name in REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        REGISTRY[name] = Method(info, fn, queries, train_side, blocks)
+        REGISTRY[name] = Method(info, fn, queries, train_side, blocks, frozenset(keeps))
         return fn
 
     return wrap

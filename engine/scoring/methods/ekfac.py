@@ -28,7 +28,7 @@ from .base import register
 queries = kronecker_queries(corrected=True, name="ekfac")
 
 
-@register("ekfac", queries=queries, train_side=grad_train_blocks)
+@register("ekfac", queries=queries, train_side=grad_train_blocks, keeps=("kronecker",))
 def ekfac(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """EK-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 

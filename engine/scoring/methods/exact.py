@@ -66,7 +66,7 @@ def precondition_exact(G: torch.Tensor, V: torch.Tensor, *, lambda_c: float = 10
 queries = gram_method(precondition_exact)
 
 
-@register("exact", queries=queries, train_side=grad_train_blocks)
+@register("exact", queries=queries, train_side=grad_train_blocks, keeps=("gram",))
 def exact(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Exact-iHVP scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 

@@ -26,7 +26,7 @@ from .base import register
 queries = kronecker_queries(corrected=False, name="kfac")
 
 
-@register("kfac", queries=queries, train_side=grad_train_blocks)
+@register("kfac", queries=queries, train_side=grad_train_blocks, keeps=("kronecker",))
 def kfac(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """K-FAC scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 

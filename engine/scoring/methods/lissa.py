@@ -261,7 +261,7 @@ def precondition_lissa(
 queries = gram_method(precondition_lissa)
 
 
-@register("lissa", queries=queries, train_side=grad_train_blocks)
+@register("lissa", queries=queries, train_side=grad_train_blocks, keeps=("gram",))
 def lissa(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Converging LiSSA scores (see module docstring) -> float64 [n_test, n_train]; larger = more responsible.
 

@@ -49,7 +49,7 @@ def precondition_lissa_paper(
 queries = gram_method(precondition_lissa_paper)
 
 
-@register("lissa_paper", queries=queries, train_side=grad_train_blocks)
+@register("lissa_paper", queries=queries, train_side=grad_train_blocks, keeps=("gram",))
 def lissa_paper(train: Features | TrainData, test: Features, p) -> np.ndarray:
     """Paper-compatible LiSSA scores (see module docstring) -> float64 [n_test, n_train].
 

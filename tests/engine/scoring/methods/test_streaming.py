@@ -116,3 +116,49 @@ def test_lazy_blocks_are_made_when_read():
     assert [float(b[0, 0]) for b in blocks] == [0.0, 1.0, 2.0] and made == [2, 0, 1, 2]
     with pytest.raises(IndexError):
         blocks[3]
+
+
+def _kept_families(data) -> set[str]:
+    from engine.scoring.methods import _MEMO_FAMILY
+    from engine.scoring.methods._kronecker import _EIGEN
+
+    found = {_MEMO_FAMILY[k[0]] for k in data.memo if isinstance(k, tuple) and k[0] in _MEMO_FAMILY}
+    return found | ({"kronecker"} if data.kfac in _EIGEN else set())
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_a_method_declares_the_statistics_it_keeps(name):
+    """What a method leaves kept after scoring is what it declares (Method.keeps): the pipeline frees a family
+    once no method still to come declares it, so an undeclared one would be freed under its user's feet (and
+    recomputed), a declared one never made would be kept for nothing."""
+    train, test = _inputs(name)
+    if not isinstance(train, Features) or not train.grads:
+        assert get_method(name).keeps == frozenset()  # reads no gradients: keeps no gradient statistics
+        return
+    data = TrainData.of(train, shard_size=7)
+    params = {"proj_dim": 8} if "proj" in CATALOG[name].reads else {}
+    for _ in score_in_shards(name, data, test, **params):
+        pass
+    assert _kept_families(data) == set(get_method(name).keeps)
+
+
+def test_statistics_are_released_once_no_method_to_come_keeps_them():
+    from engine.scoring.methods import release_statistics
+
+    train, test = token_features(5, n=30)
+    data = TrainData.of(train, shard_size=7)
+    scores = {}
+    for name in ("datainf", "exact", "ekfac"):
+        scores[name] = np.concatenate([b[2] for b in score_in_shards(name, data, test)], axis=1)
+    assert _kept_families(data) == {"gram", "kronecker"}
+    small = [k for k in data.memo if k[0] == "sq_norm_sum"]  # DataInf's damping sums: small, never released early
+    assert small
+    release_statistics(data, unless_kept_by=[get_method("kfac"), get_method("gradsim")])
+    assert _kept_families(data) == {"kronecker"} and all(k in data.memo for k in small)
+    release_statistics(data, unless_kept_by=[get_method("lissa")])  # a Gram user to come keeps nothing else
+    assert _kept_families(data) == set() and all(k in data.memo for k in small)
+    for name, want in scores.items():  # asked again, recomputed to the same scores
+        got = np.concatenate([b[2] for b in score_in_shards(name, data, test)], axis=1)
+        np.testing.assert_array_equal(got, want)
+    release_statistics(data)  # everything
+    assert not data.memo and _kept_families(data) == set()
