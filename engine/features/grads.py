@@ -96,6 +96,10 @@ class _Recorder:
             self.outputs[i] = output
         return hook
 
+    def clear(self) -> None:
+        self.inputs = [None] * len(self.blocks)
+        self.outputs = [None] * len(self.blocks)
+
     def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
@@ -188,7 +192,11 @@ def sample_features(model, samples: list[Encoded], pad_id: int, device: torch.de
                 reps = torch.empty(n, hidden.shape[-1])
             reps[rows] = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx].float().detach().cpu()
             losses[rows] = loss.detach().float().cpu()
-            bar.update(len(batch["prompt_len"]))
+            bar.update(len(rows))
+            # nothing of this batch outlives it: the next batch's tensors then take the same places on the heap
+            # instead of settling around this one's leftovers (which kept ~300 MB of freed heap resident)
+            rec.clear()
+            del loss, hidden, dys, batch, x, dy, g, idx
     return SampleFeatures(
         grads=[g if g is not None else torch.empty(0, m.out_features * m.in_features) for g, (_, m) in zip(grads, blocks)],
         reps=reps if reps is not None else torch.empty(0, 0),
