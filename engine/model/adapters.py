@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import InputError
-from engine.model.lm_loss import check_lora_in_decoder
+from engine.model.lm_loss import check_attributable_lora
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -316,8 +316,6 @@ def attach(base, ua: UserAdapter, seed: int):
     """Wrap ``base`` with a LoRA adapter of the user's configuration (weights initialised from ``seed``: they
     are replaced by a state before any use) and check every LoRA layer is a plain linear one."""
     from peft import PeftConfig, get_peft_model
-    from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.tuners.lora.layer import LoraLayer
 
     cfg = dict(ua.config)
     cfg["inference_mode"] = False
@@ -331,11 +329,5 @@ def attach(base, ua: UserAdapter, seed: int):
             model = get_peft_model(base, config)
         except ValueError as e:
             raise InputError(f"adapter {ua.final.path} does not fit the base model: {e}") from None
-    for name, mod in model.named_modules():
-        if isinstance(mod, LoraLayer) and not isinstance(mod, LoraLinear):
-            raise InputError(f"LoRA layer {name.removeprefix('base_model.model.')} is a {type(mod).__name__}, not a "
-                             "linear layer; only LoRA on linear layers can be attributed")
-        if isinstance(mod, LoraLinear) and mod.use_dora.get("default", False):
-            raise InputError(f"LoRA layer {name} uses DoRA, which is not supported")
-    check_lora_in_decoder(model, f"adapter {ua.final.path}")
+    check_attributable_lora(model, f"adapter {ua.final.path}")
     return model

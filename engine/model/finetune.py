@@ -35,7 +35,7 @@ from engine.data.encoding import Encoded, collate
 from engine.errors import InputError
 from engine.model.dropout import per_sample_dropout, row_keys
 from engine.model.footprint import activation_dtype_bytes, batch_for_budget
-from engine.model.lm_loss import batch_loss, check_lora_in_decoder
+from engine.model.lm_loss import batch_loss, check_attributable_lora
 from engine.spec.run_spec import LoraSpec, TrainSpec
 
 
@@ -78,7 +78,7 @@ def add_lora(model, lora: LoraSpec, seed: int):
         except ValueError as e:
             raise InputError(f"spec field 'lora.target_modules' {list(lora.target_modules)} does not match "
                              f"the model's modules ({e})") from None
-    check_lora_in_decoder(wrapped, f"spec field 'lora.target_modules' {list(lora.target_modules)}")
+    check_attributable_lora(wrapped, f"spec field 'lora.target_modules' {list(lora.target_modules)}")
     return wrapped
 
 

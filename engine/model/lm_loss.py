@@ -76,24 +76,41 @@ def lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
         "softcap": float(softcap) if softcap else None}
 
 
-def check_lora_in_decoder(model, source: str) -> None:
-    """Refuse LoRA layers outside the decoder (on the LM head, or a module beside the decoder), naming them.
+def check_attributable_lora(model, source: str) -> None:
+    """Refuse the LoRA layers the gradient pass cannot attribute, naming them and ``source`` (what asked for them:
+    a spec field or an adapter folder): a LoRA layer that is not a plain linear one (an embedding's, a
+    convolution's), DoRA, and a LoRA layer outside the decoder.
 
-    Every pass here applies the head only at loss positions, to rows gathered from the whole batch, in
-    checkpointed chunks (:func:`head_loss`): a LoRA layer there sees no per-sample [B, T, ·] activations, so its
-    per-sample gradients and K-FAC factors cannot be taken the way the decoder's are, and the replay
-    (``batch_loss(params=...)``) cannot differentiate through it. ``source``: what asked for those layers (a spec
-    field or an adapter folder), for the message."""
+    Outside the decoder, on the LM head: every pass here applies the head only at loss positions, to rows gathered
+    from the whole batch, in checkpointed chunks (:func:`head_loss`), so a LoRA layer there sees no per-sample
+    [B, T, ·] activations and its per-sample gradients and K-FAC factors cannot be taken the way the decoder's
+    are; beside the decoder (a vision tower, a projector) the passes never run it at all. The per-sample gradients
+    (engine.features.grads) are those of linear ``lora_A`` / ``lora_B`` blocks only: anything else would be
+    trained but silently left out of the scores."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
     from peft.tuners.lora.layer import LoraLayer
 
-    decoder, _, _ = lm_parts(model)
+    decoder, head, _ = lm_parts(model)
     inside = {id(m) for m in decoder.modules()}
-    outside = [name.removeprefix("base_model.model.") for name, m in model.named_modules()
-               if isinstance(m, LoraLayer) and id(m) not in inside]
+    outside = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, LoraLayer):
+            continue
+        short = name.removeprefix("base_model.model.")
+        if not isinstance(mod, LoraLinear):
+            raise InputError(f"{source}: LoRA layer {short} is a {type(mod).__name__}, not a linear layer; only "
+                             "LoRA on linear layers can be attributed")
+        if mod.use_dora.get("default", False):
+            raise InputError(f"{source}: LoRA layer {short} uses DoRA, which is not supported")
+        if id(mod) not in inside:
+            outside.append((short, mod is head))
     if outside:
-        raise InputError(f"{source} puts LoRA on {', '.join(outside[:3])}, outside the decoder layers; only LoRA "
-                         "inside the decoder can be attributed (the LM head is applied to loss positions only, "
-                         "so it has no per-sample activations to take gradients from)")
+        names = ", ".join(n for n, _ in outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+        why = ("the LM head is applied to loss positions only, so it has no per-sample activations to take "
+               "gradients from" if any(is_head for _, is_head in outside) else
+               "the gradient pass runs the decoder and the LM head only")
+        raise InputError(f"{source} puts LoRA on {names}, outside the decoder layers; only LoRA inside the decoder "
+                         f"can be attributed ({why})")
 
 
 def batch_loss(model, batch: dict, params: dict[str, torch.Tensor] | None = None

@@ -325,7 +325,7 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
     stages.append(Stage("features", *split(pass_parts, features)))
     # scoring: what every method's stage holds (the cached tensors, one shard read, the test side, K-FAC sums),
     # plus the statistics the methods before it kept (TrainData.memo, the eigenbases: kept for the methods after
-    # it, the analyses and the query index)
+    # it, self-influence and the query index)
     cached = min(spec.scoring.feature_memory_mb, 4 * D * n / MB)
     held = {"cached features": cached, "test gradients": 4 * D * m / MB}
     if kfac_mb:
@@ -346,7 +346,8 @@ def _stages(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str]
 def _method_parts(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: list[str], n: int, m: int, shard: int,
                   scored: list[int], held: dict[str, float]) -> tuple[list[tuple[str, dict]], dict[str, float]]:
     """What each method's stage holds on the host (``held``, the shard it reads, its queries, the statistics kept
-    so far: ``Method.keeps``, freed early where ``releases_early``), and the statistics still kept after the last."""
+    so far: ``Method.keeps``, freed early where ``releases_early``), and the statistics still kept after the
+    last (until the checks, or for the query index)."""
     D, widest, out = s.lora_params, max(s.widths), []
     kept: dict[str, float] = {}
     early = releases_early(spec)
@@ -365,13 +366,13 @@ def _method_parts(spec: RunSpec, s: ModelShape, fplan: FeaturePlan, methods: lis
             kept["Gram factors kept"] = min(GRAM_MEMO_BYTES / MB, 8 * sum(min(n, w) * w for w in s.widths) / MB)
             parts["Gram factors kept"] = kept["Gram factors kept"]
             parts["Gram factor of one block"] = 8 * min(n, widest) * widest / MB
-        elif "kronecker" in keeps:
+        if "kronecker" in keeps:
             kept["eigenbases"] = _eigen_mb(s)
             parts["eigenbases"] = kept["eigenbases"]
-        elif name.endswith("_proj"):
+        if name.endswith("_proj"):
             parts["projected features"] = 4 * _proj_width(s, spec.scoring.proj_dim) * n / MB
         out.append((name, parts))
-    return out, kept
+    return out, ({} if early else kept)  # early: the last method's are freed with it
 
 
 def _kfac_mb(s: ModelShape, shared: bool = False) -> float:

@@ -372,6 +372,8 @@ def score_checkpoint(writer: RunWriter, methods: list[ScoringMethod], now: Check
             notes.append(f"{m.name} @ checkpoint {c}: {len(caught)} warning(s), first: {caught[0].message}")
             log.warning(notes[-1])
         seconds[f"score_{m.name}_s"] = seconds.get(f"score_{m.name}_s", 0.0) + time.perf_counter() - t
+    if release_early:  # the last method's too: nothing after scoring reads them
+        release_statistics(now.train, unless_kept_by=[])
     return notes
 
 

@@ -132,6 +132,7 @@ def reload_spec(folder: Path, manifest: dict) -> RunSpec:
 def releases_early(spec: RunSpec) -> bool:
     """Whether the training-side statistics a method keeps are freed as soon as no method still to come keeps
     them (``release_statistics(train, unless_kept_by=...)``): when no later stage reads them, i.e. no
-    self-influence (it re-reads every method's) and no query index (it saves them). The memory plan
+    self-influence (it re-reads every method's; on by default, so a default run keeps them) and no query index
+    (it saves them). The memory plan
     (engine.pipeline.plan) follows the same rule; engine.pipeline.run.score_checkpoint applies it."""
     return not spec.scoring.self_influence and not spec.scoring.query_index

@@ -100,9 +100,12 @@ def release_statistics(train: TrainData, unless_kept_by: Iterable[Method] | None
     ``unless_kept_by=None``: all of them (its ``memo``: damping sums, Gram factors; the Kronecker eigenbases of
     its K-FAC factors); the pipeline does so once nothing after the checks reads them (no query index).
     ``unless_kept_by=methods``: only the large families (:data:`~engine.scoring.methods.base.STATISTICS`) that
-    none of ``methods`` keeps: the pipeline calls it before each method with the methods still to come, so the
-    Gram factors of exact and LiSSA (256 MB on SmolLM2 at 1k samples) do not sit through K-FAC, EK-FAC and the
-    rest, when no later stage reads them."""
+    none of ``methods`` keeps: the pipeline calls it before each method with the methods still to come (and with
+    none after the last), so the Gram factors of exact and LiSSA (256 MB on SmolLM2 at 1k samples) do not sit
+    through K-FAC, EK-FAC and the rest, when no later stage reads them. Derived training sides (``train.views``,
+    the projections) are released the same way."""
+    for view in train.views.values():  # derived training sides (projections) keep their own
+        release_statistics(view, unless_kept_by)
     if unless_kept_by is None:
         train.memo.clear()
         if train.kfac is not None:

@@ -53,7 +53,8 @@ class Method:
     ``S[:, shard] = sum_l Q_l @ train_side(shard, p)_l^T``. A method that is not a sum of dot products of
     features (the baselines) streams with blocks(train_data, test, p) -> iterator of ``(start, stop, S[:,
     start:stop])`` over the training data's bounds instead. ``keeps``: the families of :data:`STATISTICS` its
-    query phase keeps for the methods after it (another method with the same family reuses them).
+    query phase keeps for the methods after it (another method of the same family reuses them at the same compute
+    dtype and device).
     """
 
     info: MethodInfo

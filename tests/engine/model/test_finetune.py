@@ -56,8 +56,11 @@ def test_initial_lora_depends_on_seed_only():
 def test_lora_outside_the_decoder_is_a_spec_error():
     from engine.errors import InputError
 
-    with pytest.raises(InputError, match=r"lora.target_modules.*lm_head.*outside the decoder"):
+    with pytest.raises(InputError, match=r"lora.target_modules.*lm_head.*outside the decoder.*LM head"):
         add_lora(load_base("tiny")[0], LoraSpec(target_modules=("q_proj", "lm_head")), seed=0)
+    # an embedding's LoRA would be trained but left out of the per-sample gradients (linear blocks only)
+    with pytest.raises(InputError, match=r"lora.target_modules.*embed_tokens is a Embedding.*only LoRA on linear"):
+        add_lora(load_base("tiny")[0], LoraSpec(target_modules=("q_proj", "embed_tokens")), seed=0)
 
 
 CUDA = "cuda"  # the device checked against the CPU below

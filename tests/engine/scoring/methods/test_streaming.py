@@ -123,7 +123,8 @@ def _kept_families(data) -> set[str]:
     from engine.scoring.methods._kronecker import _EIGEN
 
     found = {_MEMO_FAMILY[k[0]] for k in data.memo if isinstance(k, tuple) and k[0] in _MEMO_FAMILY}
-    return found | ({"kronecker"} if data.kfac in _EIGEN else set())
+    found |= {"kronecker"} if data.kfac in _EIGEN else set()
+    return found.union(*(_kept_families(v) for v in data.views.values()))  # projections keep their own
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))
