@@ -103,9 +103,9 @@ def release_statistics(train: TrainData, unless_kept_by: Iterable[Method] | None
     none of ``methods`` keeps: the pipeline calls it before each method with the methods still to come (and with
     none after the last), so the Gram factors of exact and LiSSA (256 MB on SmolLM2 at 1k samples) do not sit
     through K-FAC, EK-FAC and the rest, when no later stage reads them. Derived training sides (``train.views``,
-    the projections) are released the same way."""
-    for view in train.views.values():  # derived training sides (projections) keep their own
-        release_statistics(view, unless_kept_by)
+    the projections) lose their large families only, never the rest of their memo (a projection's "widths")."""
+    for view in train.views.values():  # derived training sides (projections): their large statistics only (their
+        release_statistics(view, unless_kept_by or [])  # memo also holds what defines them, e.g. "widths")
     if unless_kept_by is None:
         train.memo.clear()
         if train.kfac is not None:

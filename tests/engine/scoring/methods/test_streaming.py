@@ -163,3 +163,17 @@ def test_statistics_are_released_once_no_method_to_come_keeps_them():
         np.testing.assert_array_equal(got, want)
     release_statistics(data)  # everything
     assert not data.memo and _kept_families(data) == set()
+
+
+def test_a_projection_still_scores_after_a_full_release():
+    """release_statistics(train) leaves a projection view's own definition (its memo's "widths") in place: the
+    run releases everything before the checks, and an analysis may score a projected method again after it."""
+    from engine.scoring.methods import release_statistics
+
+    train, test = make_features(2, n=30, dims=(5, 20, 40))
+    data = TrainData.of(train, shard_size=7)
+    run = lambda: np.concatenate([b[2] for b in score_in_shards("datainf_proj", data, test, proj_dim=8)], axis=1)  # noqa: E731
+    before = run()
+    assert data.views
+    release_statistics(data)
+    np.testing.assert_array_equal(run(), before)
