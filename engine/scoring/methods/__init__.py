@@ -104,6 +104,7 @@ def release_statistics(train: TrainData, unless_kept_by: Iterable[Method] | None
     none after the last), so the Gram factors of exact and LiSSA (256 MB on SmolLM2 at 1k samples) do not sit
     through K-FAC, EK-FAC and the rest, when no later stage reads them. Derived training sides (``train.views``,
     the projections) lose their large families only, never the rest of their memo (a projection's "widths")."""
+    unless_kept_by = None if unless_kept_by is None else list(unless_kept_by)  # read more than once below
     for view in train.views.values():  # derived training sides (projections): their large statistics only (their
         release_statistics(view, unless_kept_by or [])  # memo also holds what defines them, e.g. "widths")
     if unless_kept_by is None:
