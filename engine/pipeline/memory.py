@@ -28,14 +28,20 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 MB = 1 << 20
 
 
-def rss_high_water_mb() -> float:
-    """The process's resident-set high-water mark in MB (since it started or since the last reset)."""
+def status_mb(field: str) -> float | None:
+    """A memory field of ``/proc/self/status`` in MB (``VmHWM``, ``VmRSS``, ...); None where it cannot be read."""
     try:
-        found = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+        found = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
         found = None
-    if found:
-        return int(found.group(1)) / 1024
+    return int(found.group(1)) / 1024 if found else None
+
+
+def rss_high_water_mb() -> float:
+    """The process's resident-set high-water mark in MB (since it started or since the last reset)."""
+    found = status_mb("VmHWM")
+    if found is not None:
+        return found
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
     return peak / MB if sys.platform == "darwin" else peak / 1024
 

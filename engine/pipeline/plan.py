@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -51,6 +49,7 @@ from engine.model.base import base_config, load_tokenizer, meta_model
 from engine.model.finetune import add_lora
 from engine.model.footprint import MAX_AUTO_BATCH, activation_bytes_per_token, batch_for_bytes
 from engine.model.lm_loss import HEAD_CHUNK_MB
+from engine.pipeline.memory import status_mb
 from engine.pipeline.stages import encode_data, feature_plan, load_data, releases_early, run_methods
 from engine.scoring.methods import get_method
 from engine.scoring.methods._common import GRAM_MEMO_BYTES
@@ -71,11 +70,8 @@ def runtime_mb() -> float:
     environments (a CI virtualenv measured 73 MB more than a developer's)."""
     import engine.pipeline.run  # noqa: F401  (everything a run imports)
 
-    try:
-        found = re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    except OSError:
-        found = None
-    return int(found.group(1)) / 1024 + RUN_START_MB if found else RUNTIME_MB
+    found = status_mb("VmRSS")
+    return found + RUN_START_MB if found is not None else RUNTIME_MB
 
 
 def head_mb(vocab: int, positions: int) -> float:
