@@ -136,16 +136,21 @@ def test_dora_is_refused(case, capsys):
     _refused(run, capsys, store, "use_dora", "DoRA")
 
 
-def test_lora_on_an_embedding_is_refused(case, capsys, tmp_path):
-    b, o, store, run = case
+def _peft_adapter(base, folder, target_modules: list[str]):
+    """An adapter on ``target_modules`` made with peft alone (r=2, untrained), saved to ``folder`` for ``base``."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    emb = tmp_path / "emb"
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(b),
-                           LoraConfig(r=2, target_modules=["embed_tokens", "q_proj"], task_type="CAUSAL_LM"))
-    model.save_pretrained(emb)
-    _edit_config(emb, base_model_name_or_path=str(b))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=2, target_modules=target_modules, task_type="CAUSAL_LM"))
+    model.save_pretrained(folder)
+    _edit_config(folder, base_model_name_or_path=str(base))
+    return folder
+
+
+def test_lora_on_an_embedding_is_refused(case, capsys, tmp_path):
+    b, o, store, run = case
+    emb = _peft_adapter(b, tmp_path / "emb", ["embed_tokens", "q_proj"])
     _refused(lambda *e: run(*e, adapter=emb), capsys, store, "embed_tokens", "only LoRA on linear layers")
 
 
@@ -153,14 +158,7 @@ def test_lora_on_the_lm_head_is_refused(case, capsys, tmp_path):
     """The head is applied to gathered loss positions only, in checkpointed chunks: no per-sample gradients there
     (it crashed in the gradient pass before it was refused)."""
     b, o, store, run = case
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    head = tmp_path / "head"
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(b),
-                           LoraConfig(r=2, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
-    model.save_pretrained(head)
-    _edit_config(head, base_model_name_or_path=str(b))
+    head = _peft_adapter(b, tmp_path / "head", ["q_proj", "lm_head"])
     _refused(lambda *e: run(*e, adapter=head), capsys, store, str(head), "lm_head", "outside the decoder")
 
 
